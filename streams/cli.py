@@ -1,0 +1,232 @@
+"""`liqwatch` command line (SPEC §7). Each command's --help explains its inputs with an example."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from streams.config import ConfigError, load_config
+
+app = typer.Typer(
+    name="liqwatch",
+    help="Streaming liquidation monitor: index and mark prices, margin health and liquidation cascades.\n\n"
+    "Quick start: `liqwatch scenario oct-2025 --accounts 5000 --out ev.jsonl --config-out cfg.yaml`, then "
+    "`liqwatch health --config cfg.yaml ev.jsonl` and "
+    "`liqwatch cascade --config cfg.yaml --scenario risk_off --severity 0.12 ev.jsonl`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+bench_app = typer.Typer(help="Benchmarks that print figures (JSON); not tests.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+log = logging.getLogger("liqwatch")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(path: Path):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _parse_time(value: Optional[str], option: str) -> Optional[int]:
+    """Epoch milliseconds or ISO-8601 UTC (2025-10-10T21:15:00Z)."""
+    if value is None:
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    from datetime import datetime, timezone
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"{option}: '{value}' is neither epoch milliseconds nor ISO-8601 (e.g. 2025-10-10T21:15:00Z)")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def _load(config: Path, events: Path, deadletter: Optional[Path]):
+    from streams.batch import load_events
+
+    cfg = _config(config)
+    if str(events) != "-" and not events.exists():
+        _fail(f"EVENTS: no such file '{events}'")
+    engine, rep = load_events(cfg, events, deadletter)
+    if rep.rejected:
+        kinds = ", ".join(f"{k} {n}" for k, n in rep.by_kind.most_common())
+        where = f" (written to {deadletter})" if deadletter else " (use --deadletter FILE to keep them)"
+        err.print(f"rejected {rep.rejected} of {rep.lines} lines: {kinds}{where}", highlight=False)
+    if rep.superseded:
+        err.print(
+            f"{rep.superseded} events were older than the last of their key (within tolerance): not applied",
+            highlight=False,
+        )
+    if engine.max_ts < 0:
+        _fail(f"EVENTS: '{events}' holds no valid event")
+    return cfg, engine
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML (SPEC §2).", show_default=False)]
+EventsArg = Annotated[Path, typer.Argument(help="JSONL events file (SPEC §1), or - for stdin.", show_default=False)]
+AtOpt = Annotated[
+    Optional[str],
+    typer.Option("--at", help="Evaluate at this event time (epoch ms or ISO-8601); default: the largest ts in EVENTS."),
+]
+DeadOpt = Annotated[
+    Optional[Path],
+    typer.Option("--deadletter", help="Write rejected lines here (JSONL: reason, kind, line, original)."),
+]
+
+
+@app.command()
+def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, deadletter: DeadOpt = None) -> None:
+    """Margin health of every account: one JSON line per account, sorted by account.
+
+    Fields: `account`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable` (E < M),
+    `liquidation_severity` (smallest shock severity of the primary stress scenario at which the account is
+    liquidatable without any cascade; 0 if it already is, null beyond the largest configured severity).
+
+    Every event is applied in file order (a later snapshot of an account replaces an earlier one); numbers are
+    evaluated at the largest `ts` (or `--at`).
+
+    Example: `liqwatch health --config oct-2025-prefix.yaml events.jsonl | head`
+    """
+    cfg, engine = _load(config, events, deadletter)
+    rows = engine.health_rows(_parse_time(at, "--at"))
+    out = sys.stdout
+    for row in rows:
+        out.write(json.dumps(row) + "\n")
+
+
+@app.command()
+def cascade(
+    config: ConfigOpt,
+    events: EventsArg,
+    scenario: Annotated[str, typer.Option(help="Stress scenario name from the config's stress.scenarios.")],
+    severity: Annotated[
+        float, typer.Option(help="Shock severity s: asset a moves by d_a × s (0.12 = −12% for a direction of −1).")
+    ],
+    at: AtOpt = None,
+    deadletter: DeadOpt = None,
+) -> None:
+    """Simulate a liquidation cascade (SPEC §5) on the state after EVENTS; print the result as one JSON object.
+
+    Shock every venue price by (1 + d_a × s), then rounds: recompute indices, marks and health; liquidate the
+    newly liquidatable accounts; move the liquidation venue's books by the net forced sells (impact model).
+    Result: `rounds`, `liquidated_accounts`, `liquidated_notional`, `net_sold`, `final_index`, `final_prices`,
+    `amplification` (total / round-1 notional), `runaway` (still liquidating after `max_rounds`), plus
+    `round_accounts`, `round_notional` and `fees_usd`.
+
+    Example: `liqwatch cascade -c oct-2025-prefix.yaml --scenario risk_off --severity 0.12 events.jsonl`
+    """
+    cfg, engine = _load(config, events, deadletter)
+    if scenario not in cfg.stress.scenarios:
+        _fail(f"--scenario: unknown scenario '{scenario}' (config has: {', '.join(cfg.stress.scenarios)})")
+    if not math.isfinite(severity) or severity < 0:
+        _fail(f"--severity: must be a finite number >= 0 (got {severity})")
+    result = engine.cascade(scenario, severity, _parse_time(at, "--at"))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help="oct-2025 or calm.", show_default=False)],
+    accounts: Annotated[
+        int, typer.Option(help="Number of accounts (total equity is fixed; this sets granularity).", min=1)
+    ] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")] = 7,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write events here (default: stdout).")] = None,
+    config_out: Annotated[
+        Optional[Path], typer.Option("--config-out", help="Also write the scenario's config.")
+    ] = None,
+    index: Annotated[
+        str,
+        typer.Option(
+            help="Config variant for --config-out: prefix (the index as it was on 10 "
+            "October 2025) or fixed (redemption-weighted, USDe floor)."
+        ),
+    ] = "prefix",
+    no_events: Annotated[bool, typer.Option("--no-events", help="Only write the config.")] = False,
+) -> None:
+    """Write a scenario's events (JSONL, in event-time order) and optionally its config.
+
+    `oct-2025` replays 20:00–23:00 UTC of 10 October 2025: the tariff post, the cascade, Binance's USDe, WBETH
+    and BNSOL books depegging while redemption values hold. `calm` is the same population on a quiet day.
+
+    Example: `liqwatch scenario oct-2025 --accounts 5000 --out ev.jsonl --config-out cfg.yaml`
+    """
+    from streams import scenarios as sc
+
+    if name not in sc.SCENARIOS:
+        _fail(f"NAME: unknown scenario '{name}' (choose from {', '.join(sc.SCENARIOS)})")
+    if index not in ("prefix", "fixed"):
+        _fail(f"--index: must be prefix or fixed (got '{index}')")
+    if config_out is not None:
+        config_out.write_text(sc.config_path(name, index).read_text())
+        err.print(f"config ({index} index) written to {config_out}", highlight=False)
+    if no_events:
+        return
+    from streams.scenarios.write import write_events
+
+    n = write_events(name, accounts, seed, out)
+    if out is not None:
+        err.print(f"{n:,} events written to {out}", highlight=False)
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    accounts: Annotated[int, typer.Option(help="Accounts in the synthetic book.", min=1000)] = 1_000_000,
+    repeat: Annotated[int, typer.Option(help="Timed repetitions (the best is reported).", min=1)] = 5,
+    reference_sample: Annotated[int, typer.Option(help="Accounts timed with the plain-Python reference.")] = 20_000,
+) -> None:
+    """Kernel speed and memory on one core: numba health vs a streaming pass, NumPy and plain Python; cascade.
+
+    Prints one JSON object: `accounts`, `health_ms`, `stream_ms`, `health_numpy_ms`, `health_reference_ms`,
+    `speedup_vs_reference`, `speedup_vs_numpy`, `cascade_ms`, `bytes_per_account`, …
+    """
+    from streams.bench import kernels as run
+
+    sys.stdout.write(json.dumps(run(accounts, repeat, reference_sample)) + "\n")
+
+
+def _mount_optional() -> None:
+    try:
+        from streams.stack_cli import app as stack_app
+    except ImportError:  # the stack module ships with the streaming pipeline
+        return
+    app.add_typer(stack_app, name="stack")
+
+
+_mount_optional()
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

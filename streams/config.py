@@ -1,0 +1,390 @@
+"""The one config file (SPEC §2): YAML in, frozen typed objects out, every error naming its field.
+
+    cfg = load_config("streams/scenarios/oct-2025-prefix.yaml")
+    cfg.assets["WBETH"].index.constituents[1].weight   # 0.8
+    cfg.config_id                                      # 'c3f1…' stamps alerts and replays
+
+Errors are collected, not raised one at a time, so a user fixes a file in one pass:
+
+    ConfigError: config.yaml is not valid:
+      assets.WBETH.index.constituents[1].weight: must be > 0
+      instruments.BTCUSDT-PERP.underlying: unknown asset 'BTX'
+
+Extensions of the spec's file (documented in docs/config.md):
+- a `redemption:A` constituent names the asset it redeems into (`in: ETH`), so that index dependency cycles are a
+  config error rather than a runtime surprise;
+- `instruments.X.mark.source` (default `<liquidation.venue>:X`) names the venue book of the perpetual, and
+  `funding_interval_s` its funding period;
+- `stress.primary` picks the scenario used for per-account liquidation severity (default: the first one);
+- `ingest.out_of_order_ms` is the tolerance for events older than the last one of the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Quote assets priced at 1 when the config gives them no index (SPEC §3).
+USD_LIKE = ("USD", "USDT", "USDC")
+
+_SOURCE_RE = re.compile(r"^(?P<venue>[A-Za-z0-9_.\-]+):(?P<symbol>[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?)$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` holds one 'field.path: message' per problem."""
+
+    def __init__(self, problems: list[str], origin: str = "config"):
+        self.problems = problems
+        super().__init__(f"{origin} is not valid:\n  " + "\n  ".join(problems))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Bracket(_Frozen):
+    """One incremental bracket: `rate` applies to the part of the amount up to `upto` (USD); null = no upper end."""
+
+    upto: PositiveFloat | None = None
+    rate: Rate
+
+
+def _check_brackets(brackets: list[Bracket]) -> list[Bracket]:
+    for i, b in enumerate(brackets):
+        last = i == len(brackets) - 1
+        if b.upto is None and not last:
+            raise ValueError(f"bracket [{i}] has upto: null but is not the last bracket")
+        if last and b.upto is not None:
+            raise ValueError(f"the last bracket must have upto: null (open-ended), got {b.upto}")
+        if i > 0 and b.upto is not None and b.upto <= brackets[i - 1].upto:  # type: ignore[operator]
+            raise ValueError(f"brackets out of order: upto {b.upto} at [{i}] is not above {brackets[i - 1].upto}")
+    return brackets
+
+
+class Constituent(_Frozen):
+    source: str = Field(description="`venue:BASE/QUOTE` (a spot book) or `redemption:ASSET` (the reference rate)")
+    weight: PositiveFloat
+    in_: str | None = Field(default=None, alias="in", description="for redemption sources: the asset it redeems into")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        if not _SOURCE_RE.match(v):
+            raise ValueError(f"'{v}' is not of the form venue:BASE/QUOTE or redemption:ASSET")
+        venue, symbol = v.split(":", 1)
+        if venue == "redemption" and "/" in symbol:
+            raise ValueError(f"'{v}': a redemption source names one asset, e.g. redemption:WBETH")
+        if venue != "redemption" and "/" not in symbol:
+            raise ValueError(f"'{v}': an index constituent is a spot book venue:BASE/QUOTE")
+        return v
+
+    @property
+    def is_redemption(self) -> bool:
+        return self.source.startswith("redemption:")
+
+    @property
+    def venue(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def base(self) -> str:
+        return self.source.split(":", 1)[1].split("/")[0]
+
+    @property
+    def quote(self) -> str:
+        return self.source.split(":", 1)[1].split("/")[1]
+
+
+class IndexSpec(_Frozen):
+    method: Literal["weighted_mean", "weighted_median"] = "weighted_mean"
+    max_age_ms: Annotated[int, Field(gt=0)] = 10_000
+    max_deviation: PositiveFloat = 0.05
+    constituents: Annotated[list[Constituent], Field(min_length=1)]
+    floor: PositiveFloat | None = None
+    cap: PositiveFloat | None = None
+
+
+class LinearImpact(_Frozen):
+    """Price × (1 − 0.01 × net_sold_usd / depth_usd_per_pct), never below 1% of the price."""
+
+    model: Literal["linear"]
+    depth_usd_per_pct: PositiveFloat
+
+
+class SqrtImpact(_Frozen):
+    """Price × (1 − y × daily_vol × sqrt(net_sold_usd / daily_volume_usd)) — the square-root law."""
+
+    model: Literal["sqrt"]
+    daily_volume_usd: PositiveFloat
+    daily_vol: PositiveFloat
+    y: PositiveFloat = 1.0
+
+
+class AssetSpec(_Frozen):
+    index: IndexSpec | None = None
+    haircut: list[Bracket] = Field(default_factory=list)
+    impact: Annotated[LinearImpact | SqrtImpact, Field(discriminator="model")] | None = None
+
+    @field_validator("haircut")
+    @classmethod
+    def _haircut_brackets(cls, v: list[Bracket]) -> list[Bracket]:
+        return _check_brackets(v)
+
+
+class MarkSpec(_Frozen):
+    method: Literal["median3", "index"] = "median3"
+    basis_window_s: PositiveFloat = 1800.0
+    source: str | None = Field(default=None, description="venue:INSTRUMENT book of the perpetual")
+    funding_interval_s: PositiveFloat = 28_800.0
+
+
+class InstrumentSpec(_Frozen):
+    underlying: str
+    maintenance: Annotated[list[Bracket], Field(min_length=1)]
+    mark: MarkSpec = MarkSpec()
+
+    @field_validator("maintenance")
+    @classmethod
+    def _maintenance_brackets(cls, v: list[Bracket]) -> list[Bracket]:
+        return _check_brackets(v)
+
+
+class BorrowSpec(_Frozen):
+    maintenance_rate: Rate
+
+
+class LiquidationSpec(_Frozen):
+    venue: str
+    fee_rate: Rate = 0.0
+
+
+class StressSpec(_Frozen):
+    scenarios: Annotated[dict[str, dict[str, Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1)]
+    severities: Annotated[list[PositiveFloat], Field(min_length=1)]
+    max_rounds: Annotated[int, Field(ge=1, le=10_000)] = 50
+    primary: str | None = None
+
+    @field_validator("severities")
+    @classmethod
+    def _ascending(cls, v: list[float]) -> list[float]:
+        for i in range(1, len(v)):
+            if v[i] <= v[i - 1]:
+                raise ValueError(f"severities must be strictly ascending: {v[i]} at [{i}] is not above {v[i - 1]}")
+        return v
+
+    @property
+    def primary_scenario(self) -> str:
+        return self.primary or next(iter(self.scenarios))
+
+
+class IngestSpec(_Frozen):
+    out_of_order_ms: Annotated[int, Field(ge=0)] = 1_000
+
+
+class Config(_Frozen):
+    settlement: str = "USDT"
+    assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
+    instruments: dict[str, InstrumentSpec] = Field(default_factory=dict)
+    borrow: dict[str, BorrowSpec] = Field(default_factory=dict)
+    liquidation: LiquidationSpec
+    stress: StressSpec
+    ingest: IngestSpec = IngestSpec()
+    alerts: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def config_id(self) -> str:
+        """Short hash of the validated config: stamps alerts and reports so a number can be traced to its config."""
+        canon = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def is_known_asset(self, asset: str) -> bool:
+        return asset in self.assets or asset == self.settlement or asset in USD_LIKE
+
+    def mark_source(self, instrument: str) -> str:
+        spec = self.instruments[instrument].mark.source
+        return spec or f"{self.liquidation.venue}:{instrument}"
+
+    def asset_dependencies(self, asset: str) -> list[str]:
+        """Assets whose index this asset's index reads (quote assets, redemption `in` assets)."""
+        spec = self.assets.get(asset)
+        if spec is None or spec.index is None:
+            return []
+        deps = []
+        for c in spec.index.constituents:
+            dep = c.in_ if c.is_redemption else c.quote
+            if dep is not None and dep not in deps and (dep in self.assets and self.assets[dep].index is not None):
+                deps.append(dep)
+        return deps
+
+    def evaluation_order(self) -> list[str]:
+        """Every priced asset, each after the assets its index depends on (validated acyclic at load)."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(a: str) -> None:
+            if a in seen:
+                return
+            seen.add(a)
+            for d in self.asset_dependencies(a):
+                visit(d)
+            order.append(a)
+
+        for a in self.assets:
+            visit(a)
+        for a in (self.settlement, *USD_LIKE):
+            if a not in seen:
+                seen.add(a)
+                order.append(a)
+        return order
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    prev = None
+    for part in loc:
+        # pydantic puts the discriminator tag of a union into the location; users never wrote it
+        if prev in ("impact",) and part in ("linear", "sqrt"):
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+        prev = part
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the config schema; check the spelling)"
+    if kind == "missing":
+        return "required"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
+        ctx = err.get("ctx", {})
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values())) if ctx else ""
+        return f"must be {op} {bound} (got {err.get('input')!r})"
+    return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err["input"], dict) else msg
+
+
+def _semantic_problems(cfg: Config) -> list[str]:
+    p: list[str] = []
+    known = cfg.is_known_asset
+    if not known(cfg.settlement):
+        p.append(f"settlement: unknown asset '{cfg.settlement}'")
+    for name, spec in cfg.assets.items():
+        if spec.index is None and name != cfg.settlement and name not in USD_LIKE:
+            p.append(f"assets.{name}.index: required (only the settlement asset and USD, USDT, USDC may have none)")
+        if spec.index is None:
+            continue
+        ix = spec.index
+        if ix.floor is not None and ix.cap is not None and ix.floor > ix.cap:
+            p.append(f"assets.{name}.index.floor: {ix.floor} is above cap {ix.cap}")
+        seen: set[str] = set()
+        for i, c in enumerate(ix.constituents):
+            at = f"assets.{name}.index.constituents[{i}]"
+            if c.source in seen:
+                p.append(f"{at}.source: '{c.source}' listed twice")
+            seen.add(c.source)
+            if c.is_redemption:
+                if c.base != name:
+                    p.append(f"{at}.source: '{c.source}' redeems {c.base}, not {name}")
+                if c.in_ is None:
+                    p.append(f"{at}.in: required for a redemption source (the asset one {name} redeems into)")
+                elif not known(c.in_):
+                    p.append(f"{at}.in: unknown asset '{c.in_}'")
+            else:
+                if c.in_ is not None:
+                    p.append(f"{at}.in: only redemption sources take 'in'")
+                if c.base != name:
+                    p.append(f"{at}.source: '{c.source}' prices {c.base}, not {name}")
+                if not known(c.quote):
+                    p.append(f"{at}.source: unknown quote asset '{c.quote}'")
+    for name, ins in cfg.instruments.items():
+        if ins.underlying not in cfg.assets or cfg.assets[ins.underlying].index is None:
+            p.append(f"instruments.{name}.underlying: unknown asset '{ins.underlying}'")
+        if ins.mark.source is not None and (":" not in ins.mark.source or "/" in ins.mark.source):
+            p.append(f"instruments.{name}.mark.source: '{ins.mark.source}' is not of the form venue:{name}")
+    for name in cfg.borrow:
+        if not known(name):
+            p.append(f"borrow.{name}: unknown asset '{name}'")
+    for sname, moves in cfg.stress.scenarios.items():
+        for asset in moves:
+            if asset not in cfg.assets:
+                p.append(f"stress.scenarios.{sname}.{asset}: unknown asset '{asset}'")
+    if cfg.stress.primary is not None and cfg.stress.primary not in cfg.stress.scenarios:
+        p.append(f"stress.primary: unknown scenario '{cfg.stress.primary}'")
+    p.extend(_cycle_problems(cfg))
+    return p
+
+
+def _cycle_problems(cfg: Config) -> list[str]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+    problems: list[str] = []
+
+    def visit(a: str) -> None:
+        state[a] = 1
+        stack.append(a)
+        for d in cfg.asset_dependencies(a):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d) :] + [d]
+                problems.append(f"assets.{d}.index: dependency cycle {' -> '.join(cycle)}")
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[a] = 2
+
+    for a in cfg.assets:
+        if a not in state:
+            visit(a)
+    return problems
+
+
+def parse_config(data: Any, origin: str = "config") -> Config:
+    """Validate a decoded YAML/JSON document; raise ConfigError listing every problem by field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of settlement, assets, instruments, …"], origin)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()], origin) from None
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems, origin)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"(file): cannot read {path}: {e.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"(yaml, {where}): {getattr(e, 'problem', e)}"], str(path)) from None
+    return parse_config(data, str(path))
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,171 @@
+"""Input events (SPEC §1): one decoder for JSONL files and Kafka messages.
+
+    event = decode(b'{"type":"tick","venue":"binance","symbol":"BTC/USDT","ts":1760130000000,"bid":1,"ask":2}')
+    # -> Tick(venue='binance', symbol='BTC/USDT', ts=1760130000000, bid=1.0, ask=2.0, ...)
+
+Anything wrong raises `BadEvent(kind, reason)`: `kind` is a short stable class for metrics
+(`invalid_json`, `missing_field`, `bad_field`, `bad_number`, `crossed_book`, `unknown_asset`,
+`unknown_instrument`, `unknown_symbol`, `out_of_order`, `unknown_type`), `reason` names the field:
+`bid: must be a finite number > 0 (got -1.0)`. Checks that need the config (known assets, tolerances) live in
+`streams.state`; this module checks the shape and the numbers.
+
+Extensions of the spec: a tick of a perpetual may carry `funding_rate` and `next_funding_ts` (ms), used by the
+`median3` mark.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Union
+
+import msgspec
+
+
+class BadEvent(ValueError):
+    def __init__(self, kind: str, reason: str):
+        self.kind = kind
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Tick(msgspec.Struct, tag_field="type", tag="tick", kw_only=True):
+    venue: str
+    symbol: str
+    ts: int
+    bid: float
+    ask: float
+    last: float | None = None
+    funding_rate: float | None = None
+    next_funding_ts: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.venue}:{self.symbol}"
+
+
+class Reference(msgspec.Struct, tag_field="type", tag="reference", kw_only=True):
+    asset: str
+    ts: int
+    in_: str = msgspec.field(name="in")
+    rate: float
+
+    @property
+    def key(self) -> str:
+        return self.asset
+
+
+class Position(msgspec.Struct, kw_only=True):
+    instrument: str
+    qty: float
+    entry: float
+
+
+class Account(msgspec.Struct, tag_field="type", tag="account", kw_only=True):
+    account: str
+    ts: int
+    collateral: dict[str, float] = {}
+    borrowed: dict[str, float] = {}
+    positions: list[Position] = []
+    closed: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.account
+
+
+Event = Union[Tick, Reference, Account]
+OUTPUT_TYPES = ("alert", "mark", "health", "cascade")
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$")
+
+
+def _field_path(at: str | None, leaf: str | None = None) -> str:
+    path = (at or "").lstrip(".")
+    if leaf:
+        path = f"{path}.{leaf}" if path else leaf
+    return path or "(event)"
+
+
+def _translate(err: msgspec.DecodeError, raw: bytes) -> BadEvent:
+    text = str(err)
+    if isinstance(err, msgspec.ValidationError):
+        m = _MISSING.match(text)
+        if m:
+            return BadEvent("missing_field", f"{_field_path(m.group('at'), m.group('field'))}: required")
+        m = _AT.match(text)
+        msg, at = m.group("msg"), m.group("at")  # type: ignore[union-attr]
+        if at == ".type" or "tag" in msg.lower():
+            tag = _peek_type(raw)
+            if tag in OUTPUT_TYPES:
+                return BadEvent("unknown_type", f"type: '{tag}' is an output of liqwatch, not an input event")
+            return BadEvent("unknown_type", f"type: must be one of tick, reference, account (got {tag!r})")
+        return BadEvent("bad_field", f"{_field_path(at)}: {msg[0].lower() + msg[1:]}")
+    return BadEvent("invalid_json", f"(json): not valid JSON: {text}")
+
+
+def _peek_type(raw: bytes):
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return obj.get("type") if isinstance(obj, dict) else None
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        need = ">= 0" if allow_zero else "> 0"
+        raise BadEvent("bad_number", f"{name}: must be a finite number {need} (got {value!r})")
+
+
+def check(event: Event) -> Event:
+    """Number and shape checks that need no config."""
+    if isinstance(event, Tick):
+        _positive("bid", event.bid)
+        _positive("ask", event.ask)
+        if event.bid > event.ask:
+            raise BadEvent("crossed_book", f"bid: {event.bid!r} is above ask {event.ask!r} (crossed book)")
+        if event.last is not None:
+            _positive("last", event.last)
+        if event.funding_rate is not None and not math.isfinite(event.funding_rate):
+            raise BadEvent("bad_number", f"funding_rate: must be finite (got {event.funding_rate!r})")
+        if event.funding_rate is not None and event.next_funding_ts is None:
+            raise BadEvent("missing_field", "next_funding_ts: required with funding_rate")
+        if not event.venue or not event.symbol:
+            raise BadEvent("bad_field", f"{'venue' if not event.venue else 'symbol'}: must not be empty")
+    elif isinstance(event, Reference):
+        _positive("rate", event.rate)
+    else:
+        if not event.account:
+            raise BadEvent("bad_field", "account: must not be empty")
+        for asset, qty in event.collateral.items():
+            _positive(f"collateral.{asset}", qty, allow_zero=True)
+        for asset, qty in event.borrowed.items():
+            _positive(f"borrowed.{asset}", qty, allow_zero=True)
+        for i, p in enumerate(event.positions):
+            if not math.isfinite(p.qty):
+                raise BadEvent("bad_number", f"positions[{i}].qty: must be finite (got {p.qty!r})")
+            _positive(f"positions[{i}].entry", p.entry)
+    if event.ts < 0:
+        raise BadEvent("bad_number", f"ts: must be milliseconds since the epoch, >= 0 (got {event.ts})")
+    return event
+
+
+def decode(raw: bytes | str) -> Event:
+    """Decode and check one event; raise BadEvent naming the field."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.DecodeError as e:
+        raise _translate(e, raw) from None
+    return check(event)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)

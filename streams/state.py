@@ -1,0 +1,419 @@
+"""What the monitor knows at a moment: the market (books, reference rates, basis samples) and the accounts.
+
+    market = MarketState(layout)
+    market.apply_tick(tick)          # validates against the config, updates the book, re-evaluates prices
+    market.index, market.mark        # after the last market event
+    book = AccountBook(layout)
+    book.apply(account_event)        # a snapshot replaces the previous one; closed=true removes it
+    book.view()                      # kernels.rules.Book over the live arrays
+
+Prices are re-evaluated after every market event, in event order: "the index keeps its last value" when a source
+set goes stale and the perpetual's basis samples (mid − index at each of its ticks) are defined by that schedule,
+so a live worker and a batch run that see the same events in the same order give the same numbers.
+
+An event older than the last one of its key by more than `ingest.out_of_order_ms` is rejected (BadEvent
+`out_of_order`); an older one within the tolerance is counted as superseded and not applied.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.prices import compute_index, compute_marks
+from kernels.rules import Book, Quotes
+from streams.events import Account, BadEvent, Reference, Tick
+from streams.layout import Layout
+
+
+def _grow(a: np.ndarray, n: int, fill) -> np.ndarray:
+    if n <= a.shape[0]:
+        return a
+    out = np.full(max(n, 2 * a.shape[0], 16), fill, dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+class _Ordering:
+    """Last event time per key, and the out-of-order rule."""
+
+    def __init__(self, tolerance_ms: int):
+        self.tolerance_ms = tolerance_ms
+        self.last: dict[str, int] = {}
+        self.superseded = 0
+
+    def admit(self, key: str, ts: int) -> bool:
+        prev = self.last.get(key)
+        if prev is not None and ts < prev:
+            if prev - ts > self.tolerance_ms:
+                raise BadEvent(
+                    "out_of_order",
+                    f"ts: {prev - ts} ms older than the last event of '{key}' (tolerance {self.tolerance_ms} ms)",
+                )
+            self.superseded += 1
+            return False
+        self.last[key] = ts
+        return True
+
+
+class MarketState:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        n_books = len(layout.books)
+        n_assets = len(layout.assets)
+        n_instr = len(layout.instruments)
+        self.books = list(layout.books)
+        self.slot = {f"{v}:{s}": i for i, (v, s) in enumerate(self.books)}
+        self.mid = np.full(n_books, np.nan)
+        self.bid = np.full(n_books, np.nan)
+        self.ask = np.full(n_books, np.nan)
+        self.last = np.full(n_books, np.nan)
+        self.ts = np.full(n_books, -np.inf)
+        self.funding_rate = np.full(n_books, np.nan)
+        self.next_funding_ts = np.full(n_books, np.nan)
+        self.base = np.zeros(n_books, dtype=np.int32)
+        self.quote = np.zeros(n_books, dtype=np.int32)
+        self.venue = np.zeros(n_books, dtype=np.int32)
+        for i, (v, s) in enumerate(self.books):
+            self.base[i], self.quote[i] = layout.book_base(s)  # type: ignore[misc]
+            self.venue[i] = layout.venue(v)
+        self.ref_rate = np.full(n_assets, np.nan)
+        self.ref_ts = np.full(n_assets, -np.inf)
+        self.ref_in = np.full(n_assets, -1, dtype=np.int32)  # reference values also feed depeg alerts
+        self.basis_samples: list[deque[tuple[int, float]]] = [deque() for _ in range(n_instr)]
+        self.basis_sum = np.zeros(n_instr)  # running sums: a full re-sum per tick would cost O(window)
+        self.basis_ma = np.full(n_instr, np.nan)
+        self.basis_window_ms = [layout.basis_window_ms(i) for i in range(n_instr)]
+        self.instrument_of_slot = {int(s): i for i, s in enumerate(layout.mark_rules.slot)}
+        self.index = np.full(n_assets, np.nan)
+        self.index_stale = np.zeros(n_assets, dtype=np.bool_)
+        self.source_price = np.full(len(layout.constituents), np.nan)
+        self.source_status = np.zeros(len(layout.constituents), dtype=np.int8)
+        self.mark = np.full(n_instr, np.nan)
+        self.t = -1  # event time of the last evaluation
+        self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+
+    # -- events ----------------------------------------------------------------------------------------------
+    def _slot_for(self, tick: Tick) -> int:
+        key = tick.key
+        slot = self.slot.get(key)
+        if slot is not None:
+            return slot
+        parsed = self.layout.book_base(tick.symbol)
+        if parsed is None:
+            if "/" in tick.symbol:
+                base, quote = tick.symbol.split("/", 1)
+                bad = base if base not in self.layout.asset_id else quote
+                raise BadEvent("unknown_asset", f"symbol: unknown asset '{bad}' in '{tick.symbol}'")
+            raise BadEvent("unknown_instrument", f"symbol: unknown instrument '{tick.symbol}'")
+        slot = len(self.books)
+        self.books.append((tick.venue, tick.symbol))
+        self.slot[key] = slot
+        n = slot + 1
+        self.mid, self.bid, self.ask, self.last = (
+            _grow(a, n, np.nan) for a in (self.mid, self.bid, self.ask, self.last)
+        )
+        self.ts = _grow(self.ts, n, -np.inf)
+        self.funding_rate = _grow(self.funding_rate, n, np.nan)
+        self.next_funding_ts = _grow(self.next_funding_ts, n, np.nan)
+        self.base, self.quote, self.venue = (_grow(a, n, -1) for a in (self.base, self.quote, self.venue))
+        self.base[slot], self.quote[slot] = parsed
+        self.venue[slot] = self.layout.venue(tick.venue)
+        return slot
+
+    def apply_tick(self, tick: Tick) -> bool:
+        """Apply a tick and re-evaluate prices; False when superseded (older, within tolerance)."""
+        slot = self._slot_for(tick)
+        if not self.ordering.admit("tick:" + tick.key, tick.ts):
+            return False
+        self.bid[slot] = tick.bid
+        self.ask[slot] = tick.ask
+        self.mid[slot] = 0.5 * (tick.bid + tick.ask)
+        self.ts[slot] = tick.ts
+        if tick.last is not None:
+            self.last[slot] = tick.last
+        if tick.funding_rate is not None:
+            self.funding_rate[slot] = tick.funding_rate
+            self.next_funding_ts[slot] = tick.next_funding_ts
+        self.evaluate(tick.ts, basis_sample_slot=slot)
+        return True
+
+    def apply_reference(self, ref: Reference) -> bool:
+        a = self.layout.asset_id.get(ref.asset)
+        if a is None:
+            raise BadEvent("unknown_asset", f"asset: unknown asset '{ref.asset}'")
+        if ref.in_ not in self.layout.asset_id:
+            raise BadEvent("unknown_asset", f"in: unknown asset '{ref.in_}'")
+        expected = self._redeems_into(ref.asset)
+        if expected is not None and ref.in_ != expected:
+            raise BadEvent("unknown_asset", f"in: config says {ref.asset} redeems into {expected}, got '{ref.in_}'")
+        if not self.ordering.admit("reference:" + ref.asset, ref.ts):
+            return False
+        self.ref_rate[a] = ref.rate
+        self.ref_ts[a] = ref.ts
+        self.ref_in[a] = self.layout.asset_id[ref.in_]
+        self.evaluate(ref.ts)
+        return True
+
+    def _redeems_into(self, asset: str) -> str | None:
+        spec = self.layout.cfg.assets.get(asset)
+        if spec is None or spec.index is None:
+            return None
+        for c in spec.index.constituents:
+            if c.is_redemption:
+                return c.in_
+        return None
+
+    # -- prices ----------------------------------------------------------------------------------------------
+    def quotes(self) -> Quotes:
+        n = len(self.books)
+        return Quotes(
+            mid=self.mid[:n],
+            last=self.last[:n],
+            ts=self.ts[:n],
+            funding_rate=self.funding_rate[:n],
+            next_funding_ts=self.next_funding_ts[:n],
+            base=self.base[:n],
+            venue=self.venue[:n],
+            ref_rate=self.ref_rate,
+            ref_ts=self.ref_ts,
+            basis_ma=self.basis_ma,
+        )
+
+    def evaluate(self, t: int, basis_sample_slot: int = -1) -> None:
+        """Recompute every index and mark at event time t (the kernel call), taking a basis sample when the
+        event was a tick of an instrument's own book."""
+        q = self.quotes()
+        rules = self.layout.index_rules
+        compute_index(
+            float(t),
+            q.mid,
+            q.ts,
+            q.ref_rate,
+            q.ref_ts,
+            rules,
+            self.index,
+            self.index,
+            self.index_stale,
+            self.source_price,
+            self.source_status,
+        )
+        self.t = t
+        instr = self.instrument_of_slot.get(basis_sample_slot, -1)
+        if instr >= 0:
+            idx = self.index[self.layout.mark_rules.underlying[instr]]
+            if not np.isnan(idx):
+                sample = float(self.mid[basis_sample_slot] - idx)
+                self.basis_samples[instr].append((t, sample))
+                self.basis_sum[instr] += sample
+        self._update_basis(t)
+        compute_marks(
+            float(t),
+            q.last,
+            q.funding_rate,
+            q.next_funding_ts,
+            self.basis_ma,
+            self.index,
+            self.layout.mark_rules,
+            self.mark,
+        )
+
+    def _update_basis(self, t: int) -> None:
+        for i, samples in enumerate(self.basis_samples):
+            horizon = t - self.basis_window_ms[i]
+            while samples and samples[0][0] <= horizon:
+                self.basis_sum[i] -= samples.popleft()[1]
+            if not samples:
+                self.basis_sum[i] = 0.0
+            self.basis_ma[i] = self.basis_sum[i] / len(samples) if samples else np.nan
+
+    def prices_at(self, t: int) -> "PriceView":
+        """Index, staleness, marks and the quotes (with the basis average as of t) at time t ≥ the last event,
+        without changing the state (batch `--at`)."""
+        q = self.quotes()
+        if t == self.t:
+            return PriceView(t, self.index.copy(), self.index_stale.copy(), self.mark.copy(), q)
+        index = np.empty_like(self.index)
+        stale = np.empty_like(self.index_stale)
+        sp = np.empty_like(self.source_price)
+        ss = np.empty_like(self.source_status)
+        compute_index(
+            float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_rules, self.index, index, stale, sp, ss
+        )
+        basis = self.basis_ma.copy()
+        for i, samples in enumerate(self.basis_samples):
+            horizon = t - self.layout.basis_window_ms(i)
+            kept = [v for ts, v in samples if ts > horizon]
+            basis[i] = sum(kept) / len(kept) if kept else np.nan
+        q = q._replace(basis_ma=basis)
+        mark = np.empty_like(self.mark)
+        compute_marks(float(t), q.last, q.funding_rate, q.next_funding_ts, basis, index, self.layout.mark_rules, mark)
+        return PriceView(t, index, stale, mark, q)
+
+
+@dataclass
+class PriceView:
+    t: int
+    index: np.ndarray
+    stale: np.ndarray
+    mark: np.ndarray
+    quotes: Quotes
+
+
+class AccountBook:
+    """Accounts as struct-of-arrays with append-only entry pools (see kernels.rules.Book)."""
+
+    def __init__(self, layout: Layout, capacity: int = 1024):
+        self.layout = layout
+        self.ids: list[str] = []
+        self.row: dict[str, int] = {}
+        self.n = 0
+        self.active = np.zeros(capacity, dtype=np.bool_)
+        self.ts = np.zeros(capacity, dtype=np.int64)
+        self.coll = _Pool(capacity, signed=False)
+        self.debt = _Pool(capacity, signed=False)
+        self.pos = _Pool(capacity, signed=True)
+        self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+
+    def _check(self, ev: Account) -> tuple[list, list, list]:
+        aid = self.layout.asset_id
+        coll, debt, pos = [], [], []
+        for asset, qty in ev.collateral.items():
+            if asset not in aid:
+                raise BadEvent("unknown_asset", f"collateral.{asset}: unknown asset '{asset}'")
+            coll.append((aid[asset], qty, 0.0))
+        for asset, qty in ev.borrowed.items():
+            if asset not in aid:
+                raise BadEvent("unknown_asset", f"borrowed.{asset}: unknown asset '{asset}'")
+            debt.append((aid[asset], qty, 0.0))
+        iid = self.layout.instrument_id
+        for i, p in enumerate(ev.positions):
+            if p.instrument not in iid:
+                raise BadEvent("unknown_instrument", f"positions[{i}].instrument: unknown instrument '{p.instrument}'")
+            pos.append((iid[p.instrument], p.qty, p.entry))
+        return coll, debt, pos
+
+    def apply(self, ev: Account) -> int | None:
+        """Apply a snapshot or a close; returns the account's row, or None when superseded."""
+        entries = None if ev.closed else self._check(ev)
+        if not self.ordering.admit(ev.account, ev.ts):
+            return None
+        r = self.row.get(ev.account)
+        if r is None:
+            if ev.closed:
+                return None
+            r = self._new_row(ev.account)
+        self.ts[r] = ev.ts
+        if ev.closed:
+            self.active[r] = False
+            for pool in (self.coll, self.debt, self.pos):
+                pool.clear(r)
+            return r
+        coll, debt, pos = entries  # type: ignore[misc]
+        self.coll.put(r, coll)
+        self.debt.put(r, debt)
+        self.pos.put(r, pos)
+        self.active[r] = True
+        return r
+
+    def _new_row(self, account: str) -> int:
+        r = self.n
+        self.n += 1
+        self.ids.append(account)
+        self.row[account] = r
+        if r >= self.active.shape[0]:
+            cap = 2 * self.active.shape[0]
+            self.active = _grow(self.active, cap, False)
+            self.ts = _grow(self.ts, cap, 0)
+            for pool in (self.coll, self.debt, self.pos):
+                pool.grow_rows(cap)
+        return r
+
+    def view(self) -> Book:
+        n = self.n
+        for pool in (self.coll, self.debt, self.pos):
+            pool.compact_if_sparse(n)
+        c, d, p = self.coll, self.debt, self.pos
+        return Book(
+            active=self.active[:n],
+            coll_start=c.start[:n],
+            coll_count=c.count[:n],
+            coll_asset=c.key[: c.used],
+            coll_qty=c.qty[: c.used],
+            debt_start=d.start[:n],
+            debt_count=d.count[:n],
+            debt_asset=d.key[: d.used],
+            debt_qty=d.qty[: d.used],
+            pos_start=p.start[:n],
+            pos_count=p.count[:n],
+            pos_instr=p.key[: p.used],
+            pos_qty=p.qty[: p.used],
+            pos_entry=p.entry[: p.used],
+        )
+
+
+class _Pool:
+    """Entries of one kind (collateral, debt or positions) for all accounts: account r owns
+    key/qty/entry[start[r] : start[r] + count[r]]."""
+
+    def __init__(self, rows: int, signed: bool):
+        self.start = np.zeros(rows, dtype=np.int32)
+        self.count = np.zeros(rows, dtype=np.int32)
+        self.key = np.zeros(rows, dtype=np.int32)
+        self.qty = np.zeros(rows)
+        self.entry = np.zeros(rows) if signed else np.zeros(0)
+        self.signed = signed
+        self.used = 0
+        self.live = 0
+
+    def grow_rows(self, rows: int) -> None:
+        self.start = _grow(self.start, rows, 0)
+        self.count = _grow(self.count, rows, 0)
+
+    def clear(self, r: int) -> None:
+        self.live -= int(self.count[r])
+        self.count[r] = 0
+
+    def put(self, r: int, items: list[tuple[int, float, float]]) -> None:
+        self.clear(r)
+        n = len(items)
+        end = self.used + n
+        if end > self.key.shape[0]:
+            self.key = _grow(self.key, end, 0)
+            self.qty = _grow(self.qty, end, 0.0)
+            if self.signed:
+                self.entry = _grow(self.entry, end, 0.0)
+        for j, (k, q, e) in enumerate(items):
+            self.key[self.used + j] = k
+            self.qty[self.used + j] = q
+            if self.signed:
+                self.entry[self.used + j] = e
+        self.start[r] = self.used
+        self.count[r] = n
+        self.used = end
+        self.live += n
+
+    def compact_if_sparse(self, n_rows: int) -> None:
+        # replaced snapshots leave garbage behind; rewrite the pool when more than half of it is garbage
+        if self.used <= 1024 or self.live * 2 >= self.used:
+            return
+        order = np.repeat(self.start[:n_rows], self.count[:n_rows]) + _ranges(self.count[:n_rows])
+        self.key = np.ascontiguousarray(self.key[order])
+        self.qty = np.ascontiguousarray(self.qty[order])
+        if self.signed:
+            self.entry = np.ascontiguousarray(self.entry[order])
+        self.start[:n_rows] = 0
+        if n_rows > 1:
+            self.start[1:n_rows] = np.cumsum(self.count[: n_rows - 1])
+        self.used = self.live = int(order.shape[0])
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts c."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.arange(total) - np.repeat(ends - counts, counts)
