@@ -230,9 +230,15 @@ class Config(_Frozen):
         return deps
 
     def evaluation_order(self) -> list[str]:
-        """Every priced asset, each after the assets its index depends on (validated acyclic at load)."""
+        """Every priced asset, each after the assets its index depends on (validated acyclic at load).
+        Assets priced at 1 (no index) come first: any source may be quoted in them."""
         order: list[str] = []
         seen: set[str] = set()
+        for a in (*self.assets, self.settlement, *USD_LIKE):
+            spec = self.assets.get(a)
+            if (spec is None or spec.index is None) and a not in seen:
+                seen.add(a)
+                order.append(a)
 
         def visit(a: str) -> None:
             if a in seen:
@@ -244,10 +250,6 @@ class Config(_Frozen):
 
         for a in self.assets:
             visit(a)
-        for a in (self.settlement, *USD_LIKE):
-            if a not in seen:
-                seen.add(a)
-                order.append(a)
         return order
 
 

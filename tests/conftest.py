@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.config import Config, load_config
+from streams.engine import Engine
+from streams.events import decode
+from tests import reference as ref
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def rich_config() -> Config:
+    return load_config(DATA / "rich.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_config() -> Config:
+    return load_config(DATA / "small.yaml")
+
+
+def run_engine(cfg: Config, events: list[dict]) -> Engine:
+    engine = Engine(cfg)
+    for ev in events:
+        engine.apply(decode(json.dumps(ev)))
+    return engine
+
+
+def run_reference(cfg: Config, events: list[dict]) -> tuple[ref.Market, dict[str, dict], int]:
+    market = ref.Market(cfg)
+    accounts: dict[str, dict] = {}
+    t = -1
+    for ev in events:
+        t = max(t, ev["ts"])
+        if ev["type"] == "tick":
+            market.tick(ev)
+        elif ev["type"] == "reference":
+            market.reference(ev)
+        elif ev.get("closed"):
+            accounts.pop(ev["account"], None)
+        else:
+            accounts[ev["account"]] = ev
+    return market, accounts, t
+
+
+def close(a, b, rel: float = 1e-9, abs_: float = 1e-6) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if a != a or b != b:
+        return a != a and b != b
+    return abs(a - b) <= max(rel * max(abs(a), abs(b)), abs_)

@@ -1,0 +1,362 @@
+"""Plain-Python reference of SPEC §3–§5, written from the spec, not from the kernels.
+
+Dicts and floats, loops over bracket slices (no cumulative tables), one account at a time. Slow on purpose:
+the kernels are compared against it on seeded random populations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from streams.config import USD_LIKE, Config
+
+NAN = float("nan")
+
+
+def is_nan(x: float) -> bool:
+    return x != x
+
+
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def incremental(amount: float, brackets) -> float:
+    """Σ over brackets of rate × the part of `amount` inside the bracket (like tax brackets)."""
+    charge, lower = 0.0, 0.0
+    for b in brackets:
+        upper = math.inf if b.upto is None else b.upto
+        if amount > lower:
+            charge += b.rate * (min(amount, upper) - lower)
+        lower = upper
+    return charge
+
+
+def dependency_order(cfg: Config) -> list[str]:
+    order: list[str] = []
+
+    def deps(a):
+        spec = cfg.assets.get(a)
+        if spec is None or spec.index is None:
+            return []
+        out = []
+        for c in spec.index.constituents:
+            d = c.in_ if c.is_redemption else c.quote
+            if d in cfg.assets and cfg.assets[d].index is not None:
+                out.append(d)
+        return out
+
+    def visit(a):
+        if a in order:
+            return
+        for d in deps(a):
+            visit(d)
+        order.append(a)
+
+    for a in cfg.assets:
+        visit(a)
+    return order
+
+
+@dataclass
+class Book:
+    mid: float = NAN
+    last: float = NAN
+    ts: float = -math.inf
+    funding_rate: float = NAN
+    next_funding_ts: float = NAN
+
+
+@dataclass
+class Market:
+    """Quotes per `venue:symbol`, references per asset, basis samples per instrument."""
+
+    cfg: Config
+    books: dict[str, Book] = field(default_factory=dict)
+    refs: dict[str, tuple[float, float, str]] = field(default_factory=dict)  # asset -> (rate, ts, in)
+    index: dict[str, float] = field(default_factory=dict)
+    basis: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def price_of(self, asset: str, index: dict[str, float]) -> float:
+        spec = self.cfg.assets.get(asset)
+        if spec is not None and spec.index is not None:
+            return index.get(asset, NAN)
+        if asset == self.cfg.settlement or asset in USD_LIKE:
+            return 1.0
+        return NAN
+
+    def compute_index(self, t: float, mids: dict[str, float], prev: dict[str, float]):
+        """(index, stale, {(asset, source): (price, status)}) — §3."""
+        cfg = self.cfg
+        index: dict[str, float] = {}
+        stale: dict[str, bool] = {}
+        detail = {}
+        for a in dependency_order(cfg):
+            ix = cfg.assets[a].index
+            if ix is None:
+                continue
+            fresh = []
+            for c in ix.constituents:
+                if c.is_redemption:
+                    rate, ts, _ = self.refs.get(a, (NAN, -math.inf, ""))
+                    p = rate * self.price_of(c.in_, index)
+                else:
+                    p = mids.get(c.source, NAN) * self.price_of(c.quote, index)
+                    ts = self.books[c.source].ts if c.source in self.books else -math.inf
+                if is_nan(p):
+                    detail[(a, c.source)] = (p, "missing")
+                elif t - ts > ix.max_age_ms:
+                    detail[(a, c.source)] = (p, "stale")
+                else:
+                    fresh.append((p, c.weight, c.source))
+            survivors = []
+            if fresh:
+                med = median([p for p, _, _ in fresh])
+                for p, w, s in fresh:
+                    if abs(p - med) / med > ix.max_deviation:
+                        detail[(a, s)] = (p, "deviation")
+                    else:
+                        detail[(a, s)] = (p, "used")
+                        survivors.append((p, w))
+            if not survivors:
+                index[a] = prev.get(a, NAN)
+                stale[a] = True
+                continue
+            total = sum(w for _, w in survivors)
+            if ix.method == "weighted_mean":
+                value = sum(p * w / total for p, w in survivors)
+            else:
+                cum = 0.0
+                value = NAN
+                for p, w in sorted(survivors):
+                    cum += w / total
+                    if cum >= 0.5 - 1e-12:
+                        value = p
+                        break
+            if ix.floor is not None:
+                value = max(value, ix.floor)
+            if ix.cap is not None:
+                value = min(value, ix.cap)
+            index[a] = value
+            stale[a] = False
+        return index, stale, detail
+
+    def basis_average(self, instrument: str, t: float) -> float:
+        window = self.cfg.instruments[instrument].mark.basis_window_s * 1000.0
+        kept = [v for ts, v in self.basis.get(instrument, []) if ts > t - window]
+        return sum(kept) / len(kept) if kept else NAN
+
+    def compute_marks(self, t: float, index: dict[str, float], lasts: dict[str, float], basis: dict[str, float]):
+        marks = {}
+        for name, ins in self.cfg.instruments.items():
+            idx = index.get(ins.underlying, NAN)
+            if ins.mark.method == "index" or is_nan(idx):
+                marks[name] = idx
+                continue
+            src = self.cfg.mark_source(name)
+            book = self.books.get(src, Book())
+            inputs = []
+            if not is_nan(book.funding_rate):
+                to_funding = max(book.next_funding_ts - t, 0.0)
+                inputs.append(idx * (1 + book.funding_rate * to_funding / (ins.mark.funding_interval_s * 1000.0)))
+            else:
+                inputs.append(idx)
+            if not is_nan(basis[name]):
+                inputs.append(idx + basis[name])
+            lp = lasts.get(src, NAN)
+            if not is_nan(lp):
+                inputs.append(lp)
+            marks[name] = median(inputs)
+        return marks
+
+    # -- events, evaluated after each market event (the schedule the spec's "last value" refers to) --------
+    def tick(self, ev: dict) -> None:
+        key = f"{ev['venue']}:{ev['symbol']}"
+        b = self.books.setdefault(key, Book())
+        b.mid = (ev["bid"] + ev["ask"]) / 2
+        b.ts = ev["ts"]
+        if ev.get("last") is not None:
+            b.last = ev["last"]
+        if ev.get("funding_rate") is not None:
+            b.funding_rate = ev["funding_rate"]
+            b.next_funding_ts = ev["next_funding_ts"]
+        self.index, _, _ = self.compute_index(ev["ts"], self.mids(), self.index)
+        for name, ins in self.cfg.instruments.items():
+            if self.cfg.mark_source(name) == key:
+                idx = self.index.get(ins.underlying, NAN)
+                if not is_nan(idx):
+                    self.basis.setdefault(name, []).append((ev["ts"], b.mid - idx))
+
+    def reference(self, ev: dict) -> None:
+        self.refs[ev["asset"]] = (ev["rate"], ev["ts"], ev["in"])
+        self.index, _, _ = self.compute_index(ev["ts"], self.mids(), self.index)
+
+    def mids(self) -> dict[str, float]:
+        return {k: b.mid for k, b in self.books.items()}
+
+    def lasts(self) -> dict[str, float]:
+        return {k: b.last for k, b in self.books.items()}
+
+    def prices(self, t: float, mids=None, lasts=None, prev=None):
+        """(index, marks) at t for given (possibly shocked) books."""
+        index, _, _ = self.compute_index(t, self.mids() if mids is None else mids, self.index if prev is None else prev)
+        basis = {n: self.basis_average(n, t) for n in self.cfg.instruments}
+        marks = self.compute_marks(t, index, self.lasts() if lasts is None else lasts, basis)
+        return index, marks
+
+    # -- stress ------------------------------------------------------------------------------------------------
+    def book_asset(self, key: str) -> str | None:
+        symbol = key.split(":", 1)[1]
+        if "/" in symbol:
+            return symbol.split("/")[0]
+        ins = self.cfg.instruments.get(symbol)
+        return ins.underlying if ins else None
+
+    def shocked(self, scenario: str, s: float):
+        moves = self.cfg.stress.scenarios[scenario]
+        mids, lasts = {}, {}
+        for k, b in self.books.items():
+            f = max(1.0 + moves.get(self.book_asset(k), 0.0) * s, 0.0)
+            mids[k] = b.mid * f
+            lasts[k] = b.last * f
+        return mids, lasts
+
+
+def account_numbers(cfg: Config, acct: dict, index: dict[str, float], marks: dict[str, float]):
+    """(equity, maintenance) — §4."""
+    collateral = 0.0
+    for a, q in acct["collateral"].items():
+        v = q * price(cfg, a, index)
+        spec = cfg.assets.get(a)
+        collateral += v - (incremental(v, spec.haircut) if spec is not None else 0.0)
+    liabilities = 0.0
+    borrow_maint = 0.0
+    for a, q in acct["borrowed"].items():
+        v = q * price(cfg, a, index)
+        liabilities += v
+        borrow_maint += v * (cfg.borrow[a].maintenance_rate if a in cfg.borrow else 0.0)
+    upnl = 0.0
+    maint = 0.0
+    for p in acct["positions"]:
+        m = marks[p["instrument"]]
+        upnl += p["qty"] * (m - p["entry"])
+        maint += incremental(abs(p["qty"]) * m, cfg.instruments[p["instrument"]].maintenance)
+    return collateral - liabilities + upnl, maint + borrow_maint
+
+
+def price(cfg: Config, asset: str, index: dict[str, float]) -> float:
+    spec = cfg.assets.get(asset)
+    if spec is not None and spec.index is not None:
+        return index.get(asset, NAN)
+    return 1.0
+
+
+def health_row(cfg: Config, acct: dict, index, marks) -> dict:
+    e, m = account_numbers(cfg, acct, index, marks)
+    return {"equity": e, "maintenance": m, "health": e / m if m > 0 else None, "liquidatable": e < m}
+
+
+def liquidation_severity(market: Market, acct: dict, t: float, scenario: str, grid: int = 64, tol: float = 1e-6):
+    """Smallest s in [0, max severity] at which the account is liquidatable without cascade: a scan over
+    `grid` evenly spaced severities, then bisection to `tol` (the method the issue asks for)."""
+    cfg = market.cfg
+    s_max = cfg.stress.severities[-1]
+    base_index, _ = market.prices(t)
+
+    def liquidatable(s):
+        mids, lasts = market.shocked(scenario, s)
+        index, marks = market.prices(t, mids, lasts, prev=base_index)
+        e, m = account_numbers(cfg, acct, index, marks)
+        return e < m
+
+    step = s_max / (grid - 1)
+    for g in range(grid):
+        if liquidatable(g * step):
+            if g == 0:
+                return 0.0
+            lo, hi = (g - 1) * step, g * step
+            while hi - lo > tol:
+                mid = 0.5 * (lo + hi)
+                if liquidatable(mid):
+                    hi = mid
+                else:
+                    lo = mid
+            return hi
+    return None
+
+
+def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, s: float) -> dict:
+    """§5, round by round."""
+    cfg = market.cfg
+    mids, lasts = market.shocked(scenario, s)
+    prev, _ = market.prices(t)
+    alive = dict(accounts)
+    rounds = 0
+    total = 0.0
+    count = 0
+    first = 0.0
+    net: dict[str, float] = {}
+    runaway = False
+    venue = cfg.liquidation.venue
+    for r in range(1, cfg.stress.max_rounds + 2):
+        index, marks = market.prices(t, mids, lasts, prev=prev)
+        prev = index
+        fallen = [a for a, acct in alive.items() if (lambda em: em[0] < em[1])(account_numbers(cfg, acct, index, marks))]
+        if not fallen:
+            break
+        if r > cfg.stress.max_rounds:
+            runaway = True
+            break
+        flows: dict[str, float] = {}
+        notional = 0.0
+        for a in fallen:
+            acct = alive.pop(a)
+            for p in acct["positions"]:
+                u = cfg.instruments[p["instrument"]].underlying
+                f = p["qty"] * marks[p["instrument"]]
+                flows[u] = flows.get(u, 0.0) + f
+                notional += abs(f)
+            for asset, q in acct["collateral"].items():
+                if asset == cfg.settlement:
+                    continue
+                v = q * price(cfg, asset, index)
+                flows[asset] = flows.get(asset, 0.0) + v
+                notional += v
+        rounds += 1
+        count += len(fallen)
+        total += notional
+        if r == 1:
+            first = notional
+        for asset, f in flows.items():
+            net[asset] = net.get(asset, 0.0) + f
+        for k in mids:
+            if not k.startswith(venue + ":"):
+                continue
+            asset = market.book_asset(k)
+            if asset not in flows or flows[asset] == 0.0:
+                continue
+            imp = cfg.assets[asset].impact if asset in cfg.assets else None
+            if imp is None:
+                continue
+            x = flows[asset]
+            if imp.model == "linear":
+                factor = 1 - 0.01 * x / imp.depth_usd_per_pct if x > 0 else 1 + 0.01 * (-x) / imp.depth_usd_per_pct
+            else:
+                move = imp.y * imp.daily_vol * math.sqrt(abs(x) / imp.daily_volume_usd)
+                factor = 1 - move if x > 0 else 1 + move
+            factor = max(factor, 0.01)
+            mids[k] *= factor
+            lasts[k] *= factor
+    return {
+        "rounds": rounds,
+        "liquidated_accounts": count,
+        "liquidated_notional": total,
+        "net_sold": {a: v for a, v in net.items() if v != 0.0},
+        "final_index": index,
+        "final_prices": mids,
+        "amplification": total / first if rounds > 1 and first > 0 else 1.0,
+        "runaway": runaway,
+    }

@@ -1,0 +1,98 @@
+"""The numba kernels against the plain-Python reference (tests/reference.py) on seeded random populations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests import reference as ref
+from tests.conftest import close, run_engine, run_reference
+from tests.populations import population
+
+SEEDS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def world(request, rich_config):
+    events = population(request.param, 3000)
+    engine = run_engine(rich_config, events)
+    market, accounts, t = run_reference(rich_config, events)
+    return rich_config, engine, market, accounts, t
+
+
+def test_index_and_marks_match(world):
+    cfg, engine, market, _, t = world
+    pv = engine.prices()
+    index, marks = market.prices(t)
+    lay = engine.layout
+    checked = 0
+    for asset, value in index.items():
+        assert close(pv.index[lay.asset_id[asset]], value), (asset, pv.index[lay.asset_id[asset]], value)
+        checked += not math.isnan(value)
+    for name, value in marks.items():
+        assert close(pv.mark[lay.instrument_id[name]], value), (name, pv.mark[lay.instrument_id[name]], value)
+    assert checked >= 4  # the population prices most assets
+
+
+def test_source_status_matches(world):
+    cfg, engine, market, _, t = world
+    _, _, detail = market.compute_index(t, market.mids(), market.index)
+    names = {0: "used", 1: "stale", 2: "deviation", 3: "missing"}
+    statuses = {names[int(s)] for s in engine.market.source_status}
+    for k, (asset, source) in enumerate(engine.layout.constituents):
+        assert names[int(engine.market.source_status[k])] == detail[(asset, source)][1], (asset, source)
+    assert {"used", "deviation"} <= statuses or {"used", "stale"} <= statuses
+
+
+def test_health_matches(world):
+    cfg, engine, market, accounts, t = world
+    index, marks = market.prices(t)
+    rows = {r["account"]: r for r in engine.health_rows()}
+    assert len(rows) == len(accounts)
+    liquidatable = 0
+    for aid, acct in accounts.items():
+        want = ref.health_row(cfg, acct, index, marks)
+        got = rows[aid]
+        for f in ("equity", "maintenance", "health"):
+            assert close(got[f], want[f]), (aid, f, got[f], want[f])
+        assert got["liquidatable"] == want["liquidatable"], aid
+        liquidatable += want["liquidatable"]
+    assert 0 < liquidatable < len(accounts)  # the population straddles the boundary
+
+
+def test_liquidation_severity_matches(world):
+    cfg, engine, market, accounts, t = world
+    rows = {r["account"]: r for r in engine.health_rows()}
+    sample = sorted(accounts)[:400]
+    found = 0
+    for aid in sample:
+        want = ref.liquidation_severity(market, accounts[aid], t, cfg.stress.primary_scenario)
+        got = rows[aid]["liquidation_severity"]
+        assert (got is None) == (want is None), (aid, got, want)
+        if want is not None:
+            assert abs(got - want) <= 2e-6, (aid, got, want)
+            found += 0 < want
+    assert found > 10
+
+
+@pytest.mark.parametrize("scenario,severity", [("risk_off", 0.0), ("risk_off", 0.1), ("risk_off", 0.3),
+                                               ("squeeze", 0.2)])
+def test_cascade_matches(world, scenario, severity):
+    cfg, engine, market, accounts, t = world
+    got = engine.cascade(scenario, severity)
+    want = ref.cascade(market, accounts, t, scenario, severity)
+    for f in ("rounds", "liquidated_accounts", "runaway"):
+        assert got[f] == want[f], (f, got[f], want[f])
+    for f in ("liquidated_notional", "amplification"):
+        assert close(got[f], want[f]), (f, got[f], want[f])
+    assert set(got["net_sold"]) == set(want["net_sold"])
+    for a, v in want["net_sold"].items():
+        assert close(got["net_sold"][a], v), a
+    for a, v in want["final_index"].items():
+        assert close(got["final_index"][a], v), a
+    for k, v in want["final_prices"].items():
+        assert close(got["final_prices"][k], v), k
+    if severity > 0 and scenario == "risk_off":
+        assert got["liquidated_accounts"] > 0
