@@ -104,6 +104,8 @@ def _translate(err: msgspec.DecodeError, raw: bytes) -> BadEvent:
             if tag in OUTPUT_TYPES:
                 return BadEvent("unknown_type", f"type: '{tag}' is an output of liqwatch, not an input event")
             return BadEvent("unknown_type", f"type: must be one of tick, reference, account (got {tag!r})")
+        if "out of range" in msg:
+            return BadEvent("bad_number", f"{_field_path(at)}: must be a finite number (got a value out of range)")
         return BadEvent("bad_field", f"{_field_path(at)}: {msg[0].lower() + msg[1:]}")
     return BadEvent("invalid_json", f"(json): not valid JSON: {text}")
 
