@@ -20,11 +20,11 @@ from numba import njit
 
 
 @njit(cache=True, inline="always")
-def bracket_charge(amount, lo, hi, upto, rate, cum):
-    for k in range(lo, hi):
-        if amount <= upto[k]:
-            return amount * rate[k] - cum[k]
-    return 0.0
+def bracket_charge(amount, owner, upto, rate, cum):
+    k = 0
+    for j in range(upto.shape[1] - 1):
+        k += amount > upto[owner, j]
+    return amount * rate[owner, k] - cum[owner, k]
 
 
 @njit(cache=True, inline="always")
@@ -34,8 +34,7 @@ def account_numbers(i, index, mark, book, risk):
     for j in range(book.coll_start[i], book.coll_start[i] + book.coll_count[i]):
         a = book.coll_asset[j]
         v = book.coll_qty[j] * index[a]
-        value += v - bracket_charge(v, risk.haircut_ptr[a], risk.haircut_ptr[a + 1],
-                                    risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
+        value += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
     maintenance = 0.0
     for j in range(book.debt_start[i], book.debt_start[i] + book.debt_count[i]):
         a = book.debt_asset[j]
@@ -47,22 +46,50 @@ def account_numbers(i, index, mark, book, risk):
         m = mark[ins]
         q = book.pos_qty[j]
         value += q * (m - book.pos_entry[j])
-        maintenance += bracket_charge(abs(q) * m, risk.maint_ptr[ins], risk.maint_ptr[ins + 1],
-                                      risk.maint_upto, risk.maint_rate, risk.maint_cum)
+        maintenance += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
     return value, maintenance
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_health, out_liquidatable):
-    for i in range(book.active.shape[0]):
+    # Flat passes over the entry pools rather than a loop per account: per-account loops with 1–5 entries
+    # mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`).
+    n = book.active.shape[0]
+    for i in range(n):
+        out_equity[i] = 0.0
+        out_maintenance[i] = 0.0
+    for j in range(book.coll_owner.shape[0]):
+        o = book.coll_owner[j]
+        if o < 0:
+            continue
+        a = book.coll_asset[j]
+        v = book.coll_qty[j] * index[a]
+        out_equity[o] += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
+    for j in range(book.debt_owner.shape[0]):
+        o = book.debt_owner[j]
+        if o < 0:
+            continue
+        a = book.debt_asset[j]
+        v = book.debt_qty[j] * index[a]
+        out_equity[o] -= v
+        out_maintenance[o] += v * risk.borrow_rate[a]
+    for j in range(book.pos_owner.shape[0]):
+        o = book.pos_owner[j]
+        if o < 0:
+            continue
+        ins = book.pos_instr[j]
+        m = mark[ins]
+        q = book.pos_qty[j]
+        out_equity[o] += q * (m - book.pos_entry[j])
+        out_maintenance[o] += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
+    for i in range(n):
+        e = out_equity[i]
+        m = out_maintenance[i]
         if not book.active[i]:
             out_equity[i] = np.nan
             out_maintenance[i] = np.nan
             out_health[i] = np.nan
             out_liquidatable[i] = False
             continue
-        e, m = account_numbers(i, index, mark, book, risk)
-        out_equity[i] = e
-        out_maintenance[i] = m
         out_health[i] = e / m if m > 0.0 else np.nan
         out_liquidatable[i] = e < m

@@ -7,9 +7,11 @@ kept up to date by `streams.state.AccountBook`.
 Conventions shared by every kernel:
 - assets, instruments and venue books (tick "slots") are small integers; -1 means "none";
 - a missing number is NaN (no price yet, no funding rate, health of an account with no maintenance);
-- brackets are stored per owner as CSR (`*_ptr[k]:*_ptr[k+1]`) with an open-ended last bracket (`upto = inf`)
-  and the cumulative deduction `cum`, so a bracketed charge is `amount × rate_k − cum_k` for the bracket k
-  holding the amount: one lookup instead of a loop over slices (the way exchanges publish their tables).
+- brackets are fixed-width tables, one row per owner (asset or instrument), padded with open-ended brackets
+  (`upto = inf`), with the cumulative deduction `cum`: a bracketed charge is `amount × rate_k − cum_k` for the
+  bracket k holding the amount (the way exchanges publish their tables). k is found by counting the uppers
+  below the amount — a fixed number of compares with no data-dependent branch, which matters: a loop with a
+  per-owner trip count costs more than all the arithmetic of an account.
 """
 
 from typing import NamedTuple
@@ -60,15 +62,13 @@ class MarkRules(NamedTuple):
 
 
 class RiskRules(NamedTuple):
-    haircut_ptr: np.ndarray     # int32[A+1]
-    haircut_upto: np.ndarray    # float64[H]
-    haircut_rate: np.ndarray    # float64[H]
-    haircut_cum: np.ndarray     # float64[H]
+    haircut_upto: np.ndarray    # float64[A, W]
+    haircut_rate: np.ndarray    # float64[A, W]
+    haircut_cum: np.ndarray     # float64[A, W]
     borrow_rate: np.ndarray     # float64[A] maintenance rate on borrowed value
-    maint_ptr: np.ndarray       # int32[I+1]
-    maint_upto: np.ndarray      # float64[M]
-    maint_rate: np.ndarray      # float64[M]
-    maint_cum: np.ndarray       # float64[M]
+    maint_upto: np.ndarray      # float64[I, W]
+    maint_rate: np.ndarray      # float64[I, W]
+    maint_cum: np.ndarray       # float64[I, W]
     underlying: np.ndarray      # int32[I]
     settlement: int             # asset never sold in a liquidation
 
@@ -98,22 +98,43 @@ class Quotes(NamedTuple):
 
 class Book(NamedTuple):
     """Accounts as struct-of-arrays. Each account's entries are the slice `start[i] : start[i] + count[i]` of the
-    entry pools; a new snapshot is appended to the pools (old slices become garbage until compaction)."""
+    entry pools, and every entry names its `owner` (−1 for garbage: a replaced snapshot's entries stay in the
+    pool until compaction). Per-account kernels walk slices; the full recompute walks the pools flat."""
 
     active: np.ndarray       # bool[N]
     coll_start: np.ndarray   # int32[N]
     coll_count: np.ndarray   # int32[N]
     coll_asset: np.ndarray   # int32[K]
     coll_qty: np.ndarray     # float64[K]
+    coll_owner: np.ndarray   # int32[K]
     debt_start: np.ndarray   # int32[N]
     debt_count: np.ndarray   # int32[N]
     debt_asset: np.ndarray   # int32[B]
     debt_qty: np.ndarray     # float64[B]
+    debt_owner: np.ndarray   # int32[B]
     pos_start: np.ndarray    # int32[N]
     pos_count: np.ndarray    # int32[N]
     pos_instr: np.ndarray    # int32[P]
     pos_qty: np.ndarray      # float64[P]  signed, + long
     pos_entry: np.ndarray    # float64[P]
+    pos_owner: np.ndarray    # int32[P]
+
+
+def bracket_table(owners: list[list[tuple[float | None, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per owner, padded to the widest table with open-ended brackets; an owner without brackets is
+    charged nothing (rate 0)."""
+    width = max([len(b) for b in owners] + [1])
+    upto = np.full((len(owners), width), np.inf)
+    rate = np.zeros((len(owners), width))
+    cum = np.zeros((len(owners), width))
+    for o, brackets in enumerate(owners):
+        if not brackets:
+            continue
+        u, r, c = bracket_tables(brackets)
+        n = len(brackets)
+        upto[o, :n], rate[o, :n], cum[o, :n] = u, r, c
+        rate[o, n:], cum[o, n:] = r[-1], c[-1]
+    return upto, rate, cum
 
 
 def bracket_tables(brackets: list[tuple[float | None, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from streams.config import ConfigError, load_config
+from streams.stack_cli import app as stack_app
 
 app = typer.Typer(
     name="liqwatch",
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks that print figures (JSON); not tests.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(stack_app, name="stack")
 
 err = Console(stderr=True)
 log = logging.getLogger("liqwatch")
@@ -202,17 +204,6 @@ def bench_kernels(
     from streams.bench import kernels as run
 
     sys.stdout.write(json.dumps(run(accounts, repeat, reference_sample)) + "\n")
-
-
-def _mount_optional() -> None:
-    try:
-        from streams.stack_cli import app as stack_app
-    except ImportError:  # the stack module ships with the streaming pipeline
-        return
-    app.add_typer(stack_app, name="stack")
-
-
-_mount_optional()
 
 
 @app.callback()

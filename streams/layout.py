@@ -25,7 +25,7 @@ from kernels.rules import (
     IndexRules,
     MarkRules,
     RiskRules,
-    bracket_tables,
+    bracket_table,
 )
 from streams.config import Config, LinearImpact, SqrtImpact
 
@@ -36,18 +36,6 @@ def _f64(values) -> np.ndarray:
 
 def _i32(values) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.int32)
-
-
-def _brackets_csr(owners: list[list[tuple[float | None, float]]]):
-    ptr = [0]
-    upto, rate, cum = [], [], []
-    for brackets in owners:
-        u, r, c = bracket_tables(brackets) if brackets else (np.zeros(0), np.zeros(0), np.zeros(0))
-        upto.extend(u)
-        rate.extend(r)
-        cum.extend(c)
-        ptr.append(len(upto))
-    return _i32(ptr), _f64(upto), _f64(rate), _f64(cum)
 
 
 class Layout:
@@ -186,20 +174,17 @@ class Layout:
         for name in self.assets:
             spec = cfg.assets.get(name)
             haircuts.append([(b.upto, b.rate) for b in spec.haircut] if spec is not None else [])
-        hp, hu, hr, hc = _brackets_csr(haircuts)
-        mp, mu, mr, mc = _brackets_csr(
-            [[(b.upto, b.rate) for b in cfg.instruments[n].maintenance] for n in self.instruments]
-        )
+        hu, hr, hc = bracket_table(haircuts)
+        mu, mr, mc = bracket_table([[(b.upto, b.rate) for b in cfg.instruments[n].maintenance]
+                                    for n in self.instruments])
         borrow = np.zeros(len(self.assets))
         for name, spec in cfg.borrow.items():
             borrow[self.asset_id[name]] = spec.maintenance_rate
         return RiskRules(
-            haircut_ptr=hp,
             haircut_upto=hu,
             haircut_rate=hr,
             haircut_cum=hc,
             borrow_rate=_f64(borrow),
-            maint_ptr=mp,
             maint_upto=mu,
             maint_rate=mr,
             maint_cum=mc,

@@ -342,15 +342,18 @@ class AccountBook:
             coll_count=c.count[:n],
             coll_asset=c.key[: c.used],
             coll_qty=c.qty[: c.used],
+            coll_owner=c.owner[: c.used],
             debt_start=d.start[:n],
             debt_count=d.count[:n],
             debt_asset=d.key[: d.used],
             debt_qty=d.qty[: d.used],
+            debt_owner=d.owner[: d.used],
             pos_start=p.start[:n],
             pos_count=p.count[:n],
             pos_instr=p.key[: p.used],
             pos_qty=p.qty[: p.used],
             pos_entry=p.entry[: p.used],
+            pos_owner=p.owner[: p.used],
         )
 
 
@@ -362,6 +365,7 @@ class _Pool:
         self.start = np.zeros(rows, dtype=np.int32)
         self.count = np.zeros(rows, dtype=np.int32)
         self.key = np.zeros(rows, dtype=np.int32)
+        self.owner = np.full(rows, -1, dtype=np.int32)
         self.qty = np.zeros(rows)
         self.entry = np.zeros(rows) if signed else np.zeros(0)
         self.signed = signed
@@ -373,7 +377,9 @@ class _Pool:
         self.count = _grow(self.count, rows, 0)
 
     def clear(self, r: int) -> None:
-        self.live -= int(self.count[r])
+        c = int(self.count[r])
+        self.live -= c
+        self.owner[self.start[r]: self.start[r] + c] = -1
         self.count[r] = 0
 
     def put(self, r: int, items: list[tuple[int, float, float]]) -> None:
@@ -382,11 +388,13 @@ class _Pool:
         end = self.used + n
         if end > self.key.shape[0]:
             self.key = _grow(self.key, end, 0)
+            self.owner = _grow(self.owner, end, -1)
             self.qty = _grow(self.qty, end, 0.0)
             if self.signed:
                 self.entry = _grow(self.entry, end, 0.0)
         for j, (k, q, e) in enumerate(items):
             self.key[self.used + j] = k
+            self.owner[self.used + j] = r
             self.qty[self.used + j] = q
             if self.signed:
                 self.entry[self.used + j] = e
@@ -401,6 +409,7 @@ class _Pool:
             return
         order = np.repeat(self.start[:n_rows], self.count[:n_rows]) + _ranges(self.count[:n_rows])
         self.key = np.ascontiguousarray(self.key[order])
+        self.owner = np.ascontiguousarray(self.owner[order])
         self.qty = np.ascontiguousarray(self.qty[order])
         if self.signed:
             self.entry = np.ascontiguousarray(self.entry[order])

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine (Python 3.11, Java 17 + Maven, apt):
+#   ./liqwatch.sh test              set everything up, start what the tests need, run the fast and integration tiers
+#   ./liqwatch.sh test-fast         set up Python only, run the fast tier (seconds)
+#   ./liqwatch.sh setup             only set up: .venv with liqwatch, Debian packages, Kafka jars
+#   ./liqwatch.sh ARGS...           set up, then run `liqwatch ARGS...` (e.g. ./liqwatch.sh health --help)
+# Setup is idempotent and quick when already done.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+repo="$PWD"
+venv="$repo/.venv"
+log() { echo "[liqwatch.sh] $*" >&2; }
+
+setup_python() {
+  local py="${PYTHON:-python3.11}"
+  command -v "$py" >/dev/null || py=python3
+  if [[ ! -x "$venv/bin/python" ]]; then
+    log "creating $venv with $("$py" --version)"
+    "$py" -m venv "$venv"
+  fi
+  local stamp="$venv/.liqwatch-installed" want
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "installing liqwatch and its dependencies into $venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e ".[dev]"
+    echo "$want" >"$stamp"
+  fi
+}
+
+setup_system() {
+  scripts/setup-system.sh
+}
+
+run_tests() {
+  local rc=0
+  log "fast tier"
+  "$venv/bin/python" -m pytest -m "not integration" -q "$@" || rc=$?
+  log "integration tier (starts its own Kafka, Prometheus and Alertmanager on free 127.0.0.1 ports)"
+  "$venv/bin/python" -m pytest -m integration -q "$@" || rc=$?
+  return $rc
+}
+
+cmd="${1:-help}"
+case "$cmd" in
+  setup) setup_python; setup_system ;;
+  test) shift; setup_python; setup_system; run_tests "$@" ;;
+  test-fast) shift; setup_python; "$venv/bin/python" -m pytest -m "not integration and not slow" -q "$@" ;;
+  help|-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) setup_python; setup_system; exec "$venv/bin/liqwatch" "$@" ;;
+esac
