@@ -30,12 +30,19 @@ class LoadReport:
     applied: int = 0
     superseded: int = 0
     rejected: int = 0
+    after_until: int = 0
     by_kind: Counter = field(default_factory=Counter)
 
 
 def load_events(
-    cfg: Config, path: Path, deadletter: Path | None = None, engine: Engine | None = None, quiet: bool = False
+    cfg: Config,
+    path: Path,
+    deadletter: Path | None = None,
+    engine: Engine | None = None,
+    quiet: bool = False,
+    until: int | None = None,
 ) -> tuple[Engine, LoadReport]:
+    """Apply every event of `path` in file order (only those with ts <= `until`, when given)."""
     engine = engine or Engine(cfg)
     report = LoadReport()
     dead: IO[str] | None = deadletter.open("w") if deadletter is not None else None
@@ -58,7 +65,11 @@ def load_events(
                 if not raw.strip():
                     continue
                 try:
-                    if engine.apply(decode(raw)):
+                    event = decode(raw)
+                    if until is not None and event.ts > until:
+                        report.after_until += 1
+                        continue
+                    if engine.apply(event):
                         report.applied += 1
                     else:
                         report.superseded += 1

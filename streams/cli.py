@@ -62,13 +62,13 @@ def _parse_time(value: Optional[str], option: str) -> Optional[int]:
     return int(dt.timestamp() * 1000)
 
 
-def _load(config: Path, events: Path, deadletter: Optional[Path]):
+def _load(config: Path, events: Path, deadletter: Optional[Path], until: Optional[str] = None):
     from streams.batch import load_events
 
     cfg = _config(config)
     if str(events) != "-" and not events.exists():
         _fail(f"EVENTS: no such file '{events}'")
-    engine, rep = load_events(cfg, events, deadletter)
+    engine, rep = load_events(cfg, events, deadletter, until=_parse_time(until, "--until"))
     if rep.rejected:
         kinds = ", ".join(f"{k} {n}" for k, n in rep.by_kind.most_common())
         where = f" (written to {deadletter})" if deadletter else " (use --deadletter FILE to keep them)"
@@ -89,6 +89,8 @@ AtOpt = Annotated[
     Optional[str],
     typer.Option("--at", help="Evaluate at this event time (epoch ms or ISO-8601); default: the largest ts in EVENTS."),
 ]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Apply only events with ts <= this time (epoch ms "
+                                                                 "or ISO-8601): the state as it was then.")]
 DeadOpt = Annotated[
     Optional[Path],
     typer.Option("--deadletter", help="Write rejected lines here (JSONL: reason, kind, line, original)."),
@@ -96,7 +98,8 @@ DeadOpt = Annotated[
 
 
 @app.command()
-def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, deadletter: DeadOpt = None) -> None:
+def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilOpt = None,
+           deadletter: DeadOpt = None) -> None:
     """Margin health of every account: one JSON line per account, sorted by account.
 
     Fields: `account`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable` (E < M),
@@ -108,7 +111,7 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, deadletter: D
 
     Example: `liqwatch health --config oct-2025-prefix.yaml events.jsonl | head`
     """
-    cfg, engine = _load(config, events, deadletter)
+    cfg, engine = _load(config, events, deadletter, until)
     rows = engine.health_rows(_parse_time(at, "--at"))
     out = sys.stdout
     for row in rows:
@@ -124,6 +127,7 @@ def cascade(
         float, typer.Option(help="Shock severity s: asset a moves by d_a × s (0.12 = −12% for a direction of −1).")
     ],
     at: AtOpt = None,
+    until: UntilOpt = None,
     deadletter: DeadOpt = None,
 ) -> None:
     """Simulate a liquidation cascade (SPEC §5) on the state after EVENTS; print the result as one JSON object.
@@ -136,7 +140,7 @@ def cascade(
 
     Example: `liqwatch cascade -c oct-2025-prefix.yaml --scenario risk_off --severity 0.12 events.jsonl`
     """
-    cfg, engine = _load(config, events, deadletter)
+    cfg, engine = _load(config, events, deadletter, until)
     if scenario not in cfg.stress.scenarios:
         _fail(f"--scenario: unknown scenario '{scenario}' (config has: {', '.join(cfg.stress.scenarios)})")
     if not math.isfinite(severity) or severity < 0:

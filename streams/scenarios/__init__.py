@@ -255,7 +255,7 @@ def accounts(n: int, seed: int) -> Iterator[dict]:
         if k == "perp":
             asset = "USDe" if rng.random() < 0.35 else "USDT"
             coll[asset] = e
-            lev = float(np.clip(rng.lognormal(np.log(8.0), 0.8), 1.0, 50.0))
+            lev = float(np.clip(rng.lognormal(np.log(4.0), 0.7), 1.0, 50.0))
             npos = 1 if rng.random() < 0.6 else 2
             for _ in range(npos):
                 u = ("BTC", "ETH", "SOL")[rng.choice(3, p=(0.5, 0.3, 0.2))]
