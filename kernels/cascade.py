@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from kernels.health import account_numbers
+from kernels.health import margin_numbers
 from kernels.prices import compute_index, compute_marks
 from kernels.rules import IMPACT_LINEAR, IMPACT_SQRT
 from kernels.stress import shock_books
@@ -26,35 +26,41 @@ from kernels.stress import shock_books
 MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its price
 
 
-@njit(cache=True)
-def liquidate_round(index, mark, book, risk, liquidated, round_no, commit, out_net_sold):
+@njit(cache=True, error_model="numpy")
+def liquidate_round(index, mark, book, risk, liquidated, round_no, commit, out_net_sold, work_equity,
+                    work_maintenance):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
     `out_net_sold` (USD per asset, + sold) and returns (accounts closed, notional closed). With commit=False
-    nothing is marked (the runaway check after the last allowed round)."""
+    nothing is marked (the runaway check after the last allowed round). `work_*` are scratch arrays of the
+    book's row count."""
+    margin_numbers(index, mark, book, risk, work_equity, work_maintenance)
     count = 0
-    notional = 0.0
     for i in range(book.active.shape[0]):
-        if not book.active[i] or liquidated[i] != 0:
+        if book.active[i] and liquidated[i] == 0 and work_equity[i] < work_maintenance[i]:
+            count += 1
+            if commit:
+                liquidated[i] = round_no
+    notional = 0.0
+    if not commit or count == 0:
+        return count, notional
+    for j in range(book.pos_owner.shape[0]):
+        o = book.pos_owner[j]
+        if o < 0 or liquidated[o] != round_no:
             continue
-        e, m = account_numbers(i, index, mark, book, risk)
-        if not (e < m):
+        ins = book.pos_instr[j]
+        flow = book.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
+        out_net_sold[risk.underlying[ins]] += flow
+        notional += abs(flow)
+    for j in range(book.coll_owner.shape[0]):
+        o = book.coll_owner[j]
+        if o < 0 or liquidated[o] != round_no:
             continue
-        count += 1
-        if not commit:
+        a = book.coll_asset[j]
+        if a == risk.settlement:
             continue
-        liquidated[i] = round_no
-        for j in range(book.pos_start[i], book.pos_start[i] + book.pos_count[i]):
-            ins = book.pos_instr[j]
-            flow = book.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
-            out_net_sold[risk.underlying[ins]] += flow
-            notional += abs(flow)
-        for j in range(book.coll_start[i], book.coll_start[i] + book.coll_count[i]):
-            a = book.coll_asset[j]
-            if a == risk.settlement:
-                continue
-            v = book.coll_qty[j] * index[a]
-            out_net_sold[a] += v
-            notional += v
+        v = book.coll_qty[j] * index[a]
+        out_net_sold[a] += v
+        notional += v
     return count, notional
 
 
@@ -112,6 +118,7 @@ def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_in
     factor = np.empty(n_assets)
     res = CascadeResult(net_sold=np.zeros(n_assets))
     res.liquidated_round = [np.zeros(b.active.shape[0], dtype=np.int32) for b in books]
+    work = [(np.empty(b.active.shape[0]), np.empty(b.active.shape[0])) for b in books]
     for round_no in range(1, max_rounds + 2):
         compute_index(t, mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_rules, prev,
                       index, stale, sprice, sstatus)
@@ -121,8 +128,8 @@ def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_in
         flows = np.zeros(n_assets)
         count = 0
         notional = 0.0
-        for book, fallen in zip(books, res.liquidated_round):
-            c, n = liquidate_round(index, mark, book, risk, fallen, round_no, commit, flows)
+        for book, fallen, (we, wm) in zip(books, res.liquidated_round, work):
+            c, n = liquidate_round(index, mark, book, risk, fallen, round_no, commit, flows, we, wm)
             count += c
             notional += n
         if count == 0:

@@ -51,11 +51,12 @@ def account_numbers(i, index, mark, book, risk):
 
 
 @njit(cache=True, error_model="numpy")
-def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_health, out_liquidatable):
-    # Flat passes over the entry pools rather than a loop per account: per-account loops with 1–5 entries
-    # mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`).
-    n = book.active.shape[0]
-    for i in range(n):
+def margin_numbers(index, mark, book, risk, out_equity, out_maintenance):
+    """Equity and maintenance of every account row (closed rows: 0, 0).
+
+    Flat passes over the entry pools rather than a loop per account: per-account loops with 1–5 entries
+    mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`)."""
+    for i in range(book.active.shape[0]):
         out_equity[i] = 0.0
         out_maintenance[i] = 0.0
     for j in range(book.coll_owner.shape[0]):
@@ -82,7 +83,12 @@ def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_heal
         q = book.pos_qty[j]
         out_equity[o] += q * (m - book.pos_entry[j])
         out_maintenance[o] += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
-    for i in range(n):
+
+
+@njit(cache=True, error_model="numpy")
+def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_health, out_liquidatable):
+    margin_numbers(index, mark, book, risk, out_equity, out_maintenance)
+    for i in range(book.active.shape[0]):
         e = out_equity[i]
         m = out_maintenance[i]
         if not book.active[i]:

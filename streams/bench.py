@@ -200,7 +200,7 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
             compute_marks(float(pv.t), last, q.funding_rate, q.next_funding_ts, q.basis_ma, index, lay.mark_rules,
                           mark)
             flows = np.zeros(index.shape[0])
-            liquidate_round(index, mark, book, risk, fallen, r + 1, False, flows)
+            liquidate_round(index, mark, book, risk, fallen, r + 1, False, flows, eq, mm)
             impact_factors(flows, lay.impact_rules, factor)
             apply_impact(factor, q.base, q.venue, venue, mid, last)
 
