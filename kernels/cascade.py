@@ -20,7 +20,7 @@ from numba import njit
 
 from kernels.health import margin_numbers
 from kernels.prices import compute_index, compute_marks
-from kernels.rules import IMPACT_LINEAR, IMPACT_SQRT
+from kernels.rules import IMPACT_LINEAR, IMPACT_SQRT, Book, RiskRules
 from kernels.stress import shock_books
 
 MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its price
@@ -102,8 +102,28 @@ class CascadeResult:
     liquidated_round: list[np.ndarray] = field(default_factory=list)  # per shard: round each account fell (0 = no)
 
 
-def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_index, books, risk, impact,
-                liquidation_venue, max_rounds) -> CascadeResult:
+@dataclass
+class RoundRequest:
+    """What every shard needs to run one round: this round's prices, and whether to commit liquidations."""
+
+    round_no: int
+    commit: bool
+    index: np.ndarray
+    mark: np.ndarray
+
+
+@dataclass
+class RoundResult:
+    count: int
+    notional: float
+    net_sold: np.ndarray
+
+
+def cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base_index, impact, liquidation_venue,
+                   max_rounds):
+    """The coordinator's side of §5 as a generator: yields a RoundRequest, receives the RoundResult summed over
+    all shards, applies impact, and returns the CascadeResult. `run_cascade` drives it with local books; the
+    streaming coordinator drives the same generator with shards answering over Kafka."""
     n_assets = base_index.shape[0]
     n_cons = index_rules.cons_kind.shape[0]
     mid = np.empty_like(quotes.mid)
@@ -117,36 +137,65 @@ def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_in
     mark = np.empty(mark_rules.underlying.shape[0])
     factor = np.empty(n_assets)
     res = CascadeResult(net_sold=np.zeros(n_assets))
-    res.liquidated_round = [np.zeros(b.active.shape[0], dtype=np.int32) for b in books]
-    work = [(np.empty(b.active.shape[0]), np.empty(b.active.shape[0])) for b in books]
     for round_no in range(1, max_rounds + 2):
         compute_index(t, mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_rules, prev,
                       index, stale, sprice, sstatus)
         compute_marks(t, last, quotes.funding_rate, quotes.next_funding_ts, quotes.basis_ma, index, mark_rules, mark)
         prev[:] = index
         commit = round_no <= max_rounds
-        flows = np.zeros(n_assets)
-        count = 0
-        notional = 0.0
-        for book, fallen, (we, wm) in zip(books, res.liquidated_round, work):
-            c, n = liquidate_round(index, mark, book, risk, fallen, round_no, commit, flows, we, wm)
-            count += c
-            notional += n
-        if count == 0:
+        got: RoundResult = yield RoundRequest(round_no, commit, index.copy(), mark.copy())
+        if got.count == 0:
             break
         if not commit:
             res.runaway = True
             break
         res.rounds += 1
-        res.liquidated_accounts += count
-        res.liquidated_notional += notional
-        res.round_accounts.append(count)
-        res.round_notional.append(notional)
-        res.net_sold += flows
-        impact_factors(flows, impact, factor)
+        res.liquidated_accounts += got.count
+        res.liquidated_notional += got.notional
+        res.round_accounts.append(got.count)
+        res.round_notional.append(got.notional)
+        res.net_sold += got.net_sold
+        impact_factors(got.net_sold, impact, factor)
         apply_impact(factor, quotes.base, quotes.venue, liquidation_venue, mid, last)
     res.final_index = index.copy()
     res.final_mid = mid
     if res.rounds > 1 and res.round_notional[0] > 0:
         res.amplification = res.liquidated_notional / res.round_notional[0]
+    return res
+
+
+class Shard:
+    """One shard's side: a frozen copy of its accounts and the round each one fell in."""
+
+    def __init__(self, book: Book, risk: RiskRules):
+        self.book = book
+        self.risk = risk
+        n = book.active.shape[0]
+        self.fallen = np.zeros(n, dtype=np.int32)
+        self.work_equity = np.empty(n)
+        self.work_maintenance = np.empty(n)
+
+    def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
+        flows = np.zeros(n_assets)
+        c, n = liquidate_round(req.index, req.mark, self.book, self.risk, self.fallen, req.round_no, req.commit,
+                               flows, self.work_equity, self.work_maintenance)
+        return RoundResult(int(c), float(n), flows)
+
+
+def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_index, books, risk, impact,
+                liquidation_venue, max_rounds) -> CascadeResult:
+    shards = [Shard(b, risk) for b in books]
+    n_assets = base_index.shape[0]
+    rounds = cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base_index, impact,
+                            liquidation_venue, max_rounds)
+    req = next(rounds)
+    try:
+        while True:
+            results = [s.run(req, n_assets) for s in shards]
+            total = RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
+                                np.sum([r.net_sold for r in results], axis=0))
+            req = rounds.send(total)
+    except StopIteration as done:
+        res = done.value
+    res.liquidated_round = [s.fallen for s in shards]
     return res

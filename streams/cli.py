@@ -194,6 +194,66 @@ def scenario(
         err.print(f"{n:,} events written to {out}", highlight=False)
 
 
+@app.command()
+def worker(
+    config: ConfigOpt,
+    web_port: Annotated[int, typer.Option(help="Port of this worker's /metrics and /healthz on 127.0.0.1.",
+                                          min=1, max=65535)] = 6066,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap (default: the local stack's, from "
+                                                          "--state-dir).")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir (default ~/.cache/liqwatch/state"
+                                                           "; env LIQWATCH_STATE_DIR).")] = None,
+    worker_id: Annotated[Optional[str], typer.Option(help="Name in logs, metrics targets and cascade replies.")] = None,
+    partitions: Annotated[int, typer.Option(help="Partitions of the sharded topics (accounts, health).",
+                                            min=1)] = 8,
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic name (side-by-side deployments).")] = "",
+    app_id: Annotated[str, typer.Option(help="Faust app id = Kafka consumer group of the workers.")] = "liqwatch",
+    evaluate_every_ms: Annotated[int, typer.Option(help="Event time between shard health evaluations.",
+                                                   min=1)] = 1_000,
+    cascade_every_ms: Annotated[int, typer.Option(help="Event time between stress cascades.", min=1)] = 60_000,
+    idle_s: Annotated[float, typer.Option(help="Wall seconds without input before the exact flush.",
+                                          min=0.05)] = 1.0,
+) -> None:
+    """Run one Faust worker of the monitor; start several (each with its own --web-port) to scale out.
+
+    Every worker reads every tick and reference (prices are global) and the account partitions Kafka assigns it;
+    it emits `health` events for its accounts, `mark` and `cascade` events when it is the leader, dead-letters
+    bad records, and serves Prometheus metrics at http://127.0.0.1:WEB_PORT/metrics. Accounts survive a restart
+    through the changelog of the `accounts` table.
+
+    Example: `liqwatch worker -c oct-2025-prefix.yaml --web-port 6066` and, in another shell,
+    `liqwatch worker -c oct-2025-prefix.yaml --web-port 6067`.
+    """
+    from streams import stack
+    from streams.app import WorkerSettings, run_worker
+
+    cfg = _config(config)
+    if bootstrap is None:
+        try:
+            st = stack.load(state_dir)
+        except stack.StackError as e:
+            _fail(f"--bootstrap: not given and no local stack found ({e}); run `liqwatch stack up` first")
+        bootstrap = stack.bootstrap_servers(st)
+        state = st.state_dir
+    else:
+        host = bootstrap.split(":")[0]
+        if host not in ("127.0.0.1", "localhost"):
+            log.warning("--bootstrap %s is not loopback: make sure that broker is yours", bootstrap)
+        state = None
+    settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
+                              topic_prefix=topic_prefix, app_id=app_id, evaluate_every_ms=evaluate_every_ms,
+                              cascade_every_ms=cascade_every_ms, idle_s=idle_s)
+    if worker_id:
+        settings.worker_id = worker_id
+    if state is not None:
+        stack.register_scrape_target(state, settings.worker_id, web_port)
+    try:
+        run_worker(cfg, settings)
+    finally:
+        if state is not None:
+            stack.unregister_scrape_target(state, settings.worker_id)
+
+
 @bench_app.command("kernels")
 def bench_kernels(
     accounts: Annotated[int, typer.Option(help="Accounts in the synthetic book.", min=1000)] = 1_000_000,

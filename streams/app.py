@@ -1,0 +1,237 @@
+"""The Faust worker of liqwatch: topics in, the shared Engine, results out. Start several to scale out.
+
+    liqwatch worker --config cfg.yaml --web-port 6066        # one worker
+    liqwatch worker --config cfg.yaml --web-port 6067        # a second one takes half the account partitions
+
+Data flow of one worker:
+    liqwatch.ticks + liqwatch.references ─▶ market feed (every worker reads all of it, merged in event-time order)
+    liqwatch.accounts (its partitions)   ─▶ `accounts` agent ─▶ `accounts` table (changelog: survives restarts)
+    every second of event time          ─▶ margin_health ─▶ liqwatch.health (changed accounts), metrics
+    input idle                          ─▶ exact health + severities, cascades (leader) ─▶ liqwatch.cascades
+    bad records                         ─▶ liqwatch.deadletter, liqwatch_deadletter_total{reason}
+    GET http://127.0.0.1:<web-port>/metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.cascades import CascadeAborted, Coordinator, ShardService
+from streams.config import Config
+from streams.metrics import CONTENT_TYPE, Metrics
+from streams.monitor import Monitor, Where
+from streams.sinks import OutputSink
+from streams.topics import TopicNames, create_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    bootstrap: str = "127.0.0.1:9092"
+    web_port: int = 6066
+    app_id: str = "liqwatch"
+    topic_prefix: str = ""
+    partitions: int = 8
+    worker_id: str = field(default_factory=lambda: f"worker-{int(time.time() * 1000) % 10**8}")
+    evaluate_every_ms: int = 1_000      # event time between shard health evaluations
+    severity_every_ms: int = 60_000     # event time between liquidation-severity recomputes
+    cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
+    idle_s: float = 1.0                 # wall time without input before the exact flush
+    data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
+
+
+async def _logged(name: str, coro) -> None:
+    """Run a background service; a crash is logged loudly (asyncio would only mention it at exit)."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s stopped by an error", name)
+        raise
+
+
+def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor]:
+    names = TopicNames(settings.topic_prefix)
+    (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()
+    sink = OutputSink(settings.bootstrap, names, metrics, client_id=settings.worker_id)
+    monitor = Monitor(cfg, sink, metrics, names)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        web_port=settings.web_port,
+        datadir=str(settings.data_dir / settings.worker_id),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_linger_ms=5,
+    )
+    accounts_topic = app.topic(names.ACCOUNTS, key_type=bytes, value_type=bytes, key_serializer="raw",
+                               value_serializer="raw", partitions=settings.partitions)
+    table = app.Table("accounts", key_type=str, value_type=bytes,
+                      partitions=settings.partitions, help="Latest valid snapshot of each account of this shard.")
+
+    async def rebuild_book() -> None:
+        snapshots = [v for _, v in table.items()]
+        monitor.reset_accounts(snapshots)
+        log.info("%s: shard rebuilt from the accounts table: %d accounts", settings.worker_id, len(snapshots))
+
+    table._recover_callbacks.add(rebuild_book)
+
+    @app.agent(accounts_topic)
+    async def accounts(stream):
+        """Decode → validate → table + shard book. One bad record is dead-lettered, never fatal."""
+        async for event in stream.events():
+            msg = event.message
+            got = await monitor.on_account(event.value, Where(msg.topic, msg.partition, msg.offset, msg.key))
+            if got is None:
+                continue
+            ev, applied = got
+            if not applied:
+                continue
+            if ev.closed:
+                table.pop(ev.account, None)
+            else:
+                table[ev.account] = event.value
+
+    def owned_partitions() -> list[int]:
+        return [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.ACCOUNTS]
+
+    def accounts_caught_up() -> bool:
+        return time.monotonic() - monitor.last_account_wall >= settings.idle_s
+
+    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up)
+    coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
+    state = {"next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True}
+
+    async def run_cascades() -> None:
+        if state["cascading"]:
+            return
+        state["cascading"] = True
+        try:
+            await coordinator.run_all()
+        except CascadeAborted as e:
+            log.warning("cascade aborted, will retry: %s", e)
+            coordinator.provisional = True
+        finally:
+            state["cascading"] = False
+
+    @app.task
+    async def start_services() -> None:
+        await sink.start()
+        await coordinator.start()
+        for name, coro in (("cascade shard", shard.run()), ("market feed", market_feed())):
+            asyncio.get_running_loop().create_task(_logged(name, coro))
+
+    async def market_feed() -> None:
+        """Every tick and reference, merged by event time (Kafka timestamp = event ts), into the monitor."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{settings.worker_id}-market", max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        buf: dict[TopicPartition, list] = {tp: [] for tp in tps}
+        pos = {tp: 0 for tp in tps}
+        seen_ts = {tp: -1 for tp in tps}
+        try:
+            while True:
+                batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
+                for tp, recs in batch.items():
+                    buf[tp].extend(recs)
+                    seen_ts[tp] = recs[-1].timestamp
+                end = await consumer.end_offsets(tps) if not batch else None
+                caught = {}
+                for tp in tps:
+                    hw = consumer.highwater(tp) if end is None else end[tp]
+                    caught[tp] = hw is not None and (await consumer.position(tp)) >= hw
+                    monitor.metrics.lag.labels(topic=tp.topic).set(max((hw or 0) - await consumer.position(tp), 0))
+                await release(buf, pos, seen_ts, caught, tps)
+        finally:
+            await consumer.stop()
+
+    async def release(buf, pos, seen_ts, caught, tps) -> None:
+        released = 0
+        while True:
+            heads = [(buf[tp][pos[tp]].timestamp, k, tp) for k, tp in enumerate(tps) if pos[tp] < len(buf[tp])]
+            if not heads:
+                break
+            ts, _, tp = min(heads)
+            # a topic with nothing buffered may still deliver an earlier event, unless it is caught up
+            if any(pos[o] >= len(buf[o]) and not caught[o] and seen_ts[o] < ts for o in tps):
+                break
+            rec = buf[tp][pos[tp]]
+            pos[tp] += 1
+            await monitor.on_market(rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key))
+            released += 1
+            if monitor.market_t >= state["next_eval"]:
+                await periodic()
+        for tp in tps:
+            if pos[tp] > 4096 or pos[tp] == len(buf[tp]):
+                del buf[tp][: pos[tp]]
+                pos[tp] = 0
+        if released and app.is_leader():
+            await monitor.emit_marks()
+
+    async def periodic() -> None:
+        t = monitor.market_t
+        with_severity = t >= state["next_severity"]
+        await monitor.evaluate(full=False, with_severity=with_severity)
+        state["next_eval"] = t + settings.evaluate_every_ms
+        if with_severity:
+            state["next_severity"] = t + settings.severity_every_ms
+        if t >= state["next_cascade"] and app.is_leader():
+            state["next_cascade"] = t + settings.cascade_every_ms
+            asyncio.get_running_loop().create_task(run_cascades())
+        state["flushed"] = False
+
+    @app.timer(interval=0.25)
+    async def idle_flush() -> None:
+        """When input stops: exact health with severities, marks and cascades, so the last events are final."""
+        idle = time.monotonic() - monitor.last_input_wall >= settings.idle_s
+        if not idle:
+            return
+        if monitor.dirty or not state["flushed"]:
+            monitor.dirty = False
+            state["flushed"] = True
+            n = await monitor.evaluate(full=True, with_severity=True)
+            if app.is_leader():
+                await monitor.emit_marks()
+            await sink.flush()
+            log.info("%s: idle flush at event time %d: %d health events", settings.worker_id, monitor.t, n)
+            if app.is_leader():
+                await run_cascades()
+        elif coordinator.provisional and app.is_leader() and not state["cascading"]:
+            await run_cascades()
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(metrics.exposition(), content_type=CONTENT_TYPE.split(";")[0] + "; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"worker": settings.worker_id, "event_time": monitor.t, "accounts": monitor.engine.accounts.n,
+                         "leader": app.is_leader()})
+
+    return app, monitor
+
+
+def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") -> None:
+    # our topics first, with our settings (Faust would declare the accounts topic with the broker's defaults)
+    asyncio.run(create_topics(settings.bootstrap, settings.partitions, settings.topic_prefix))
+    app, _ = build_app(cfg, settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,208 @@
+"""The distributed cascade (SPEC §5 over sharded accounts): a round-based exchange over two Kafka topics.
+
+    coordinator (leader worker)                       every worker (a shard: its account partitions)
+    ─────────────────────────                         ───────────────────────────────────────────────
+    shock the market snapshot, compute prices  ──▶  liqwatch.cascade-rounds  {cascade, round, index, mark}
+                                                     round 1: freeze a copy of the shard's accounts
+                                                     liquidate_round on the copy
+    sum replies once every account partition   ◀──  liquidatable liqwatch.cascade-flows {partitions, count,
+    is covered, apply impact, next round              notional, net_sold, caught_up}
+
+The coordinator drives `kernels.cascade.cascade_rounds`, the same generator `liqwatch cascade` drives with local
+books, and sums replies in partition order: a distributed run equals the single-process run on the same
+snapshot. A reply from a shard still catching up on its accounts marks the result provisional: it is recomputed
+when the input goes idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
+from kernels.rules import Book
+from streams.engine import cascade_dict
+from streams.monitor import Monitor
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+class CascadeAborted(RuntimeError):
+    pass
+
+
+def _copy(book: Book) -> Book:
+    return Book(*(np.array(a, copy=True) for a in book))
+
+
+class ShardService:
+    """Answers round requests with this worker's frozen accounts."""
+
+    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
+                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[], bool]):
+        self.monitor = monitor
+        self.names = names
+        self.bootstrap = bootstrap
+        self.worker_id = worker_id
+        self.owned_partitions = owned_partitions
+        self.caught_up = caught_up
+        self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.worker_id}-shard")
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.names.CASCADE_ROUNDS, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=100)
+                for rec in batch.get(tp, []):
+                    try:
+                        await self._answer(_decode(rec.value))
+                    except Exception:
+                        log.exception("cascade round request at offset %d failed", rec.offset)
+        finally:
+            await consumer.stop()
+
+    async def _answer(self, req: dict) -> None:
+        cid = req["cascade"]
+        if req.get("done"):
+            self.shards.pop(cid, None)
+            return
+        if req["round"] == 1:
+            book = _copy(self.monitor.engine.accounts.view())
+            self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), sorted(self.owned_partitions()),
+                                self.caught_up())
+        entry = self.shards.get(cid)
+        if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
+            return
+        shard, partitions, caught_up = entry
+        res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
+                                     np.asarray(req["mark"], dtype=np.float64)), len(req["index"]))
+        await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
+            "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
+            "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
+            "caught_up": caught_up}, key=cid.encode())
+        await self.monitor.sink.flush()
+
+
+class Coordinator:
+    """Runs every configured scenario × severity as a distributed cascade (on the leader)."""
+
+    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, partitions: int, worker_id: str,
+                 round_timeout_s: float = 15.0):
+        self.monitor = monitor
+        self.names = names
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.worker_id = worker_id
+        self.round_timeout_s = round_timeout_s
+        self.replies: dict[tuple[str, int], list[dict]] = {}
+        self.arrived = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.provisional = False
+        self.last_results: dict[tuple[str, float], dict] = {}
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                         client_id=f"{self.worker_id}-coordinator")
+        await self.consumer.start()
+        tp = TopicPartition(self.names.CASCADE_FLOWS, 0)
+        self.consumer.assign([tp])
+        await self.consumer.seek_to_end(tp)
+        from streams.app import _logged
+
+        asyncio.get_running_loop().create_task(_logged("cascade replies", self._collect(tp)))
+
+    async def _collect(self, tp: TopicPartition) -> None:
+        assert self.consumer is not None
+        while True:
+            batch = await self.consumer.getmany(tp, timeout_ms=200, max_records=1000)
+            for rec in batch.get(tp, []):
+                msg = _decode(rec.value)
+                self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
+            if batch:
+                self.arrived.set()
+
+    async def _round(self, cid: str, req: RoundRequest, t: int) -> RoundResult:
+        await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {
+            "cascade": cid, "round": req.round_no, "commit": req.commit, "t": t,
+            "index": req.index.tolist(), "mark": req.mark.tolist()}, key=cid.encode())
+        await self.monitor.sink.flush()
+        deadline = time.monotonic() + self.round_timeout_s
+        want = set(range(self.partitions))
+        while True:
+            got = self.replies.get((cid, req.round_no), [])
+            covered = [p for r in got for p in r["partitions"]]
+            if set(covered) == want and len(covered) == len(want):
+                break
+            if time.monotonic() > deadline:
+                raise CascadeAborted(f"round {req.round_no}: partitions {sorted(want - set(covered))} unanswered "
+                                     f"after {self.round_timeout_s:.0f} s (rebalance or a worker down)")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+        got = sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
+        if not all(r["caught_up"] for r in got):
+            self.provisional = True
+        del self.replies[(cid, req.round_no)]
+        return RoundResult(sum(r["count"] for r in got), sum(r["notional"] for r in got),
+                           np.sum([np.asarray(r["net_sold"]) for r in got], axis=0) if got
+                           else np.zeros(req.index.shape[0]))
+
+    async def run_one(self, scenario: str, severity: float) -> dict:
+        eng = self.monitor.engine
+        lay = eng.layout
+        pv = eng.prices()
+        quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
+        gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), quotes,
+                             lay.index_rules, lay.mark_rules, pv.index, lay.impact_rules,
+                             lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds)
+        cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
+        req = next(gen)
+        try:
+            while True:
+                req = gen.send(await self._round(cid, req, pv.t))
+        except StopIteration as done:
+            res = done.value
+        finally:
+            await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {"cascade": cid, "done": True},
+                                         key=cid.encode())
+        return cascade_dict(eng, pv.t, scenario, severity, res)
+
+    async def run_all(self) -> list[dict]:
+        """Every scenario × severity of the config; emits cascade events and metrics."""
+        self.provisional = False
+        out = []
+        stress = self.monitor.cfg.stress
+        m = self.monitor.metrics
+        for scenario in stress.scenarios:
+            for severity in stress.severities:
+                t0 = time.perf_counter()
+                result = await self.run_one(scenario, severity)
+                result["config_id"] = self.monitor.config_id
+                m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
+                labels = {"scenario": scenario, "severity": str(severity)}
+                m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
+                m.cascade_amplification.labels(**labels).set(result["amplification"])
+                m.cascade_rounds.labels(**labels).set(result["rounds"])
+                m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
+                self.last_results[(scenario, severity)] = result
+                await self.monitor.sink.emit(self.names.CASCADES, result)
+                out.append(result)
+        await self.monitor.sink.flush()
+        return out

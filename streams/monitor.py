@@ -1,0 +1,266 @@
+"""One worker's monitor state and what it emits: the glue between topics and the shared Engine.
+
+    mon = Monitor(cfg, sink, metrics, names)
+    await mon.on_market(record)         # a tick or reference, in the merged event-time order
+    await mon.on_account(raw, where)    # from this worker's account partitions
+    await mon.evaluate(full=True)       # health of this shard (+ severities), metrics, marks
+
+Every worker holds the whole market (it reads every tick and reference) and the accounts of the partitions it
+owns. Health events are emitted when an account's numbers change: during the stream only changes above
+`emit_relative` (or a liquidatable flip), and when the input goes idle every exact change, so the last health
+event of each account equals `liqwatch health` on the same events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.health import margin_health
+from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
+from kernels.stress import liquidation_severity
+from streams.config import Config
+from streams.engine import SEVERITY_GRID, Engine
+from streams.events import Account, BadEvent, Reference, Tick, decode
+from streams.metrics import HEALTH_BANDS, Metrics
+from streams.sinks import OutputSink
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+_STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
+
+
+@dataclass
+class Where:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+
+def _num(x: float):
+    return None if not math.isfinite(x) else float(x)
+
+
+class Monitor:
+    def __init__(self, cfg: Config, sink: OutputSink, metrics: Metrics, names: TopicNames,
+                 emit_relative: float = 0.02):
+        self.cfg = cfg
+        self.config_id = cfg.config_id
+        self.engine = Engine(cfg)
+        self.sink = sink
+        self.metrics = metrics
+        self.names = names
+        self.emit_relative = emit_relative
+        self.market_t = -1
+        self.accounts_t = -1
+        self.dirty = False
+        self.last_input_wall = time.monotonic()
+        self.last_account_wall = 0.0
+        self._last_marks: dict[str, float] = {}
+        n = 0
+        self.sent_equity = np.zeros(n)
+        self.sent_maintenance = np.zeros(n)
+        self.sent_severity = np.zeros(n)
+        self.sent_liquidatable = np.zeros(n, dtype=np.bool_)
+        self.sent_active = np.zeros(n, dtype=np.bool_)
+        self.severity = np.zeros(n)
+
+    # -- input ---------------------------------------------------------------------------------------------
+    async def on_market(self, raw: bytes, where: Where) -> None:
+        try:
+            ev = decode(raw)
+            if not isinstance(ev, (Tick, Reference)):
+                raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+            applied = self.engine.apply(ev)
+        except BadEvent as e:
+            await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
+            return
+        except Exception as e:  # a bug must not stop the stream: keep the record, say what happened
+            log.exception("unexpected error on %s[%d]@%d", where.topic, where.partition, where.offset)
+            await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
+                                        where.topic, where.partition, where.offset, raw, where.key)
+            return
+        label = "ticks" if isinstance(ev, Tick) else "references"
+        (self.metrics.events if applied else self.metrics.superseded).labels(topic=label).inc()
+        self.market_t = max(self.market_t, ev.ts)
+        self.dirty = True
+        self.last_input_wall = time.monotonic()
+
+    async def on_account(self, raw: bytes, where: Where) -> tuple[Account, bool] | None:
+        """Apply one account record; (event, applied) or None when dead-lettered."""
+        self.last_account_wall = time.monotonic()
+        try:
+            ev = decode(raw)
+            if not isinstance(ev, Account):
+                raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+            applied = self.engine.apply(ev)
+        except BadEvent as e:
+            await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
+            return None
+        except Exception as e:
+            log.exception("unexpected error on %s[%d]@%d", where.topic, where.partition, where.offset)
+            await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
+                                        where.topic, where.partition, where.offset, raw, where.key)
+            return None
+        (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
+        self.accounts_t = max(self.accounts_t, ev.ts)
+        self.dirty = True
+        self.last_input_wall = time.monotonic()
+        return ev, applied
+
+    def reset_accounts(self, snapshots: list[bytes]) -> None:
+        """Rebuild this shard's book (after recovery or a rebalance) from the accounts table."""
+        from streams.state import AccountBook
+
+        self.engine.accounts = AccountBook(self.engine.layout)
+        for raw in snapshots:
+            self.engine.accounts.apply(decode(raw))  # the table only holds snapshots that were valid
+        self.sent_active = np.zeros(0, dtype=np.bool_)
+        self.dirty = True
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    @property
+    def t(self) -> int:
+        return max(self.market_t, self.accounts_t)
+
+    async def evaluate(self, full: bool, with_severity: bool) -> int:
+        """Health of this shard at the current event time; emits health events, returns how many."""
+        if self.t < 0:
+            return 0
+        eng = self.engine
+        eng.max_ts = self.t
+        t0 = time.perf_counter()
+        pv = eng.prices()
+        book = eng.accounts.view()
+        n = book.active.shape[0]
+        eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
+        liq = np.empty(n, dtype=np.bool_)
+        margin_health(pv.index, pv.mark, book, eng.layout.risk_rules, eq, mm, h, liq)
+        self.metrics.kernel_seconds.labels(kernel="margin_health").observe(time.perf_counter() - t0)
+        self._grow(n)
+        if with_severity:
+            t1 = time.perf_counter()
+            stress = self.cfg.stress
+            liquidation_severity(float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
+                                 eng.layout.scenario_direction(stress.primary_scenario), pv.quotes,
+                                 eng.layout.index_rules, eng.layout.mark_rules, pv.index, book,
+                                 eng.layout.risk_rules, self.severity[:n])
+            self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
+        sev = self.severity[:n]
+        changed = self._changed(n, eq, mm, sev, liq, book.active, exact=full)
+        ids = eng.accounts.ids
+        for r in np.flatnonzero(changed):
+            if not book.active[r]:
+                continue
+            await self.sink.emit(self.names.HEALTH, {
+                "type": "health", "account": ids[r], "ts": pv.t, "equity": _num(eq[r]),
+                "maintenance": _num(mm[r]), "health": _num(h[r]), "liquidatable": bool(liq[r]),
+                "liquidation_severity": _num(sev[r]), "config_id": self.config_id})
+        self.sent_equity[:n] = np.where(changed, eq, self.sent_equity[:n])
+        self.sent_maintenance[:n] = np.where(changed, mm, self.sent_maintenance[:n])
+        self.sent_severity[:n] = np.where(changed, sev, self.sent_severity[:n])
+        self.sent_liquidatable[:n] = np.where(changed, liq, self.sent_liquidatable[:n])
+        self.sent_active[:n] = np.where(changed, book.active, self.sent_active[:n])
+        self._account_metrics(eq, mm, h, liq, book)
+        return int(changed.sum())
+
+    def _grow(self, n: int) -> None:
+        if self.sent_active.shape[0] >= n:
+            return
+        def grow(a, fill):
+            out = np.full(n, fill, dtype=a.dtype)
+            out[: a.shape[0]] = a
+            return out
+        self.sent_equity = grow(self.sent_equity, np.nan)
+        self.sent_maintenance = grow(self.sent_maintenance, np.nan)
+        self.sent_severity = grow(self.sent_severity, np.nan)
+        self.sent_liquidatable = grow(self.sent_liquidatable, False)
+        self.sent_active = grow(self.sent_active, False)
+        self.severity = grow(self.severity, np.nan)
+
+    def _changed(self, n, eq, mm, sev, liq, active, exact: bool) -> np.ndarray:
+        """Rows to emit. Exact: any change at all (the idle flush, so the last event is final). Otherwise only
+        what a risk engineer would act on: a liquidatable flip, health moving by more than `emit_relative`, or
+        the liquidation severity moving by more than half a percentage point."""
+        was_active = self.sent_active[:n]
+        flips = (active != was_active) | (liq != self.sent_liquidatable[:n])
+        if exact:
+            def differs(a, b):
+                return ~(np.isnan(a) & np.isnan(b)) & (a != b)
+            moved = differs(eq, self.sent_equity[:n]) | differs(mm, self.sent_maintenance[:n]) | differs(
+                sev, self.sent_severity[:n])
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                h_new = eq / mm
+                h_old = self.sent_equity[:n] / self.sent_maintenance[:n]
+                moved = ~(np.abs(h_new - h_old) <= self.emit_relative * np.abs(h_old))
+                s_old = self.sent_severity[:n]
+                moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
+        return flips | (active & moved)
+
+    def _account_metrics(self, eq, mm, h, liq, book) -> None:
+        active = book.active
+        for band, lo, hi in HEALTH_BANDS:
+            sel = active & ~np.isnan(h)
+            if lo is None:
+                sel &= liq
+            else:
+                sel &= h >= lo
+                if hi is not None:
+                    sel &= h < hi
+            self.metrics.accounts.labels(band=band).set(int(sel.sum()))
+        self.metrics.liquidatable_accounts.set(int((liq & active).sum()))
+        self.metrics.equity_total.set(float(np.nansum(np.where(active, eq, 0.0))))
+        self.metrics.liquidatable_notional.set(float(self._notional(liq & active, book)))
+
+    def _notional(self, mask: np.ndarray, book) -> float:
+        pv = self.engine.prices()
+        own = book.pos_owner
+        live = own >= 0
+        pos = np.abs(book.pos_qty[live]) * pv.mark[book.pos_instr[live]]
+        sel = mask[own[live]]
+        cown = book.coll_owner
+        clive = cown >= 0
+        coll = book.coll_qty[clive] * pv.index[book.coll_asset[clive]]
+        return float(np.nansum(pos[sel]) + np.nansum(coll[mask[cown[clive]]]))
+
+    async def emit_marks(self) -> None:
+        """Index and mark events for what changed since the last emission (leader only)."""
+        eng = self.engine
+        m = eng.market
+        lay = eng.layout
+        t = m.t
+        for a, name in enumerate(lay.assets):
+            if name not in self.cfg.assets or lay.index_rules.fixed_one[a]:
+                continue
+            value = float(m.index[a])
+            self.metrics.index.labels(asset=name).set(value)
+            self.metrics.index_stale.labels(asset=name).set(float(m.index_stale[a]))
+            if self._last_marks.get(name) == value or math.isnan(value):
+                continue
+            self._last_marks[name] = value
+            lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
+            used, dropped = [], []
+            for c in range(lo, hi):
+                src = lay.constituents[c][1]
+                status = int(m.source_status[c])
+                price = _num(m.source_price[c])
+                (used if status == 0 else dropped).append(
+                    {"source": src, "price": price} | ({} if status == 0 else {"reason": _STATUS[status]}))
+            await self.sink.emit(self.names.MARKS, {"type": "mark", "asset": name, "ts": t, "index": value,
+                                                    "stale": bool(m.index_stale[a]), "used": used,
+                                                    "dropped": dropped})
+        for i, name in enumerate(lay.instruments):
+            value = float(m.mark[i])
+            self.metrics.mark.labels(instrument=name).set(value)
+            if self._last_marks.get(name) == value or math.isnan(value):
+                continue
+            self._last_marks[name] = value
+            await self.sink.emit(self.names.MARKS, {"type": "mark", "instrument": name, "ts": t, "mark": value,
+                                                    "stale": bool(m.index_stale[lay.mark_rules.underlying[i]])})
+        self.metrics.event_time.set(t / 1000.0)

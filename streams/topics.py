@@ -1,0 +1,114 @@
+"""Kafka topics of liqwatch (SPEC §1): names, keys, partition counts, and their creation.
+
+    await create_topics("127.0.0.1:9092", partitions=8)     # idempotent
+    key_of({"type": "tick", "venue": "binance", "symbol": "BTC/USDT", ...})   # b"binance:BTC/USDT"
+
+Inputs:
+- liqwatch.ticks       key venue:symbol   1 partition: every worker reads every tick (prices are global) and
+- liqwatch.references  key asset          1 partition  must apply them in one order, the order a batch run uses
+- liqwatch.accounts    key account        N partitions: accounts are sharded across workers by key, so one
+                                          account's snapshots stay ordered
+Outputs: liqwatch.marks, liqwatch.health, liqwatch.cascades, liqwatch.alerts, liqwatch.deadletter.
+Internal: liqwatch.cascade-rounds (coordinator → shards), liqwatch.cascade-flows (shards → coordinator).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+TICKS = "liqwatch.ticks"
+REFERENCES = "liqwatch.references"
+ACCOUNTS = "liqwatch.accounts"
+MARKS = "liqwatch.marks"
+HEALTH = "liqwatch.health"
+CASCADES = "liqwatch.cascades"
+ALERTS = "liqwatch.alerts"
+DEADLETTER = "liqwatch.deadletter"
+CASCADE_ROUNDS = "liqwatch.cascade-rounds"
+CASCADE_FLOWS = "liqwatch.cascade-flows"
+
+INPUT_OF_TYPE = {"tick": TICKS, "reference": REFERENCES, "account": ACCOUNTS}
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The topic names of one deployment; `prefix` lets tests and side-by-side runs share a broker."""
+
+    prefix: str = ""
+
+    def __getattr__(self, item: str) -> str:
+        base = globals().get(item)
+        if item.isupper() and isinstance(base, str):
+            return self.prefix + base
+        raise AttributeError(item)
+
+    def input_of_type(self, event_type: str) -> str | None:
+        base = INPUT_OF_TYPE.get(event_type)
+        return None if base is None else self.prefix + base
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+
+
+def topic_specs(partitions: int = 8, prefix: str = "") -> list[TopicSpec]:
+    """Every topic with its partition count; `partitions` applies to the sharded ones."""
+    specs = [
+        TopicSpec(TICKS, 1),
+        TopicSpec(REFERENCES, 1),
+        TopicSpec(ACCOUNTS, partitions),
+        TopicSpec(MARKS, 1),
+        TopicSpec(HEALTH, partitions),
+        TopicSpec(CASCADES, 1),
+        TopicSpec(ALERTS, 1),
+        TopicSpec(DEADLETTER, 1),
+        TopicSpec(CASCADE_ROUNDS, 1),
+        TopicSpec(CASCADE_FLOWS, 1),
+    ]
+    return [TopicSpec(prefix + s.name, s.partitions, s.compacted) for s in specs]
+
+
+def key_of(event: dict) -> bytes | None:
+    """The SPEC §1 key of an input or output event."""
+    t = event.get("type")
+    if t == "tick":
+        return f"{event['venue']}:{event['symbol']}".encode()
+    if t == "reference":
+        return str(event["asset"]).encode()
+    if t in ("account", "health"):
+        return str(event["account"]).encode()
+    if t == "alert":
+        return str(event["id"]).encode()
+    if t == "cascade":
+        return f"{event['scenario']}:{event['severity']}".encode()
+    if t == "mark":
+        return str(event.get("asset") or event.get("instrument")).encode()
+    return None
+
+
+async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "") -> list[str]:
+    """Create the missing topics; returns the names created. Existing topics are left as they are."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        # Messages carry event time as their timestamp (replays seek by it); time-based retention would delete
+        # a recorded crash day on arrival, so our topics keep everything until an operator says otherwise.
+        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
+                        topic_configs={"retention.ms": "-1", "retention.bytes": "-1",
+                                       **({"cleanup.policy": "compact"} if s.compacted else {})})
+               for s in topic_specs(partitions, prefix) if s.name not in existing]
+        if new:
+            await admin.create_topics(new)
+            log.info("created topics %s", ", ".join(t.name for t in new))
+        return [t.name for t in new]
+    finally:
+        await admin.close()
