@@ -113,7 +113,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     def accounts_caught_up() -> bool:
         return time.monotonic() - monitor.last_account_wall >= settings.idle_s
 
-    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up)
+    def retain() -> None:
+        if app.assignor.assigned_actives():
+            monitor.retain_partitions(set(owned_partitions()), settings.partitions)
+
+    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up,
+                         retain)
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
     state = {"next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True}
 
@@ -187,6 +192,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await monitor.emit_marks()
 
     async def periodic() -> None:
+        retain()
         t = monitor.market_t
         with_severity = t >= state["next_severity"]
         await monitor.evaluate(full=False, with_severity=with_severity)
@@ -204,6 +210,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         idle = time.monotonic() - monitor.last_input_wall >= settings.idle_s
         if not idle:
             return
+        retain()
         if monitor.dirty or not state["flushed"]:
             monitor.dirty = False
             state["flushed"] = True
@@ -223,8 +230,9 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     @app.page("/healthz")
     async def healthz(web, request):
-        return web.json({"worker": settings.worker_id, "event_time": monitor.t, "accounts": monitor.engine.accounts.n,
-                         "leader": app.is_leader()})
+        return web.json({"worker": settings.worker_id, "event_time": monitor.t,
+                         "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
+                         "partitions": sorted(owned_partitions()), "leader": app.is_leader()})
 
     return app, monitor
 

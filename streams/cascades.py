@@ -49,13 +49,15 @@ class ShardService:
     """Answers round requests with this worker's frozen accounts."""
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
-                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[], bool]):
+                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[], bool],
+                 retain: Callable[[], None]):
         self.monitor = monitor
         self.names = names
         self.bootstrap = bootstrap
         self.worker_id = worker_id
         self.owned_partitions = owned_partitions
         self.caught_up = caught_up
+        self.retain = retain
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
 
     async def run(self) -> None:
@@ -82,6 +84,7 @@ class ShardService:
             self.shards.pop(cid, None)
             return
         if req["round"] == 1:
+            self.retain()
             book = _copy(self.monitor.engine.accounts.view())
             self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), sorted(self.owned_partitions()),
                                 self.caught_up())

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from aiokafka.partitioner import DefaultPartitioner
 
 from kernels.health import margin_health
 from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
@@ -32,6 +33,14 @@ from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 _STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
+
+
+_partitioner = DefaultPartitioner()
+
+
+def partition_of(account: str, partitions: int) -> int:
+    key = account.encode()
+    return _partitioner(key, list(range(partitions)), list(range(partitions)))
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Monitor:
         self.sent_liquidatable = np.zeros(n, dtype=np.bool_)
         self.sent_active = np.zeros(n, dtype=np.bool_)
         self.severity = np.zeros(n)
+        self.row_partition = np.zeros(0, dtype=np.int32)
 
     # -- input ---------------------------------------------------------------------------------------------
     async def on_market(self, raw: bytes, where: Where) -> None:
@@ -113,11 +123,29 @@ class Monitor:
         self.last_input_wall = time.monotonic()
         return ev, applied
 
+    def retain_partitions(self, owned: set[int], partitions: int) -> int:
+        """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
+        An account's partition is the one Kafka's default partitioner gives its key."""
+        book = self.engine.accounts
+        known = self.row_partition.shape[0]
+        if known < book.n:  # rows are never reused, so each row's partition is computed once
+            fresh = np.array([partition_of(a, partitions) for a in book.ids[known: book.n]], dtype=np.int32)
+            self.row_partition = np.concatenate([self.row_partition, fresh])
+        foreign = book.active[: book.n] & ~np.isin(self.row_partition[: book.n], list(owned))
+        rows = np.flatnonzero(foreign)
+        for r in rows:
+            book.drop(int(r))
+        if rows.size:
+            log.info("dropped %d accounts of partitions no longer owned (owned: %s)", rows.size, sorted(owned))
+            self.dirty = True
+        return int(rows.size)
+
     def reset_accounts(self, snapshots: list[bytes]) -> None:
         """Rebuild this shard's book (after recovery or a rebalance) from the accounts table."""
         from streams.state import AccountBook
 
         self.engine.accounts = AccountBook(self.engine.layout)
+        self.row_partition = np.zeros(0, dtype=np.int32)
         for raw in snapshots:
             self.engine.accounts.apply(decode(raw))  # the table only holds snapshots that were valid
         self.sent_active = np.zeros(0, dtype=np.bool_)

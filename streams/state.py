@@ -307,9 +307,7 @@ class AccountBook:
             r = self._new_row(ev.account)
         self.ts[r] = ev.ts
         if ev.closed:
-            self.active[r] = False
-            for pool in (self.coll, self.debt, self.pos):
-                pool.clear(r)
+            self.drop(r)
             return r
         coll, debt, pos = entries  # type: ignore[misc]
         self.coll.put(r, coll)
@@ -317,6 +315,12 @@ class AccountBook:
         self.pos.put(r, pos)
         self.active[r] = True
         return r
+
+    def drop(self, r: int) -> None:
+        """Remove row r's account (closed, or moved to another worker's shard)."""
+        self.active[r] = False
+        for pool in (self.coll, self.debt, self.pos):
+            pool.clear(r)
 
     def _new_row(self, account: str) -> int:
         r = self.n

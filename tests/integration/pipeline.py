@@ -1,0 +1,144 @@
+"""Helpers for pipeline tests: worker processes on the real broker, topic reads, comparison with the batch run."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams import transport
+from streams.batch import load_events
+from streams.config import load_config
+from tests.conftest import close
+from tests.integration.conftest import free_ports
+
+
+def produce(path: Path, bootstrap: str, prefix: str, partitions: int) -> transport.ProduceReport:
+    return asyncio.run(transport.produce_file(path, bootstrap, partitions=partitions,
+                                              topics=transport.prefixed_topics(prefix), progress=False))
+
+
+def read_topic(bootstrap: str, topic: str) -> list[dict]:
+    buf = io.BytesIO()
+    asyncio.run(transport.dump_topic(topic, bootstrap, buf, until_idle=0.3, progress=False))
+    return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+
+
+@dataclass
+class Worker:
+    config: Path
+    bootstrap: str
+    prefix: str
+    worker_id: str
+    partitions: int
+    log_dir: Path
+    port: int = field(default_factory=lambda: free_ports(1)[0])
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Worker":
+        log = (self.log_dir / f"{self.worker_id}.log").open("ab")
+        cmd = [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config), "--bootstrap", self.bootstrap,
+               "--topic-prefix", self.prefix, "--app-id", self.prefix.rstrip("."), "--web-port", str(self.port),
+               "--worker-id", self.worker_id, "--partitions", str(self.partitions), "--idle-s", "1.0"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def status(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def kill(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 40) -> str:
+        text = (self.log_dir / f"{self.worker_id}.log").read_text(errors="replace").splitlines()
+        return "\n".join(text[-n:])
+
+
+def metric_sum(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def batch_results(config: Path, events: Path) -> tuple[dict[str, dict], dict[tuple[str, float], dict]]:
+    cfg = load_config(config)
+    engine, _ = load_events(cfg, events)
+    health = {r["account"]: r for r in engine.health_rows()}
+    cascades = {(s, v): engine.cascade(s, v) for s in cfg.stress.scenarios for v in cfg.stress.severities}
+    return health, cascades
+
+
+def differences(bootstrap: str, prefix: str, health: dict[str, dict], cascades: dict) -> list[str]:
+    """What the topics say that the batch run does not (empty when the live run has converged on it)."""
+    last: dict[str, dict] = {}
+    for h in read_topic(bootstrap, prefix + "liqwatch.health"):
+        last[h["account"]] = h
+    out = []
+    for aid, want in health.items():
+        got = last.get(aid)
+        if got is None:
+            out.append(f"{aid}: no health event")
+            continue
+        for f in ("equity", "maintenance", "health", "liquidation_severity"):
+            if not close(got[f], want[f], rel=1e-9, abs_=1e-9):
+                out.append(f"{aid}.{f}: live {got[f]} batch {want[f]}")
+        if got["liquidatable"] != want["liquidatable"]:
+            out.append(f"{aid}.liquidatable: live {got['liquidatable']} batch {want['liquidatable']}")
+    extra = set(last) - set(health)
+    out += [f"{a}: live health event for an account the batch run does not have" for a in sorted(extra)[:5]]
+    lastc: dict = {}
+    for c in read_topic(bootstrap, prefix + "liqwatch.cascades"):
+        lastc[(c["scenario"], c["severity"])] = c
+    for key, want in cascades.items():
+        got = lastc.get(key)
+        if got is None or got["ts"] != want["ts"]:
+            out.append(f"cascade {key}: {'none' if got is None else 'ts ' + str(got['ts'])} (batch ts {want['ts']})")
+            continue
+        for f in ("rounds", "liquidated_accounts", "runaway"):
+            if got[f] != want[f]:
+                out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
+        for f in ("liquidated_notional", "amplification"):
+            if not close(got[f], want[f], rel=1e-9):
+                out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
+    return out
+
+
+def wait_converged(bootstrap: str, prefix: str, health: dict, cascades: dict, workers: list[Worker],
+                   timeout: float = 180.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    diff: list[str] = ["not checked"]
+    while time.monotonic() < deadline:
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                raise AssertionError(f"{w.worker_id} exited with {w.proc.returncode}:\n{w.log_tail()}")
+        time.sleep(3)
+        diff = differences(bootstrap, prefix, health, cascades)
+        if not diff:
+            return diff
+    return diff
