@@ -169,21 +169,29 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await consumer.stop()
 
     async def release(buf, pos, seen_ts, caught, tps) -> None:
+        """Hand buffered records to the monitor in (timestamp, topic, offset) order, as long as no topic that is
+        still behind could deliver an earlier one; evaluate at each evaluation boundary of event time."""
+        run: list = []
         released = 0
         while True:
             heads = [(buf[tp][pos[tp]].timestamp, k, tp) for k, tp in enumerate(tps) if pos[tp] < len(buf[tp])]
             if not heads:
                 break
             ts, _, tp = min(heads)
-            # a topic with nothing buffered may still deliver an earlier event, unless it is caught up
             if any(pos[o] >= len(buf[o]) and not caught[o] and seen_ts[o] < ts for o in tps):
                 break
             rec = buf[tp][pos[tp]]
             pos[tp] += 1
-            await monitor.on_market(rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key))
-            released += 1
-            if monitor.market_t >= state["next_eval"]:
-                await periodic()
+            run.append((rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key)))
+            if ts >= state["next_eval"] or len(run) >= 20_000:
+                await monitor.on_market(run)
+                released += len(run)
+                run = []
+                if monitor.market_t >= state["next_eval"]:
+                    await periodic()
+        if run:
+            await monitor.on_market(run)
+            released += len(run)
         for tp in tps:
             if pos[tp] > 4096 or pos[tp] == len(buf[tp]):
                 del buf[tp][: pos[tp]]

@@ -20,7 +20,7 @@ from kernels.cascade import run_cascade
 from kernels.health import margin_health
 from kernels.stress import liquidation_severity
 from streams.config import Config
-from streams.events import Account, Event, Reference, Tick
+from streams.events import Account, BadEvent, Event, Reference, Tick
 from streams.layout import Layout
 from streams.state import AccountBook, MarketState, PriceView
 
@@ -68,6 +68,37 @@ class Engine:
         else:
             self.superseded += 1
         return ok
+
+    def apply_many(self, events: list[Event]) -> list[bool | BadEvent]:
+        """Apply events in order, runs of market events in one kernel call; per event: True applied, False
+        superseded, or the BadEvent that rejected it (the others are applied regardless)."""
+        out: list[bool | BadEvent] = []
+        run: list[Tick | Reference] = []
+
+        def flush_run() -> None:
+            if run:
+                out.extend(self._count(ev, r) for ev, r in zip(run, self.market.apply_many(run)))
+                run.clear()
+
+        for ev in events:
+            if isinstance(ev, (Tick, Reference)):
+                run.append(ev)
+                continue
+            flush_run()
+            try:
+                out.append(self._count(ev, self.accounts.apply(ev) is not None))
+            except BadEvent as e:
+                out.append(e)
+        flush_run()
+        return out
+
+    def _count(self, ev: Event, result: bool | BadEvent) -> bool | BadEvent:
+        if result is True:
+            self.applied += 1
+            self.max_ts = max(self.max_ts, ev.ts)
+        elif result is False:
+            self.superseded += 1
+        return result
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def eval_time(self, at: int | None = None) -> int:

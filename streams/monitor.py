@@ -81,23 +81,41 @@ class Monitor:
         self.row_partition = np.zeros(0, dtype=np.int32)
 
     # -- input ---------------------------------------------------------------------------------------------
-    async def on_market(self, raw: bytes, where: Where) -> None:
+    async def on_market(self, records: list[tuple[bytes, Where]]) -> None:
+        """A run of ticks and references in merged event-time order: decode each, apply the run in one kernel
+        call, dead-letter what was rejected."""
+        events, kept = [], []
+        for raw, where in records:
+            try:
+                ev = decode(raw)
+                if not isinstance(ev, (Tick, Reference)):
+                    raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+            except BadEvent as e:
+                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
+                continue
+            events.append(ev)
+            kept.append((raw, where))
+        if not events:
+            return
         try:
-            ev = decode(raw)
-            if not isinstance(ev, (Tick, Reference)):
-                raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
-            applied = self.engine.apply(ev)
-        except BadEvent as e:
-            await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
-            return
-        except Exception as e:  # a bug must not stop the stream: keep the record, say what happened
-            log.exception("unexpected error on %s[%d]@%d", where.topic, where.partition, where.offset)
-            await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
-                                        where.topic, where.partition, where.offset, raw, where.key)
-            return
-        label = "ticks" if isinstance(ev, Tick) else "references"
-        (self.metrics.events if applied else self.metrics.superseded).labels(topic=label).inc()
-        self.market_t = max(self.market_t, ev.ts)
+            results = self.engine.apply_many(events)
+        except Exception as e:  # a bug must not stop the stream: keep the records, say what happened
+            log.exception("unexpected error applying %d market events", len(events))
+            results = [BadEvent("internal", f"(internal): {type(e).__name__}: {e}")] * len(events)
+        applied = {"ticks": 0, "references": 0}
+        superseded = {"ticks": 0, "references": 0}
+        for ev, (raw, where), res in zip(events, kept, results):
+            label = "ticks" if isinstance(ev, Tick) else "references"
+            if isinstance(res, BadEvent):
+                await self.sink.dead_letter(res, where.topic, where.partition, where.offset, raw, where.key)
+            elif res:
+                applied[label] += 1
+                self.market_t = max(self.market_t, ev.ts)
+            else:
+                superseded[label] += 1
+        for label in applied:
+            self.metrics.events.labels(topic=label).inc(applied[label])
+            self.metrics.superseded.labels(topic=label).inc(superseded[label])
         self.dirty = True
         self.last_input_wall = time.monotonic()
 

@@ -17,11 +17,11 @@ An event older than the last one of its key by more than `ingest.out_of_order_ms
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, replay_market
 from kernels.prices import compute_index, compute_marks
 from kernels.rules import Book, Quotes
 from streams.events import Account, BadEvent, Reference, Tick
@@ -82,11 +82,15 @@ class MarketState:
         self.ref_rate = np.full(n_assets, np.nan)
         self.ref_ts = np.full(n_assets, -np.inf)
         self.ref_in = np.full(n_assets, -1, dtype=np.int32)  # reference values also feed depeg alerts
-        self.basis_samples: list[deque[tuple[int, float]]] = [deque() for _ in range(n_instr)]
-        self.basis_sum = np.zeros(n_instr)  # running sums: a full re-sum per tick would cost O(window)
-        self.basis_ma = np.full(n_instr, np.nan)
-        self.basis_window_ms = [layout.basis_window_ms(i) for i in range(n_instr)]
-        self.instrument_of_slot = {int(s): i for i, s in enumerate(layout.mark_rules.slot)}
+        instrument_of_slot = np.full(n_books, -1, dtype=np.int32)
+        for i, s in enumerate(layout.mark_rules.slot):
+            instrument_of_slot[s] = i
+        cap = 256
+        self.basis = BasisRings(ts=np.zeros((n_instr, cap)), value=np.zeros((n_instr, cap)),
+                                head=np.zeros(n_instr, dtype=np.int64), count=np.zeros(n_instr, dtype=np.int64),
+                                total=np.zeros(n_instr), average=np.full(n_instr, np.nan),
+                                window_ms=np.array([layout.basis_window_ms(i) for i in range(n_instr)], dtype=float),
+                                instrument_of_slot=instrument_of_slot)
         self.index = np.full(n_assets, np.nan)
         self.index_stale = np.zeros(n_assets, dtype=np.bool_)
         self.source_price = np.full(len(layout.constituents), np.nan)
@@ -94,6 +98,10 @@ class MarketState:
         self.mark = np.full(n_instr, np.nan)
         self.t = -1  # event time of the last evaluation
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+
+    @property
+    def basis_ma(self) -> np.ndarray:
+        return self.basis.average
 
     # -- events ----------------------------------------------------------------------------------------------
     def _slot_for(self, tick: Tick) -> int:
@@ -112,9 +120,7 @@ class MarketState:
         self.books.append((tick.venue, tick.symbol))
         self.slot[key] = slot
         n = slot + 1
-        self.mid, self.bid, self.ask, self.last = (
-            _grow(a, n, np.nan) for a in (self.mid, self.bid, self.ask, self.last)
-        )
+        self.mid, self.bid, self.ask, self.last = (_grow(a, n, np.nan) for a in (self.mid, self.bid, self.ask, self.last))
         self.ts = _grow(self.ts, n, -np.inf)
         self.funding_rate = _grow(self.funding_rate, n, np.nan)
         self.next_funding_ts = _grow(self.next_funding_ts, n, np.nan)
@@ -123,24 +129,7 @@ class MarketState:
         self.venue[slot] = self.layout.venue(tick.venue)
         return slot
 
-    def apply_tick(self, tick: Tick) -> bool:
-        """Apply a tick and re-evaluate prices; False when superseded (older, within tolerance)."""
-        slot = self._slot_for(tick)
-        if not self.ordering.admit("tick:" + tick.key, tick.ts):
-            return False
-        self.bid[slot] = tick.bid
-        self.ask[slot] = tick.ask
-        self.mid[slot] = 0.5 * (tick.bid + tick.ask)
-        self.ts[slot] = tick.ts
-        if tick.last is not None:
-            self.last[slot] = tick.last
-        if tick.funding_rate is not None:
-            self.funding_rate[slot] = tick.funding_rate
-            self.next_funding_ts[slot] = tick.next_funding_ts
-        self.evaluate(tick.ts, basis_sample_slot=slot)
-        return True
-
-    def apply_reference(self, ref: Reference) -> bool:
+    def _check_reference(self, ref: Reference) -> int:
         a = self.layout.asset_id.get(ref.asset)
         if a is None:
             raise BadEvent("unknown_asset", f"asset: unknown asset '{ref.asset}'")
@@ -149,13 +138,86 @@ class MarketState:
         expected = self._redeems_into(ref.asset)
         if expected is not None and ref.in_ != expected:
             raise BadEvent("unknown_asset", f"in: config says {ref.asset} redeems into {expected}, got '{ref.in_}'")
-        if not self.ordering.admit("reference:" + ref.asset, ref.ts):
-            return False
-        self.ref_rate[a] = ref.rate
-        self.ref_ts[a] = ref.ts
-        self.ref_in[a] = self.layout.asset_id[ref.in_]
-        self.evaluate(ref.ts)
-        return True
+        return a
+
+    def apply_tick(self, tick: Tick) -> bool:
+        """Apply a tick and re-evaluate prices; False when superseded (older, within tolerance)."""
+        out = self.apply_many([tick])[0]
+        if isinstance(out, BadEvent):
+            raise out
+        return out
+
+    def apply_reference(self, ref: Reference) -> bool:
+        out = self.apply_many([ref])[0]
+        if isinstance(out, BadEvent):
+            raise out
+        return out
+
+    def apply_many(self, events: list[Tick | Reference]) -> list[bool | BadEvent]:
+        """Apply market events in order (one kernel call for the run); per event: True applied, False superseded
+        (older than the last of its key, within tolerance), or the BadEvent that rejected it."""
+        n = len(events)
+        kind = np.empty(n, dtype=np.int8)
+        ref = np.empty(n, dtype=np.int32)
+        ts = np.empty(n)
+        bid, ask = np.empty(n), np.empty(n)
+        last, fr, nft = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        out: list[bool | BadEvent] = []
+        m = 0
+        for ev in events:
+            try:
+                if isinstance(ev, Tick):
+                    r = self._slot_for(ev)
+                    if not self.ordering.admit("tick:" + ev.key, ev.ts):
+                        out.append(False)
+                        continue
+                    kind[m], bid[m], ask[m] = EVENT_TICK, ev.bid, ev.ask
+                    if ev.last is not None:
+                        last[m] = ev.last
+                    if ev.funding_rate is not None:
+                        fr[m], nft[m] = ev.funding_rate, ev.next_funding_ts
+                else:
+                    r = self._check_reference(ev)
+                    if not self.ordering.admit("reference:" + ev.asset, ev.ts):
+                        out.append(False)
+                        continue
+                    kind[m], bid[m] = EVENT_REFERENCE, ev.rate
+                    self.ref_in[r] = self.layout.asset_id[ev.in_]
+            except BadEvent as e:
+                out.append(e)
+                continue
+            ref[m], ts[m] = r, ev.ts
+            m += 1
+            out.append(True)
+        if m:
+            self._replay(kind[:m], ref[:m], ts[:m], bid[:m], ask[:m], last[:m], fr[:m], nft[:m])
+        return out
+
+    def _replay(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:
+        n = len(self.books)
+        if self.basis.instrument_of_slot.shape[0] < n:
+            self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, n, -1)[:n])
+        book = BookArrays(mid=self.mid[:n], bid=self.bid[:n], ask=self.ask[:n], last=self.last[:n], ts=self.ts[:n],
+                          funding_rate=self.funding_rate[:n], next_funding_ts=self.next_funding_ts[:n],
+                          ref_rate=self.ref_rate, ref_ts=self.ref_ts)
+        start = 0
+        while start < kind.shape[0]:
+            start = replay_market(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_rules,
+                                  self.layout.mark_rules, self.basis, self.index, self.index_stale,
+                                  self.source_price, self.source_status, self.mark, start)
+            if start < kind.shape[0]:
+                self._grow_basis()
+        self.t = int(ts[-1])
+
+    def _grow_basis(self) -> None:
+        b = self.basis
+        n_instr, cap = b.ts.shape
+        new_ts, new_v = np.zeros((n_instr, 2 * cap)), np.zeros((n_instr, 2 * cap))
+        for i in range(n_instr):  # unroll each ring so that it starts at 0
+            order = (b.head[i] + np.arange(b.count[i])) % cap
+            new_ts[i, : b.count[i]] = b.ts[i, order]
+            new_v[i, : b.count[i]] = b.value[i, order]
+        self.basis = b._replace(ts=new_ts, value=new_v, head=np.zeros(n_instr, dtype=np.int64))
 
     def _redeems_into(self, asset: str) -> str | None:
         spec = self.layout.cfg.assets.get(asset)
@@ -169,65 +231,21 @@ class MarketState:
     # -- prices ----------------------------------------------------------------------------------------------
     def quotes(self) -> Quotes:
         n = len(self.books)
-        return Quotes(
-            mid=self.mid[:n],
-            last=self.last[:n],
-            ts=self.ts[:n],
-            funding_rate=self.funding_rate[:n],
-            next_funding_ts=self.next_funding_ts[:n],
-            base=self.base[:n],
-            venue=self.venue[:n],
-            ref_rate=self.ref_rate,
-            ref_ts=self.ref_ts,
-            basis_ma=self.basis_ma,
-        )
+        return Quotes(mid=self.mid[:n], last=self.last[:n], ts=self.ts[:n], funding_rate=self.funding_rate[:n],
+                      next_funding_ts=self.next_funding_ts[:n], base=self.base[:n], venue=self.venue[:n],
+                      ref_rate=self.ref_rate, ref_ts=self.ref_ts, basis_ma=self.basis.average)
 
-    def evaluate(self, t: int, basis_sample_slot: int = -1) -> None:
-        """Recompute every index and mark at event time t (the kernel call), taking a basis sample when the
-        event was a tick of an instrument's own book."""
-        q = self.quotes()
-        rules = self.layout.index_rules
-        compute_index(
-            float(t),
-            q.mid,
-            q.ts,
-            q.ref_rate,
-            q.ref_ts,
-            rules,
-            self.index,
-            self.index,
-            self.index_stale,
-            self.source_price,
-            self.source_status,
-        )
-        self.t = t
-        instr = self.instrument_of_slot.get(basis_sample_slot, -1)
-        if instr >= 0:
-            idx = self.index[self.layout.mark_rules.underlying[instr]]
-            if not np.isnan(idx):
-                sample = float(self.mid[basis_sample_slot] - idx)
-                self.basis_samples[instr].append((t, sample))
-                self.basis_sum[instr] += sample
-        self._update_basis(t)
-        compute_marks(
-            float(t),
-            q.last,
-            q.funding_rate,
-            q.next_funding_ts,
-            self.basis_ma,
-            self.index,
-            self.layout.mark_rules,
-            self.mark,
-        )
-
-    def _update_basis(self, t: int) -> None:
-        for i, samples in enumerate(self.basis_samples):
-            horizon = t - self.basis_window_ms[i]
-            while samples and samples[0][0] <= horizon:
-                self.basis_sum[i] -= samples.popleft()[1]
-            if not samples:
-                self.basis_sum[i] = 0.0
-            self.basis_ma[i] = self.basis_sum[i] / len(samples) if samples else np.nan
+    def basis_at(self, t: int) -> np.ndarray:
+        """Basis averages as of t (later than the last event) without changing the rings."""
+        b = self.basis
+        cap = b.ts.shape[1]
+        out = np.full(b.head.shape[0], np.nan)
+        for i in range(b.head.shape[0]):
+            order = (b.head[i] + np.arange(b.count[i])) % cap
+            kept = b.value[i, order][b.ts[i, order] > t - b.window_ms[i]]
+            if kept.size:
+                out[i] = kept.sum() / kept.size
+        return out
 
     def prices_at(self, t: int) -> "PriceView":
         """Index, staleness, marks and the quotes (with the basis average as of t) at time t ≥ the last event,
@@ -239,14 +257,9 @@ class MarketState:
         stale = np.empty_like(self.index_stale)
         sp = np.empty_like(self.source_price)
         ss = np.empty_like(self.source_status)
-        compute_index(
-            float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_rules, self.index, index, stale, sp, ss
-        )
-        basis = self.basis_ma.copy()
-        for i, samples in enumerate(self.basis_samples):
-            horizon = t - self.layout.basis_window_ms(i)
-            kept = [v for ts, v in samples if ts > horizon]
-            basis[i] = sum(kept) / len(kept) if kept else np.nan
+        compute_index(float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_rules, self.index,
+                      index, stale, sp, ss)
+        basis = self.basis_at(t)
         q = q._replace(basis_ma=basis)
         mark = np.empty_like(self.mark)
         compute_marks(float(t), q.last, q.funding_rate, q.next_funding_ts, basis, index, self.layout.mark_rules, mark)

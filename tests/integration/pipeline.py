@@ -22,8 +22,7 @@ from tests.integration.conftest import free_ports
 
 
 def produce(path: Path, bootstrap: str, prefix: str, partitions: int) -> transport.ProduceReport:
-    return asyncio.run(transport.produce_file(path, bootstrap, partitions=partitions,
-                                              topics=transport.prefixed_topics(prefix), progress=False))
+    return asyncio.run(transport.produce_file(path, bootstrap, partitions=partitions, prefix=prefix, progress=False))
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict]:

@@ -39,10 +39,16 @@ def workers(n, bootstrap, prefix, tmp_path) -> list[Worker]:
 def test_workers_equal_batch(stack, prefix, tmp_path, n_workers):
     bootstrap = lwstack.bootstrap_servers(stack)
     events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60))
-    produce(events, bootstrap, prefix, PARTITIONS)
     health, cascades = batch_results(CONFIG, events)
     ws = workers(n_workers, bootstrap, prefix, tmp_path)
     try:
+        # let the group settle first, so that the workers really share the partitions while the data flows
+        deadline = time.monotonic() + 90
+        while not all((s := w.status()) and s["partitions"] for w in ws) or sum(
+                len(w.status()["partitions"]) for w in ws) != PARTITIONS:
+            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+            time.sleep(0.5)
+        produce(events, bootstrap, prefix, PARTITIONS)
         diff = wait_converged(bootstrap, prefix, health, cascades, ws)
         assert diff == [], diff[:10]
         status = [w.status() for w in ws]
