@@ -45,7 +45,7 @@ def stressed_prices(t, s, direction, quotes, index_rules, mark_rules, base_index
                   mark_rules, out_mark)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: workers run it in a thread while the event loop keeps consuming
 def liquidation_severity(t, s_max, n_grid, direction, quotes, index_rules, mark_rules, base_index,
                          book, risk, out_severity):
     n_assets = base_index.shape[0]

@@ -41,7 +41,7 @@ class WorkerSettings:
     topic_prefix: str = ""
     partitions: int = 8
     worker_id: str = field(default_factory=lambda: f"worker-{int(time.time() * 1000) % 10**8}")
-    evaluate_every_ms: int = 1_000      # event time between shard health evaluations
+    evaluate_every_ms: int = 10_000     # event time between shard health evaluations
     severity_every_ms: int = 60_000     # event time between liquidation-severity recomputes
     cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
     idle_s: float = 1.0                 # wall time without input before the exact flush
@@ -169,29 +169,44 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await consumer.stop()
 
     async def release(buf, pos, seen_ts, caught, tps) -> None:
-        """Hand buffered records to the monitor in (timestamp, topic, offset) order, as long as no topic that is
-        still behind could deliver an earlier one; evaluate at each evaluation boundary of event time."""
-        run: list = []
+        """Hand buffered records to the monitor in (timestamp, topic order, offset) order, as long as no topic
+        that is still behind could deliver an earlier one; evaluate at each evaluation boundary of event time.
+        Records are moved in runs: everything of the leading topic below the others' next timestamps."""
         released = 0
         while True:
-            heads = [(buf[tp][pos[tp]].timestamp, k, tp) for k, tp in enumerate(tps) if pos[tp] < len(buf[tp])]
+            heads = [(buf[tp][pos[tp]].timestamp, k) for k, tp in enumerate(tps) if pos[tp] < len(buf[tp])]
             if not heads:
                 break
-            ts, _, tp = min(heads)
-            if any(pos[o] >= len(buf[o]) and not caught[o] and seen_ts[o] < ts for o in tps):
+            _, lead = min(heads)
+            tp = tps[lead]
+            limit = float("inf")  # records of `tp` with timestamp < limit (or == limit, if tp sorts first) may go
+            limit_inclusive = True
+            for k, o in enumerate(tps):
+                if k == lead:
+                    continue
+                if pos[o] < len(buf[o]):
+                    bound, inclusive = buf[o][pos[o]].timestamp, lead < k
+                elif caught[o]:
+                    continue
+                else:
+                    bound, inclusive = seen_ts[o], True  # o may still deliver records after seen_ts[o]
+                if bound < limit or (bound == limit and not inclusive):
+                    limit, limit_inclusive = bound, inclusive
+            recs = buf[tp]
+            start = pos[tp]
+            end = start
+            stop_eval = state["next_eval"]
+            while end < len(recs) and (recs[end].timestamp < limit or (limit_inclusive and recs[end].timestamp == limit)):
+                end += 1
+                if recs[end - 1].timestamp >= stop_eval or end - start >= 20_000:
+                    break
+            if end == start:
                 break
-            rec = buf[tp][pos[tp]]
-            pos[tp] += 1
-            run.append((rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key)))
-            if ts >= state["next_eval"] or len(run) >= 20_000:
-                await monitor.on_market(run)
-                released += len(run)
-                run = []
-                if monitor.market_t >= state["next_eval"]:
-                    await periodic()
-        if run:
-            await monitor.on_market(run)
-            released += len(run)
+            pos[tp] = end
+            await monitor.on_market(recs[start:end])
+            released += end - start
+            if monitor.market_t >= state["next_eval"]:
+                await periodic()
         for tp in tps:
             if pos[tp] > 4096 or pos[tp] == len(buf[tp]):
                 del buf[tp][: pos[tp]]
@@ -199,7 +214,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if released and app.is_leader():
             await monitor.emit_marks()
 
+    evaluating = asyncio.Lock()
+
     async def periodic() -> None:
+        if evaluating.locked():
+            return  # the previous evaluation is still running (its severity thread): skip this boundary
+        async with evaluating:
+            await _periodic()
+
+    async def _periodic() -> None:
         retain()
         t = monitor.market_t
         with_severity = t >= state["next_severity"]
@@ -222,7 +245,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if monitor.dirty or not state["flushed"]:
             monitor.dirty = False
             state["flushed"] = True
-            n = await monitor.evaluate(full=True, with_severity=True)
+            async with evaluating:
+                n = await monitor.evaluate(full=True, with_severity=True)
             if app.is_leader():
                 await monitor.emit_marks()
             await sink.flush()

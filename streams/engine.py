@@ -77,11 +77,19 @@ class Engine:
 
         def flush_run() -> None:
             if run:
-                out.extend(self._count(ev, r) for ev, r in zip(run, self.market.apply_many(run)))
+                results = self.market.apply_many(run)
+                for ev, r in zip(run, results):
+                    if r is True:
+                        self.applied += 1
+                        if ev.ts > self.max_ts:
+                            self.max_ts = ev.ts
+                    elif r is False:
+                        self.superseded += 1
+                out.extend(results)
                 run.clear()
 
         for ev in events:
-            if isinstance(ev, (Tick, Reference)):
+            if type(ev) is not Account:
                 run.append(ev)
                 continue
             flush_run()

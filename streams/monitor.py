@@ -7,12 +7,13 @@
 
 Every worker holds the whole market (it reads every tick and reference) and the accounts of the partitions it
 owns. Health events are emitted when an account's numbers change: during the stream only changes above
-`emit_relative` (or a liquidatable flip), and when the input goes idle every exact change, so the last health
+a health band (or a liquidatable flip), and when the input goes idle every exact change, so the last health
 event of each account equals `liqwatch health` on the same events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,11 +23,12 @@ import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 
 from kernels.health import margin_health
+from kernels.rules import Book
 from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
 from kernels.stress import liquidation_severity
 from streams.config import Config
 from streams.engine import SEVERITY_GRID, Engine
-from streams.events import Account, BadEvent, Reference, Tick, decode
+from streams.events import Account, BadEvent, Tick, decode
 from streams.metrics import HEALTH_BANDS, Metrics
 from streams.sinks import OutputSink
 from streams.topics import TopicNames
@@ -36,6 +38,12 @@ _STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "mis
 
 
 _partitioner = DefaultPartitioner()
+_BAND_EDGES = np.array([hi for _, _, hi in HEALTH_BANDS if hi is not None])
+
+
+def _band(health: np.ndarray) -> np.ndarray:
+    """Index of the health band (NaN health: its own band)."""
+    return np.where(np.isnan(health), -1, np.searchsorted(_BAND_EDGES, health, side="right"))
 
 
 def partition_of(account: str, partitions: int) -> int:
@@ -56,15 +64,13 @@ def _num(x: float):
 
 
 class Monitor:
-    def __init__(self, cfg: Config, sink: OutputSink, metrics: Metrics, names: TopicNames,
-                 emit_relative: float = 0.02):
+    def __init__(self, cfg: Config, sink: OutputSink, metrics: Metrics, names: TopicNames):
         self.cfg = cfg
         self.config_id = cfg.config_id
         self.engine = Engine(cfg)
         self.sink = sink
         self.metrics = metrics
         self.names = names
-        self.emit_relative = emit_relative
         self.market_t = -1
         self.accounts_t = -1
         self.dirty = False
@@ -79,22 +85,24 @@ class Monitor:
         self.sent_active = np.zeros(n, dtype=np.bool_)
         self.severity = np.zeros(n)
         self.row_partition = np.zeros(0, dtype=np.int32)
+        self._retained_for: set[int] = set()
+        self._retained_rows = -1
 
     # -- input ---------------------------------------------------------------------------------------------
-    async def on_market(self, records: list[tuple[bytes, Where]]) -> None:
-        """A run of ticks and references in merged event-time order: decode each, apply the run in one kernel
-        call, dead-letter what was rejected."""
+    async def on_market(self, records: list) -> None:
+        """A run of ticks and references (aiokafka records) in merged event-time order: decode each, apply the
+        run in one kernel call, dead-letter what was rejected."""
         events, kept = [], []
-        for raw, where in records:
+        for rec in records:
             try:
-                ev = decode(raw)
-                if not isinstance(ev, (Tick, Reference)):
-                    raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+                ev = decode(rec.value)
+                if type(ev) is Account:
+                    raise BadEvent("unknown_type", f"type: 'account' on the {rec.topic} topic")
             except BadEvent as e:
-                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
+                await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
                 continue
             events.append(ev)
-            kept.append((raw, where))
+            kept.append(rec)
         if not events:
             return
         try:
@@ -102,20 +110,25 @@ class Monitor:
         except Exception as e:  # a bug must not stop the stream: keep the records, say what happened
             log.exception("unexpected error applying %d market events", len(events))
             results = [BadEvent("internal", f"(internal): {type(e).__name__}: {e}")] * len(events)
-        applied = {"ticks": 0, "references": 0}
-        superseded = {"ticks": 0, "references": 0}
-        for ev, (raw, where), res in zip(events, kept, results):
-            label = "ticks" if isinstance(ev, Tick) else "references"
-            if isinstance(res, BadEvent):
-                await self.sink.dead_letter(res, where.topic, where.partition, where.offset, raw, where.key)
-            elif res:
-                applied[label] += 1
-                self.market_t = max(self.market_t, ev.ts)
+        ticks = references = superseded = 0
+        t = self.market_t
+        for ev, rec, res in zip(events, kept, results):
+            if res is True:
+                if type(ev) is Tick:
+                    ticks += 1
+                else:
+                    references += 1
+                if ev.ts > t:
+                    t = ev.ts
+            elif res is False:
+                superseded += 1
             else:
-                superseded[label] += 1
-        for label in applied:
-            self.metrics.events.labels(topic=label).inc(applied[label])
-            self.metrics.superseded.labels(topic=label).inc(superseded[label])
+                await self.sink.dead_letter(res, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+        self.metrics.events.labels(topic="ticks").inc(ticks)
+        self.metrics.events.labels(topic="references").inc(references)
+        if superseded:
+            self.metrics.superseded.labels(topic="ticks/references").inc(superseded)
+        self.market_t = t
         self.dirty = True
         self.last_input_wall = time.monotonic()
 
@@ -145,6 +158,9 @@ class Monitor:
         """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
         An account's partition is the one Kafka's default partitioner gives its key."""
         book = self.engine.accounts
+        if owned == self._retained_for and book.n == self._retained_rows:
+            return 0  # nothing moved since the last check
+        self._retained_for, self._retained_rows = set(owned), book.n
         known = self.row_partition.shape[0]
         if known < book.n:  # rows are never reused, so each row's partition is computed once
             fresh = np.array([partition_of(a, partitions) for a in book.ids[known: book.n]], dtype=np.int32)
@@ -190,12 +206,18 @@ class Monitor:
         self.metrics.kernel_seconds.labels(kernel="margin_health").observe(time.perf_counter() - t0)
         self._grow(n)
         if with_severity:
+            # hundreds of ms for 1e5 accounts: in a thread (the kernel releases the GIL) on copies, so that the
+            # market feed keeps flowing meanwhile
             t1 = time.perf_counter()
             stress = self.cfg.stress
-            liquidation_severity(float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
-                                 eng.layout.scenario_direction(stress.primary_scenario), pv.quotes,
-                                 eng.layout.index_rules, eng.layout.mark_rules, pv.index, book,
-                                 eng.layout.risk_rules, self.severity[:n])
+            quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
+            frozen = Book(*(np.array(a) for a in book))
+            out = np.empty(n)
+            await asyncio.to_thread(
+                liquidation_severity, float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
+                eng.layout.scenario_direction(stress.primary_scenario), quotes, eng.layout.index_rules,
+                eng.layout.mark_rules, pv.index, frozen, eng.layout.risk_rules, out)
+            self.severity[:n] = out
             self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
         sev = self.severity[:n]
         changed = self._changed(n, eq, mm, sev, liq, book.active, exact=full)
@@ -231,8 +253,8 @@ class Monitor:
 
     def _changed(self, n, eq, mm, sev, liq, active, exact: bool) -> np.ndarray:
         """Rows to emit. Exact: any change at all (the idle flush, so the last event is final). Otherwise only
-        what a risk engineer would act on: a liquidatable flip, health moving by more than `emit_relative`, or
-        the liquidation severity moving by more than half a percentage point."""
+        what a risk engineer acts on: a liquidatable flip, health crossing a band (metrics.HEALTH_BANDS), or the
+        liquidation severity moving by more than half a percentage point."""
         was_active = self.sent_active[:n]
         flips = (active != was_active) | (liq != self.sent_liquidatable[:n])
         if exact:
@@ -242,11 +264,9 @@ class Monitor:
                 sev, self.sent_severity[:n])
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
-                h_new = eq / mm
-                h_old = self.sent_equity[:n] / self.sent_maintenance[:n]
-                moved = ~(np.abs(h_new - h_old) <= self.emit_relative * np.abs(h_old))
-                s_old = self.sent_severity[:n]
-                moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
+                moved = _band(eq / mm) != _band(self.sent_equity[:n] / self.sent_maintenance[:n])
+            s_old = self.sent_severity[:n]
+            moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
         return flips | (active & moved)
 
     def _account_metrics(self, eq, mm, h, liq, book) -> None:

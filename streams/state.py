@@ -156,41 +156,63 @@ class MarketState:
     def apply_many(self, events: list[Tick | Reference]) -> list[bool | BadEvent]:
         """Apply market events in order (one kernel call for the run); per event: True applied, False superseded
         (older than the last of its key, within tolerance), or the BadEvent that rejected it."""
-        n = len(events)
-        kind = np.empty(n, dtype=np.int8)
-        ref = np.empty(n, dtype=np.int32)
-        ts = np.empty(n)
-        bid, ask = np.empty(n), np.empty(n)
-        last, fr, nft = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        # hot path of every worker: plain lists, one dict lookup per tick, arrays built once at the end
+        kind, ref, ts, bid, ask, last, fr, nft = [], [], [], [], [], [], [], []
         out: list[bool | BadEvent] = []
-        m = 0
+        slot_of = self.slot
+        last_ts = self.ordering.last
+        tolerance = self.ordering.tolerance_ms
+        nan = float("nan")
         for ev in events:
             try:
-                if isinstance(ev, Tick):
-                    r = self._slot_for(ev)
-                    if not self.ordering.admit("tick:" + ev.key, ev.ts):
+                if type(ev) is Tick:
+                    key = ev.venue + ":" + ev.symbol
+                    r = slot_of.get(key)
+                    if r is None:
+                        r = self._slot_for(ev)
+                    okey = "tick:" + key
+                    prev = last_ts.get(okey)
+                    if prev is not None and ev.ts < prev:
+                        if prev - ev.ts > tolerance:
+                            raise BadEvent("out_of_order", f"ts: {prev - ev.ts} ms older than the last event of "
+                                                           f"'{key}' (tolerance {tolerance} ms)")
+                        self.ordering.superseded += 1
                         out.append(False)
                         continue
-                    kind[m], bid[m], ask[m] = EVENT_TICK, ev.bid, ev.ask
-                    if ev.last is not None:
-                        last[m] = ev.last
-                    if ev.funding_rate is not None:
-                        fr[m], nft[m] = ev.funding_rate, ev.next_funding_ts
+                    last_ts[okey] = ev.ts
+                    kind.append(EVENT_TICK)
+                    bid.append(ev.bid)
+                    ask.append(ev.ask)
+                    last.append(nan if ev.last is None else ev.last)
+                    if ev.funding_rate is None:
+                        fr.append(nan)
+                        nft.append(nan)
+                    else:
+                        fr.append(ev.funding_rate)
+                        nft.append(ev.next_funding_ts)
                 else:
                     r = self._check_reference(ev)
                     if not self.ordering.admit("reference:" + ev.asset, ev.ts):
                         out.append(False)
                         continue
-                    kind[m], bid[m] = EVENT_REFERENCE, ev.rate
                     self.ref_in[r] = self.layout.asset_id[ev.in_]
+                    kind.append(EVENT_REFERENCE)
+                    bid.append(ev.rate)
+                    ask.append(nan)
+                    last.append(nan)
+                    fr.append(nan)
+                    nft.append(nan)
             except BadEvent as e:
                 out.append(e)
                 continue
-            ref[m], ts[m] = r, ev.ts
-            m += 1
+            ref.append(r)
+            ts.append(ev.ts)
             out.append(True)
-        if m:
-            self._replay(kind[:m], ref[:m], ts[:m], bid[:m], ask[:m], last[:m], fr[:m], nft[:m])
+        if kind:
+            f64 = np.float64
+            self._replay(np.array(kind, dtype=np.int8), np.array(ref, dtype=np.int32), np.array(ts, dtype=f64),
+                         np.array(bid, dtype=f64), np.array(ask, dtype=f64), np.array(last, dtype=f64),
+                         np.array(fr, dtype=f64), np.array(nft, dtype=f64))
         return out
 
     def _replay(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +14,7 @@ from streams.config import parse_config
 from streams.engine import Engine
 from streams.events import decode
 from streams.state import AccountBook
-from tests.conftest import DATA, close, run_engine
+from tests.conftest import close, run_engine
 from tests.populations import population
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
