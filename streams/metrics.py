@@ -48,6 +48,31 @@ class Metrics:
                                     ["scenario", "severity"], registry=r)
         self.cascade_runaway = Gauge("liqwatch_cascade_runaway", "1 when the cascade still liquidated after "
                                      "max_rounds.", ["scenario", "severity"], registry=r)
+        # alerts (SPEC §6): the signals each alert type watches, and the alerts themselves
+        self.alert_active = Gauge("liqwatch_alert_active", "1 while an alert episode is firing (one series per alert "
+                                  "kind, subject and severity); Prometheus rules route these to Alertmanager.",
+                                  ["kind", "subject", "severity"], registry=r)
+        self.alerts_emitted = Counter("liqwatch_alerts_total", "Alert events emitted, by kind and state.",
+                                      ["kind", "state"], registry=r)
+        self.depeg = Gauge("liqwatch_depeg_ratio", "|index / reference value − 1| of an asset with a redemption rate.",
+                           ["asset"], registry=r)
+        self.venue_divergence = Gauge("liqwatch_venue_divergence_ratio", "|venue price / median of the other venues "
+                                      "− 1| for an asset quoted on several venues.", ["venue", "asset"], registry=r)
+        self.source_age = Gauge("liqwatch_source_age_seconds", "Event time since an index constituent last quoted.",
+                                ["source"], registry=r)
+        self.margin_cluster_notional = Gauge("liqwatch_margin_cluster_notional_usd", "Notional of accounts whose "
+                                             "health is below the margin_cluster warning level (not yet "
+                                             "liquidatable).", registry=r)
+        self.critical_severity = Gauge("liqwatch_critical_severity_ratio", "Smallest shock severity at which the "
+                                       "scenario's cascade runs away or amplifies past the limit (1 = none found).",
+                                       ["scenario"], registry=r)
+        self.collateral_share = Gauge("liqwatch_collateral_share_ratio", "Share of all collateral value held in one "
+                                      "asset.", ["asset"], registry=r)
+        self.webhook_deliveries = Counter("liqwatch_webhook_deliveries_total", "Webhook delivery attempts by "
+                                          "endpoint and outcome (delivered, retry, failed).",
+                                          ["endpoint", "outcome"], registry=r)
+        self.webhook_queue = Gauge("liqwatch_webhook_queue", "Alert events waiting for webhook delivery.",
+                                   ["endpoint"], registry=r)
         # pipeline
         self.events = Counter("liqwatch_events_processed_total", "Input events applied, by topic.", ["topic"],
                               registry=r)

@@ -301,9 +301,23 @@ class Monitor:
         m = eng.market
         lay = eng.layout
         t = m.t
+        for k, (venue, symbol) in enumerate(m.books):
+            base = m.base[k]
+            if base >= 0 and not math.isnan(m.mid[k]):
+                q = m.quote[k]
+                price = m.mid[k] * (1.0 if q < 0 else m.index[q])
+                self.metrics.venue_price.labels(venue=venue, symbol=symbol, asset=lay.assets[base]).set(price)
+        for a, name in enumerate(lay.assets):
+            into = m.ref_in[a]
+            if into >= 0 and not math.isnan(m.ref_rate[a]):
+                self.metrics.reference_value.labels(asset=name).set(m.ref_rate[a] * m.index[into])
         for a, name in enumerate(lay.assets):
             if name not in self.cfg.assets or lay.index_rules.fixed_one[a]:
                 continue
+            lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
+            for status, reason in _STATUS.items():
+                self.metrics.sources_dropped.labels(asset=name, reason=reason).set(
+                    int((m.source_status[lo:hi] == status).sum()))
             value = float(m.index[a])
             self.metrics.index.labels(asset=name).set(value)
             self.metrics.index_stale.labels(asset=name).set(float(m.index_stale[a]))
