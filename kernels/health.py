@@ -99,3 +99,46 @@ def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_heal
             continue
         out_health[i] = e / m if m > 0.0 else np.nan
         out_liquidatable[i] = e < m
+
+
+@njit(cache=True, error_model="numpy")
+def exposure_summary(index, mark, book, risk, cluster_health, out_collateral_by_asset, work_equity,
+                     work_maintenance):
+    """What alerts watch across a book: (liquidatable notional, notional of the margin cluster — accounts with
+    1 ≤ health < cluster_health), and the collateral value held per asset (added to `out_collateral_by_asset`).
+    An account's notional is its positions' |qty|·mark plus its collateral value."""
+    margin_numbers(index, mark, book, risk, work_equity, work_maintenance)
+    n = book.active.shape[0]
+    state = np.zeros(n, dtype=np.int8)  # 1 liquidatable, 2 in the cluster
+    for i in range(n):
+        if not book.active[i]:
+            continue
+        e = work_equity[i]
+        m = work_maintenance[i]
+        if e < m:
+            state[i] = 1
+        elif m > 0.0 and e < cluster_health * m:
+            state[i] = 2
+    liquidatable = 0.0
+    cluster = 0.0
+    for j in range(book.pos_owner.shape[0]):
+        o = book.pos_owner[j]
+        if o < 0 or state[o] == 0:
+            continue
+        v = abs(book.pos_qty[j]) * mark[book.pos_instr[j]]
+        if state[o] == 1:
+            liquidatable += v
+        else:
+            cluster += v
+    for j in range(book.coll_owner.shape[0]):
+        o = book.coll_owner[j]
+        if o < 0 or not book.active[o]:
+            continue
+        a = book.coll_asset[j]
+        v = book.coll_qty[j] * index[a]
+        out_collateral_by_asset[a] += v
+        if state[o] == 1:
+            liquidatable += v
+        elif state[o] == 2:
+            cluster += v
+    return liquidatable, cluster

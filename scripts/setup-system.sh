@@ -30,6 +30,15 @@ else
   fi
 fi
 
+# --- 1b. a Compose client to validate docker-compose.yml (tests only; no Docker engine is needed or installed)
+if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; then
+  log "a docker compose client is present"
+elif [[ $(id -u) -eq 0 ]]; then
+  log "installing docker-compose (client only, --no-install-recommends: no engine)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose \
+    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose; }
+fi
+
 # --- 2. Kafka jars -------------------------------------------------------------------
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { log "$tool not found: install Java 17 and Maven"; exit 1; }

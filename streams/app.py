@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,14 @@ from pathlib import Path
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.alerts import AlertEngine
 from streams.cascades import CascadeAborted, Coordinator, ShardService
 from streams.config import Config
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.monitor import Monitor, Where
 from streams.sinks import OutputSink
 from streams.topics import TopicNames, create_topics
+from streams.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ async def _logged(name: str, coro) -> None:
 
 def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor]:
     names = TopicNames(settings.topic_prefix)
+    # loopback unless a container runtime says otherwise (docker-compose.yml sets LIQWATCH_WEB_BIND)
+    web_bind = os.environ.get("LIQWATCH_WEB_BIND", "127.0.0.1")
     (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     sink = OutputSink(settings.bootstrap, names, metrics, client_id=settings.worker_id)
@@ -69,8 +74,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_host=web_bind,
+        web_bind=web_bind,
         web_port=settings.web_port,
         datadir=str(settings.data_dir / settings.worker_id),
         topic_partitions=settings.partitions,
@@ -110,8 +115,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     def owned_partitions() -> list[int]:
         return [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.ACCOUNTS]
 
-    def accounts_caught_up() -> bool:
-        return time.monotonic() - monitor.last_account_wall >= settings.idle_s
+    def accounts_caught_up(t: int) -> bool:
+        """Has this shard applied every account event up to event time t? Either a partition already delivered a
+        later event, or its consumer reached the end of it."""
+        if monitor.market_t < t and not state["market_caught_up"]:
+            return False  # accounts join the book by market event time: this shard's market must reach t first
+        for p in owned_partitions():
+            if monitor.account_ts.get(p, -1) >= t:
+                continue
+            hw = app.consumer.highwater(TopicPartition(names.ACCOUNTS, p))
+            if hw is None or monitor.account_offsets.get(p, -1) + 1 < hw:
+                return False
+        return True
 
     def retain() -> None:
         if app.assignor.assigned_actives():
@@ -120,16 +135,34 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up,
                          retain)
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
-    state = {"next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True}
+    alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
+    webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
+    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True}
 
-    async def run_cascades() -> None:
+    async def emit_alerts(events: list[dict]) -> None:
+        for ev in events:
+            await sink.emit(names.ALERTS, ev)
+            log.info("alert %s %s %s on %s: %s", ev["state"], ev["severity"], ev["kind"], ev["subject"], ev["summary"])
+            if webhooks is not None:
+                webhooks.submit(ev)
+
+    async def run_cascades(pv) -> None:
+        """Stress cascades on the market snapshot `pv`, then the alerts that read them (leader)."""
         if state["cascading"]:
             return
         state["cascading"] = True
         try:
-            await coordinator.run_all()
+            results, critical, exposure = await coordinator.run_all(pv)
+            events = alerts.cascades(results, critical, pv.t)
+            if exposure is not None:
+                events += alerts.accounts(exposure, pv.t)
+            await emit_alerts(events)
+            await sink.flush()
         except CascadeAborted as e:
             log.warning("cascade aborted, will retry: %s", e)
+            coordinator.provisional = True
+        except Exception:  # the market feed must go on; say loudly what broke
+            log.exception("stress cascades at event time %d failed", pv.t)
             coordinator.provisional = True
         finally:
             state["cascading"] = False
@@ -137,6 +170,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     @app.task
     async def start_services() -> None:
         await sink.start()
+        if webhooks is not None:
+            await webhooks.start()
         await coordinator.start()
         for name, coro in (("cascade shard", shard.run()), ("market feed", market_feed())):
             asyncio.get_running_loop().create_task(_logged(name, coro))
@@ -164,6 +199,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                     hw = consumer.highwater(tp) if end is None else end[tp]
                     caught[tp] = hw is not None and (await consumer.position(tp)) >= hw
                     monitor.metrics.lag.labels(topic=tp.topic).set(max((hw or 0) - await consumer.position(tp), 0))
+                state["market_caught_up"] = all(caught.values()) and all(pos[tp] >= len(buf[tp]) for tp in tps)
                 await release(buf, pos, seen_ts, caught, tps)
         finally:
             await consumer.stop()
@@ -204,6 +240,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 break
             pos[tp] = end
             await monitor.on_market(recs[start:end])
+            await monitor.release_accounts(monitor.market_t)
             released += end - start
             if monitor.market_t >= state["next_eval"]:
                 await periodic()
@@ -230,21 +267,24 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         state["next_eval"] = t + settings.evaluate_every_ms
         if with_severity:
             state["next_severity"] = t + settings.severity_every_ms
-        if t >= state["next_cascade"] and app.is_leader():
-            state["next_cascade"] = t + settings.cascade_every_ms
-            asyncio.get_running_loop().create_task(run_cascades())
+        if app.is_leader():
+            await emit_alerts(alerts.market(monitor.engine, t))
+            if t >= state["next_cascade"]:
+                state["next_cascade"] = t + settings.cascade_every_ms
+                await run_cascades(monitor.snapshot())  # at the boundary, blocking: alerts follow event time
         state["flushed"] = False
 
     @app.timer(interval=0.25)
     async def idle_flush() -> None:
         """When input stops: exact health with severities, marks and cascades, so the last events are final."""
-        idle = time.monotonic() - monitor.last_input_wall >= settings.idle_s
+        idle = time.monotonic() - monitor.last_input_wall >= settings.idle_s and state["market_caught_up"]
         if not idle:
             return
         retain()
         if monitor.dirty or not state["flushed"]:
             monitor.dirty = False
             state["flushed"] = True
+            await monitor.release_accounts(None)  # the market is caught up: every held account joins
             async with evaluating:
                 n = await monitor.evaluate(full=True, with_severity=True)
             if app.is_leader():
@@ -252,9 +292,10 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await sink.flush()
             log.info("%s: idle flush at event time %d: %d health events", settings.worker_id, monitor.t, n)
             if app.is_leader():
-                await run_cascades()
+                await emit_alerts(alerts.market(monitor.engine, monitor.t))
+                await run_cascades(monitor.snapshot())
         elif coordinator.provisional and app.is_leader() and not state["cascading"]:
-            await run_cascades()
+            await run_cascades(monitor.snapshot())
 
     @app.page("/metrics")
     async def metrics_page(web, request):

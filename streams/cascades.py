@@ -10,8 +10,9 @@
 
 The coordinator drives `kernels.cascade.cascade_rounds`, the same generator `liqwatch cascade` drives with local
 books, and sums replies in partition order: a distributed run equals the single-process run on the same
-snapshot. A reply from a shard still catching up on its accounts marks the result provisional: it is recomputed
-when the input goes idle.
+snapshot. Every shard first confirms that it has applied the account events up to the snapshot's event time (or
+reached the end of its partitions); until then the coordinator retries, so cascades — and the alerts that read
+them — depend on event time only, not on how fast each consumer ran.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
+from kernels.health import exposure_summary
 from kernels.rules import Book
+from streams.alerts import Exposure
 from streams.engine import cascade_dict
 from streams.monitor import Monitor
 from streams.topics import TopicNames
@@ -41,6 +44,10 @@ class CascadeAborted(RuntimeError):
     pass
 
 
+class NotAligned(RuntimeError):
+    """A shard's accounts lag the market snapshot's event time: run the cascade again shortly."""
+
+
 def _copy(book: Book) -> Book:
     return Book(*(np.array(a, copy=True) for a in book))
 
@@ -49,7 +56,7 @@ class ShardService:
     """Answers round requests with this worker's frozen accounts."""
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
-                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[], bool],
+                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[int], bool],
                  retain: Callable[[], None]):
         self.monitor = monitor
         self.names = names
@@ -87,17 +94,27 @@ class ShardService:
             self.retain()
             book = _copy(self.monitor.engine.accounts.view())
             self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), sorted(self.owned_partitions()),
-                                self.caught_up())
+                                self.caught_up(int(req["t"])))
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
             return
         shard, partitions, caught_up = entry
+        exposure = None
+        if req["round"] == 1 and "base_index" in req:
+            lay = self.monitor.engine.layout
+            by_asset = np.zeros(len(lay.assets))
+            n = shard.book.active.shape[0]
+            liq, cluster = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
+                                            np.asarray(req["base_mark"], dtype=np.float64), shard.book,
+                                            lay.risk_rules, float(req["cluster_health"]), by_asset, np.empty(n),
+                                            np.empty(n))
+            exposure = {"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}
         res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
                                      np.asarray(req["mark"], dtype=np.float64)), len(req["index"]))
         await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
             "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
-            "caught_up": caught_up}, key=cid.encode())
+            "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
         await self.monitor.sink.flush()
 
 
@@ -139,10 +156,10 @@ class Coordinator:
             if batch:
                 self.arrived.set()
 
-    async def _round(self, cid: str, req: RoundRequest, t: int) -> RoundResult:
+    async def _round(self, cid: str, req: RoundRequest, t: int, extra: dict | None = None) -> RoundResult:
         await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {
             "cascade": cid, "round": req.round_no, "commit": req.commit, "t": t,
-            "index": req.index.tolist(), "mark": req.mark.tolist()}, key=cid.encode())
+            "index": req.index.tolist(), "mark": req.mark.tolist(), **(extra or {})}, key=cid.encode())
         await self.monitor.sink.flush()
         deadline = time.monotonic() + self.round_timeout_s
         want = set(range(self.partitions))
@@ -160,26 +177,41 @@ class Coordinator:
             except asyncio.TimeoutError:
                 pass
         got = sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
-        if not all(r["caught_up"] for r in got):
-            self.provisional = True
+        if req.round_no == 1 and not all(r["caught_up"] for r in got):
+            del self.replies[(cid, req.round_no)]
+            raise NotAligned(f"a shard has not applied every account event up to {t} yet")
         del self.replies[(cid, req.round_no)]
+        if any(r.get("exposure") for r in got):
+            self.exposures = [r["exposure"] for r in got if r.get("exposure")]
         return RoundResult(sum(r["count"] for r in got), sum(r["notional"] for r in got),
                            np.sum([np.asarray(r["net_sold"]) for r in got], axis=0) if got
                            else np.zeros(req.index.shape[0]))
 
-    async def run_one(self, scenario: str, severity: float) -> dict:
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        """One distributed cascade on the market snapshot `pv` (a PriceView taken at an evaluation boundary),
+        once every shard has applied the accounts up to its event time."""
+        for attempt in range(600):
+            try:
+                return await self._run_once(pv, scenario, severity, with_exposure)
+            except NotAligned:
+                await asyncio.sleep(0.1)
+        raise CascadeAborted(f"shards still behind event time {pv.t} after 60 s")
+
+    async def _run_once(self, pv, scenario: str, severity: float, with_exposure: bool) -> dict:
         eng = self.monitor.engine
         lay = eng.layout
-        pv = eng.prices()
-        quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
-        gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), quotes,
+        gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes,
                              lay.index_rules, lay.mark_rules, pv.index, lay.impact_rules,
                              lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds)
         cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
+        extra = None
+        if with_exposure:
+            extra = {"base_index": pv.index.tolist(), "base_mark": pv.mark.tolist(),
+                     "cluster_health": self.monitor.cfg.alerts.margin_cluster.health_below}
         req = next(gen)
         try:
             while True:
-                req = gen.send(await self._round(cid, req, pv.t))
+                req = gen.send(await self._round(cid, req, pv.t, extra if req.round_no == 1 else None))
         except StopIteration as done:
             res = done.value
         finally:
@@ -187,16 +219,26 @@ class Coordinator:
                                          key=cid.encode())
         return cascade_dict(eng, pv.t, scenario, severity, res)
 
-    async def run_all(self) -> list[dict]:
-        """Every scenario × severity of the config; emits cascade events and metrics."""
+    def _is_critical(self, r: dict) -> bool:
+        return r["runaway"] or r["amplification"] > self.monitor.cfg.alerts.cascade_risk.amplification_limit
+
+    async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
+        """Every scenario × severity of the config on one market snapshot, the critical severity of each
+        scenario (bisected between the last calm and the first critical configured severity), and the
+        account-level exposure the shards reported; emits cascade events and metrics."""
         self.provisional = False
+        self.exposures = []
         out = []
+        critical: dict[str, float] = {}
         stress = self.monitor.cfg.stress
         m = self.monitor.metrics
+        first = True
         for scenario in stress.scenarios:
+            calm, bad = 0.0, None
             for severity in stress.severities:
                 t0 = time.perf_counter()
-                result = await self.run_one(scenario, severity)
+                result = await self.run_one(pv, scenario, severity, with_exposure=first)
+                first = False
                 result["config_id"] = self.monitor.config_id
                 m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
                 labels = {"scenario": scenario, "severity": str(severity)}
@@ -207,5 +249,28 @@ class Coordinator:
                 self.last_results[(scenario, severity)] = result
                 await self.monitor.sink.emit(self.names.CASCADES, result)
                 out.append(result)
+                if self._is_critical(result):
+                    bad = severity if bad is None else bad
+                elif bad is None:
+                    calm = severity
+            critical[scenario] = await self._bisect(pv, scenario, calm, bad) if bad is not None else 1.0
         await self.monitor.sink.flush()
-        return out
+        exposure = None
+        if self.exposures:
+            lay = self.monitor.engine.layout
+            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
+            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
+                                sum(e["cluster"] for e in self.exposures),
+                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0})
+        return out, critical, exposure
+
+    async def _bisect(self, pv, scenario: str, calm: float, bad: float, steps: int = 3) -> float:
+        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap)."""
+        lo, hi = calm, bad
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            if self._is_critical(await self.run_one(pv, scenario, mid)):
+                hi = mid
+            else:
+                lo = mid
+        return hi

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from streams.config import ConfigError, load_config
 from streams.stack_cli import app as stack_app
+from streams.receiver import register as register_receiver
 from streams.transport_cli import register as register_transport
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ bench_app = typer.Typer(help="Benchmarks that print figures (JSON); not tests.",
 app.add_typer(bench_app, name="bench")
 app.add_typer(stack_app, name="stack")
 register_transport(app)
+register_receiver(app)
 
 err = Console(stderr=True)
 log = logging.getLogger("liqwatch")

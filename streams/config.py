@@ -194,6 +194,45 @@ class IngestSpec(_Frozen):
     out_of_order_ms: Annotated[int, Field(ge=0)] = 1_000
 
 
+class Levels(_Frozen):
+    """Warning and critical thresholds of one alert signal (higher is worse)."""
+
+    warning: PositiveFloat
+    critical: PositiveFloat
+
+
+class MarginClusterAlert(_Frozen):
+    health_below: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 1.2
+    notional_usd: Levels = Levels(warning=5e7, critical=2e8)
+
+
+class CascadeRiskAlert(_Frozen):
+    severity: PositiveFloat = 0.02                        # the shock the alert watches (one of stress.severities)
+    amplification: Levels = Levels(warning=1.5, critical=2.0)
+    amplification_limit: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0  # for critical_severity
+
+
+class Webhook(_Frozen):
+    name: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class AlertsSpec(_Frozen):
+    """Thresholds per alert type (SPEC §6). An episode resolves when its value falls below warning × clear_ratio
+    (hysteresis: a value hovering at the threshold does not flap)."""
+
+    clear_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    depeg: Levels = Levels(warning=0.02, critical=0.05)                  # |index / reference value − 1|
+    venue_divergence: Levels = Levels(warning=0.03, critical=0.10)       # |venue / median of the others − 1|
+    stale_source: Levels = Levels(warning=30, critical=120)              # seconds of event time without a quote
+    margin_cluster: MarginClusterAlert = MarginClusterAlert()
+    liquidations: Levels = Levels(warning=1e6, critical=5e7)             # liquidatable notional now, USD
+    cascade_risk: CascadeRiskAlert = CascadeRiskAlert()
+    collateral_concentration: Levels = Levels(warning=0.4, critical=0.6)  # share of all collateral value
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 class Config(_Frozen):
     settlement: str = "USDT"
     assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
@@ -202,7 +241,7 @@ class Config(_Frozen):
     liquidation: LiquidationSpec
     stress: StressSpec
     ingest: IngestSpec = IngestSpec()
-    alerts: dict[str, Any] = Field(default_factory=dict)
+    alerts: AlertsSpec = AlertsSpec()
 
     @property
     def config_id(self) -> str:
@@ -330,6 +369,13 @@ def _semantic_problems(cfg: Config) -> list[str]:
         for asset in moves:
             if asset not in cfg.assets:
                 p.append(f"stress.scenarios.{sname}.{asset}: unknown asset '{asset}'")
+    for kind in ("depeg", "venue_divergence", "stale_source", "liquidations", "collateral_concentration"):
+        lv = getattr(cfg.alerts, kind)
+        if lv.critical < lv.warning:
+            p.append(f"alerts.{kind}.critical: {lv.critical} is below warning {lv.warning}")
+    if cfg.alerts.cascade_risk.severity not in cfg.stress.severities:
+        p.append(f"alerts.cascade_risk.severity: {cfg.alerts.cascade_risk.severity} is not one of "
+                 f"stress.severities {cfg.stress.severities}")
     if cfg.stress.primary is not None and cfg.stress.primary not in cfg.stress.scenarios:
         p.append(f"stress.primary: unknown scenario '{cfg.stress.primary}'")
     p.extend(_cycle_problems(cfg))

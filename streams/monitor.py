@@ -14,6 +14,7 @@ event of each account equals `liqwatch health` on the same events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -76,6 +77,9 @@ class Monitor:
         self.dirty = False
         self.last_input_wall = time.monotonic()
         self.last_account_wall = 0.0
+        self.account_offsets: dict[int, int] = {}  # per account partition: last offset consumed
+        self.account_ts: dict[int, int] = {}       # and the largest event time applied from it
+        self.pending_accounts: list = []            # account events ahead of the market's event time
         self._last_marks: dict[str, float] = {}
         n = 0
         self.sent_equity = np.zeros(n)
@@ -135,10 +139,21 @@ class Monitor:
     async def on_account(self, raw: bytes, where: Where) -> tuple[Account, bool] | None:
         """Apply one account record; (event, applied) or None when dead-lettered."""
         self.last_account_wall = time.monotonic()
+        self.account_offsets[where.partition] = where.offset
         try:
             ev = decode(raw)
             if not isinstance(ev, Account):
                 raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+            if ev.ts > self.market_t:
+                # by event time: an account snapshot joins the book once the market has reached its ts, so that
+                # cascades and alerts at event time t see exactly the accounts of t, however fast each consumer ran
+                if not ev.closed:
+                    self.engine.accounts.check(ev)  # reject now, while the original bytes are at hand
+                self.pending_accounts.append((ev, where))
+                self.account_ts[where.partition] = max(self.account_ts.get(where.partition, -1), ev.ts)
+                self.dirty = True
+                self.last_input_wall = time.monotonic()
+                return ev, True
             applied = self.engine.apply(ev)
         except BadEvent as e:
             await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
@@ -150,9 +165,30 @@ class Monitor:
             return None
         (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
         self.accounts_t = max(self.accounts_t, ev.ts)
+        self.account_ts[where.partition] = max(self.account_ts.get(where.partition, -1), ev.ts)
         self.dirty = True
         self.last_input_wall = time.monotonic()
         return ev, applied
+
+    async def release_accounts(self, upto: int | None = None) -> int:
+        """Apply the held account events with ts <= upto (all of them when upto is None), in arrival order."""
+        if not self.pending_accounts:
+            return 0
+        keep, n = [], 0
+        for ev, where in self.pending_accounts:
+            if upto is not None and ev.ts > upto:
+                keep.append((ev, where))
+                continue
+            try:
+                applied = self.engine.apply(ev)
+            except BadEvent as e:  # e.g. out of order against a snapshot applied meanwhile
+                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, b"", where.key)
+                continue
+            (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
+            self.accounts_t = max(self.accounts_t, ev.ts)
+            n += 1
+        self.pending_accounts = keep
+        return n
 
     def retain_partitions(self, owned: set[int], partitions: int) -> int:
         """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
@@ -180,12 +216,24 @@ class Monitor:
 
         self.engine.accounts = AccountBook(self.engine.layout)
         self.row_partition = np.zeros(0, dtype=np.int32)
-        for raw in snapshots:
-            self.engine.accounts.apply(decode(raw))  # the table only holds snapshots that were valid
+        self.pending_accounts = []
+        for raw in snapshots:  # the table only holds snapshots that were valid
+            ev = decode(raw)
+            if ev.ts > self.market_t:
+                self.pending_accounts.append((ev, Where("accounts-table", -1, -1)))
+            else:
+                self.engine.accounts.apply(ev)
         self.sent_active = np.zeros(0, dtype=np.bool_)
         self.dirty = True
 
     # -- evaluation ------------------------------------------------------------------------------------------
+    def snapshot(self):
+        """Prices at the current event time with copies of every quote array: cascades run on it while the
+        market feed moves on."""
+        pv = self.engine.prices(self.t)
+        return dataclasses.replace(pv, quotes=pv.quotes._replace(
+            **{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields}))
+
     @property
     def t(self) -> int:
         return max(self.market_t, self.accounts_t)

@@ -312,7 +312,7 @@ class AccountBook:
         self.pos = _Pool(capacity, signed=True)
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
 
-    def _check(self, ev: Account) -> tuple[list, list, list]:
+    def check(self, ev: Account) -> tuple[list, list, list]:
         aid = self.layout.asset_id
         coll, debt, pos = [], [], []
         for asset, qty in ev.collateral.items():
@@ -332,7 +332,7 @@ class AccountBook:
 
     def apply(self, ev: Account) -> int | None:
         """Apply a snapshot or a close; returns the account's row, or None when superseded."""
-        entries = None if ev.closed else self._check(ev)
+        entries = None if ev.closed else self.check(ev)
         if not self.ordering.admit(ev.account, ev.ts):
             return None
         r = self.row.get(ev.account)
