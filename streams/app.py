@@ -137,7 +137,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
-    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True}
+    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True,
+             "leader_flushed": False}
 
     async def emit_alerts(events: list[dict]) -> None:
         for ev in events:
@@ -243,13 +244,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await monitor.release_accounts(monitor.market_t)
             released += end - start
             if monitor.market_t >= state["next_eval"]:
+                await monitor.emit_marks(app.is_leader())
+                released = 0
                 await periodic()
         for tp in tps:
             if pos[tp] > 4096 or pos[tp] == len(buf[tp]):
                 del buf[tp][: pos[tp]]
                 pos[tp] = 0
-        if released and app.is_leader():
-            await monitor.emit_marks()
+        if released:
+            await monitor.emit_marks(app.is_leader())
 
     evaluating = asyncio.Lock()
 
@@ -273,6 +276,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 state["next_cascade"] = t + settings.cascade_every_ms
                 await run_cascades(monitor.snapshot())  # at the boundary, blocking: alerts follow event time
         state["flushed"] = False
+        state["leader_flushed"] = False
 
     @app.timer(interval=0.25)
     async def idle_flush() -> None:
@@ -281,17 +285,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if not idle:
             return
         retain()
-        if monitor.dirty or not state["flushed"]:
+        # a worker elected leader after its last flush still owes the leader's part (marks, alerts, cascades)
+        if monitor.dirty or not state["flushed"] or (app.is_leader() and not state["leader_flushed"]):
             monitor.dirty = False
             state["flushed"] = True
             await monitor.release_accounts(None)  # the market is caught up: every held account joins
             async with evaluating:
                 n = await monitor.evaluate(full=True, with_severity=True)
-            if app.is_leader():
-                await monitor.emit_marks()
+            await monitor.emit_marks(app.is_leader())
             await sink.flush()
             log.info("%s: idle flush at event time %d: %d health events", settings.worker_id, monitor.t, n)
             if app.is_leader():
+                state["leader_flushed"] = True
                 await emit_alerts(alerts.market(monitor.engine, monitor.t))
                 await run_cascades(monitor.snapshot())
         elif coordinator.provisional and app.is_leader() and not state["cascading"]:

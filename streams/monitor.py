@@ -343,8 +343,9 @@ class Monitor:
         coll = book.coll_qty[clive] * pv.index[book.coll_asset[clive]]
         return float(np.nansum(pos[sel]) + np.nansum(coll[mask[cown[clive]]]))
 
-    async def emit_marks(self) -> None:
-        """Index and mark events for what changed since the last emission (leader only)."""
+    async def emit_marks(self, leader: bool) -> None:
+        """Price metrics (every worker: each is scraped on its own) and, on the leader, index and mark events
+        for what changed since the last emission."""
         eng = self.engine
         m = eng.market
         lay = eng.layout
@@ -369,10 +370,9 @@ class Monitor:
             value = float(m.index[a])
             self.metrics.index.labels(asset=name).set(value)
             self.metrics.index_stale.labels(asset=name).set(float(m.index_stale[a]))
-            if self._last_marks.get(name) == value or math.isnan(value):
+            if not leader or self._last_marks.get(name) == value or math.isnan(value):
                 continue
             self._last_marks[name] = value
-            lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
             used, dropped = [], []
             for c in range(lo, hi):
                 src = lay.constituents[c][1]
@@ -386,7 +386,7 @@ class Monitor:
         for i, name in enumerate(lay.instruments):
             value = float(m.mark[i])
             self.metrics.mark.labels(instrument=name).set(value)
-            if self._last_marks.get(name) == value or math.isnan(value):
+            if not leader or self._last_marks.get(name) == value or math.isnan(value):
                 continue
             self._last_marks[name] = value
             await self.sink.emit(self.names.MARKS, {"type": "mark", "instrument": name, "ts": t, "mark": value,
