@@ -58,36 +58,38 @@ class AlertEngine:
 
     # -- the episode state machine ---------------------------------------------------------------------------
     def observe(self, kind: str, subject: str, value: float, levels: Levels, t: int, summary: str,
-                forced: str | None = None) -> list[dict]:
+                lower_is_worse: bool = False) -> list[dict]:
         """One reading of one signal; returns the alert events it causes (usually none)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return []
-        severity = forced or ("critical" if value >= levels.critical else "warning" if value >= levels.warning
-                              else None)
+        # compare in "higher is worse" terms; hysteresis: clear below warning × clear_ratio (or above warning /
+        # clear_ratio when lower is worse), step down from critical only past the same margin
+        x, warn, crit = (1.0 / max(value, 1e-12), 1.0 / levels.warning, 1.0 / levels.critical) if lower_is_worse \
+            else (value, levels.warning, levels.critical)
+        severity = "critical" if x >= crit else "warning" if x >= warn else None
         key = (kind, subject)
         ep = self.open.get(key)
-        if ep is not None and ep.severity == "critical" and severity == "warning" and forced is None \
-                and value >= levels.critical * self.spec.clear_ratio:
-            severity = "critical"  # hysteresis on the way down from critical too
+        if ep is not None and ep.severity == "critical" and severity == "warning" and x >= crit * self.spec.clear_ratio:
+            severity = "critical"
         out = []
         if ep is None:
             if severity is None:
                 return []
             ep = self.open[key] = Episode(f"{kind}:{subject}:{t}", severity, t)
-            out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary))
+            out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
         elif severity is not None and severity != ep.severity:
             ep.severity = severity
-            out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary))
-        elif severity is None and value < levels.warning * self.spec.clear_ratio:
+            out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
+        elif severity is None and x < warn * self.spec.clear_ratio:
             del self.open[key]
-            out.append(self._event(ep, kind, subject, "resolved", value, levels, t, summary))
+            out.append(self._event(ep, kind, subject, "resolved", value, levels, t, summary, lower_is_worse))
         return out
 
     def _event(self, ep: Episode, kind: str, subject: str, state: str, value: float, levels: Levels, t: int,
-               summary: str) -> dict:
+               summary: str, lower_is_worse: bool = False) -> dict:
         threshold = levels.critical if ep.severity == "critical" else levels.warning
         if state == "resolved":
-            threshold = levels.warning * self.spec.clear_ratio
+            threshold = levels.warning / self.spec.clear_ratio if lower_is_worse else levels.warning * self.spec.clear_ratio
         for sev in SEVERITIES:
             self.metrics.alert_active.labels(kind=kind, subject=subject, severity=sev).set(
                 1.0 if state == "firing" and sev == ep.severity else 0.0)
@@ -163,19 +165,16 @@ class AlertEngine:
         return out
 
     def cascades(self, results: list[dict], critical_severity: dict[str, float], t: int) -> list[dict]:
-        """cascade_risk at the configured severity: amplification over the levels, or a runaway (critical)."""
+        """cascade_risk: the critical severity of each scenario it was computed for (lower is worse)."""
         cr = self.spec.cascade_risk
         out: list[dict] = []
-        for r in results:
-            if r["severity"] != cr.severity:
-                continue
-            crit = critical_severity.get(r["scenario"])
-            where = f"; critical severity {crit:.3f}" if crit is not None and crit < 1 else ""
-            summary = (f"{r['scenario']} at severity {cr.severity}: {r['rounds']} rounds, "
-                       f"${r['liquidated_notional'] / 1e6:,.0f}M liquidated, amplification "
-                       f"{r['amplification']:.2f}{' (runaway)' if r['runaway'] else ''}{where}")
-            out += self.observe("cascade_risk", r["scenario"], r["amplification"], cr.amplification, t, summary,
-                                forced="critical" if r["runaway"] else None)
         for scenario, s in critical_severity.items():
             self.metrics.critical_severity.labels(scenario=scenario).set(s)
+            at = [r for r in results if r["scenario"] == scenario]
+            worst = max(at, key=lambda r: r["liquidated_notional"], default=None)
+            tail = "" if worst is None else (f"; at severity {worst['severity']}: ${worst['liquidated_notional'] / 1e9:,.1f}B "
+                                             f"liquidated, amplification {worst['amplification']:.1f}")
+            what = "no configured move" if s >= 1 else f"a {_pct(s)} {scenario} move"
+            out += self.observe("cascade_risk", scenario, s, cr.critical_severity, t,
+                                f"{what} would feed itself (critical severity {s:.3f}){tail}", lower_is_worse=True)
         return out

@@ -220,7 +220,9 @@ class Coordinator:
         return cascade_dict(eng, pv.t, scenario, severity, res)
 
     def _is_critical(self, r: dict) -> bool:
-        return r["runaway"] or r["amplification"] > self.monitor.cfg.alerts.cascade_risk.amplification_limit
+        cr = self.monitor.cfg.alerts.cascade_risk
+        return (r["runaway"] or r["amplification"] > cr.amplification_limit) and \
+            r["liquidated_notional"] >= cr.min_notional_usd
 
     async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
         """Every scenario × severity of the config on one market snapshot, the critical severity of each
@@ -234,7 +236,6 @@ class Coordinator:
         m = self.monitor.metrics
         first = True
         for scenario in stress.scenarios:
-            calm, bad = 0.0, None
             for severity in stress.severities:
                 t0 = time.perf_counter()
                 result = await self.run_one(pv, scenario, severity, with_exposure=first)
@@ -249,11 +250,15 @@ class Coordinator:
                 self.last_results[(scenario, severity)] = result
                 await self.monitor.sink.emit(self.names.CASCADES, result)
                 out.append(result)
-                if self._is_critical(result):
-                    bad = severity if bad is None else bad
-                elif bad is None:
-                    calm = severity
-            critical[scenario] = await self._bisect(pv, scenario, calm, bad) if bad is not None else 1.0
+        # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
+        primary = stress.primary_scenario
+        calm, bad = 0.0, None
+        for s in self.monitor.cfg.alerts.cascade_risk.grid:
+            if self._is_critical(await self.run_one(pv, primary, s)):
+                bad = s
+                break
+            calm = s
+        critical[primary] = await self._bisect(pv, primary, calm, bad) if bad is not None else 1.0
         await self.monitor.sink.flush()
         exposure = None
         if self.exposures:

@@ -207,9 +207,15 @@ class MarginClusterAlert(_Frozen):
 
 
 class CascadeRiskAlert(_Frozen):
-    severity: PositiveFloat = 0.02                        # the shock the alert watches (one of stress.severities)
-    amplification: Levels = Levels(warning=1.5, critical=2.0)
-    amplification_limit: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0  # for critical_severity
+    """How close the book is to a self-feeding cascade. The critical severity of the primary stress scenario is
+    the smallest shock (scanned on `grid`, then bisected) whose cascade runs away, or amplifies past
+    `amplification_limit` while liquidating at least `min_notional_usd`; the alert fires when it falls to
+    `critical_severity.warning` / `.critical` (lower is worse)."""
+
+    critical_severity: Levels = Levels(warning=0.04, critical=0.02)
+    amplification_limit: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0
+    min_notional_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e8
+    grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.04, 0.05]
 
 
 class Webhook(_Frozen):
@@ -373,9 +379,10 @@ def _semantic_problems(cfg: Config) -> list[str]:
         lv = getattr(cfg.alerts, kind)
         if lv.critical < lv.warning:
             p.append(f"alerts.{kind}.critical: {lv.critical} is below warning {lv.warning}")
-    if cfg.alerts.cascade_risk.severity not in cfg.stress.severities:
-        p.append(f"alerts.cascade_risk.severity: {cfg.alerts.cascade_risk.severity} is not one of "
-                 f"stress.severities {cfg.stress.severities}")
+    cs = cfg.alerts.cascade_risk.critical_severity
+    if cs.critical > cs.warning:
+        p.append(f"alerts.cascade_risk.critical_severity.critical: {cs.critical} is above warning {cs.warning} "
+                 "(a smaller critical severity is worse)")
     if cfg.stress.primary is not None and cfg.stress.primary not in cfg.stress.scenarios:
         p.append(f"stress.primary: unknown scenario '{cfg.stress.primary}'")
     p.extend(_cycle_problems(cfg))

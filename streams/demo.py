@@ -202,9 +202,11 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         cfg_path.write_text(yaml.safe_dump(cfg_data, sort_keys=False))
         events = work / "events.jsonl"
         console.print(f"generating the {scenario} scenario with {accounts:,} accounts…")
+        last_ts = 0
         with events.open("wb") as f:
             for ev in scenarios.generate(scenario, accounts, seed=7):
                 f.write(json.dumps(ev, separators=(",", ":")).encode() + b"\n")
+                last_ts = max(last_ts, ev["ts"])
         prefix = f"demo-{uuid.uuid4().hex[:6]}."
         ports = [_free_port(), _free_port()]
         for i, port in enumerate(ports):
@@ -223,12 +225,12 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         producer = threading.Thread(target=lambda: asyncio.run(transport.produce_file(
             events, bootstrap, partitions=partitions, prefix=prefix, speed=speed, progress=False)), daemon=True)
         producer.start()
-        last_t = None
+        last_n = -1
         quiet_since = None
         with Live(console=console, refresh_per_second=4, transient=False) as view:
             while True:
                 ms = [_metrics(p) for p in ports]
-                t = _get(ms, "liqwatch_event_time_seconds")
+                t = _get(ms, "liqwatch_event_time_seconds", agg=min)  # the slowest worker (the leader cascades)
                 event_t = None if t is None else int(t * 1000)
                 alerts = [r for r in receiver.received if r.get("source") != "alertmanager"]
                 if live:
@@ -236,13 +238,13 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
                 for p in procs:
                     if p.poll() is not None:
                         raise RuntimeError(f"a worker exited ({p.returncode}); logs in {work}")
-                if not producer.is_alive():
-                    quiet_since = quiet_since or time.monotonic()
-                    if event_t != last_t:
+                # done when the workers have reached the last event and the alerts have settled
+                if not producer.is_alive() and event_t is not None and event_t >= last_ts:
+                    if quiet_since is None or len(alerts) != last_n:
                         quiet_since = time.monotonic()
-                    if time.monotonic() - quiet_since > 15:
+                    if time.monotonic() - quiet_since > 10:
                         break
-                last_t = event_t
+                last_n = len(alerts)
                 time.sleep(0.5)
         result = summarize(sorted(alerts, key=lambda a: (a["ts"], a["kind"])))
         console.print("comparing with the fixed index design (same events, batch engine)…")

@@ -7,7 +7,7 @@
 
 Endpoints (bound to 127.0.0.1 only):
     POST /alerts        liqwatch webhooks: X-Liqwatch-Signature checked (streams.webhooks.verify), stale timestamps
-                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by (id, state):
+                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by (id, state, severity):
                         a repeat gets 200 {"duplicate": true} (a retry after a lost response is normal).
     POST /alertmanager  Alertmanager webhook_config payloads (version 4); no HMAC (Alertmanager cannot sign), a
                         bearer token is required when LIQWATCH_ALERTMANAGER_TOKEN is set; deduplicated per alert
@@ -193,7 +193,8 @@ class Receiver:
             self._replay.remember(header, now)
             log.warning("webhook receiver: POST /alerts: body is not a JSON object with string 'id' and 'state'")
             return _json_error(400, "body must be a JSON object with string 'id' and 'state'")
-        key = ("alert", alert["id"], alert["state"])
+        # an episode may escalate or step down (another "firing" with the same id): severity is part of the key
+        key = ("alert", alert["id"], alert["state"], alert.get("severity"))
         if key in self._seen:
             self._replay.remember(header, now)
             self.duplicates += 1
@@ -320,7 +321,7 @@ def webhook_receiver(
 
     `POST /alerts` checks `X-Liqwatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`:
     a missing or wrong signature, a timestamp more than --tolerance-s away, or a signature seen before gets 401 with
-    the reason. A repeat of an (id, state) already received gets 200 `{"duplicate": true}` (a sender's retry after
+    the reason. A repeat of an (id, state, severity) already received gets 200 `{"duplicate": true}` (a sender's retry after
     a lost response). `POST /alertmanager` takes Alertmanager webhook payloads (no HMAC; a bearer token is required
     when LIQWATCH_ALERTMANAGER_TOKEN is set). `GET /received` lists what was accepted. Ctrl-C stops.
 

@@ -8,7 +8,7 @@
 
 Every request carries
     X-Liqwatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.".encode() + body)>
-    X-Liqwatch-Alert-Id:  <alert id>           (receivers deduplicate by (id, state))
+    X-Liqwatch-Alert-Id:  <alert id>           (receivers deduplicate by (id, state, severity))
     X-Liqwatch-Delivery:  <uuid>               (the same for every retry of one alert to one endpoint)
     X-Liqwatch-Attempt:   <n>                  (1, 2, ...)
 Each attempt is signed with the current time, so a retry hours later is not rejected as stale. A receiver checks

@@ -239,6 +239,14 @@ def _loop_leverage_cap(
     return out
 
 
+def _maintenance_rate(notional: float) -> float:
+    """Marginal maintenance rate of the shipped perpetual brackets (the widest of BTC, ETH and SOL) at a notional."""
+    for upto, rate in ((50_000, 0.01), (500_000, 0.02), (3_000_000, 0.02), (float("inf"), 0.05)):
+        if notional <= upto:
+            return rate
+    return 0.05
+
+
 def accounts(n: int, seed: int) -> Iterator[dict]:
     rng = np.random.default_rng(seed + 1)
     kind = rng.choice(len(KINDS), size=n, p=SHARES)
@@ -257,11 +265,18 @@ def accounts(n: int, seed: int) -> Iterator[dict]:
             coll[asset] = e
             lev = float(np.clip(rng.lognormal(np.log(4.0), 0.7), 1.0, 50.0))
             npos = 1 if rng.random() < 0.6 else 2
+            # a trader opens no position the venue would liquidate on the spot: notional stays below what the
+            # equity supports at 1.5× the maintenance rate of its bracket (the top brackets bind whales)
+            for _ in range(10):
+                rate = _maintenance_rate(e * lev / npos)
+                if e >= 1.5 * rate * e * lev:
+                    break
+                lev = max(1.0, lev * 0.7)
             for _ in range(npos):
                 u = ("BTC", "ETH", "SOL")[rng.choice(3, p=(0.5, 0.3, 0.2))]
                 side = 1.0 if rng.random() < 0.8 else -1.0
                 notional = e * lev / npos
-                entry = PRICE[u] * (1.0 + rng.normal(0.0, 0.002))
+                entry = PRICE[u] * (1.0 - side * abs(rng.normal(0.0, 0.002)))  # opened a little in the money
                 pos.append({"instrument": PERP_OF[u], "qty": side * notional / PRICE[u], "entry": entry})
         elif k == "usde_loop":
             lev = 2.0 + 7.0 * rng.beta(2.0, 1.5)
