@@ -3,7 +3,7 @@
     sender = WebhookSender([Endpoint("oncall", "https://hooks.example/liqwatch", "LIQWATCH_WEBHOOK_SECRET")], metrics)
     await sender.start()
     sender.submit({"type": "alert", "id": "depeg:USDe:1760130000000", "state": "firing", ...})   # never blocks
-    ...
+    # ... the stream goes on ...
     await sender.stop(drain_timeout=10)      # tries to deliver what is queued, then gives up (logs how many)
 
 Every request carries

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import pytest
@@ -19,6 +18,8 @@ from streams.metrics import Metrics
 from streams.receiver import Receiver
 from streams.webhooks import Endpoint, WebhookSender
 
+from tests.integration.conftest import free_ports
+
 pytestmark = pytest.mark.integration
 
 SECRET = "outage-test-secret"
@@ -26,17 +27,6 @@ OUTAGE_S = 30.0
 SUBMIT_OVER_S = 20.0
 N_ALERTS = 20
 BACKOFF_CAP_S = 2.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _alerts() -> list[dict]:
@@ -56,7 +46,7 @@ def _sample(m: Metrics, name: str, **labels) -> float:
 
 def test_alerts_submitted_during_a_30s_outage_are_all_delivered_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("LW_OUTAGE_SECRET", SECRET)
-    ports = _free_ports(2)
+    ports = free_ports(2)
     names = ["east", "west"]
     sent = _alerts()
 
