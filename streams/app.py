@@ -147,10 +147,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             if webhooks is not None:
                 webhooks.submit(ev)
 
+    cascading = asyncio.Lock()
+
     async def run_cascades(pv) -> None:
-        """Stress cascades on the market snapshot `pv`, then the alerts that read them (leader)."""
-        if state["cascading"]:
-            return
+        """Stress cascades on the market snapshot `pv`, then the alerts that read them (leader). A boundary
+        waits for a run in progress rather than being skipped: every boundary's alerts happen."""
+        async with cascading:
+            await _run_cascades(pv)
+
+    async def _run_cascades(pv) -> None:
         state["cascading"] = True
         try:
             results, critical, exposure = await coordinator.run_all(pv)

@@ -1,0 +1,59 @@
+"""`liqwatch demo` in a short mode on the real stack: liqwatch warns before the cascade, and stays quiet on a calm day."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from streams.demo import RECEIVER_PORT, run_demo
+
+pytestmark = pytest.mark.integration
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is not "in use"
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _demo_workers() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "demo-worker-" in cmd and "streams.cli" in cmd and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                out.append(cmd)
+    return out
+
+
+def test_demo_warns_before_the_cascade(stack, tmp_path):
+    console = Console(file=(tmp_path / "screen.txt").open("w"), width=140)
+    r = run_demo(5000, 600.0, no_stack=True, state_dir=stack.state_dir, console=console, live=False)
+    assert r.first_critical_cascade_risk is not None and r.first_wave is not None, r.first_alert
+    assert r.lead_time_s is not None and r.lead_time_s > 0, (r.first_critical_cascade_risk, r.first_wave)
+    depeg = {a["subject"] for a in r.alerts if a["kind"] == "depeg" and a["state"] == "firing"}
+    assert "USDe" in depeg and "USDT" not in depeg
+    assert r.comparison["fixed"]["liquidated_notional"] < r.comparison["prefix"]["liquidated_notional"]
+    # everything the demo started is stopped
+    assert _demo_workers() == []
+    assert _port_free(RECEIVER_PORT)
+    assert not list((stack.state_dir / "targets").glob("demo-worker-*"))
+
+
+def test_calm_scenario_raises_no_critical_alert(stack, tmp_path):
+    console = Console(file=(tmp_path / "screen.txt").open("w"), width=140)
+    r = run_demo(5000, 600.0, no_stack=True, state_dir=stack.state_dir, scenario="calm", console=console,
+                 live=False)
+    critical = [a for a in r.alerts if a["severity"] == "critical" and a["state"] == "firing"]
+    assert critical == [], [(a["kind"], a["subject"], a["summary"]) for a in critical]
