@@ -92,7 +92,10 @@ class ShardService:
             return
         if req["round"] == 1:
             self.retain()
-            book = _copy(self.monitor.engine.accounts.view())
+            accounts = self.monitor.engine.accounts
+            book = _copy(accounts.view())
+            # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
+            book.active[accounts.ts[: accounts.n] > int(req["t"])] = False
             self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), sorted(self.owned_partitions()),
                                 self.caught_up(int(req["t"])))
         entry = self.shards.get(cid)
