@@ -184,6 +184,13 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     async def market_feed() -> None:
         """Every tick and reference, merged by event time (Kafka timestamp = event ts), into the monitor."""
+        # a worker started on recorded data must know whether it leads before its first boundary: alerts and
+        # cascades of boundaries passed before the first assignment would be lost (and a replay would differ)
+        waited = time.monotonic()
+        while (app.rebalancing or not app.assignor.assigned_actives()) and time.monotonic() - waited < 60:
+            await asyncio.sleep(0.1)
+        log.info("%s: market feed starts (leader: %s, after %.1f s)", settings.worker_id, app.is_leader(),
+                 time.monotonic() - waited)
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
                                     client_id=f"{settings.worker_id}-market", max_partition_fetch_bytes=8 << 20)
         await consumer.start()

@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
+from kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds, run_cascade
 from kernels.health import exposure_summary
 from kernels.rules import Book
 from streams.alerts import Exposure
@@ -121,11 +121,114 @@ class ShardService:
         await self.monitor.sink.flush()
 
 
-class Coordinator:
+class StressRuns:
+    """Every configured scenario × severity on one market snapshot, the critical severity of the primary scenario
+    and the account-level exposure, the way the alerts read them. Subclasses say how one cascade runs: over
+    Kafka shards (Coordinator, live) or on a local book (LocalStressRuns, replay) — so a replay computes its
+    alerts with the very code the live leader uses."""
+
+    def __init__(self, engine, cfg, metrics, config_id: str, emit=None):
+        self.engine = engine
+        self.cfg = cfg
+        self.metrics = metrics
+        self.config_id = config_id
+        self.emit = emit  # async (result dict) -> None, or None
+        self.exposures: list[dict] = []
+        self.last_results: dict[tuple[str, float], dict] = {}
+
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        raise NotImplementedError
+
+    def _is_critical(self, r: dict) -> bool:
+        cr = self.cfg.alerts.cascade_risk
+        return (r["runaway"] or r["amplification"] > cr.amplification_limit) and \
+            r["liquidated_notional"] >= cr.min_notional_usd
+
+    async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
+        """Every scenario × severity of the config on one market snapshot, the critical severity of each
+        scenario (bisected between the last calm and the first critical configured severity), and the
+        account-level exposure the shards reported; emits cascade events and metrics."""
+        self.exposures = []
+        out = []
+        critical: dict[str, float] = {}
+        stress = self.cfg.stress
+        m = self.metrics
+        first = True
+        for scenario in stress.scenarios:
+            for severity in stress.severities:
+                t0 = time.perf_counter()
+                result = await self.run_one(pv, scenario, severity, with_exposure=first)
+                first = False
+                result["config_id"] = self.config_id
+                m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
+                labels = {"scenario": scenario, "severity": str(severity)}
+                m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
+                m.cascade_amplification.labels(**labels).set(result["amplification"])
+                m.cascade_rounds.labels(**labels).set(result["rounds"])
+                m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
+                self.last_results[(scenario, severity)] = result
+                if self.emit is not None:
+                    await self.emit(result)
+                out.append(result)
+        # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
+        primary = stress.primary_scenario
+        calm, bad = 0.0, None
+        for s in self.cfg.alerts.cascade_risk.grid:
+            if self._is_critical(await self.run_one(pv, primary, s)):
+                bad = s
+                break
+            calm = s
+        critical[primary] = await self._bisect(pv, primary, calm, bad) if bad is not None else 1.0
+        exposure = None
+        if self.exposures:
+            lay = self.engine.layout
+            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
+            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
+                                sum(e["cluster"] for e in self.exposures),
+                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0})
+        return out, critical, exposure
+
+    async def _bisect(self, pv, scenario: str, calm: float, bad: float, steps: int = 3) -> float:
+        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap)."""
+        lo, hi = calm, bad
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            if self._is_critical(await self.run_one(pv, scenario, mid)):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+class LocalStressRuns(StressRuns):
+    """Cascades on the engine's own book (one process: replay, tests): `run_cascade` with one shard."""
+
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        eng = self.engine
+        lay = eng.layout
+        book = eng.accounts.view()
+        if with_exposure:
+            by_asset = np.zeros(len(lay.assets))
+            n = book.active.shape[0]
+            liq, cluster = exposure_summary(pv.index, pv.mark, book, lay.risk_rules,
+                                            float(self.cfg.alerts.margin_cluster.health_below), by_asset,
+                                            np.empty(n), np.empty(n))
+            self.exposures = [{"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}]
+        res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_rules,
+                          lay.mark_rules, pv.index, [book], lay.risk_rules, lay.impact_rules,
+                          lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds)
+        return cascade_dict(eng, pv.t, scenario, severity, res)
+
+
+class Coordinator(StressRuns):
     """Runs every configured scenario × severity as a distributed cascade (on the leader)."""
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, partitions: int, worker_id: str,
                  round_timeout_s: float = 15.0):
+        async def emit(result: dict) -> None:
+            await monitor.sink.emit(names.CASCADES, result)
+
+        super().__init__(monitor.engine, monitor.cfg, monitor.metrics, monitor.config_id, emit)
         self.monitor = monitor
         self.names = names
         self.bootstrap = bootstrap
@@ -136,7 +239,6 @@ class Coordinator:
         self.arrived = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.provisional = False
-        self.last_results: dict[tuple[str, float], dict] = {}
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
@@ -222,63 +324,9 @@ class Coordinator:
                                          key=cid.encode())
         return cascade_dict(eng, pv.t, scenario, severity, res)
 
-    def _is_critical(self, r: dict) -> bool:
-        cr = self.monitor.cfg.alerts.cascade_risk
-        return (r["runaway"] or r["amplification"] > cr.amplification_limit) and \
-            r["liquidated_notional"] >= cr.min_notional_usd
-
-    async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
-        """Every scenario × severity of the config on one market snapshot, the critical severity of each
-        scenario (bisected between the last calm and the first critical configured severity), and the
-        account-level exposure the shards reported; emits cascade events and metrics."""
+    async def run_all(self, pv):
         self.provisional = False
-        self.exposures = []
-        out = []
-        critical: dict[str, float] = {}
-        stress = self.monitor.cfg.stress
-        m = self.monitor.metrics
-        first = True
-        for scenario in stress.scenarios:
-            for severity in stress.severities:
-                t0 = time.perf_counter()
-                result = await self.run_one(pv, scenario, severity, with_exposure=first)
-                first = False
-                result["config_id"] = self.monitor.config_id
-                m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
-                labels = {"scenario": scenario, "severity": str(severity)}
-                m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
-                m.cascade_amplification.labels(**labels).set(result["amplification"])
-                m.cascade_rounds.labels(**labels).set(result["rounds"])
-                m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
-                self.last_results[(scenario, severity)] = result
-                await self.monitor.sink.emit(self.names.CASCADES, result)
-                out.append(result)
-        # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
-        primary = stress.primary_scenario
-        calm, bad = 0.0, None
-        for s in self.monitor.cfg.alerts.cascade_risk.grid:
-            if self._is_critical(await self.run_one(pv, primary, s)):
-                bad = s
-                break
-            calm = s
-        critical[primary] = await self._bisect(pv, primary, calm, bad) if bad is not None else 1.0
-        await self.monitor.sink.flush()
-        exposure = None
-        if self.exposures:
-            lay = self.monitor.engine.layout
-            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
-            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
-                                sum(e["cluster"] for e in self.exposures),
-                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0})
-        return out, critical, exposure
-
-    async def _bisect(self, pv, scenario: str, calm: float, bad: float, steps: int = 3) -> float:
-        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap)."""
-        lo, hi = calm, bad
-        for _ in range(steps):
-            mid = 0.5 * (lo + hi)
-            if self._is_critical(await self.run_one(pv, scenario, mid)):
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        try:
+            return await super().run_all(pv)
+        finally:
+            await self.monitor.sink.flush()

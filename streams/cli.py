@@ -16,6 +16,7 @@ from streams.config import ConfigError, load_config
 from streams.stack_cli import app as stack_app
 from streams.receiver import register as register_receiver
 from streams.transport_cli import register as register_transport
+from streams.replay_cli import register as register_replay
 
 app = typer.Typer(
     name="liqwatch",
@@ -32,6 +33,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(stack_app, name="stack")
 register_transport(app)
 register_receiver(app)
+register_replay(app)
 
 err = Console(stderr=True)
 log = logging.getLogger("liqwatch")
