@@ -48,6 +48,7 @@ class WorkerSettings:
     severity_every_ms: int = 60_000     # event time between liquidation-severity recomputes
     cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
     idle_s: float = 1.0                 # wall time without input before the exact flush
+    merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
 
 
@@ -200,12 +201,14 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         buf: dict[TopicPartition, list] = {tp: [] for tp in tps}
         pos = {tp: 0 for tp in tps}
         seen_ts = {tp: -1 for tp in tps}
+        arrived = {tp: 0.0 for tp in tps}  # wall time of each topic's last records
         try:
             while True:
                 batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
                 for tp, recs in batch.items():
                     buf[tp].extend(recs)
                     seen_ts[tp] = recs[-1].timestamp
+                    arrived[tp] = time.monotonic()
                 end = await consumer.end_offsets(tps) if not batch else None
                 caught = {}
                 for tp in tps:
@@ -213,6 +216,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                     caught[tp] = hw is not None and (await consumer.position(tp)) >= hw
                     monitor.metrics.lag.labels(topic=tp.topic).set(max((hw or 0) - await consumer.position(tp), 0))
                 state["market_caught_up"] = all(caught.values()) and all(pos[tp] >= len(buf[tp]) for tp in tps)
+                # a topic that caught up while its records still arrive (a producer writing a batch of each
+                # topic in turn) may deliver earlier timestamps any moment: it holds the others back for a grace
+                grace = time.monotonic() - settings.merge_grace_s
+                for tp in tps:
+                    if caught[tp] and arrived[tp] > grace:
+                        caught[tp] = False
                 await release(buf, pos, seen_ts, caught, tps)
         finally:
             await consumer.stop()

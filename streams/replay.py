@@ -162,14 +162,14 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
     await consumer.start()
     try:
         topics = {REFERENCES: names.REFERENCES, TICKS: names.TICKS, ACCOUNTS: names.ACCOUNTS}
-        listed = await consumer.topics()
-        missing = [t for t in topics.values() if t not in listed]
+        cluster = await consumer._client.fetch_all_metadata()  # a group-less consumer has no metadata yet
+        missing = [t for t in topics.values() if not cluster.partitions_for_topic(t)]
         if missing:
             raise EmptyWindow(f"the topics {', '.join(missing)} do not exist on {bootstrap} (is --topic-prefix "
                               f"right? `liqwatch produce` or the live producers create them)")
         kind_of: dict = {}
         for kind, topic in topics.items():
-            for p in sorted(consumer.partitions_for_topic(topic) or []):
+            for p in sorted(cluster.partitions_for_topic(topic)):
                 kind_of[TopicPartition(topic, p)] = kind
         tps = list(kind_of)
         begin = await consumer.beginning_offsets(tps)

@@ -149,6 +149,9 @@ def _lines(path: Path | str) -> Iterator[bytes]:
         yield from f
 
 
+LOCKSTEP_MS = 30_000  # unpaced produce: event time between flushes of every topic's batch
+
+
 async def produce_file(
     path: Path | str,
     bootstrap: str,
@@ -208,6 +211,7 @@ async def produce_file(
                 _check(sent.popleft(), bootstrap)
 
         t0 = loop.time()
+        aligned_ts = -LOCKSTEP_MS
         first_ts: int | None = None
         last_ts = 0
         task = bar.add_task("producing", total=size) if bar else None
@@ -244,6 +248,12 @@ async def produce_file(
                     last_ts = ts
                     report.min_ts = ts if report.min_ts is None else min(report.min_ts, ts)
 
+                if not (rate or speed) and ts is not None and ts - aligned_ts >= LOCKSTEP_MS:
+                    # unpaced: every topic's open batch leaves together every LOCKSTEP_MS of event time, so that
+                    # a consumer merging the topics by time never sees one topic minutes ahead of another
+                    aligned_ts = ts
+                    for tp in list(builders):
+                        await flush(tp)
                 if rate or speed:
                     due = (report.events - 1) / rate if rate else (last_ts - (first_ts or 0)) / 1000 / speed
                     ahead = due - (loop.time() - t0)

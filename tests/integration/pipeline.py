@@ -41,12 +41,14 @@ class Worker:
     log_dir: Path
     port: int = field(default_factory=lambda: free_ports(1)[0])
     proc: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()
 
     def start(self) -> "Worker":
         log = (self.log_dir / f"{self.worker_id}.log").open("ab")
         cmd = [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config), "--bootstrap", self.bootstrap,
                "--topic-prefix", self.prefix, "--app-id", self.prefix.rstrip("."), "--web-port", str(self.port),
-               "--worker-id", self.worker_id, "--partitions", str(self.partitions), "--idle-s", "1.0"]
+               "--worker-id", self.worker_id, "--partitions", str(self.partitions), "--idle-s", "1.0",
+               *self.extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
