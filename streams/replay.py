@@ -276,7 +276,7 @@ class Run:
     liquidated_accounts: int = 0
     first_book: dict | None = None   # the market and book at the first boundary (for the liquidity limits)
     last_t: int = -1
-    events: dict = field(default_factory=dict)
+    every_ms: dict = field(default_factory=dict)   # evaluation and cascade intervals of event time
 
 
 def _f(x) -> float | None:
@@ -295,7 +295,7 @@ class Replayer:
         self.monitor = Monitor(cfg, self.sink, self.metrics, TopicNames())
         self.alerting = AlertEngine(cfg.alerts, cfg.config_id, self.metrics)
         self.stress = LocalStressRuns(self.monitor.engine, cfg, self.metrics, cfg.config_id)
-        self.run = Run(cfg, name)
+        self.run = Run(cfg, name, every_ms={"evaluate": evaluate_every_ms, "cascade": cascade_every_ms})
         self.fallen = np.zeros(0, dtype=np.bool_)
         self._dropping: dict[tuple[str, str], dict] = {}
 

@@ -201,7 +201,9 @@ def build_summary(window: Window, runs: list[Run], limits: list[list[dict]]) -> 
     summary = {
         "format": FORMAT,
         "window": {"from": window.t_from, "to": window.t_to, "from_iso": iso(window.t_from),
-                   "to_iso": iso(window.t_to), "warmup_ms": window.warmup_ms, "ends_input": window.complete},
+                   "to_iso": iso(window.t_to), "warmup_ms": window.warmup_ms, "ends_input": window.complete,
+                   "evaluate_every_ms": runs[0].every_ms.get("evaluate") if runs else None,
+                   "cascade_every_ms": runs[0].every_ms.get("cascade") if runs else None},
         "input": {**source, "market_events": len(window.market),
                   "market_events_in_window": sum(1 for r in window.market if r.timestamp >= window.t_from),
                   "account_snapshots": len(window.accounts), "left_out_before": window.skipped_before,
@@ -435,6 +437,8 @@ def plot_limits(summary: dict, path: Path) -> None:
 def _usd(x) -> str:
     if x is None:
         return "—"
+    if x < 0:
+        return "−" + _usd(-x)
     a = abs(x)
     if a >= 1e9:
         return f"${x / 1e9:,.2f}B"
@@ -475,10 +479,15 @@ def render_html(summary: dict, plots: dict[str, str], command: str) -> str:
     p.append(f"<h1>Post-mortem: {e(w['from_iso'])} to {e(w['to_iso'])}</h1>")
     src = summary["input"]
     where = f"file {src['path']}" if src.get("kind") == "file" else f"Kafka {src.get('bootstrap')}"
+    warm = src["market_events"] - src["market_events_in_window"]
+    warmup = (f"plus {warm:,} from the {w['warmup_ms'] / 60000:g} min before it to rebuild prices" if warm else
+              "no earlier market records were needed")
     p.append(f"<p class='note'>Replayed by liqwatch from {e(where)}: {src['market_events_in_window']:,} ticks and "
-             f"references in the window (plus {src['market_events'] - src['market_events_in_window']:,} of "
-             f"warm-up, {w['warmup_ms'] / 60000:g} min before it), {src['account_snapshots']:,} account snapshots. "
-             f"Everything is computed on event time, with the same code as the live workers.</p>")
+             f"references in the window ({warmup}), {src['account_snapshots']:,} account snapshots (each account's "
+             f"latest before the window, and every one inside it). Everything is computed on event time with the "
+             f"code of the live workers: every {w['evaluate_every_ms'] / 1000:g} s of event time the prices, health and "
+             f"market alerts, every {w['cascade_every_ms'] / 1000:g} s the stress cascades and the alerts that read "
+             f"them.</p>")
     # the story in three sentences
     lines = []
     for c in cs:
@@ -549,7 +558,7 @@ def render_html(summary: dict, plots: dict[str, str], command: str) -> str:
     p.append(f"<img src='{e(plots['health'])}' alt='health bands'>")
     p.append("<h2>Liquidatable notional</h2>")
     p.append(f"<img src='{e(plots['liquidatable'])}' alt='liquidatable notional'>")
-    p.append("<h2>Stress cascades and critical severity</h2><p>Every minute of event time the monitor shocks the "
+    p.append("<h2>Stress cascades and critical severity</h2><p>At every cascade evaluation the monitor shocks the "
              "market along its primary scenario and runs the liquidation cascade (SPEC §5). Amplification above 2 "
              "means forced sales liquidate more than the shock itself; the critical severity is the smallest move "
              "at which that happens on at least the configured notional. It falling towards zero is the warning.</p>")
