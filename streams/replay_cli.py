@@ -72,7 +72,7 @@ def _names(paths: list[Path]) -> list[str]:
 
 def replay_command(
     report: Annotated[Path, typer.Option("--report", help="Directory for index.html, summary.json, the PNG plots "
-                                         "and alerts-<config>.jsonl (created; existing files are replaced).",
+                                         "and one alerts JSONL per config (created; existing files are replaced).",
                                          show_default=False)],
     t_from: Annotated[str, typer.Option("--from", help="Start of the window: ISO-8601 UTC "
                                         "(2025-10-10T20:00:00Z) or epoch ms.", show_default=False)],
@@ -80,7 +80,7 @@ def replay_command(
                                       show_default=False)],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", envvar="LIQWATCH_CONFIG", show_default=False,
                                                    help="The config under review (SPEC §2), e.g. the index as it "
-                                                        "was. [env LIQWATCH_CONFIG]")] = None,
+                                                        "was.")] = None,
     compare: Annotated[Optional[list[Path]], typer.Option("--compare", show_default=False,
                                                           help="Another config to replay the same window with and "
                                                                "set side by side (repeatable).")] = None,
@@ -112,10 +112,10 @@ def replay_command(
     the alerts they emitted (same ids and event times); the same window twice gives a byte-identical
     summary.json.
 
-    Example (the October-2025 demo's data, the index as it was against the fix):
+    Example (the October-2025 evening produced to the local stack, the index as it was against the fix):
 
-      liqwatch replay --from 2025-10-10T20:00:00Z --to 2025-10-10T23:00:00Z \\
-        -c streams/scenarios/oct-2025-prefix.yaml --compare streams/scenarios/oct-2025-fixed.yaml --report pm/
+    `liqwatch replay --from 2025-10-10T20:00:00Z --to 2025-10-10T23:00:01Z -c streams/scenarios/oct-2025-prefix.yaml
+    --compare streams/scenarios/oct-2025-fixed.yaml --report pm/`
     """
     from streams.report import build_summary, write_report
     from streams.replay import EmptyWindow, default_warmup_ms, read_file, read_kafka, Replayer, iso, describe
