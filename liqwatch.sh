@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine (Python 3.11, Java 17 + Maven, apt):
-#   ./liqwatch.sh test              set everything up, start what the tests need, run the fast and integration tiers
+#   ./liqwatch.sh test              set everything up, run the fast tier, the integration tier (starts what it
+#                                   needs) and the fresh-clone check (scripts/fresh-clone-check.sh: the README's
+#                                   two commands in a new clone; LIQWATCH_SKIP_FRESH_CLONE=1 skips it)
+#   ./liqwatch.sh test PYTEST_ARGS  set everything up, run pytest on exactly PYTEST_ARGS (e.g. tests/test_config.py)
 #   ./liqwatch.sh test-fast         set up Python only, run the fast tier (seconds)
 #   ./liqwatch.sh setup             only set up: .venv with liqwatch, Debian packages, Kafka jars
 #   ./liqwatch.sh ARGS...           set up, then run `liqwatch ARGS...` (e.g. ./liqwatch.sh health --help)
@@ -33,11 +36,22 @@ setup_system() {
 }
 
 run_tests() {
+  if (($#)); then
+    log "pytest $*"
+    "$venv/bin/python" -m pytest "$@"
+    return
+  fi
   local rc=0
   log "fast tier"
-  "$venv/bin/python" -m pytest -m "not integration" -q "$@" || rc=$?
+  "$venv/bin/python" -m pytest -m "not integration" -q || rc=$?
   log "integration tier (starts its own Kafka, Prometheus and Alertmanager on free 127.0.0.1 ports)"
-  "$venv/bin/python" -m pytest -m integration -q "$@" || rc=$?
+  "$venv/bin/python" -m pytest -m integration -q || rc=$?
+  if [[ "${LIQWATCH_SKIP_FRESH_CLONE:-}" == 1 ]]; then
+    log "fresh-clone check skipped (LIQWATCH_SKIP_FRESH_CLONE=1)"
+  else
+    log "fresh-clone check (the README's two commands in a new clone of HEAD with a new state dir)"
+    scripts/fresh-clone-check.sh || rc=$?
+  fi
   return $rc
 }
 
@@ -46,6 +60,6 @@ case "$cmd" in
   setup) setup_python; setup_system ;;
   test) shift; setup_python; setup_system; run_tests "$@" ;;
   test-fast) shift; setup_python; "$venv/bin/python" -m pytest -m "not integration and not slow" -q "$@" ;;
-  help|-h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) setup_python; setup_system; exec "$venv/bin/liqwatch" "$@" ;;
 esac

@@ -184,6 +184,8 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
     work = Path(tempfile.mkdtemp(prefix="liqwatch-demo-"))
     secret = os.environ.get(SECRET_ENV) or uuid.uuid4().hex
     os.environ[SECRET_ENV] = secret
+    producer: threading.Thread | None = None
+    stop_producing = threading.Event()
     try:
         if no_stack:
             st = stack.load(state_dir)
@@ -222,8 +224,8 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
             f"alerts topic: {prefix}liqwatch.alerts"]
         console.print("where to look:\n  " + "\n  ".join(urls))
         _wait_workers(ports, procs)
-        producer = threading.Thread(target=lambda: asyncio.run(transport.produce_file(
-            events, bootstrap, partitions=partitions, prefix=prefix, speed=speed, progress=False)), daemon=True)
+        producer = threading.Thread(target=lambda: asyncio.run(_produce_until(stop_producing, transport.produce_file(
+            events, bootstrap, partitions=partitions, prefix=prefix, speed=speed, progress=False))), daemon=True)
         producer.start()
         last_n = -1
         quiet_since = None
@@ -253,21 +255,44 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         _print_summary(console, result)
         return result
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        if 'st' in locals():
-            for i in range(len(procs)):
-                stack.unregister_scrape_target(st.state_dir, f"demo-worker-{i + 1}")
-        if receiver_thread is not None:
-            receiver_thread.stop()
-        if started_stack is not None:
-            stack.down(started_stack)
+        # Ctrl-C (again) must not cut the clean-up short: the stack and the workers run in their own sessions
+        restore_sigint = None
+        if threading.current_thread() is threading.main_thread():
+            restore_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            # the replay stops first, while Kafka is still there (else it logs every failed retry until exit)
+            stop_producing.set()
+            if producer is not None:
+                producer.join(40)
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+            if 'st' in locals():
+                for i in range(len(procs)):
+                    stack.unregister_scrape_target(st.state_dir, f"demo-worker-{i + 1}")
+            if receiver_thread is not None:
+                receiver_thread.stop()
+            if started_stack is not None:
+                stack.down(started_stack)
+        finally:
+            if restore_sigint is not None:
+                signal.signal(signal.SIGINT, restore_sigint)
+
+
+async def _produce_until(stop: threading.Event, produce) -> None:
+    """Run the replay coroutine `produce` until it ends or `stop` is set (then cancel it: its producer closes)."""
+    task = asyncio.ensure_future(produce)
+    while not task.done():
+        if stop.is_set():
+            task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    if not task.cancelled():
+        task.result()
 
 
 def _wait_workers(ports: list[int], procs: list[subprocess.Popen], timeout: float = 120) -> None:
