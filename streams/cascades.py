@@ -82,6 +82,8 @@ class ShardService:
                         await self._answer(_decode(rec.value))
                     except Exception:
                         log.exception("cascade round request at offset %d failed", rec.offset)
+                if batch:  # the replies to every request of the batch leave together
+                    await self.monitor.sink.flush()
         finally:
             await consumer.stop()
 
@@ -118,7 +120,18 @@ class ShardService:
             "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
             "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
-        await self.monitor.sink.flush()
+
+
+async def _together(coros: list) -> list:
+    """Run coroutines concurrently; if one fails the others are cancelled (no orphan rounds on the topics)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class StressRuns:
@@ -149,32 +162,36 @@ class StressRuns:
         scenario (bisected between the last calm and the first critical configured severity), and the
         account-level exposure the shards reported; emits cascade events and metrics."""
         self.exposures = []
-        out = []
         critical: dict[str, float] = {}
         stress = self.cfg.stress
         m = self.metrics
-        first = True
-        for scenario in stress.scenarios:
-            for severity in stress.severities:
-                t0 = time.perf_counter()
-                result = await self.run_one(pv, scenario, severity, with_exposure=first)
-                first = False
-                result["config_id"] = self.config_id
-                m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
-                labels = {"scenario": scenario, "severity": str(severity)}
-                m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
-                m.cascade_amplification.labels(**labels).set(result["amplification"])
-                m.cascade_rounds.labels(**labels).set(result["rounds"])
-                m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
-                self.last_results[(scenario, severity)] = result
-                if self.emit is not None:
-                    await self.emit(result)
-                out.append(result)
+
+        async def timed(scenario: str, severity: float, with_exposure: bool) -> dict:
+            t0 = time.perf_counter()
+            result = await self.run_one(pv, scenario, severity, with_exposure=with_exposure)
+            m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
+            return result
+
+        # independent runs go together: over Kafka their round trips overlap (a shard answers each in turn)
+        runs = [(scenario, severity) for scenario in stress.scenarios for severity in stress.severities]
+        out = await _together([timed(sc, sv, k == 0) for k, (sc, sv) in enumerate(runs)])
+        for result in out:
+            result["config_id"] = self.config_id
+            labels = {"scenario": result["scenario"], "severity": str(result["severity"])}
+            m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
+            m.cascade_amplification.labels(**labels).set(result["amplification"])
+            m.cascade_rounds.labels(**labels).set(result["rounds"])
+            m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
+            self.last_results[(result["scenario"], result["severity"])] = result
+            if self.emit is not None:
+                await self.emit(result)
         # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
         primary = stress.primary_scenario
+        grid = list(self.cfg.alerts.cascade_risk.grid)
+        scan = await _together([self.run_one(pv, primary, s) for s in grid])
         calm, bad = 0.0, None
-        for s in self.cfg.alerts.cascade_risk.grid:
-            if self._is_critical(await self.run_one(pv, primary, s)):
+        for s, r in zip(grid, scan):
+            if self._is_critical(r):
                 bad = s
                 break
             calm = s
@@ -258,8 +275,9 @@ class Coordinator(StressRuns):
             for rec in batch.get(tp, []):
                 msg = _decode(rec.value)
                 self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
-            if batch:
-                self.arrived.set()
+            if batch:  # wake every waiting round; later waiters take the fresh event
+                arrived, self.arrived = self.arrived, asyncio.Event()
+                arrived.set()
 
     async def _round(self, cid: str, req: RoundRequest, t: int, extra: dict | None = None) -> RoundResult:
         await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {
@@ -269,6 +287,7 @@ class Coordinator(StressRuns):
         deadline = time.monotonic() + self.round_timeout_s
         want = set(range(self.partitions))
         while True:
+            arrived = self.arrived  # taken before looking: a reply landing meanwhile still wakes this round
             got = self.replies.get((cid, req.round_no), [])
             covered = [p for r in got for p in r["partitions"]]
             if set(covered) == want and len(covered) == len(want):
@@ -276,9 +295,8 @@ class Coordinator(StressRuns):
             if time.monotonic() > deadline:
                 raise CascadeAborted(f"round {req.round_no}: partitions {sorted(want - set(covered))} unanswered "
                                      f"after {self.round_timeout_s:.0f} s (rebalance or a worker down)")
-            self.arrived.clear()
             try:
-                await asyncio.wait_for(self.arrived.wait(), timeout=0.5)
+                await asyncio.wait_for(arrived.wait(), timeout=0.5)
             except asyncio.TimeoutError:
                 pass
         got = sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
