@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,9 +192,13 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
             st = stack.load(state_dir)
         else:
             st = stack.StackConfig.resolve(state_dir)
+            already = [s.name for s in stack.status(st) if s.running]
             console.print("starting the local stack (Kafka, Prometheus, Alertmanager on 127.0.0.1)…")
             stack.up(st)
-            started_stack = st
+            # a stack that was already running is the user's: the demo leaves it running at the end
+            started_stack = None if already else st
+            if already:
+                console.print(f"(using the stack already running in {st.state_dir}: {', '.join(already)})")
         bootstrap = stack.bootstrap_servers(st)
         receiver_thread = ReceiverThread(secret, work / "alerts.jsonl")
         receiver = receiver_thread.start()
@@ -253,6 +258,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         result.comparison = compare_index_designs(events)
         result.wall_s = time.monotonic() - t_start
         _print_summary(console, result)
+        shutil.rmtree(work, ignore_errors=True)  # kept on failure: its worker logs say what happened
         return result
     finally:
         # Ctrl-C (again) must not cut the clean-up short: the stack and the workers run in their own sessions

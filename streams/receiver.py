@@ -7,8 +7,9 @@
 
 Endpoints (bound to 127.0.0.1 only):
     POST /alerts        liqwatch webhooks: X-Liqwatch-Signature checked (streams.webhooks.verify), stale timestamps
-                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by (id, state, severity):
-                        a repeat gets 200 {"duplicate": true} (a retry after a lost response is normal).
+                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by (id, state, severity, ts):
+                        a repeat gets 200 {"duplicate": true} (a retry after a lost response is normal); an
+                        episode that steps down and escalates again is a new event (another ts), not a repeat.
     POST /alertmanager  Alertmanager webhook_config payloads (version 4); no HMAC (Alertmanager cannot sign), a
                         bearer token is required when LIQWATCH_ALERTMANAGER_TOKEN is set; deduplicated per alert
                         by (fingerprint, startsAt, status): Alertmanager's repeat notifications are dropped, a new
@@ -194,7 +195,7 @@ class Receiver:
             log.warning("webhook receiver: POST /alerts: body is not a JSON object with string 'id' and 'state'")
             return _json_error(400, "body must be a JSON object with string 'id' and 'state'")
         # an episode may escalate or step down (another "firing" with the same id): severity is part of the key
-        key = ("alert", alert["id"], alert["state"], alert.get("severity"))
+        key = ("alert", alert["id"], alert["state"], alert.get("severity"), alert.get("ts"))
         if key in self._seen:
             self._replay.remember(header, now)
             self.duplicates += 1

@@ -435,3 +435,21 @@ def test_cli_missing_secret_env_names_it(monkeypatch):
     assert "LW_RX_SECRET_UNSET" in res.output and "not set" in res.output
     helptext = CliRunner().invoke(app, ["webhook-receiver", "--help"]).output
     assert "openssl dgst -sha256 -hmac" in helptext and "liqwatch webhook-receiver" in helptext
+
+
+def test_receiver_records_a_re_escalation_and_drops_a_retry():
+    """critical → warning → critical again is two `firing critical` events of one episode (other ts); a retry of
+    the same event (same ts, new signature) is a duplicate."""
+    async def go():
+        async with receiver() as r:
+            url = f"{r.url}/alerts"
+            first = alert(1)
+            again = dict(first, ts=first["ts"] + 60_000)
+            now = int(time.time())
+            for k, (body, dup) in enumerate(((first, False), (first, True), (again, False))):
+                raw = json.dumps(body).encode()  # a retry is signed afresh (a replayed signature is refused)
+                status, reply = await post(url, raw, {SIGNATURE_HEADER: sign(raw, SECRET.encode(), now - k)})
+                assert (status, reply["duplicate"]) == (200, dup)
+            assert [a["ts"] for a in r.received] == [first["ts"], again["ts"]] and r.duplicates == 1
+
+    run(go())
