@@ -52,20 +52,10 @@ def _config(path: Path):
 
 
 def _parse_time(value: Optional[str], option: str) -> Optional[int]:
-    """Epoch milliseconds or ISO-8601 UTC (2025-10-10T21:15:00Z)."""
-    if value is None:
-        return None
-    if value.lstrip("-").isdigit():
-        return int(value)
-    from datetime import datetime, timezone
+    """Epoch milliseconds or ISO-8601 UTC (2025-10-10T21:15:00Z); None stays None."""
+    from streams.replay_cli import parse_time
 
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        _fail(f"{option}: '{value}' is neither epoch milliseconds nor ISO-8601 (e.g. 2025-10-10T21:15:00Z)")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+    return None if value is None else parse_time(value, option)
 
 
 def _load(config: Path, events: Path, deadletter: Optional[Path], until: Optional[str] = None):

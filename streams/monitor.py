@@ -47,6 +47,32 @@ def _band(health: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(health), -1, np.searchsorted(_BAND_EDGES, health, side="right"))
 
 
+def band_counts(health: np.ndarray, liquidatable: np.ndarray, active: np.ndarray) -> dict[str, int]:
+    """Active accounts per health band (metrics.HEALTH_BANDS; the first band is 'liquidatable')."""
+    out = {}
+    for band, lo, hi in HEALTH_BANDS:
+        sel = active & ~np.isnan(health)
+        if lo is None:
+            sel &= liquidatable
+        else:
+            sel &= health >= lo
+            if hi is not None:
+                sel &= health < hi
+        out[band] = int(sel.sum())
+    return out
+
+
+def book_notional(mask: np.ndarray, book, index: np.ndarray, mark: np.ndarray) -> float:
+    """Positions' |qty|·mark plus collateral value of the accounts in `mask`."""
+    own = book.pos_owner
+    live = own >= 0
+    pos = np.abs(book.pos_qty[live]) * mark[book.pos_instr[live]]
+    cown = book.coll_owner
+    clive = cown >= 0
+    coll = book.coll_qty[clive] * index[book.coll_asset[clive]]
+    return float(np.nansum(pos[mask[own[live]]]) + np.nansum(coll[mask[cown[clive]]]))
+
+
 def partition_of(account: str, partitions: int) -> int:
     key = account.encode()
     return _partitioner(key, list(range(partitions)), list(range(partitions)))
@@ -319,29 +345,15 @@ class Monitor:
 
     def _account_metrics(self, eq, mm, h, liq, book) -> None:
         active = book.active
-        for band, lo, hi in HEALTH_BANDS:
-            sel = active & ~np.isnan(h)
-            if lo is None:
-                sel &= liq
-            else:
-                sel &= h >= lo
-                if hi is not None:
-                    sel &= h < hi
-            self.metrics.accounts.labels(band=band).set(int(sel.sum()))
+        for band, count in band_counts(h, liq, active).items():
+            self.metrics.accounts.labels(band=band).set(count)
         self.metrics.liquidatable_accounts.set(int((liq & active).sum()))
         self.metrics.equity_total.set(float(np.nansum(np.where(active, eq, 0.0))))
         self.metrics.liquidatable_notional.set(float(self._notional(liq & active, book)))
 
     def _notional(self, mask: np.ndarray, book) -> float:
         pv = self.engine.prices()
-        own = book.pos_owner
-        live = own >= 0
-        pos = np.abs(book.pos_qty[live]) * pv.mark[book.pos_instr[live]]
-        sel = mask[own[live]]
-        cown = book.coll_owner
-        clive = cown >= 0
-        coll = book.coll_qty[clive] * pv.index[book.coll_asset[clive]]
-        return float(np.nansum(pos[sel]) + np.nansum(coll[mask[cown[clive]]]))
+        return book_notional(mask, book, pv.index, pv.mark)
 
     async def emit_marks(self, leader: bool) -> None:
         """Price metrics (every worker: each is scraped on its own) and, on the leader, index and mark events

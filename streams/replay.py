@@ -35,8 +35,8 @@ from streams.alerts import AlertEngine
 from streams.cascades import LocalStressRuns
 from streams.config import Config
 from streams.events import BadEvent
-from streams.metrics import HEALTH_BANDS, Metrics
-from streams.monitor import Monitor, Where
+from streams.metrics import Metrics
+from streams.monitor import Monitor, Where, band_counts, book_notional
 from streams.topics import TopicNames
 
 EVALUATE_EVERY_MS = 10_000  # as the live workers (streams.app.WorkerSettings)
@@ -404,16 +404,7 @@ class Replayer:
         liq = np.empty(n, dtype=np.bool_)
         margin_health(pv.index, pv.mark, book, lay.risk_rules, eq, mm, h, liq)
         active = book.active
-        bands = {}
-        for band, lo, hi in HEALTH_BANDS:
-            sel = active & ~np.isnan(h)
-            if lo is None:
-                sel &= liq
-            else:
-                sel &= h >= lo
-                if hi is not None:
-                    sel &= h < hi
-            bands[band] = int(sel.sum())
+        bands = band_counts(h, liq, active)
         liquidatable = liq & active
         notional = self._notional(liquidatable, book, pv)
         # forced liquidations on the recorded prices: each account counted once, when it first falls
@@ -437,13 +428,7 @@ class Replayer:
             self.run.samples.append(sample)
 
     def _notional(self, mask: np.ndarray, book, pv) -> float:
-        own = book.pos_owner
-        live = own >= 0
-        pos = np.abs(book.pos_qty[live]) * pv.mark[book.pos_instr[live]]
-        cown = book.coll_owner
-        clive = cown >= 0
-        coll = book.coll_qty[clive] * pv.index[book.coll_asset[clive]]
-        return float(np.nansum(pos[mask[own[live]]]) + np.nansum(coll[mask[cown[clive]]]))
+        return book_notional(mask, book, pv.index, pv.mark)
 
     def _track_dropped(self, t: int, dropped: dict[str, dict[str, str]]) -> None:
         now = {(asset, source): reason for asset, d in dropped.items() for source, reason in d.items()}

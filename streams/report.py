@@ -273,10 +273,16 @@ def plot_prices(summary: dict, asset: str, path: Path) -> bool:
     ax.set_ylabel("USD")
     _axes_time(ax)
     ax.legend(fontsize=7, loc="best", ncol=2)
-    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _save(fig, path: Path, rect=None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def _venue_asset(v: str) -> str:
@@ -298,9 +304,7 @@ def plot_health(summary: dict, path: Path) -> None:
         ax.set_ylabel("accounts")
         _axes_time(ax)
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_liquidatable(summary: dict, path: Path) -> None:
@@ -320,9 +324,7 @@ def plot_liquidatable(summary: dict, path: Path) -> None:
                  fontsize=10)
     _axes_time(ax)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_cascades(summary: dict, path: Path) -> None:
@@ -356,9 +358,7 @@ def plot_cascades(summary: dict, path: Path) -> None:
         _mark_events(ax2, c)
         _axes_time(ax2)
         ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_alerts(summary: dict, path: Path) -> None:
@@ -389,9 +389,7 @@ def plot_alerts(summary: dict, path: Path) -> None:
         ax.set_xlim(*_times([start, end]))
         ax.set_title(f"alert episodes — {c['name']} (orange: warning, red: critical)", fontsize=10)
         _axes_time(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_limits(summary: dict, path: Path) -> None:
@@ -428,9 +426,7 @@ def plot_limits(summary: dict, path: Path) -> None:
                  fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(fontsize=8, loc="lower center", ncol=2 + n, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, rect=(0, 0.06, 1, 1))
 
 
 # -- html ---------------------------------------------------------------------------------------------------------

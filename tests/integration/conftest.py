@@ -23,6 +23,17 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def port_free(port: int) -> bool:
+    """Can a server bind 127.0.0.1:port now? (SO_REUSEADDR as servers bind: TIME_WAIT is not "in use".)"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def stack_config(state_dir: Path) -> lwstack.StackConfig:
     """Config for a stack in `state_dir` on free ports (never the defaults a dev stack uses)."""
     kafka, controller, prometheus, alertmanager = free_ports(4)

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from streams.demo import RECEIVER_PORT, run_demo
+from tests.integration.conftest import port_free as _port_free
 
 pytestmark = pytest.mark.integration
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is not "in use"
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _demo_workers() -> list[str]:

@@ -27,6 +27,7 @@ import pytest
 
 from streams.demo import RECEIVER_PORT
 from tests.integration.conftest import free_ports
+from tests.integration.conftest import port_free as _port_free
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240      # stack start + scenario generation + workers getting their partitions (numba warm-up)
 EXIT_TIMEOUT_S = 90        # workers get 30 s for SIGTERM, then Kafka 30 s and the rest in parallel
 SERVICES = ("kafka", "prometheus", "alertmanager")
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is not "in use"
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _alive(pid: int) -> bool:
