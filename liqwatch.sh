@@ -43,7 +43,7 @@ run_tests() {
   fi
   local rc=0
   log "fast tier"
-  "$venv/bin/python" -m pytest -m "not integration" -q || rc=$?
+  "$venv/bin/python" -m pytest -m "not integration" -q -n 2 || rc=$?  # two processes: the 2 cores
   log "integration tier (starts its own Kafka, Prometheus and Alertmanager on free 127.0.0.1 ports)"
   "$venv/bin/python" -m pytest -m integration -q || rc=$?
   if [[ "${LIQWATCH_SKIP_FRESH_CLONE:-}" == 1 ]]; then
@@ -59,7 +59,7 @@ cmd="${1:-help}"
 case "$cmd" in
   setup) setup_python; setup_system ;;
   test) shift; setup_python; setup_system; run_tests "$@" ;;
-  test-fast) shift; setup_python; "$venv/bin/python" -m pytest -m "not integration and not slow" -q "$@" ;;
+  test-fast) shift; setup_python; "$venv/bin/python" -m pytest -m "not integration and not slow" -q -n 2 "$@" ;;
   help|-h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) setup_python; setup_system; exec "$venv/bin/liqwatch" "$@" ;;
 esac
