@@ -201,6 +201,8 @@ def demo(
     scenario_name: Annotated[str, typer.Option("--scenario", help="oct-2025, or calm for the false-alarm check.")]
     = "oct-2025",
     partitions: Annotated[int, typer.Option(help="Account partitions shared by the two workers.", min=2)] = 8,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the post-mortem report of the run (as "
+                                                        "`liqwatch replay` does) into this directory.")] = None,
 ) -> None:
     """The October-2025 night through the live pipeline: Kafka, two workers, alerts on screen.
 
@@ -218,7 +220,7 @@ def demo(
     if scenario_name not in sc.SCENARIOS:
         _fail(f"--scenario: unknown scenario '{scenario_name}' (choose from {', '.join(sc.SCENARIOS)})")
     try:
-        run_demo(accounts, speed, no_stack, state_dir, scenario_name, partitions=partitions)
+        run_demo(accounts, speed, no_stack, state_dir, scenario_name, partitions=partitions, report=report)
     except KeyboardInterrupt:
         err.print("stopped: everything the demo started has been stopped")
         raise typer.Exit(130)

@@ -176,7 +176,8 @@ def compare_index_designs(events: Path, severity: float = scenarios.EVENING_SEVE
 
 
 def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None, scenario: str = "oct-2025",
-             console: Console | None = None, partitions: int = 8, live: bool = True) -> DemoResult:
+             console: Console | None = None, partitions: int = 8, live: bool = True,
+             report: Path | None = None) -> DemoResult:
     console = console or Console()
     t_start = time.monotonic()
     started_stack = None
@@ -258,6 +259,18 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         result.comparison = compare_index_designs(events)
         result.wall_s = time.monotonic() - t_start
         _print_summary(console, result)
+        if report is not None:
+            console.print(f"writing the post-mortem report of this run to {report}/ (liqwatch replay of the same "
+                          "events, as it was vs as fixed)…")
+            write_post_mortem(events, cfg_path, scenario, report)
+            console.print(f"post-mortem: {report / 'index.html'}")
+        first = datetime.fromtimestamp(scenarios.T0 / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        last = datetime.fromtimestamp(last_ts / 1000 + 1, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        console.print(f"the run stays in Kafka under the prefix {prefix}; a post-mortem later: "
+                      f"`liqwatch replay --topic-prefix {prefix} --from {first} --to {last} "
+                      f"-c {scenarios.config_path(scenario, 'prefix')} --compare "
+                      f"{scenarios.config_path(scenario, 'fixed')} --report pm/`"
+                      + ("" if no_stack or started_stack is None else " (after `liqwatch stack up`)"), highlight=False)
         shutil.rmtree(work, ignore_errors=True)  # kept on failure: its worker logs say what happened
         return result
     finally:
@@ -288,6 +301,27 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         finally:
             if restore_sigint is not None:
                 signal.signal(signal.SIGINT, restore_sigint)
+
+
+def write_post_mortem(events: Path, config: Path, scenario: str, out: Path) -> Path:
+    """`liqwatch replay --events` of the demo's own events: its config (the alerts it raised) vs the fixed one."""
+    from streams.config import load_config
+    from streams.layout import Layout
+    from streams.limits import liquidity_limits
+    from streams.replay import default_warmup_ms, read_file, replay
+    from streams.report import build_summary, write_report
+
+    cfgs = [("as-it-was", load_config(config)), ("as-fixed", load_config(scenarios.config_path(scenario, "fixed")))]
+    window = read_file(events, scenarios.T0, scenarios.T0 + scenarios.DURATION_MIN * 60_000 + 1_000,
+                       max(default_warmup_ms(c) for _, c in cfgs))
+    runs, limits = [], []
+    for name, cfg in cfgs:
+        run = replay(cfg, window, name)
+        runs.append(run)
+        fb = run.first_book
+        limits.append([] if fb is None else liquidity_limits(cfg, Layout(cfg), fb["pv"], fb["book"]))
+    write_report(out, build_summary(window, runs, limits), f"liqwatch demo --report {out}")
+    return out / "index.html"
 
 
 async def _produce_until(stop: threading.Event, produce) -> None:

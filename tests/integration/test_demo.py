@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from streams.demo import RECEIVER_PORT, run_demo
+from streams.replay import compare_alerts
 from tests.integration.conftest import port_free as _port_free
 
 pytestmark = pytest.mark.integration
@@ -29,12 +31,18 @@ def _demo_workers() -> list[str]:
 
 def test_demo_warns_before_the_cascade(stack, tmp_path):
     console = Console(file=(tmp_path / "screen.txt").open("w"), width=140)
-    r = run_demo(5000, 600.0, no_stack=True, state_dir=stack.state_dir, console=console, live=False)
+    r = run_demo(5000, 600.0, no_stack=True, state_dir=stack.state_dir, console=console, live=False,
+                 report=tmp_path / "pm")
     assert r.first_critical_cascade_risk is not None and r.first_wave is not None, r.first_alert
     assert r.lead_time_s is not None and r.lead_time_s > 0, (r.first_critical_cascade_risk, r.first_wave)
     depeg = {a["subject"] for a in r.alerts if a["kind"] == "depeg" and a["state"] == "firing"}
     assert "USDe" in depeg and "USDT" not in depeg
     assert r.comparison["fixed"]["liquidated_notional"] < r.comparison["prefix"]["liquidated_notional"]
+    # its post-mortem: the replay of the demo's events raises exactly the alerts the webhooks delivered
+    summary = json.loads((tmp_path / "pm" / "summary.json").read_text())
+    only_live, only_replay = compare_alerts(r.alerts, summary["configs"][0]["alerts"])
+    assert (only_live, only_replay) == ([], []), (only_live[:5], only_replay[:5])
+    assert (tmp_path / "pm" / "index.html").exists()
     # everything the demo started is stopped
     assert _demo_workers() == []
     assert _port_free(RECEIVER_PORT)
