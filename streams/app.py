@@ -138,7 +138,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
-    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False, "flushed": True,
+    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False,
+             "cascade_task": None, "flushed": True,
              "leader_flushed": False}
 
     async def emit_alerts(events: list[dict]) -> None:
@@ -291,11 +292,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         state["next_eval"] = t + settings.evaluate_every_ms
         if with_severity:
             state["next_severity"] = t + settings.severity_every_ms
+        cascade_boundary = t >= state["next_cascade"]
+        if cascade_boundary:  # every worker: the shards keep their book as of this boundary
+            state["next_cascade"] = t + settings.cascade_every_ms
+            shard.freeze(t)
         if app.is_leader():
             await emit_alerts(alerts.market(monitor.engine, t))
-            if t >= state["next_cascade"]:
-                state["next_cascade"] = t + settings.cascade_every_ms
-                await run_cascades(monitor.snapshot())  # at the boundary, blocking: alerts follow event time
+            if cascade_boundary:
+                # on a snapshot of the boundary, beside the feed (shards answer from their frozen books); one run
+                # in flight: the next boundary waits for it, so a slow run slows the feed instead of piling up
+                if state["cascade_task"] is not None:
+                    await state["cascade_task"]
+                state["cascade_task"] = asyncio.get_running_loop().create_task(run_cascades(monitor.snapshot()))
         state["flushed"] = False
         state["leader_flushed"] = False
 

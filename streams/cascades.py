@@ -66,6 +66,22 @@ class ShardService:
         self.caught_up = caught_up
         self.retain = retain
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
+        self.frozen: dict[int, tuple[Book, list[int], bool]] = {}
+
+    def freeze(self, t: int, keep: int = 3) -> None:
+        """Copy this shard's book at the cascade boundary t (every worker crosses the same boundaries: they read
+        the same market stream in the same order). The leader's cascade for t may come later, while the feed
+        has moved on; it then reads this copy, not a book that has meanwhile taken newer snapshots. A copy
+        taken before the accounts up to t were all consumed is not kept (the request falls back to filtering)."""
+        self.retain()
+        if not self.caught_up(t):
+            return
+        accounts = self.monitor.engine.accounts
+        book = _copy(accounts.view())
+        book.active[accounts.ts[: accounts.n] > t] = False
+        self.frozen[t] = (book, sorted(self.owned_partitions()), True)
+        for old in sorted(self.frozen)[:-keep]:
+            del self.frozen[old]
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
@@ -93,13 +109,19 @@ class ShardService:
             self.shards.pop(cid, None)
             return
         if req["round"] == 1:
-            self.retain()
-            accounts = self.monitor.engine.accounts
-            book = _copy(accounts.view())
-            # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
-            book.active[accounts.ts[: accounts.n] > int(req["t"])] = False
-            self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), sorted(self.owned_partitions()),
-                                self.caught_up(int(req["t"])))
+            t = int(req["t"])
+            frozen = self.frozen.get(t)
+            if frozen is not None:  # the book as it was when this worker's feed crossed the boundary t
+                book, partitions, caught_up = frozen
+            else:
+                self.retain()
+                accounts = self.monitor.engine.accounts
+                book = _copy(accounts.view())
+                # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
+                book.active[accounts.ts[: accounts.n] > t] = False
+                partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
+            # liquidate_round only reads the book (the round each account fell is the Shard's own array)
+            self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), partitions, caught_up)
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
             return
