@@ -18,6 +18,7 @@ them — depend on event time only, not on how fast each consumer ran.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
@@ -156,7 +157,7 @@ async def _together(coros: list) -> list:
         raise
 
 
-class StressRuns:
+class StressRuns(ABC):
     """Every configured scenario × severity on one market snapshot, the critical severity of the primary scenario
     and the account-level exposure, the way the alerts read them. Subclasses say how one cascade runs: over
     Kafka shards (Coordinator, live) or on a local book (LocalStressRuns, replay) — so a replay computes its
@@ -171,8 +172,9 @@ class StressRuns:
         self.exposures: list[dict] = []
         self.last_results: dict[tuple[str, float], dict] = {}
 
+    @abstractmethod
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
-        raise NotImplementedError
+        """One cascade of `scenario` at `severity` on the snapshot `pv` (with the exposure when asked)."""
 
     def _is_critical(self, r: dict) -> bool:
         cr = self.cfg.alerts.cascade_risk

@@ -21,6 +21,7 @@ live workers processed gives the alerts they emitted: the same ids and event tim
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -315,14 +316,11 @@ class Replayer:
                 await mon.on_account(rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key))
 
         market = w.market
+        stamps = [r.timestamp for r in market]  # ascending: a boundary's record is found by bisection
         i = 0
         while i < len(market):
             # a run ends at the first record that reaches the next boundary, as in the live market feed
-            j = i
-            while j < len(market):
-                j += 1
-                if market[j - 1].timestamp >= next_eval or j - i >= 20_000:
-                    break
+            j = min(bisect_left(stamps, next_eval, i) + 1, i + 20_000, len(market))
             await mon.on_market(market[i:j])
             i = j
             await join_accounts(mon.market_t)
