@@ -3,11 +3,13 @@
     engine, report = load_events(cfg, Path("events.jsonl"), deadletter=Path("rejected.jsonl"))
     report.rejected, report.by_kind            # counts, also printed on stderr by the CLI
 
-Each rejected line is written as {"reason", "kind", "line", "original"}; the run goes on.
+Each rejected line is written as {"reason", "kind", "line", "original"} (or "original_base64" when the line is
+not UTF-8); the run goes on.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections import Counter
@@ -19,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 
 from streams.config import Config
 from streams.engine import Engine
-from streams.events import BadEvent, Event, decode
+from streams.events import BadEvent, Event
 
 PROGRESS_MIN_BYTES = 20_000_000  # show a progress bar for files larger than this
 CHUNK = 8192  # events decoded, then applied together (runs of market events in one kernel call)
@@ -31,6 +33,7 @@ class LoadReport:
     applied: int = 0
     superseded: int = 0
     rejected: int = 0
+    ignored: int = 0  # ticks of books the config does not name, with ingest.unknown_sources: ignore
     after_until: int = 0
     by_kind: Counter = field(default_factory=Counter)
 
@@ -65,8 +68,12 @@ def load_events(
                 report.rejected += 1
                 report.by_kind[e.kind] += 1
                 if dead is not None:
-                    dead.write(json.dumps({"reason": e.reason, "kind": e.kind, "line": lineno,
-                                           "original": raw.decode("utf-8", "replace").rstrip("\n")}) + "\n")
+                    rec = {"reason": e.reason, "kind": e.kind, "line": lineno}
+                    try:
+                        rec["original"] = raw.decode("utf-8").rstrip("\r\n")
+                    except UnicodeDecodeError:  # keep the exact bytes: nothing is lost
+                        rec["original_base64"] = base64.b64encode(raw.rstrip(b"\r\n")).decode()
+                    dead.write(json.dumps(rec) + "\n")
 
             def apply_chunk() -> None:
                 results = engine.apply_many([ev for _, _, ev in chunk])
@@ -86,9 +93,12 @@ def load_events(
                 if not raw.strip():
                     continue
                 try:
-                    event = decode(raw)
+                    event = engine.gate.admit(raw)
                 except BadEvent as e:
                     reject(lineno, raw, e)
+                    continue
+                if event is None:
+                    report.ignored += 1
                     continue
                 if until is not None and event.ts > until:
                     report.after_until += 1

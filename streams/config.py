@@ -27,6 +27,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,8 +50,13 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Rate = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# Numbers are strict: YAML `true` is not 1 and "5e7" (text to YAML 1.1: write 5.0e+7) is not a number. An int is
+# a float; a float is not an int.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)]
+# a stress severity is a fraction of a move: d_a × s with |d_a| × s < 1 for a fall (checked against the directions)
+Severity = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)]
 
 
 class Bracket(_Frozen):
@@ -110,7 +116,7 @@ class Constituent(_Frozen):
 
 class IndexSpec(_Frozen):
     method: Literal["weighted_mean", "weighted_median"] = "weighted_mean"
-    max_age_ms: Annotated[int, Field(gt=0)] = 10_000
+    max_age_ms: Annotated[int, Field(strict=True, gt=0)] = 10_000
     max_deviation: PositiveFloat = 0.05
     constituents: Annotated[list[Constituent], Field(min_length=1)]
     floor: PositiveFloat | None = None
@@ -137,6 +143,10 @@ class AssetSpec(_Frozen):
     index: IndexSpec | None = None
     haircut: list[Bracket] = Field(default_factory=list)
     impact: Annotated[LinearImpact | SqrtImpact, Field(discriminator="model")] | None = None
+    sanity: SanitySpec | None = None  # bounds of this asset's prices and quantities (default: ingest.sanity)
+    # venue books of this asset read besides the index constituents (venue:BASE/QUOTE): watched by the alerts
+    # (venue_divergence) and moved in cascades, not part of the index. Ticks of any other book are not input.
+    books: list[str] = Field(default_factory=list)
 
     @field_validator("haircut")
     @classmethod
@@ -172,9 +182,9 @@ class LiquidationSpec(_Frozen):
 
 
 class StressSpec(_Frozen):
-    scenarios: Annotated[dict[str, dict[str, Annotated[float, Field(allow_inf_nan=False)]]], Field(min_length=1)]
-    severities: Annotated[list[PositiveFloat], Field(min_length=1)]
-    max_rounds: Annotated[int, Field(ge=1, le=10_000)] = 50
+    scenarios: Annotated[dict[str, dict[str, Number]], Field(min_length=1)]
+    severities: Annotated[list[Severity], Field(min_length=1)]
+    max_rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 50
     primary: str | None = None
 
     @field_validator("severities")
@@ -190,8 +200,32 @@ class StressSpec(_Frozen):
         return self.primary or next(iter(self.scenarios))
 
 
+class SanitySpec(_Frozen):
+    """Bounds outside which a number is a broken feed, not market data (dead-lettered `out_of_bounds`): quoted
+    prices (bid, ask, last, reference rates, entry prices) of a book or reference of the asset, and quantities of
+    it held, borrowed or (for an instrument's underlying) in a position."""
+
+    min_price: PositiveFloat = 1e-9
+    max_price: PositiveFloat = 1e9
+    max_qty: PositiveFloat = 1e12
+
+
 class IngestSpec(_Frozen):
-    out_of_order_ms: Annotated[int, Field(ge=0)] = 1_000
+    """How input records are admitted (SPEC §1); every rejection is a dead letter with a reason."""
+
+    out_of_order_ms: Annotated[int, Field(strict=True, ge=0)] = 1_000
+    # a tick or reference this far ahead of the market's event time is dead-lettered (`ahead_of_stream`): one
+    # record dated a day ahead would otherwise make every later record of its key out of order. A gap in the whole
+    # stream is not an error: once records of `jump_keys` distinct keys in a row are all that far ahead, the
+    # market's event time jumps with them.
+    max_ahead_ms: Annotated[int, Field(strict=True, gt=0)] = 3_600_000
+    jump_keys: Annotated[int, Field(strict=True, ge=2, le=100)] = 3
+    # ticks of a book the config does not name: dead-lettered (default) or ignored (counted, not applied); never
+    # part of an index or an alert
+    unknown_sources: Literal["deadletter", "ignore"] = "deadletter"
+    min_ts: Annotated[int, Field(strict=True, ge=0)] = 0  # event times (ms) outside min_ts..max_ts are bad_ts
+    max_ts: Annotated[int, Field(strict=True, gt=0)] = 4_102_444_800_000  # 2100-01-01
+    sanity: SanitySpec = SanitySpec()                         # default bounds; `assets.X.sanity` overrides
 
 
 class Levels(_Frozen):
@@ -202,7 +236,7 @@ class Levels(_Frozen):
 
 
 class MarginClusterAlert(_Frozen):
-    health_below: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 1.2
+    health_below: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 1.2
     notional_usd: Levels = Levels(warning=5e7, critical=2e8)
 
 
@@ -213,9 +247,9 @@ class CascadeRiskAlert(_Frozen):
     `critical_severity.warning` / `.critical` (lower is worse)."""
 
     critical_severity: Levels = Levels(warning=0.04, critical=0.02)
-    amplification_limit: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0
-    min_notional_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e8
-    grid: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.04, 0.05]
+    amplification_limit: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 2.0
+    min_notional_usd: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 1e8
+    grid: Annotated[list[Severity], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.04, 0.05]
 
 
 class Webhook(_Frozen):
@@ -228,7 +262,7 @@ class AlertsSpec(_Frozen):
     """Thresholds per alert type (SPEC §6). An episode resolves when its value falls below warning × clear_ratio
     (hysteresis: a value hovering at the threshold does not flap)."""
 
-    clear_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    clear_ratio: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.8
     depeg: Levels = Levels(warning=0.02, critical=0.05)                  # |index / reference value − 1|
     venue_divergence: Levels = Levels(warning=0.03, critical=0.10)       # |venue / median of the others − 1|
     stale_source: Levels = Levels(warning=30, critical=120)              # seconds of event time without a quote
@@ -257,6 +291,10 @@ class Config(_Frozen):
 
     def is_known_asset(self, asset: str) -> bool:
         return asset in self.assets or asset == self.settlement or asset in USD_LIKE
+
+    def sanity(self, asset: str) -> SanitySpec:
+        spec = self.assets.get(asset)
+        return spec.sanity if spec is not None and spec.sanity is not None else self.ingest.sanity
 
     def mark_source(self, instrument: str) -> str:
         spec = self.instruments[instrument].mark.source
@@ -319,6 +357,18 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown key (not part of the config schema; check the spelling)"
     if kind == "missing":
         return "required"
+    if kind in ("float_type", "int_type"):
+        got = err.get("input")
+        what = "a number" if kind == "float_type" else "a whole number"
+        if isinstance(got, bool):
+            return f"must be {what}, not a boolean (got {got!r})"
+        if isinstance(got, str):
+            try:
+                float(got)
+            except ValueError:
+                return f"must be {what} (got {got!r})"
+            return (f"must be {what}, not text (got {got!r}: YAML reads 5e7 as text; write 5.0e+7, or leave out "
+                    "the quotes)")
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
@@ -333,8 +383,8 @@ def _message(err: dict[str, Any]) -> str:
 def _semantic_problems(cfg: Config) -> list[str]:
     p: list[str] = []
     known = cfg.is_known_asset
-    if not known(cfg.settlement):
-        p.append(f"settlement: unknown asset '{cfg.settlement}'")
+    if cfg.settlement not in cfg.assets and cfg.settlement not in USD_LIKE:
+        p.append(f"settlement: unknown asset '{cfg.settlement}' (not under assets, nor one of {', '.join(USD_LIKE)})")
     for name, spec in cfg.assets.items():
         if spec.index is None and name != cfg.settlement and name not in USD_LIKE:
             p.append(f"assets.{name}.index: required (only the settlement asset and USD, USDT, USDC may have none)")
@@ -343,6 +393,18 @@ def _semantic_problems(cfg: Config) -> list[str]:
         ix = spec.index
         if ix.floor is not None and ix.cap is not None and ix.floor > ix.cap:
             p.append(f"assets.{name}.index.floor: {ix.floor} is above cap {ix.cap}")
+        for i, src in enumerate(spec.books):
+            m = _SOURCE_RE.match(src)
+            if not m or "/" not in src or src.startswith("redemption:"):
+                p.append(f"assets.{name}.books[{i}]: '{src}' is not a spot book venue:BASE/QUOTE")
+                continue
+            base, quote = src.split(":", 1)[1].split("/", 1)
+            if base != name:
+                p.append(f"assets.{name}.books[{i}]: '{src}' prices {base}, not {name}")
+            if not known(quote):
+                p.append(f"assets.{name}.books[{i}]: unknown quote asset '{quote}'")
+            if any(c.source == src for c in ix.constituents):
+                p.append(f"assets.{name}.books[{i}]: '{src}' is already an index constituent")
         seen: set[str] = set()
         for i, c in enumerate(ix.constituents):
             at = f"assets.{name}.index.constituents[{i}]"
@@ -386,6 +448,64 @@ def _semantic_problems(cfg: Config) -> list[str]:
     if cfg.stress.primary is not None and cfg.stress.primary not in cfg.stress.scenarios:
         p.append(f"stress.primary: unknown scenario '{cfg.stress.primary}'")
     p.extend(_cycle_problems(cfg))
+    p.extend(_consistency_problems(cfg))
+    return p
+
+
+def _consistency_problems(cfg: Config) -> list[str]:
+    """Values each valid alone that cannot work together: a liquidation venue no book is read from, a stress
+    move past -100%, inverted bounds, webhooks that cannot be told apart."""
+    p: list[str] = []
+    venues = set()
+    for spec in cfg.assets.values():
+        venues.update(c.venue for c in (spec.index.constituents if spec.index else ()) if not c.is_redemption)
+        venues.update(b.split(":", 1)[0] for b in getattr(spec, "books", ()) if ":" in b)
+    venues.update(ins.mark.source.split(":", 1)[0] for ins in cfg.instruments.values()
+                  if ins.mark.source and ":" in ins.mark.source)
+    if cfg.liquidation.venue not in venues:
+        p.append(f"liquidation.venue: unknown venue '{cfg.liquidation.venue}': no index constituent, book or mark "
+                 f"source names it, so a cascade would move no price (venues: {', '.join(sorted(venues))})")
+    top = max(cfg.stress.severities)
+    for sname, moves in cfg.stress.scenarios.items():
+        if not moves:
+            p.append(f"stress.scenarios.{sname}: moves no asset (give at least one asset: direction)")
+        for asset, d in moves.items():
+            if d < 0 and -d * top >= 1:
+                p.append(f"stress.scenarios.{sname}.{asset}: direction {d:g} × the largest severity {top:g} moves the "
+                         f"price by {d * top:.0%}, to zero or below (need |direction| × severity < 1)")
+    grid = cfg.alerts.cascade_risk.grid
+    for i in range(1, len(grid)):
+        if grid[i] <= grid[i - 1]:
+            p.append(f"alerts.cascade_risk.grid: must be strictly ascending: {grid[i]} at [{i}] is not above "
+                     f"{grid[i - 1]}")
+            break
+    primary = cfg.stress.primary_scenario
+    for asset, d in cfg.stress.scenarios.get(primary, {}).items():
+        if d < 0 and -d * max(grid) >= 1:
+            p.append(f"alerts.cascade_risk.grid: severity {max(grid):g} × direction {d:g} of "
+                     f"stress.scenarios.{primary}.{asset} moves the price by {d * max(grid):.0%}, to zero or below")
+    lv = cfg.alerts.margin_cluster.notional_usd
+    if lv.critical < lv.warning:
+        p.append(f"alerts.margin_cluster.notional_usd.critical: {lv.critical} is below warning {lv.warning}")
+    names: dict[str, int] = {}
+    for i, wh in enumerate(cfg.alerts.webhooks):
+        if wh.name in names:
+            p.append(f"alerts.webhooks[{i}].name: '{wh.name}' is also the name of alerts.webhooks[{names[wh.name]}]")
+        names.setdefault(wh.name, i)
+        try:
+            host = urlsplit(wh.url).hostname
+        except ValueError:
+            host = None
+        if not host:
+            p.append(f"alerts.webhooks[{i}].url: '{wh.url}' names no host (http(s)://HOST[:PORT]/PATH)")
+    ingest = cfg.ingest
+    if ingest.min_ts >= ingest.max_ts:
+        p.append(f"ingest.min_ts: {ingest.min_ts} is not below max_ts {ingest.max_ts}")
+    bounds = [("ingest.sanity", ingest.sanity)]
+    bounds += [(f"assets.{a}.sanity", s.sanity) for a, s in cfg.assets.items() if getattr(s, "sanity", None)]
+    for at, sanity in bounds:
+        if sanity.min_price >= sanity.max_price:
+            p.append(f"{at}.min_price: {sanity.min_price:g} is not below max_price {sanity.max_price:g}")
     return p
 
 

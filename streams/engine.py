@@ -21,6 +21,7 @@ from kernels.health import margin_health
 from kernels.stress import liquidation_severity
 from streams.config import Config
 from streams.events import Account, BadEvent, Event, Reference, Tick
+from streams.ingest import Gate
 from streams.layout import Layout
 from streams.state import AccountBook, MarketState, PriceView
 
@@ -49,6 +50,7 @@ class Engine:
         self.layout = Layout(cfg)
         self.market = MarketState(self.layout)
         self.accounts = AccountBook(self.layout)
+        self.gate = Gate(cfg)  # the door for raw records (decode + config checks)
         self.max_ts = -1
         self.applied = 0
         self.superseded = 0
@@ -60,8 +62,7 @@ class Engine:
         elif isinstance(event, Reference):
             ok = self.market.apply_reference(event)
         else:
-            assert isinstance(event, Account)
-            ok = self.accounts.apply(event) is not None
+            ok = self._apply_account(event)
         if ok:
             self.applied += 1
             self.max_ts = max(self.max_ts, event.ts)
@@ -94,11 +95,18 @@ class Engine:
                 continue
             flush_run()
             try:
-                out.append(self._count(ev, self.accounts.apply(ev) is not None))
+                out.append(self._count(ev, self._apply_account(ev)))
             except BadEvent as e:
                 out.append(e)
         flush_run()
         return out
+
+    def _apply_account(self, ev: Account) -> bool:
+        clock = self.market.clock
+        if ev.ts > clock.limit:  # a snapshot dated far past the market would set the evaluation time
+            raise BadEvent("ahead_of_stream", f"ts: {ev.ts - clock.t} ms ahead of the market's event time "
+                                              f"{clock.t} (ingest.max_ahead_ms {clock.max_ahead_ms})")
+        return self.accounts.apply(ev) is not None
 
     def _count(self, ev: Event, result: bool | BadEvent) -> bool | BadEvent:
         if result is True:
@@ -184,7 +192,7 @@ class Engine:
 
 def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) -> dict:
     lay = engine.layout
-    books = engine.market.books
+    books = engine.layout.books  # the config's books: the ones the snapshot's arrays were built for
     return {
         "type": "cascade",
         "ts": t,

@@ -60,6 +60,10 @@ class Layout:
                         self._register_book(c.source)
         for name in self.instruments:
             self._register_book(cfg.mark_source(name))
+        for a in self.assets:  # watched books last: adding one leaves the constituents' slots where they were
+            spec = cfg.assets.get(a)
+            for src in spec.books if spec is not None else ():
+                self._register_book(src)
         self.index_rules = self._index_rules()
         self.mark_rules = self._mark_rules()
         self.risk_rules = self._risk_rules()

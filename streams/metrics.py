@@ -80,6 +80,9 @@ class Metrics:
                                   "(within tolerance): not applied.", ["topic"], registry=r)
         self.deadletter = Counter("liqwatch_deadletter_total", "Records sent to the dead-letter topic, by reason "
                                   "class.", ["reason"], registry=r)
+        self.ignored = Counter("liqwatch_ignored_total", "Input records ignored by rule (ticks of books the config "
+                               "does not name, with ingest.unknown_sources: ignore), by reason.", ["reason"],
+                               registry=r)
         self.lag = Gauge("liqwatch_consumer_lag_messages", "Messages behind the end of the topic, by topic.",
                          ["topic"], registry=r)
         self.event_time = Gauge("liqwatch_event_time_seconds", "Event time of the last market event processed.",

@@ -29,7 +29,7 @@ from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
 from kernels.stress import liquidation_severity
 from streams.config import Config
 from streams.engine import SEVERITY_GRID, Engine
-from streams.events import Account, BadEvent, Tick, decode
+from streams.events import Account, BadEvent, Tick
 from streams.metrics import HEALTH_BANDS, Metrics
 from streams.sinks import OutputSink
 from streams.topics import TopicNames
@@ -84,6 +84,7 @@ class Where:
     partition: int
     offset: int
     key: bytes | None = None
+    raw: bytes | None = None  # the original bytes, kept while an event waits (a later dead letter carries them)
 
 
 def _num(x: float):
@@ -123,9 +124,13 @@ class Monitor:
         """A run of ticks and references (aiokafka records) in merged event-time order: decode each, apply the
         run in one kernel call, dead-letter what was rejected."""
         events, kept = [], []
+        admit = self.engine.gate.admit
         for rec in records:
             try:
-                ev = decode(rec.value)
+                ev = admit(rec.value)
+                if ev is None:  # a book the config does not name, ignored by rule
+                    self.metrics.ignored.labels(reason="unknown_source").inc()
+                    continue
                 if type(ev) is Account:
                     raise BadEvent("unknown_type", f"type: 'account' on the {rec.topic} topic")
             except BadEvent as e:
@@ -167,15 +172,16 @@ class Monitor:
         self.last_account_wall = time.monotonic()
         self.account_offsets[where.partition] = where.offset
         try:
-            ev = decode(raw)
+            ev = self.engine.gate.admit(raw)
             if not isinstance(ev, Account):
-                raise BadEvent("unknown_type", f"type: '{type(ev).__name__.lower()}' on the {where.topic} topic")
+                kind = "an ignored tick" if ev is None else f"type: '{type(ev).__name__.lower()}'"
+                raise BadEvent("unknown_type", f"{kind} on the {where.topic} topic")
             if ev.ts > self.market_t:
                 # by event time: an account snapshot joins the book once the market has reached its ts, so that
                 # cascades and alerts at event time t see exactly the accounts of t, however fast each consumer ran
                 if not ev.closed:
                     self.engine.accounts.check(ev)  # reject now, while the original bytes are at hand
-                self.pending_accounts.append((ev, where))
+                self.pending_accounts.append((ev, dataclasses.replace(where, raw=raw)))
                 self.account_ts[where.partition] = max(self.account_ts.get(where.partition, -1), ev.ts)
                 self.dirty = True
                 self.last_input_wall = time.monotonic()
@@ -208,7 +214,12 @@ class Monitor:
             try:
                 applied = self.engine.apply(ev)
             except BadEvent as e:  # e.g. out of order against a snapshot applied meanwhile
-                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, b"", where.key)
+                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, where.raw, where.key)
+                continue
+            except Exception as e:  # noqa: BLE001 - one account must not stop the feed that released it
+                log.exception("unexpected error applying %s[%d]@%d", where.topic, where.partition, where.offset)
+                await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
+                                            where.topic, where.partition, where.offset, where.raw, where.key)
                 continue
             (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
             self.accounts_t = max(self.accounts_t, ev.ts)
@@ -243,12 +254,23 @@ class Monitor:
         self.engine.accounts = AccountBook(self.engine.layout)
         self.row_partition = np.zeros(0, dtype=np.int32)
         self.pending_accounts = []
-        for raw in snapshots:  # the table only holds snapshots that were valid
-            ev = decode(raw)
-            if ev.ts > self.market_t:
-                self.pending_accounts.append((ev, Where("accounts-table", -1, -1)))
-            else:
-                self.engine.accounts.apply(ev)
+        rejected: dict[str, int] = {}
+        for raw in snapshots:  # the table holds snapshots that were valid, under the config of their time
+            where = Where("accounts-table", -1, -1, raw=raw)
+            try:
+                ev = self.engine.gate.admit(raw)
+                if not isinstance(ev, Account):
+                    raise BadEvent("unknown_type", "(table): not an account snapshot")
+                if ev.ts > self.market_t:
+                    self.pending_accounts.append((ev, where))
+                else:
+                    self.engine.accounts.apply(ev)
+            except BadEvent as e:  # e.g. a config changed since: keep the rest, say how many and why (once)
+                rejected[e.reason] = rejected.get(e.reason, 0) + 1
+                self.metrics.ignored.labels(reason=f"table_{e.kind}").inc()
+        if rejected:
+            log.warning("accounts table: %d snapshots not restored under this config: %s", sum(rejected.values()),
+                        "; ".join(f"{n}× {r}" for r, n in list(rejected.items())[:5]))
         self.sent_active = np.zeros(0, dtype=np.bool_)
         self.dirty = True
 

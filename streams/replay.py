@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING, Book
 from streams.alerts import AlertEngine
 from streams.cascades import LocalStressRuns
 from streams.config import Config
-from streams.events import BadEvent
+from streams.events import BadEvent, peek
 from streams.metrics import Metrics
 from streams.monitor import Monitor, Where, band_counts, book_notional
 from streams.topics import TopicNames
@@ -123,13 +122,12 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int) -> Window:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            try:
-                ev = json.loads(raw)
-                kind = kinds[ev["type"]]
-                ts = int(ev["ts"])
-            except (ValueError, KeyError, TypeError) as e:
+            etype, ts = peek(raw)
+            kind = kinds.get(etype)
+            if kind is None or ts is None:
                 # without a type and an event time a line has no place in the window: counted, reported
-                unreadable.append({"line": lineno, "reason": f"{type(e).__name__}: {e}"[:200]})
+                why = "no input type" if kind is None else "no valid ts"
+                unreadable.append({"line": lineno, "reason": why})
                 continue
             rec = Record(kind, ts, raw.rstrip(b"\n"), str(path), 0, lineno)
             if kind == ACCOUNTS:
@@ -152,10 +150,13 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int) -> Window:
 
 
 async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, warmup_ms: int,
-                     progress: Callable[[int, int], None] | None = None) -> Window:
+                     progress: Callable[[int, int], None] | None = None,
+                     max_ahead_ms: int = 3_600_000) -> Window:
     """Read the window from the input topics without a consumer group (no offsets committed, no rebalance of
     the live workers): per partition from the first offset at `from − warm-up` (accounts: from the beginning) to
-    the first offset past `to`."""
+    the first record past `to` that is not itself far ahead of the records before it (`ingest.max_ahead_ms`):
+    one record dated a day ahead would otherwise end the window early (Kafka's time index finds it first), where
+    the live workers dead-letter it and go on."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -177,10 +178,9 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
         end = await consumer.end_offsets(tps)
         # the first offset at or after a time; None: nothing that late
         at_start = await consumer.offsets_for_times({tp: max(t_from - warmup_ms, 0) for tp in tps})
-        past_end = await consumer.offsets_for_times({tp: t_to + 1 for tp in tps})
         start, stop = {}, {}
         for tp in tps:
-            stop[tp] = end[tp] if past_end[tp] is None else past_end[tp].offset
+            stop[tp] = end[tp]  # at most; the read ends at the first plausible record past `to`
             if kind_of[tp] == ACCOUNTS:
                 start[tp] = begin[tp]
             else:
@@ -201,6 +201,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
             for tp in todo:
                 consumer.seek(tp, start[tp])
         done = 0
+        newest = {tp: -1 for tp in tps}  # per partition: the newest plausible timestamp read
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=50_000)
             for tp, recs in batch.items():
@@ -209,15 +210,19 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
                     if m.offset >= stop[tp]:
                         break
                     done += 1
-                    if m.timestamp > t_to:  # a record whose timestamp is out of order with its neighbours
+                    if m.timestamp > t_to:
                         skipped_after += 1
-                        continue
+                        if newest[tp] < 0 or m.timestamp <= newest[tp] + max_ahead_ms:
+                            stop[tp] = m.offset  # the stream is past `to`: the window ends here
+                            break
+                        continue  # far ahead of its neighbours: a bad record, not the end of the window
+                    newest[tp] = max(newest[tp], m.timestamp)
                     if kind != ACCOUNTS and m.timestamp < t_from - warmup_ms:
                         skipped_before += 1
                         continue
                     rec = Record(kind, m.timestamp, m.value, tp.topic, tp.partition, m.offset, m.key)
                     (accounts if kind == ACCOUNTS else market).append(rec)
-            finished = [tp for tp in todo if await consumer.position(tp) >= stop[tp]]
+            finished = [tp for tp in todo if stop[tp] <= await consumer.position(tp) or stop[tp] < end[tp]]
             if finished:
                 consumer.pause(*finished)
                 todo = [tp for tp in todo if tp not in finished]

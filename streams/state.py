@@ -17,6 +17,7 @@ An event older than the last one of its key by more than `ingest.out_of_order_ms
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ from kernels.prices import compute_index, compute_marks
 from kernels.rules import Book, Quotes
 from streams.events import Account, BadEvent, Reference, Tick
 from streams.layout import Layout
+
+log = logging.getLogger(__name__)
 
 
 def _grow(a: np.ndarray, n: int, fill) -> np.ndarray:
@@ -56,6 +59,39 @@ class _Ordering:
             return False
         self.last[key] = ts
         return True
+
+
+class _StreamClock:
+    """The market's event time, and the rule for records too far ahead of it.
+
+    A record more than `max_ahead_ms` ahead is rejected (`ahead_of_stream`): one tick dated a day ahead would
+    otherwise become its key's last event, and every later tick of that key would be out of order. A gap in the
+    whole stream (a feed down for hours) is not an error: when records of `jump_keys` distinct keys in a row are
+    all that far ahead, the clock jumps to them (those before the jump-confirming one were already rejected: the
+    log says how many)."""
+
+    def __init__(self, max_ahead_ms: int, jump_keys: int):
+        self.max_ahead_ms = max_ahead_ms
+        self.jump_keys = jump_keys
+        self.t = -1
+        self.limit = float("inf")  # records with ts above this are ahead
+        self.run: dict[str, int] = {}  # distinct keys of the current run of ahead records → their ts
+
+    def ahead(self, key: str, ts: int) -> None:
+        """Judge a record ahead of the limit: raise, or accept it as a jump of the stream."""
+        self.run[key] = ts
+        if len(self.run) < self.jump_keys:
+            raise BadEvent("ahead_of_stream", f"ts: {ts - self.t} ms ahead of the market's event time {self.t} "
+                                              f"(ingest.max_ahead_ms {self.max_ahead_ms})")
+        log.warning("market event time jumps from %d to %d (%d distinct keys that far ahead in a row; the %d "
+                    "before this one were dead-lettered as ahead_of_stream)", self.t, ts, len(self.run),
+                    len(self.run) - 1)
+
+    def advance(self, ts: int) -> None:
+        self.run.clear()
+        if ts > self.t:
+            self.t = ts
+            self.limit = ts + self.max_ahead_ms
 
 
 class MarketState:
@@ -98,6 +134,7 @@ class MarketState:
         self.mark = np.full(n_instr, np.nan)
         self.t = -1  # event time of the last evaluation
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+        self.clock = _StreamClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
     @property
     def basis_ma(self) -> np.ndarray:
@@ -105,29 +142,9 @@ class MarketState:
 
     # -- events ----------------------------------------------------------------------------------------------
     def _slot_for(self, tick: Tick) -> int:
-        key = tick.key
-        slot = self.slot.get(key)
-        if slot is not None:
-            return slot
-        parsed = self.layout.book_base(tick.symbol)
-        if parsed is None:
-            if "/" in tick.symbol:
-                base, quote = tick.symbol.split("/", 1)
-                bad = base if base not in self.layout.asset_id else quote
-                raise BadEvent("unknown_asset", f"symbol: unknown asset '{bad}' in '{tick.symbol}'")
-            raise BadEvent("unknown_instrument", f"symbol: unknown instrument '{tick.symbol}'")
-        slot = len(self.books)
-        self.books.append((tick.venue, tick.symbol))
-        self.slot[key] = slot
-        n = slot + 1
-        self.mid, self.bid, self.ask, self.last = (_grow(a, n, np.nan) for a in (self.mid, self.bid, self.ask, self.last))
-        self.ts = _grow(self.ts, n, -np.inf)
-        self.funding_rate = _grow(self.funding_rate, n, np.nan)
-        self.next_funding_ts = _grow(self.next_funding_ts, n, np.nan)
-        self.base, self.quote, self.venue = (_grow(a, n, -1) for a in (self.base, self.quote, self.venue))
-        self.base[slot], self.quote[slot] = parsed
-        self.venue[slot] = self.layout.venue(tick.venue)
-        return slot
+        """Books are the config's (streams.ingest.Gate turns the others away before they get here): a book first
+        seen in the data would enter the indices' venue set and the alerts, and shift the arrays a cascade reads."""
+        raise BadEvent("unknown_source", f"venue: '{tick.key}' is not a source of this config")
 
     def _check_reference(self, ref: Reference) -> int:
         a = self.layout.asset_id.get(ref.asset)
@@ -162,6 +179,7 @@ class MarketState:
         slot_of = self.slot
         last_ts = self.ordering.last
         tolerance = self.ordering.tolerance_ms
+        clock = self.clock
         nan = float("nan")
         for ev in events:
             try:
@@ -170,6 +188,8 @@ class MarketState:
                     r = slot_of.get(key)
                     if r is None:
                         r = self._slot_for(ev)
+                    if ev.ts > clock.limit:
+                        clock.ahead(key, ev.ts)
                     okey = "tick:" + key
                     prev = last_ts.get(okey)
                     if prev is not None and ev.ts < prev:
@@ -192,6 +212,8 @@ class MarketState:
                         nft.append(ev.next_funding_ts)
                 else:
                     r = self._check_reference(ev)
+                    if ev.ts > clock.limit:
+                        clock.ahead(ev.asset, ev.ts)
                     if not self.ordering.admit("reference:" + ev.asset, ev.ts):
                         out.append(False)
                         continue
@@ -205,6 +227,7 @@ class MarketState:
             except BadEvent as e:
                 out.append(e)
                 continue
+            clock.advance(ev.ts)
             ref.append(r)
             ts.append(ev.ts)
             out.append(True)

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TransferSpeedColumn
 
 from streams import topics as T
+from streams.events import MAX_TS
 
 
 LABEL = {"tick": "ticks", "reference": "references", "account": "accounts"}
@@ -225,11 +226,11 @@ async def produce_file(
                     continue  # blank lines are not events (the batch reader skips them too)
                 try:
                     event = msgspec.json.decode(value)
-                except msgspec.DecodeError:
+                except Exception:  # noqa: BLE001 - not JSON, bad UTF-8, nested too deep: the worker judges it
                     event = None
                 etype = event.get("type") if isinstance(event, dict) else None
                 ts = event.get("ts") if isinstance(event, dict) else None
-                if type(ts) is not int or ts < 0:
+                if type(ts) is not int or not 0 <= ts <= MAX_TS:
                     ts = None  # the broker then stamps it with the time of sending
                 key: bytes | None = None
                 if etype in routes:
@@ -237,7 +238,7 @@ async def produce_file(
                     report.by_type[etype] += 1
                     try:
                         key = T.key_of(event)
-                    except (KeyError, TypeError):
+                    except Exception:  # noqa: BLE001 - a key field missing or not a string
                         report.unkeyed += 1
                 else:
                     topic = unknown

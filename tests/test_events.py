@@ -35,7 +35,7 @@ def bad(raw: str | dict, engine: Engine | None = None) -> BadEvent:
     (json.dumps(TICK).replace('"ask": 2.0', '"ask": 1e400'), "bad_number", "ask: must be a finite number"),
     (json.dumps(TICK).replace('"ask": 2.0', '"ask": NaN'), "invalid_json", "(json): not valid JSON"),
     ({**TICK, "bid": 3.0}, "crossed_book", "bid: 3.0 is above ask 2.0"),
-    ({**TICK, "ts": -5}, "bad_number", "ts: must be milliseconds"),
+    ({**TICK, "ts": -5}, "bad_ts", "ts: must be milliseconds"),
     ({**TICK, "ts": 1.5}, "bad_field", "ts: expected `int`"),
     ({**TICK, "funding_rate": 0.001}, "missing_field", "next_funding_ts: required with funding_rate"),
     ({**ACCT, "collateral": {"USDT": -3}}, "bad_number", "collateral.USDT: must be a finite number >= 0"),
@@ -50,8 +50,8 @@ def test_shape_errors(raw, kind, reason):
 
 
 @pytest.mark.parametrize("raw,kind,reason", [
-    ({**TICK, "symbol": "DOGE/USDT"}, "unknown_asset", "symbol: unknown asset 'DOGE'"),
-    ({**TICK, "symbol": "XRPUSDT-PERP"}, "unknown_instrument", "symbol: unknown instrument 'XRPUSDT-PERP'"),
+    ({**TICK, "symbol": "DOGE/USDT"}, "unknown_source", "venue: 'binance:DOGE/USDT' is not a source"),
+    ({**TICK, "symbol": "XRPUSDT-PERP"}, "unknown_source", "venue: 'binance:XRPUSDT-PERP' is not a source"),
     ({**ACCT, "collateral": {"DOGE": 1}}, "unknown_asset", "collateral.DOGE: unknown asset 'DOGE'"),
     ({**ACCT, "borrowed": {"DOGE": 1}}, "unknown_asset", "borrowed.DOGE: unknown asset 'DOGE'"),
     ({**ACCT, "positions": [{"instrument": "X-PERP", "qty": 1, "entry": 1}]}, "unknown_instrument",

@@ -1,0 +1,122 @@
+"""The one door every input record passes: decode, check the shape, then check it against the config.
+
+    gate = Gate(cfg)
+    gate.admit(b'{"type":"tick","venue":"binance","symbol":"BTC/USDT","ts":1760130000000,"bid":1,"ask":2}')
+    # -> Tick(...), or BadEvent("unknown_source", "venue: 'fake:BTC/USDT' is not a source of this config ...")
+    gate.admit(b'{"type":"tick","venue":"fake",...}')   # None when `ingest.unknown_sources: ignore`
+
+Used by the workers (market feed and accounts), the batch commands, `replay` and the accounts table rebuild,
+so that a record is judged the same way everywhere. What needs no config is `streams.events.decode`; this adds:
+- `ts` within `ingest.min_ts`..`ingest.max_ts` (`bad_ts`);
+- ticks only from books the config names, as an index constituent, a mark source or a watched book
+  (`assets.X.books`) (`unknown_source`, or ignored and counted by rule): a feed of other venues never enters an index or a `venue_divergence` alert;
+- assets and instruments the config knows (`unknown_asset`, `unknown_instrument`);
+- prices and quantities within the asset's sanity bounds (`out_of_bounds`): a USDe quote of 1e308 is a broken
+  feed, and it would turn equities into NaN.
+What depends on the order of records (out of order, ahead of the stream) is judged where the order lives
+(`streams.state`).
+"""
+
+from __future__ import annotations
+
+from streams.config import Config, SanitySpec
+from streams.events import Account, BadEvent, Event, Reference, Tick, decode
+
+
+class Gate:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        ing = cfg.ingest
+        self.min_ts, self.max_ts = ing.min_ts, ing.max_ts
+        self.ignore_unknown = ing.unknown_sources == "ignore"
+        self.ignored = 0
+        # book key → (min price, max price) of the asset it prices
+        self.books: dict[str, tuple[float, float]] = {}
+        for asset, spec in cfg.assets.items():
+            if spec.index is not None:
+                for c in spec.index.constituents:
+                    if not c.is_redemption:
+                        self.books[c.source] = self._prices(cfg.sanity(c.base))
+        for name, ins in cfg.instruments.items():
+            self.books[cfg.mark_source(name)] = self._prices(cfg.sanity(ins.underlying))
+        for asset, spec in cfg.assets.items():
+            for src in spec.books:
+                self.books[src] = self._prices(cfg.sanity(asset))
+        self.redeems_into = {a: c.in_ for a, s in cfg.assets.items() if s.index is not None
+                             for c in s.index.constituents if c.is_redemption}
+
+    @staticmethod
+    def _prices(s: SanitySpec) -> tuple[float, float]:
+        return s.min_price, s.max_price
+
+    def admit(self, raw: bytes | str) -> Event | None:
+        """The checked event; None when ignored by rule; raises BadEvent (and only BadEvent) otherwise."""
+        ev = decode(raw)
+        try:
+            return self.check(ev)
+        except BadEvent:
+            raise
+        except Exception as e:  # noqa: BLE001 - a check that breaks on a record is that record's problem
+            raise BadEvent("bad_field", f"(event): {type(e).__name__}: {e}"[:200]) from None
+
+    def check(self, ev: Event) -> Event | None:
+        if not self.min_ts <= ev.ts <= self.max_ts:
+            raise BadEvent("bad_ts", f"ts: {ev.ts} is outside ingest.min_ts..max_ts "
+                                     f"({self.min_ts}..{self.max_ts} ms since the epoch)")
+        t = type(ev)
+        if t is Tick:
+            key = ev.venue + ":" + ev.symbol
+            bounds = self.books.get(key)
+            if bounds is None:
+                if self.ignore_unknown:
+                    self.ignored += 1
+                    return None
+                raise BadEvent("unknown_source", f"venue: '{key}' is not a book of this config (an index "
+                                                 "constituent, a mark source or assets.X.books; "
+                                                 "ingest.unknown_sources)")
+            lo, hi = bounds
+            if not (lo <= ev.bid and ev.ask <= hi):
+                name, bad = ("bid", ev.bid) if ev.bid < lo else ("ask", ev.ask)
+                raise BadEvent("out_of_bounds", f"{name}: {bad!r} is outside the sanity bounds {lo:g}..{hi:g}")
+            if ev.last is not None and not lo <= ev.last <= hi:
+                raise BadEvent("out_of_bounds", f"last: {ev.last!r} is outside the sanity bounds {lo:g}..{hi:g}")
+            if ev.funding_rate is not None and not -1.0 <= ev.funding_rate <= 1.0:
+                raise BadEvent("out_of_bounds", f"funding_rate: {ev.funding_rate!r} is outside -1..1")
+            return ev
+        if t is Reference:
+            if not self.cfg.is_known_asset(ev.asset) or ev.asset not in self.cfg.assets:
+                raise BadEvent("unknown_asset", f"asset: unknown asset '{ev.asset}'")
+            if not self.cfg.is_known_asset(ev.in_):
+                raise BadEvent("unknown_asset", f"in: unknown asset '{ev.in_}'")
+            expected = self.redeems_into.get(ev.asset)
+            if expected is not None and ev.in_ != expected:
+                raise BadEvent("unknown_asset", f"in: config says {ev.asset} redeems into {expected}, got '{ev.in_}'")
+            s = self.cfg.sanity(ev.asset)
+            if not s.min_price <= ev.rate <= s.max_price:
+                raise BadEvent("out_of_bounds", f"rate: {ev.rate!r} is outside the sanity bounds "
+                                                f"{s.min_price:g}..{s.max_price:g}")
+            return ev
+        return self._check_account(ev)
+
+    def _check_account(self, ev: Account) -> Account:
+        cfg = self.cfg
+        for field, held in (("collateral", ev.collateral), ("borrowed", ev.borrowed)):
+            for asset, qty in held.items():
+                if not cfg.is_known_asset(asset):
+                    raise BadEvent("unknown_asset", f"{field}.{asset}: unknown asset '{asset}'")
+                cap = cfg.sanity(asset).max_qty
+                if qty > cap:
+                    raise BadEvent("out_of_bounds", f"{field}.{asset}: {qty!r} is above the sanity bound {cap:g}")
+        for i, p in enumerate(ev.positions):
+            ins = cfg.instruments.get(p.instrument)
+            if ins is None:
+                raise BadEvent("unknown_instrument", f"positions[{i}].instrument: unknown instrument "
+                                                     f"'{p.instrument}'")
+            s = cfg.sanity(ins.underlying)
+            if abs(p.qty) > s.max_qty:
+                raise BadEvent("out_of_bounds", f"positions[{i}].qty: {p.qty!r} is beyond the sanity bound "
+                                                f"±{s.max_qty:g}")
+            if not s.min_price <= p.entry <= s.max_price:
+                raise BadEvent("out_of_bounds", f"positions[{i}].entry: {p.entry!r} is outside the sanity bounds "
+                                                f"{s.min_price:g}..{s.max_price:g}")
+        return ev
