@@ -15,6 +15,7 @@ Data flow of one worker:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -29,7 +30,11 @@ from streams.cascades import CascadeAborted, Coordinator, ShardService
 from streams.config import Config
 from streams.metrics import CONTENT_TYPE, Metrics
 from streams.monitor import Monitor, Where
+from aiokafka.errors import KafkaError
+
+from streams.ingest import MergeTime
 from streams.sinks import OutputSink
+from streams.supervise import Supervisor
 from streams.topics import TopicNames, create_topics
 from streams.webhooks import WebhookSender
 
@@ -52,23 +57,13 @@ class WorkerSettings:
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
 
 
-async def _logged(name: str, coro) -> None:
-    """Run a background service; a crash is logged loudly (asyncio would only mention it at exit)."""
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s stopped by an error", name)
-        raise
-
-
 def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor]:
     names = TopicNames(settings.topic_prefix)
     # loopback unless a container runtime says otherwise (docker-compose.yml sets LIQWATCH_WEB_BIND)
     web_bind = os.environ.get("LIQWATCH_WEB_BIND", "127.0.0.1")
     (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
+    services = Supervisor(metrics, settings.worker_id)
     sink = OutputSink(settings.bootstrap, names, metrics, client_id=settings.worker_id)
     monitor = Monitor(cfg, sink, metrics, names)
     app = faust.App(
@@ -135,7 +130,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up,
                          retain)
-    coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id)
+    coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
     state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False,
@@ -146,7 +141,9 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         for ev in events:
             await sink.emit(names.ALERTS, ev)
             log.info("alert %s %s %s on %s: %s", ev["state"], ev["severity"], ev["kind"], ev["subject"], ev["summary"])
-            if webhooks is not None:
+        if events and webhooks is not None:
+            await sink.flush()  # the alerts topic is the record: nothing is sent that is not on it
+            for ev in events:
                 webhooks.submit(ev)
 
     cascading = asyncio.Lock()
@@ -181,8 +178,19 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if webhooks is not None:
             await webhooks.start()
         await coordinator.start()
-        for name, coro in (("cascade shard", shard.run()), ("market feed", market_feed())):
-            asyncio.get_running_loop().create_task(_logged(name, coro))
+        services.start("cascade shard", shard.run)
+        services.start("market feed", market_feed, heartbeat=True)
+
+    # the feed's place in its topics survives a restart of the feed (a broker restart, an error): it resumes
+    # where it was instead of applying the market again from the beginning
+    tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
+    buf: dict[TopicPartition, list] = {tp: [] for tp in tps}
+    pos = {tp: 0 for tp in tps}
+    seen_ts = {tp: -1 for tp in tps}
+    arrived = {tp: 0.0 for tp in tps}  # wall time of each topic's last records
+    resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
+    merge_time = {tp: MergeTime(cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys) for tp in tps}
+    lag: dict[str, int] = {}
 
     async def market_feed() -> None:
         """Every tick and reference, merged by event time (Kafka timestamp = event ts), into the monitor."""
@@ -190,32 +198,44 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         # cascades of boundaries passed before the first assignment would be lost (and a replay would differ)
         waited = time.monotonic()
         while (app.rebalancing or not app.assignor.assigned_actives()) and time.monotonic() - waited < 60:
+            services.beat("market feed")
             await asyncio.sleep(0.1)
-        log.info("%s: market feed starts (leader: %s, after %.1f s)", settings.worker_id, app.is_leader(),
-                 time.monotonic() - waited)
+        log.info("%s: market feed %s (leader: %s, after %.1f s)", settings.worker_id,
+                 "resumes" if resume_at else "starts", app.is_leader(), time.monotonic() - waited)
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
                                     client_id=f"{settings.worker_id}-market", max_partition_fetch_bytes=8 << 20)
         await consumer.start()
-        tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        buf: dict[TopicPartition, list] = {tp: [] for tp in tps}
-        pos = {tp: 0 for tp in tps}
-        seen_ts = {tp: -1 for tp in tps}
-        arrived = {tp: 0.0 for tp in tps}  # wall time of each topic's last records
         try:
+            consumer.assign(tps)
+            for tp in tps:
+                if tp in resume_at:
+                    consumer.seek(tp, resume_at[tp])
+                else:
+                    await consumer.seek_to_beginning(tp)
             while True:
+                services.beat("market feed")
                 batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
                 for tp, recs in batch.items():
+                    clock = merge_time[tp]
+                    for r in recs:  # a record far ahead of its neighbours merges at their time (streams.ingest)
+                        t = clock(r.timestamp)
+                        if t != r.timestamp:
+                            r.timestamp = t
                     buf[tp].extend(recs)
                     seen_ts[tp] = recs[-1].timestamp
                     arrived[tp] = time.monotonic()
-                end = await consumer.end_offsets(tps) if not batch else None
+                    resume_at[tp] = recs[-1].offset + 1
+                try:
+                    end = await consumer.end_offsets(tps) if not batch else None
+                except KafkaError:  # the broker is away: not caught up, say so, try again
+                    end = {tp: None for tp in tps}
                 caught = {}
                 for tp in tps:
                     hw = consumer.highwater(tp) if end is None else end[tp]
-                    caught[tp] = hw is not None and (await consumer.position(tp)) >= hw
-                    monitor.metrics.lag.labels(topic=tp.topic).set(max((hw or 0) - await consumer.position(tp), 0))
+                    at = resume_at.get(tp, 0)
+                    caught[tp] = hw is not None and at >= hw
+                    lag[tp.topic] = max((hw or 0) - at, 0)
+                    monitor.metrics.lag.labels(topic=tp.topic).set(lag[tp.topic])
                 state["market_caught_up"] = all(caught.values()) and all(pos[tp] >= len(buf[tp]) for tp in tps)
                 # a topic that caught up while its records still arrive (a producer writing a batch of each
                 # topic in turn) may deliver earlier timestamps any moment: it holds the others back for a grace
@@ -225,7 +245,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                         caught[tp] = False
                 await release(buf, pos, seen_ts, caught, tps)
         finally:
-            await consumer.stop()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def release(buf, pos, seen_ts, caught, tps) -> None:
         """Hand buffered records to the monitor in (timestamp, topic order, offset) order, as long as no topic
@@ -335,11 +356,47 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     async def metrics_page(web, request):
         return web.bytes(metrics.exposition(), content_type=CONTENT_TYPE.split(";")[0] + "; version=0.0.4")
 
+    def readiness() -> dict:
+        """What this worker is doing and what it is behind on."""
+        owned = sorted(owned_partitions())
+        return {"worker": settings.worker_id, "leader": app.is_leader(), "event_time": monitor.t,
+                "market_caught_up": state["market_caught_up"], "lag": dict(lag),
+                "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
+                "pending_accounts": len(monitor.pending_accounts), "partitions": owned,
+                "accounts_caught_up": accounts_caught_up(monitor.t) if monitor.t >= 0 else False,
+                "services": services.status()}
+
     @app.page("/healthz")
     async def healthz(web, request):
-        return web.json({"worker": settings.worker_id, "event_time": monitor.t,
-                         "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
-                         "partitions": sorted(owned_partitions()), "leader": app.is_leader()})
+        """200 while every service runs and the feed moves; 503 with the problems otherwise."""
+        body = readiness()
+        problems = services.problems()
+        body["ok"] = not problems
+        body["problems"] = problems
+        return web.json(body, status=200 if not problems else 503)
+
+    @app.page("/ready")
+    async def ready(web, request):
+        """200 once this worker has caught up with its inputs; 503 with what it is behind on otherwise."""
+        body = readiness()
+        behind = [f"{t}: {n} records behind" for t, n in body["lag"].items() if n] + services.problems()
+        if not body["market_caught_up"]:
+            behind.append("market feed: not caught up")
+        body["ready"] = not behind
+        body["behind"] = behind
+        return web.json(body, status=200 if not behind else 503)
+
+    @app.on_before_shutdown.connect
+    async def shutdown(app_, **kwargs) -> None:
+        """A clean stop: services stopped, queued webhooks and output records delivered, clients closed."""
+        await services.stop()
+        if webhooks is not None:
+            await webhooks.stop()
+        try:
+            await asyncio.wait_for(sink.stop(), timeout=30)
+        except Exception as e:  # noqa: BLE001 - say what could not be delivered, stop anyway
+            log.error("%s: output not fully delivered at shutdown: %s", settings.worker_id, e)
+        log.info("%s: stopped cleanly", settings.worker_id)
 
     return app, monitor
 

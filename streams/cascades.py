@@ -18,6 +18,7 @@ them — depend on event time only, not on how fast each consumer ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 import logging
 import time
@@ -102,7 +103,8 @@ class ShardService:
                 if batch:  # the replies to every request of the batch leave together
                     await self.monitor.sink.flush()
         finally:
-            await consumer.stop()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def _answer(self, req: dict) -> None:
         cid = req["cascade"]
@@ -265,7 +267,7 @@ class Coordinator(StressRuns):
     """Runs every configured scenario × severity as a distributed cascade (on the leader)."""
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, partitions: int, worker_id: str,
-                 round_timeout_s: float = 15.0):
+                 services=None, round_timeout_s: float = 15.0):
         async def emit(result: dict) -> None:
             await monitor.sink.emit(names.CASCADES, result)
 
@@ -278,30 +280,42 @@ class Coordinator(StressRuns):
         self.round_timeout_s = round_timeout_s
         self.replies: dict[tuple[str, int], list[dict]] = {}
         self.arrived = asyncio.Event()
-        self.consumer: AIOKafkaConsumer | None = None
         self.provisional = False
+        self.services = services
+        self._listening = asyncio.Event()
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                         client_id=f"{self.worker_id}-coordinator")
-        await self.consumer.start()
-        tp = TopicPartition(self.names.CASCADE_FLOWS, 0)
-        self.consumer.assign([tp])
-        await self.consumer.seek_to_end(tp)
-        from streams.app import _logged
+        """Listen for replies (a supervised service: restarted, from the end of the topic, after a failure; a
+        round in flight then times out and the run is retried)."""
+        if self.services is not None:
+            self.services.start("cascade replies", self._collect)
+        else:
+            asyncio.get_running_loop().create_task(self._collect())
+        await self._listening.wait()
 
-        asyncio.get_running_loop().create_task(_logged("cascade replies", self._collect(tp)))
-
-    async def _collect(self, tp: TopicPartition) -> None:
-        assert self.consumer is not None
-        while True:
-            batch = await self.consumer.getmany(tp, timeout_ms=200, max_records=1000)
-            for rec in batch.get(tp, []):
-                msg = _decode(rec.value)
-                self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
-            if batch:  # wake every waiting round; later waiters take the fresh event
-                arrived, self.arrived = self.arrived, asyncio.Event()
-                arrived.set()
+    async def _collect(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.worker_id}-coordinator")
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.names.CASCADE_FLOWS, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            self._listening.set()
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=1000)
+                for rec in batch.get(tp, []):
+                    try:
+                        msg = _decode(rec.value)
+                        self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
+                    except Exception as e:  # noqa: BLE001 - a reply we cannot read is no reply: the round retries
+                        log.warning("cascade reply at offset %d unreadable: %s", rec.offset, e)
+                if batch:  # wake every waiting round; later waiters take the fresh event
+                    arrived, self.arrived = self.arrived, asyncio.Event()
+                    arrived.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def _round(self, cid: str, req: RoundRequest, t: int, extra: dict | None = None) -> RoundResult:
         await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {

@@ -120,3 +120,27 @@ class Gate:
                 raise BadEvent("out_of_bounds", f"positions[{i}].entry: {p.entry!r} is outside the sanity bounds "
                                                 f"{s.min_price:g}..{s.max_price:g}")
         return ev
+
+
+class MergeTime:
+    """The time a record of one partition takes in the event-time merge of the input topics: its timestamp,
+    except when that is far ahead of the partition's previous records (`max_ahead_ms`), where it keeps their
+    time, so that one record dated a day ahead does not let the other topics run a day ahead of this one. The
+    record itself is judged (and dead-lettered) by the market's clock. `jump` records in a row that far ahead are
+    a gap in the stream: the partition's time jumps. The live merge and the replay both use it."""
+
+    def __init__(self, max_ahead_ms: int, jump: int):
+        self.max_ahead_ms = max_ahead_ms
+        self.jump = jump
+        self.last = -1
+        self.ahead = 0
+
+    def __call__(self, ts: int) -> int:
+        if self.last >= 0 and ts > self.last + self.max_ahead_ms:
+            self.ahead += 1
+            if self.ahead < self.jump:
+                return self.last
+        self.ahead = 0
+        if ts > self.last:
+            self.last = ts
+        return ts

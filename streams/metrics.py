@@ -83,6 +83,11 @@ class Metrics:
         self.ignored = Counter("liqwatch_ignored_total", "Input records ignored by rule (ticks of books the config "
                                "does not name, with ingest.unknown_sources: ignore), by reason.", ["reason"],
                                registry=r)
+        self.service_restarts = Counter("liqwatch_service_restarts_total", "Restarts of a worker's background "
+                                        "service (market feed, cascade shard, …) after a failure.", ["service"],
+                                        registry=r)
+        self.service_up = Gauge("liqwatch_service_up", "1 while a worker's background service runs.", ["service"],
+                                registry=r)
         self.lag = Gauge("liqwatch_consumer_lag_messages", "Messages behind the end of the topic, by topic.",
                          ["topic"], registry=r)
         self.event_time = Gauge("liqwatch_event_time_seconds", "Event time of the last market event processed.",

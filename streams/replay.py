@@ -33,8 +33,9 @@ from kernels.health import margin_health
 from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING, Book
 from streams.alerts import AlertEngine
 from streams.cascades import LocalStressRuns
-from streams.config import Config
+from streams.config import Config, IngestSpec
 from streams.events import BadEvent, peek
+from streams.ingest import MergeTime
 from streams.metrics import Metrics
 from streams.monitor import Monitor, Where, band_counts, book_notional
 from streams.topics import TopicNames
@@ -107,7 +108,19 @@ def default_warmup_ms(cfg: Config) -> int:
 
 
 # -- input ------------------------------------------------------------------------------------------------------
-def _order(records: list[Record]) -> list[Record]:
+_INGEST = IngestSpec()
+
+
+def _order(records: list[Record], merge: bool = True, max_ahead_ms: int = _INGEST.max_ahead_ms,
+           jump: int = _INGEST.jump_keys) -> list[Record]:
+    """The live merge's order: by merge time (market records: streams.ingest.MergeTime, per partition in offset
+    order), topic, partition, offset."""
+    clocks: dict[tuple[str, int], MergeTime] = {}
+    for r in records if merge else ():
+        clock = clocks.get((r.topic, r.partition))
+        if clock is None:
+            clock = clocks[(r.topic, r.partition)] = MergeTime(max_ahead_ms, jump)
+        r.timestamp = clock(r.timestamp)
     return sorted(records, key=lambda r: (r.timestamp, r.kind, r.partition, r.offset))
 
 
@@ -145,7 +158,7 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int) -> Window:
             else:
                 market.append(rec)
     source = {"kind": "file", "path": str(path), "first_ts": first, "last_ts": last}
-    return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts), complete=after == 0, source=source,
+    return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts, merge=False), complete=after == 0, source=source,
                   skipped_before=before, skipped_after=after, unreadable=unreadable)
 
 
@@ -233,7 +246,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
                   "offsets": {f"{tp.topic}[{tp.partition}]": [start[tp], stop[tp]] for tp in
                               sorted(tps, key=lambda tp: (tp.topic, tp.partition))},
                   "first_ts": first_ts, "last_ts": last_ts}
-        return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts), complete=complete, source=source,
+        return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts, merge=False), complete=complete, source=source,
                       skipped_before=skipped_before, skipped_after=skipped_after)
     finally:
         await consumer.stop()
