@@ -369,6 +369,7 @@ def _message(err: dict[str, Any]) -> str:
                 return f"must be {what} (got {got!r})"
             return (f"must be {what}, not text (got {got!r}: YAML reads 5e7 as text; write 5.0e+7, or leave out "
                     "the quotes)")
+        return f"must be {what} (got {got!r})"
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
@@ -552,6 +553,9 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text()
     except OSError as e:
         raise ConfigError([f"(file): cannot read {path}: {e.strerror}"], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"(file): {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"],
+                          str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -18,33 +18,52 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streams import stack
 from streams.config import ConfigError, load_config
+from streams.transport_cli import check_bootstrap, out_dir, probe_kafka, topic_name
 
 err = Console(stderr=True, soft_wrap=True)
 
+# the last millisecond of the year 9999: later times cannot be printed as dates
+MAX_TIME_MS = 253_402_300_799_999
+
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
+def load_config_or_exit(path: Path, option: str = "--config"):
+    """The config at `path`, or exit 2 with one line per problem: `error: --config FILE: field.path: problem`."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            err.print(f"[bold red]error:[/] {option} {path}: {escape(problem)}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 def parse_time(value: str, option: str) -> int:
-    """Epoch milliseconds or ISO-8601 (UTC unless it says otherwise)."""
+    """Epoch milliseconds or ISO-8601 (UTC unless it says otherwise), from 1970 to the year 9999."""
     from datetime import datetime, timezone
 
     v = value.strip()
     if re.fullmatch(r"\d+", v):
-        return int(v)
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        _fail(f"{option}: '{value}' is neither epoch milliseconds nor ISO-8601 (e.g. 2025-10-10T21:15:00Z)")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+        ms = int(v)
+    else:
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"{option}: '{value}' is neither epoch milliseconds nor ISO-8601 (e.g. 2025-10-10T21:15:00Z)")
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        ms = int(dt.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIME_MS:
+        _fail(f"{option}: '{value}' is outside 1970-01-01 .. 9999-12-31 (epoch milliseconds 0 .. {MAX_TIME_MS})")
+    return ms
 
 
 def parse_duration(value: str, option: str) -> int:
@@ -73,18 +92,21 @@ def _names(paths: list[Path]) -> list[str]:
 def replay_command(
     report: Annotated[Path, typer.Option("--report", help="Directory for index.html, summary.json, the PNG plots "
                                          "and one alerts JSONL per config (created; existing files are replaced).",
-                                         show_default=False)],
+                                         show_default=False, callback=out_dir)],
     t_from: Annotated[str, typer.Option("--from", help="Start of the window: ISO-8601 UTC "
                                         "(2025-10-10T20:00:00Z) or epoch ms.", show_default=False)],
     t_to: Annotated[str, typer.Option("--to", help="End of the window (inclusive), same forms.",
                                       show_default=False)],
     config: Annotated[Optional[Path], typer.Option("--config", "-c", envvar="LIQWATCH_CONFIG", show_default=False,
+                                                   exists=True, dir_okay=False, readable=True,
                                                    help="The config under review (SPEC §2), e.g. the index as it "
                                                         "was.")] = None,
-    compare: Annotated[Optional[list[Path]], typer.Option("--compare", show_default=False,
+    compare: Annotated[Optional[list[Path]], typer.Option("--compare", show_default=False, exists=True,
+                                                          dir_okay=False, readable=True,
                                                           help="Another config to replay the same window with and "
                                                                "set side by side (repeatable).")] = None,
-    events: Annotated[Optional[Path], typer.Option("--events", show_default=False,
+    events: Annotated[Optional[Path], typer.Option("--events", show_default=False, exists=True, dir_okay=False,
+                                                   readable=True,
                                                    help="Replay a JSONL file instead of Kafka.")] = None,
     warmup: Annotated[Optional[str], typer.Option(
         "--warmup", show_default=False, help="Market history read before --from to rebuild prices and basis "
@@ -92,9 +114,10 @@ def replay_command(
     bootstrap: Annotated[Optional[str], typer.Option(
         "--bootstrap", show_default=False, help="Kafka bootstrap HOST:PORT; default: the stack in --state-dir.")] = None,
     state_dir: Annotated[Optional[Path], typer.Option(
-        "--state-dir", envvar="LIQWATCH_STATE_DIR", show_default=False,
+        "--state-dir", envvar="LIQWATCH_STATE_DIR", show_default=False, file_okay=False,
         help="State dir of a stack started with `liqwatch stack up`. [default: ~/.cache/liqwatch/state]")] = None,
-    topic_prefix: Annotated[str, typer.Option(help="Prefix of the topic names the live workers use.")] = "",
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of the topic names the live workers use.",
+                                              callback=topic_name)] = "",
     evaluate_every_ms: Annotated[int, typer.Option(help="Event time between evaluations (as the workers').",
                                                    min=1)] = 10_000,
     cascade_every_ms: Annotated[int, typer.Option(help="Event time between stress cascades (as the workers').",
@@ -126,17 +149,10 @@ def replay_command(
     if end < start:
         _fail(f"--to: {iso(end)} is before --from {iso(start)}")
     paths = [config, *(compare or [])]
-    cfgs = []
-    for opt, p in zip(["--config"] + ["--compare"] * (len(paths) - 1), paths):
-        if not p.exists():
-            _fail(f"{opt}: no such file '{p}'")
-        try:
-            cfgs.append(load_config(p))
-        except ConfigError as e:
-            _fail(f"{opt} {p}: {e}")
+    cfgs = [load_config_or_exit(p, opt) for opt, p in zip(["--config"] + ["--compare"] * (len(paths) - 1), paths)]
     warm = parse_duration(warmup, "--warmup") if warmup is not None else max(default_warmup_ms(c) for c in cfgs)
-    if events is not None and not events.exists():
-        _fail(f"--events: no such file '{events}'")
+    if events is None and bootstrap is not None:
+        check_bootstrap(bootstrap)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     t0 = time.monotonic()
@@ -154,7 +170,12 @@ def replay_command(
                         _fail(f"--bootstrap: not given and no local stack found ({e}); give --bootstrap HOST:PORT "
                               "or --events FILE")
                 from streams.topics import TopicNames
+                from streams.transport import TransportError
 
+                try:
+                    asyncio.run(probe_kafka(bootstrap))
+                except TransportError as e:
+                    _fail(str(e), 1)
                 task = progress.add_task("reading Kafka", total=None, info="")
 
                 def read(done: int, total: int) -> None:

@@ -173,13 +173,17 @@ def alertmanager_url(state: StackConfig | Path | str | None = None) -> str:
 
 
 def _read_stack_json(state: Path) -> StackConfig:
-    data = json.loads((state / "stack.json").read_text())
-    return StackConfig(
-        state_dir=state,
-        ports=StackPorts(**data["ports"]),
-        kafka_heap=data.get("kafka_heap", "512m"),
-        dashboards_dir=Path(data.get("dashboards_dir", DASHBOARDS_DIR)),
-    )
+    try:
+        data = json.loads((state / "stack.json").read_text())
+        return StackConfig(
+            state_dir=state,
+            ports=StackPorts(**data["ports"]),
+            kafka_heap=data.get("kafka_heap", "512m"),
+            dashboards_dir=Path(data.get("dashboards_dir", DASHBOARDS_DIR)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a damaged file: one line, not a traceback
+        raise StackError(f"cannot read {state / 'stack.json'} ({type(e).__name__}: {e}); fix or delete it, or use "
+                         "another --state-dir") from None
 
 
 def _write_stack_json(cfg: StackConfig, kafka_version: str) -> None:

@@ -42,13 +42,14 @@ and apt-installs prometheus + prometheus-alertmanager if missing.
 
 log = logging.getLogger(__name__)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, whatever the terminal width
 
 StateDir = Annotated[
     Path | None,
     typer.Option(
         "--state-dir",
         envvar="LIQWATCH_STATE_DIR",
+        file_okay=False,
         help="Directory holding the stack's data, logs, pid files and stack.json. [default: ~/.cache/liqwatch/state]",
         show_default=False,
     ),
@@ -87,6 +88,17 @@ def _table(rows: list[stack.ServiceStatus], title: str) -> Table:
     return table
 
 
+def _port_clash(ports: Any) -> str | None:
+    """Two services of one stack on one port (given, or from stack.json and defaults): name both."""
+    seen: dict[int, str] = {}
+    for name, port in vars(ports).items():
+        if port in seen:
+            return (f"--{seen[port]}-port and --{name}-port: both are {port} (each service of a stack needs its own "
+                    "port)")
+        seen[port] = name
+    return None
+
+
 def _fail(exc: stack.StackError) -> typer.Exit:
     # Escaped: log lines like "[data-plane ...]" would otherwise parse as markup.
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
@@ -118,6 +130,12 @@ def up(
     * `liqwatch stack up`
     * `liqwatch stack up --kafka-port 19092 --controller-port 19097 --state-dir /tmp/lw`
     """
+    state = Path(state_dir).expanduser() if state_dir else stack.default_state_dir()
+    if (state / "stack.json").exists():
+        try:  # the ports of the last `up` come from its stack.json: a damaged one is one line, not a traceback
+            stack.load(state)
+        except stack.StackError as exc:
+            raise _fail(exc) from None
     cfg = stack.StackConfig.resolve(
         state_dir,
         kafka_port=kafka_port,
@@ -125,6 +143,9 @@ def up(
         prometheus_port=prometheus_port,
         alertmanager_port=alertmanager_port,
     )
+    clash = _port_clash(cfg.ports)
+    if clash:
+        raise typer.BadParameter(clash)
     try:
         rows = stack.up(cfg)
     except stack.StackError as exc:
@@ -161,7 +182,9 @@ def down(state_dir: StateDir = None) -> None:
     """
     try:
         cfg = stack.load(state_dir)
-    except stack.StackError:
+    except stack.StackError as exc:
+        if ((state_dir or stack.default_state_dir()) / "stack.json").exists():  # there, but damaged
+            raise _fail(exc) from None
         log.info("no stack in %s: nothing to stop", state_dir or stack.default_state_dir())
         return
     stopped = stack.down(cfg)

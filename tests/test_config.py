@@ -67,6 +67,51 @@ def test_valid_config_loads_with_stable_id():
     (lambda d: d["stress"].update(primary="nope"), "stress.primary: unknown scenario 'nope'"),
     (lambda d: d.pop("liquidation"), "liquidation: required"),
     (lambda d: d["assets"]["BTC"]["index"].update(max_age_ms="soon"), "assets.BTC.index.max_age_ms:"),
+    # settlement must be priced: an asset of the config or USD, USDT, USDC
+    (lambda d: d.update(settlement="EUR"), "settlement: unknown asset 'EUR'"),
+    # forced sales go to the liquidation venue's books: a venue no constituent or mark source names moves nothing
+    (lambda d: d["liquidation"].update(venue="kraken"), "liquidation.venue: unknown venue 'kraken'"),
+    # numbers are strict: YAML `true` is not 1, quoted or YAML-1.1 "5e7" is text, 10000.5 ms is not an int
+    (lambda d: d["assets"]["BTC"]["index"].update(max_age_ms=True),
+     "assets.BTC.index.max_age_ms: must be a whole number, not a boolean"),
+    (lambda d: d["assets"]["BTC"]["index"].update(max_age_ms=10000.5),
+     "assets.BTC.index.max_age_ms: must be a whole number (got 10000.5)"),
+    (lambda d: d["liquidation"].update(fee_rate=True), "liquidation.fee_rate: must be a number, not a boolean"),
+    (lambda d: d["stress"]["scenarios"]["risk_off"].update(BTC=False),
+     "stress.scenarios.risk_off.BTC: must be a number, not a boolean"),
+    (lambda d: d["stress"].update(severities=[True]), "stress.severities[0]: must be a number, not a boolean"),
+    (lambda d: d["stress"].update(max_rounds=True), "stress.max_rounds: must be a whole number, not a boolean"),
+    (lambda d: d["assets"]["BTC"]["impact"].update(depth_usd_per_pct="5e7"),
+     "assets.BTC.impact.depth_usd_per_pct: must be a number, not text (got '5e7'"),
+    (lambda d: d["assets"]["BTC"]["haircut"][0].update(upto=True), "assets.BTC.haircut[0].upto: must be a number"),
+    (lambda d: d.update(alerts={"depeg": {"warning": True, "critical": 0.05}}),
+     "alerts.depeg.warning: must be a number, not a boolean"),
+    (lambda d: d.update(ingest={"out_of_order_ms": True}), "ingest.out_of_order_ms: must be a whole number"),
+    # a severity is a fraction of a move, and no configured move may take a price to zero or below
+    (lambda d: d["stress"].update(severities=[0.5, 1.5]), "stress.severities[1]: must be <= 1"),
+    (lambda d: d["stress"].update(severities=[0.1, 0.9]),
+     "stress.scenarios.risk_off.ETH: direction -1.25 × the largest severity 0.9 moves the price by -112%"),
+    (lambda d: d["stress"]["scenarios"].update(crash={"BTC": -10.0}),
+     "stress.scenarios.crash.BTC: direction -10 × the largest severity 0.2"),
+    (lambda d: d["stress"]["scenarios"].update(calm={}), "stress.scenarios.calm: moves no asset"),
+    (lambda d: d.update(alerts={"cascade_risk": {"grid": [0.5, 0.9]}}),
+     "alerts.cascade_risk.grid: severity 0.9 × direction -1.25 of stress.scenarios.risk_off.ETH"),
+    (lambda d: d.update(alerts={"cascade_risk": {"grid": [0.03, 0.02]}}),
+     "alerts.cascade_risk.grid: must be strictly ascending"),
+    (lambda d: d.update(alerts={"cascade_risk": {"grid": [0.5, 1.2]}}), "alerts.cascade_risk.grid[1]: must be <= 1"),
+    (lambda d: d.update(alerts={"margin_cluster": {"notional_usd": {"warning": 5e8, "critical": 1e8}}}),
+     "alerts.margin_cluster.notional_usd.critical: 100000000.0 is below warning"),
+    (lambda d: d.update(alerts={"webhooks": [{"name": "ops", "url": "http://a/x", "secret_env": "A"},
+                                             {"name": "ops", "url": "http://b/x", "secret_env": "B"}]}),
+     "alerts.webhooks[1].name: 'ops' is also the name of alerts.webhooks[0]"),
+    (lambda d: d.update(alerts={"webhooks": [{"name": "ops", "url": "http://:8099/x", "secret_env": "A"}]}),
+     "alerts.webhooks[0].url: 'http://:8099/x' names no host"),
+    # the admission bounds of the ingest must leave room for an event
+    (lambda d: d.update(ingest={"min_ts": 5, "max_ts": 5}), "ingest.min_ts: 5 is not below max_ts 5"),
+    (lambda d: d.update(ingest={"sanity": {"min_price": 10, "max_price": 1}}),
+     "ingest.sanity.min_price: 10 is not below max_price 1"),
+    (lambda d: d["assets"]["BTC"].update(sanity={"min_price": 2e5, "max_price": 1e5}),
+     "assets.BTC.sanity.min_price: 200000 is not below max_price 100000"),
 ])
 def test_error_names_the_field(mutate, expected):
     found = problems(mutate)
@@ -109,3 +154,30 @@ def test_shipped_configs_load():
     assert pre.assets["BNSOL"].index.constituents[0].weight == 0.3
     assert all(c.is_redemption for c in fixed.assets["WBETH"].index.constituents)
     assert fixed.assets["USDe"].index.floor is not None
+
+
+def test_numbers_may_be_ints_where_floats_are_expected():
+    data = copy.deepcopy(BASE)
+    data["liquidation"]["fee_rate"] = 0
+    data["stress"]["severities"] = [0.05, 0.5]
+    data["stress"]["scenarios"]["risk_off"] = {"BTC": -1, "ETH": 1}
+    data["assets"]["BTC"]["impact"]["depth_usd_per_pct"] = 50_000_000
+    cfg = parse_config(data)
+    assert cfg.liquidation.fee_rate == 0.0 and cfg.stress.scenarios["risk_off"]["BTC"] == -1.0
+
+
+def test_a_rise_may_exceed_100_percent():
+    """Only a fall is bounded (|d| × s < 1): a squeeze direction of +3 at severity 0.5 is a 150% rise."""
+    data = copy.deepcopy(BASE)
+    data["stress"]["scenarios"]["squeeze"] = {"BTC": 3.0}
+    data["stress"]["severities"] = [0.1, 0.5]
+    data["stress"]["scenarios"]["risk_off"] = {"BTC": -1.0, "ETH": -1.25}
+    assert parse_config(data).stress.scenarios["squeeze"]["BTC"] == 3.0
+
+
+def test_config_that_is_not_utf8_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xff\xfe settlement: USDT\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert e.value.problems == [f"(file): {p} is not UTF-8 text (byte 0xff at offset 0)"]

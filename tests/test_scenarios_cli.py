@@ -98,7 +98,7 @@ def test_cascade_cli_matches_engine(oct_events, tmp_path):
     (["cascade", "-c", "CFG", "--scenario", "nope", "--severity", "0.1", "EV"], "--scenario: unknown scenario 'nope'"),
     (["cascade", "-c", "CFG", "--scenario", "risk_off", "--severity", "-1", "EV"], "--severity: must be"),
     (["health", "-c", "CFG", "--at", "yesterday", "EV"], "--at: 'yesterday' is neither"),
-    (["health", "-c", "CFG", "missing.jsonl"], "EVENTS: no such file"),
+    (["health", "-c", "CFG", "missing.jsonl"], "Invalid value for 'EVENTS': file 'missing.jsonl' does not exist"),
     (["scenario", "nope"], "NAME: unknown scenario 'nope'"),
     (["health", "-c", "BADCFG", "EV"], "assets.BTC.index.constituents[0].weight: must be > 0"),
 ])
