@@ -1,6 +1,7 @@
 """`liqwatch demo`: the evening of 10 October 2025 through the live pipeline, with alerts on screen.
 
-Starts (unless --no-stack) the local stack, a signed webhook receiver on 127.0.0.1:8099 and two workers on fresh
+Starts (unless --no-stack) the local stack, a signed webhook receiver on the stack's receiver port (127.0.0.1:8099
+unless the stack says otherwise; it takes the stack's Alertmanager token) and two workers on fresh
 topics; generates `oct-2025` with the index as it was; plays it into Kafka at `speed`× event time; shows the event
 clock, indices against redemption values, accounts by health band, liquidatable notional, cascade amplification
 and critical severity, and alerts as they fire and resolve. At the end: the first alert of each kind, the first
@@ -40,7 +41,7 @@ from streams.receiver import Receiver
 
 ASSETS = ("BTC", "ETH", "SOL", "USDe", "WBETH", "BNSOL")
 SECRET_ENV = "LIQWATCH_DEMO_WEBHOOK_SECRET"
-RECEIVER_PORT = 8099
+RECEIVER_PORT = stack.StackPorts().receiver  # a default stack's; run_demo uses its stack's
 PRE_CRASH = scenarios.T0 + 45 * 60_000
 
 
@@ -71,14 +72,15 @@ class DemoResult:
 class ReceiverThread:
     """The real signed-webhook receiver, serving from its own thread while the demo draws the screen."""
 
-    def __init__(self, secret: str, out: Path):
-        self.receiver = Receiver(secret, out=out, quiet=True)
+    def __init__(self, secret: str, out: Path, port: int, alertmanager_token: str):
+        self.receiver = Receiver(secret, out=out, quiet=True, alertmanager_token=alertmanager_token)
+        self.port = port
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> Receiver:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.receiver.start("127.0.0.1", RECEIVER_PORT), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.receiver.start("127.0.0.1", self.port), self.loop).result(10)
         return self.receiver
 
     def stop(self) -> None:
@@ -201,11 +203,12 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
             if already:
                 console.print(f"(using the stack already running in {st.state_dir}: {', '.join(already)})")
         bootstrap = stack.bootstrap_servers(st)
-        receiver_thread = ReceiverThread(secret, work / "alerts.jsonl")
+        # the stack's Alertmanager notifies this receiver too: its port and bearer token
+        receiver_thread = ReceiverThread(secret, work / "alerts.jsonl", st.ports.receiver, stack.receiver_token(st))
         receiver = receiver_thread.start()
         cfg_data = yaml.safe_load(scenarios.config_path(scenario, "prefix").read_text())
         cfg_data.setdefault("alerts", {})["webhooks"] = [
-            {"name": "demo-receiver", "url": f"http://127.0.0.1:{RECEIVER_PORT}/alerts", "secret_env": SECRET_ENV}]
+            {"name": "demo-receiver", "url": f"{stack.receiver_url(st)}/alerts", "secret_env": SECRET_ENV}]
         cfg_path = work / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg_data, sort_keys=False))
         events = work / "events.jsonl"

@@ -2,23 +2,43 @@
 
     r = Receiver(b"s3cret", tolerance_s=300, out=Path("alerts.jsonl"))
     port = await r.start("127.0.0.1", 0)         # 0 = any free port; only loopback addresses are accepted
-    ...                                           # r.received: everything accepted, in arrival order
+    ...                                           # r.received: everything accepted by this run, in arrival order
     await r.stop()
 
-Endpoints (bound to 127.0.0.1 only):
-    POST /alerts        liqwatch webhooks: X-Liqwatch-Signature checked (streams.webhooks.verify), stale timestamps
-                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by (id, state, severity, ts):
-                        a repeat gets 200 {"duplicate": true} (a retry after a lost response is normal); an
-                        episode that steps down and escalates again is a new event (another ts), not a repeat.
-    POST /alertmanager  Alertmanager webhook_config payloads (version 4); no HMAC (Alertmanager cannot sign), a
-                        bearer token is required when LIQWATCH_ALERTMANAGER_TOKEN is set; deduplicated per alert
-                        by (fingerprint, startsAt, status): Alertmanager's repeat notifications are dropped, a new
-                        episode of the same labels (new startsAt) is kept.
-    GET  /received      JSON list of everything accepted so far.
-    GET  /healthz       {"ok": true, "received": n, "duplicates": n, "rejected": n}.
+Worked example (bash): the receiver and Alertmanager share one secret, LIQWATCH_WEBHOOK_SECRET.
 
-Every accepted alert is printed as one line (UTC time, severity, kind, subject, state, summary) and appended to
-`out` as one JSON line; Alertmanager alerts are recorded as {"source": "alertmanager", ...}.
+    export LIQWATCH_WEBHOOK_SECRET=s3cret
+    liqwatch webhook-receiver --out alerts.jsonl &
+    token=$(printf alertmanager | openssl dgst -sha256 -hmac "$LIQWATCH_WEBHOOK_SECRET" | awk '{print $NF}')
+    curl -s 127.0.0.1:8099/received                                  # 401 {"error": "missing Authorization: ..."}
+    curl -s 127.0.0.1:8099/received -H "Authorization: Bearer $token"  # [...]
+
+Every endpoint but /healthz needs a credential (bound to 127.0.0.1 only):
+    POST /alerts        liqwatch webhooks: X-Liqwatch-Signature checked (streams.webhooks.verify), stale timestamps
+                        and replayed signatures rejected with 401 {"error": reason}; deduplicated by
+                        (id, state, severity, ts): a repeat gets 200 {"duplicate": true} (a retry after a lost
+                        response is normal); an episode that steps down and escalates again is a new event
+                        (another ts), not a repeat.
+    POST /alertmanager  Alertmanager webhook_config payloads (version 4), with `Authorization: Bearer <token>`
+                        (Alertmanager cannot sign: its webhook_config's http_config.authorization sends the token);
+                        deduplicated per alert by (fingerprint, startsAt, status): Alertmanager's repeat
+                        notifications are dropped, a new episode of the same labels (new startsAt) is kept.
+    GET  /received      JSON list of everything this run accepted; the same bearer token.
+    GET  /healthz       {"ok": true, "received": n, "duplicates": n, "rejected": n}; no credential (counts only).
+
+The bearer token is $LIQWATCH_ALERTMANAGER_TOKEN when set, else derived from the HMAC secret:
+hex HMAC-SHA256(secret, "alertmanager") (streams.webhooks.alertmanager_token), so one secret configures both.
+`liqwatch stack up` writes the token its Alertmanager sends to <state>/config/receiver.token (streams.stack).
+
+Bad requests get a 4xx with {"error": reason} and one log line, never a 500 or a traceback: a body over
+`max_body_bytes` (1 MiB) 413, JSON that does not parse or nests deeper than 32 levels 400, a body that does not
+arrive within `body_timeout_s` (10 s) 408. A connection that sends no request for `idle_timeout_s` (5 s) is closed.
+
+Every accepted alert is printed as one line (UTC time, severity, kind, subject, state, summary; control characters
+such as ESC shown escaped, `\\x1b`, so a payload cannot drive the terminal) and appended to `out` as one JSON line;
+Alertmanager alerts are recorded as {"source": "alertmanager", ...}. On start the dedup keys of what `out` already
+holds are read back, so a restarted receiver still answers a retry with {"duplicate": true} (without `out`, dedup
+lasts one run).
 """
 
 from __future__ import annotations
@@ -28,7 +48,9 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -37,19 +59,68 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from rich.console import Console
 from rich.markup import escape
 
 from streams.webhooks import SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
+from streams.webhooks import alertmanager_token as derive_token
 
 log = logging.getLogger("liqwatch.receiver")
 err = Console(stderr=True, soft_wrap=True)
 
 ALERTMANAGER_TOKEN_ENV = "LIQWATCH_ALERTMANAGER_TOKEN"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_BODY_BYTES = 1024 ** 2      # an alert is < 2 KiB, an Alertmanager group a few KiB
+MAX_JSON_DEPTH = 32             # an Alertmanager payload nests 3 deep
+IDLE_TIMEOUT_S = 5.0
+BODY_TIMEOUT_S = 10.0
+LINGER_S = 2.0
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _STATE_STYLE = {"firing": "red", "resolved": "green"}
 _FROM_ENV: Any = object()
+# C0, DEL and C1 (ESC and CSI start terminal escapes; CR/BS rewrite the line), bidi overrides (text that reads
+# differently than it is) and lone surrogates (not encodable: they would crash the console write).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(value: Any) -> str:
+    """`value` as text that is safe on a terminal: control characters shown as Python escapes ('\\x1b')."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def load_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON (no NaN/Infinity) nested at most `max_depth` deep; ValueError with a one-line reason."""
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        doc = json.loads(body, parse_constant=no_constant)
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit (~1000 levels)
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8 JSON") from None
+    except ValueError as e:
+        raise ValueError(f"body is not JSON: {e}") from None
+    stack = [(doc, 1)]
+    while stack:  # iterative: the check itself must not recurse
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > max_depth:
+            raise ValueError(f"JSON nested deeper than {max_depth} levels")
+        stack.extend((c, depth + 1) for c in children)
+    return doc
+
+
+def dedup_key(record: dict) -> str:
+    """The dedup key of an accepted record, the same whether computed from the request or from its line in `out`."""
+    if record.get("source") == "alertmanager":
+        parts = ["alertmanager", record.get("fingerprint"), record.get("startsAt"), record.get("status")]
+    else:  # an episode may escalate or step down (another "firing" with the same id): severity is part of the key
+        parts = ["alert", record.get("id"), record.get("state"), record.get("severity"), record.get("ts")]
+    return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
 
 def _utc(ms: Any) -> str:
@@ -83,27 +154,56 @@ def _json_error(status: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, headers=headers or None)
 
 
+class _Refused(Exception):
+    """A request the receiver will not take: answered `status` {"error": reason} by the middleware."""
+
+    def __init__(self, status: int, reason: str, *, close: bool = False, **headers: str):
+        super().__init__(reason)
+        self.status, self.reason, self.close, self.headers = status, reason, close, headers
+
+
+class _ClientFaultLog(logging.LoggerAdapter):
+    """aiohttp logs a malformed request (bad request line, header, chunk) with a traceback; the client is at fault,
+    one line says it. Anything else (a bug here) keeps its traceback."""
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            self.warning(f"webhook receiver: {msg} ({exc.code}): %s", *args,
+                         printable(" ".join(str(exc.message).split())), **kwargs)
+        else:
+            self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class Receiver:
-    """In-process webhook receiver (tests, the demo, `liqwatch webhook-receiver`). See the module docstring."""
+    """In-process webhook receiver (tests, the demo, `liqwatch webhook-receiver`). See the module docstring.
+
+    `alertmanager_token`: the bearer token of /alertmanager and /received; default $LIQWATCH_ALERTMANAGER_TOKEN,
+    and when that is unset (or None is given) the token derived from `secret`. There is no way to turn it off."""
 
     def __init__(self, secret: bytes | str, tolerance_s: float = 300, out: Path | str | None = None, *,
                  alertmanager_token: str | None = _FROM_ENV, console: Console | None = None, quiet: bool = False,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_body_bytes: int = MAX_BODY_BYTES,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S):
         self.secret = secret.encode() if isinstance(secret, str) else bytes(secret)
         if not self.secret:
             raise ValueError("webhook secret is empty")
         self.tolerance_s = float(tolerance_s)
         self.out = Path(out) if out is not None else None
         if alertmanager_token is _FROM_ENV:
-            alertmanager_token = os.environ.get(ALERTMANAGER_TOKEN_ENV) or None
-        self.alertmanager_token = alertmanager_token
+            alertmanager_token = os.environ.get(ALERTMANAGER_TOKEN_ENV)
+        self.token_source = f"${ALERTMANAGER_TOKEN_ENV}" if alertmanager_token else "derived from the secret"
+        self.alertmanager_token: str = alertmanager_token or derive_token(self.secret)
+        self.max_body_bytes = int(max_body_bytes)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.body_timeout_s = float(body_timeout_s)
         self.console = console or Console(soft_wrap=True, highlight=False)
         self.quiet = quiet
         self.clock = clock
         self.received: list[dict] = []
         self.duplicates = 0
         self.rejected = 0
-        self._seen: set[tuple] = set()
+        self._seen: set[str] = set()
         self._replay = ReplayGuard(self.tolerance_s)
         self._out_file = None
         self._runner: web.AppRunner | None = None
@@ -115,7 +215,8 @@ class Receiver:
         return f"http://{self.host}:{self.port}"
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # client_max_size: aiohttp answers 413 itself once a body outgrows it (chunked bodies included)
+        app = web.Application(middlewares=[self._refusals], client_max_size=self.max_body_bytes)
         app.router.add_post("/alerts", self._alerts)
         app.router.add_post("/alertmanager", self._alertmanager)
         app.router.add_get("/received", self._received)
@@ -128,8 +229,17 @@ class Receiver:
         if host not in LOOPBACK and not container:
             raise ValueError(f"the webhook receiver binds to loopback only (127.0.0.1, localhost, ::1), not '{host}'")
         if self.out is not None and self._out_file is None:
-            self._out_file = self.out.open("a", encoding="utf-8")
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            complete = self._load_seen()
+            # backslashreplace: a lone surrogate (valid in a JSON string) is written as its JSON escape
+            self._out_file = self.out.open("a", encoding="utf-8", errors="backslashreplace")
+            if not complete:  # a line cut short by a crash: the next record starts on a line of its own
+                self._out_file.write("\n")
+        # keepalive_timeout also runs from the moment a connection opens (aiohttp 3.14 here): a client that sends
+        # nothing, or dribbles its headers, is closed after idle_timeout_s; a slow body is bounded in _body, and
+        # what it still sends after its 408/413 is read (so the answer is not lost to a reset) for 2 s, not 10.
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               keepalive_timeout=self.idle_timeout_s, lingering_time=LINGER_S,
+                               logger=_ClientFaultLog(log, {}))
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -152,7 +262,33 @@ class Receiver:
 
     # -- recording --
 
-    def _accept(self, key: tuple, record: dict) -> None:
+    def _load_seen(self) -> bool:
+        """Remember the dedup key of every record already in `out`; False if its last line is unterminated."""
+        try:
+            with self.out.open("rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return True
+        bad = 0
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                record = None
+            if isinstance(record, dict):
+                self._seen.add(dedup_key(record))
+            else:
+                bad += 1
+        if bad:
+            log.warning("webhook receiver: %d line(s) of %s are not JSON records; skipped", bad, self.out)
+        if self._seen:
+            log.info("webhook receiver: %d alert(s) already in %s: their retries are duplicates", len(self._seen),
+                     self.out)
+        return not data or data.endswith(b"\n")
+
+    def _accept(self, key: str, record: dict) -> None:
         """Persist first (an I/O error raises → 500 → the sender retries), then remember the key."""
         if self._out_file is not None:
             self._out_file.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -163,45 +299,84 @@ class Receiver:
     def _print(self, when: str, severity: str, kind: str, subject: str, state: str, summary: str) -> None:
         if self.quiet:
             return
+        severity, kind, subject, state, summary = map(printable, (severity, kind, subject, state, summary))
         sev = _SEVERITY_STYLE.get(severity, "white")
         st = _STATE_STYLE.get(state, "white")
         self.console.print(
             f"{when}  [{sev}]{escape(severity.upper()):<8}[/]  {escape(kind)}  [bold]{escape(subject)}[/]  "
             f"[{st}]{escape(state)}[/]  {escape(summary)}", highlight=False)
 
-    def _reject(self, request: web.Request, path: str, reason: str) -> web.Response:
+    # -- request checks --
+
+    @web.middleware
+    async def _refusals(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Refused as e:
+            log.warning("webhook receiver: rejected %s %s from %s (%d): %s", request.method, request.path,
+                        request.remote, e.status, printable(e.reason))
+            resp = _json_error(e.status, e.reason, **e.headers)
+            if e.close:  # the rest of the body is not worth reading
+                resp.force_close()
+            return resp
+
+    async def _body(self, request: web.Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise _Refused(413, f"body of {length} bytes is over the {self.max_body_bytes}-byte limit", close=True)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Refused(413, f"body is over the {self.max_body_bytes}-byte limit", close=True) from None
+        except TimeoutError:
+            raise _Refused(408, f"body not received within {self.body_timeout_s:g} s", close=True) from None
+        except HttpProcessingError as e:  # e.g. a malformed chunk
+            raise _Refused(400, f"malformed body: {e.message}", close=True) from None
+        except ConnectionError:  # aiohttp would log it with a traceback; nobody is left to read the answer
+            raise _Refused(400, "connection lost before the body was complete", close=True) from None
+
+    def _authorize(self, request: web.Request) -> None:
+        """401 unless `Authorization: Bearer <token>` (constant-time comparison)."""
+        auth = request.headers.get("Authorization")
+        scheme, _, token = (auth or "").partition(" ")
+        # aiohttp keeps undecodable header bytes as surrogates: encode them back rather than fail
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"),
+                                                              self.alertmanager_token.encode()):
+            return
         self.rejected += 1
-        log.warning("webhook receiver: rejected POST %s from %s: %s", path, request.remote, reason)
-        return _json_error(401, reason)
+        reason = "missing Authorization: Bearer token" if auth is None else "wrong bearer token"
+        raise _Refused(401, reason, **{"WWW-Authenticate": 'Bearer realm="liqwatch"'})
 
     # -- handlers --
 
     async def _alerts(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._body(request)
         header = request.headers.get(SIGNATURE_HEADER)
         now = self.clock()
         try:
             verify(body, self.secret, header, now, self.tolerance_s)
             self._replay.check(header, now)
         except SignatureError as e:
-            return self._reject(request, "/alerts", e.reason)
+            self.rejected += 1
+            raise _Refused(401, e.reason) from None
         try:
-            alert = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            alert = None
+            alert = load_json(body)
+        except ValueError as e:
+            self._replay.remember(header, now)
+            raise _Refused(400, str(e)) from None
         if not isinstance(alert, dict) or not isinstance(alert.get("id"), str) or not isinstance(
                 alert.get("state"), str):
             self._replay.remember(header, now)
-            log.warning("webhook receiver: POST /alerts: body is not a JSON object with string 'id' and 'state'")
-            return _json_error(400, "body must be a JSON object with string 'id' and 'state'")
-        # an episode may escalate or step down (another "firing" with the same id): severity is part of the key
-        key = ("alert", alert["id"], alert["state"], alert.get("severity"), alert.get("ts"))
+            raise _Refused(400, "body must be a JSON object with string 'id' and 'state'")
+        key = dedup_key(alert)
         if key in self._seen:
             self._replay.remember(header, now)
             self.duplicates += 1
             log.info("webhook receiver: duplicate %s %s (delivery %s, attempt %s): acknowledged, not recorded again",
-                     alert["id"], alert["state"], request.headers.get("X-Liqwatch-Delivery", "?"),
-                     request.headers.get("X-Liqwatch-Attempt", "?"))
+                     printable(alert["id"]), printable(alert["state"]),
+                     printable(request.headers.get("X-Liqwatch-Delivery", "?")),
+                     printable(request.headers.get("X-Liqwatch-Attempt", "?")))
             return web.json_response({"duplicate": True, "id": alert["id"], "state": alert["state"]})
         try:
             self._accept(key, alert)
@@ -215,26 +390,16 @@ class Receiver:
         return web.json_response({"duplicate": False, "id": alert["id"], "state": alert["state"]})
 
     async def _alertmanager(self, request: web.Request) -> web.Response:
-        if self.alertmanager_token is not None:
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                     self.alertmanager_token.encode()):
-                self.rejected += 1
-                reason = ("missing Authorization: Bearer token" if not auth else "wrong bearer token") + \
-                    f" ({ALERTMANAGER_TOKEN_ENV} is set)"
-                log.warning("webhook receiver: rejected POST /alertmanager from %s: %s", request.remote, reason)
-                return _json_error(401, reason, **{"WWW-Authenticate": 'Bearer realm="liqwatch"'})
+        self._authorize(request)
         try:
-            payload = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            payload = None
+            payload = load_json(await self._body(request))
+        except ValueError as e:
+            raise _Refused(400, str(e)) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
-            log.warning("webhook receiver: POST /alertmanager: not an Alertmanager webhook payload")
-            return _json_error(400, "expected an Alertmanager webhook payload: a JSON object with 'alerts': [...]")
+            raise _Refused(400, "expected an Alertmanager webhook payload: a JSON object with 'alerts': [...]")
         if str(payload.get("version", "4")) != "4":
-            log.warning("webhook receiver: Alertmanager payload version %r (expected 4); reading it anyway",
-                        payload.get("version"))
+            log.warning("webhook receiver: Alertmanager payload version %s (expected 4); reading it anyway",
+                        printable(repr(payload.get("version"))))
         new = dup = 0
         for a in payload["alerts"]:
             if not isinstance(a, dict):
@@ -243,14 +408,14 @@ class Receiver:
             annotations = a.get("annotations") if isinstance(a.get("annotations"), dict) else {}
             status = str(a.get("status") or payload.get("status") or "?")
             fingerprint = str(a.get("fingerprint") or json.dumps(labels, sort_keys=True))
-            key = ("alertmanager", fingerprint, str(a.get("startsAt", "")), status)
-            if key in self._seen:
-                dup += 1
-                continue
             record = {"source": "alertmanager", "receiver": payload.get("receiver"), "status": status,
                       "fingerprint": fingerprint, "labels": labels, "annotations": annotations,
                       "startsAt": a.get("startsAt"), "endsAt": a.get("endsAt"),
                       "generatorURL": a.get("generatorURL"), "groupKey": payload.get("groupKey")}
+            key = dedup_key(record)
+            if key in self._seen:
+                dup += 1
+                continue
             try:
                 self._accept(key, record)
             except OSError as e:
@@ -269,6 +434,7 @@ class Receiver:
         return web.json_response({"accepted": new, "duplicates": dup, "duplicate": new == 0 and dup > 0})
 
     async def _received(self, request: web.Request) -> web.Response:
+        self._authorize(request)
         return web.json_response(self.received)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -295,9 +461,8 @@ async def _serve(receiver: Receiver, port: int) -> None:
             await receiver.start(host, port, container=host not in LOOPBACK)
         except OSError as e:
             _fail(f"--port: cannot listen on {host}:{port}: {e.strerror or e}", 1)
-        token = " (bearer token required)" if receiver.alertmanager_token else ""
-        err.print(f"listening on {receiver.url}: POST /alerts (signed), POST /alertmanager{token}, GET /received, "
-                  f"GET /healthz; Ctrl-C stops", highlight=False)
+        err.print(f"listening on {receiver.url}: POST /alerts (signed), POST /alertmanager and GET /received "
+                  f"(bearer token {receiver.token_source}), GET /healthz; Ctrl-C stops", highlight=False)
         await stop.wait()
     finally:
         await receiver.stop()
@@ -315,16 +480,25 @@ def webhook_receiver(
         "--tolerance-s", min=1, help="Reject signatures whose timestamp is further than this from now (seconds).")
     ] = 300,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Append every accepted alert here as one JSON line.", show_default=False)] = None,
+        "--out", "-o", help="Append every accepted alert here as one JSON line (and read it back on start: "
+        "dedup survives a restart).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print a line per alert.")] = False,
 ) -> None:
     """Receive signed liqwatch alert webhooks (and Alertmanager notifications) on 127.0.0.1 and print them.
 
     `POST /alerts` checks `X-Liqwatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`:
     a missing or wrong signature, a timestamp more than --tolerance-s away, or a signature seen before gets 401 with
-    the reason. A repeat of an (id, state, severity) already received gets 200 `{"duplicate": true}` (a sender's retry after
-    a lost response). `POST /alertmanager` takes Alertmanager webhook payloads (no HMAC; a bearer token is required
-    when LIQWATCH_ALERTMANAGER_TOKEN is set). `GET /received` lists what was accepted. Ctrl-C stops.
+    the reason. A repeat of an (id, state, severity, ts) already received, also by an earlier run with the same
+    --out, gets 200 `{"duplicate": true}` (a sender's retry after a lost response).
+
+    `POST /alertmanager` (Alertmanager webhook payloads) and `GET /received` (what this run accepted) need
+    `Authorization: Bearer <token>`: the token is $LIQWATCH_ALERTMANAGER_TOKEN if set, else derived from the secret,
+    hex HMAC-SHA256(secret, "alertmanager"), so one secret configures both (Alertmanager's webhook_config sends it
+    with `http_config: {authorization: {credentials_file: ...}}`; `liqwatch stack up` writes its token to
+    `<state>/config/receiver.token`). `GET /healthz` is open.
+
+    Bodies over 1 MiB get 413, malformed or over-nested JSON 400, a body slower than 10 s 408; connections idle for
+    5 s are closed. Control characters (ESC...) in what is printed are shown escaped. Ctrl-C stops.
 
     Example:
 
@@ -333,13 +507,15 @@ def webhook_receiver(
     liqwatch webhook-receiver --port 8099 --out alerts.jsonl
     ```
 
-    Sign and send an alert by hand (bash, openssl, curl):
+    Sign and send an alert by hand, then list what was received (bash, openssl, curl):
 
     ```
     body='{"id":"depeg:USDe:1","state":"firing","severity":"critical","subject":"USDe","ts":1760130000000}'
     t=$(date +%s)
     sig=$(printf '%s' "$t.$body" | openssl dgst -sha256 -hmac "$LIQWATCH_WEBHOOK_SECRET" | awk '{print $NF}')
     curl -s http://127.0.0.1:8099/alerts -H "X-Liqwatch-Signature: t=$t,v1=$sig" -d "$body"
+    token=$(printf alertmanager | openssl dgst -sha256 -hmac "$LIQWATCH_WEBHOOK_SECRET" | awk '{print $NF}')
+    curl -s http://127.0.0.1:8099/received -H "Authorization: Bearer $token"
     ```
     """
     secret = os.environ.get(secret_env)

@@ -16,6 +16,16 @@ Everything a stack owns lives in one state dir (default
 configs, ``logs/<service>.log``, ``run/<service>.pid`` and ``stack.json``
 (the ports, so other code can find the stack with `load()`).
 
+Alertmanager sends every notification to the stack's webhook receiver,
+``http://127.0.0.1:<ports.receiver>/alertmanager`` (default 8099; the stack
+does not run the receiver: the demo, a test or `liqwatch webhook-receiver`
+does), with ``Authorization: Bearer <token>``. The token is in
+``<state>/config/receiver.token`` (mode 0600; `receiver_token()` reads it),
+chosen at each `up`: ``$LIQWATCH_ALERTMANAGER_TOKEN`` if set, else the token a
+receiver derives from ``$LIQWATCH_WEBHOOK_SECRET`` if that is set (so
+`liqwatch webhook-receiver` with the same secret accepts it), else the one
+already there, else a random one.
+
 Example::
 
     from streams import stack
@@ -24,6 +34,8 @@ Example::
     stack.up(cfg)                                        # idempotent
     print(stack.bootstrap_servers(cfg))                  # "127.0.0.1:19092"
     stack.register_scrape_target(cfg.state_dir, "worker-1", 8001)
+    # Alertmanager's notifications reach a receiver (streams.receiver) on this stack's port with its token:
+    #   Receiver(secret, alertmanager_token=stack.receiver_token(cfg)).start("127.0.0.1", cfg.ports.receiver)
     stack.down(cfg.state_dir)
 """
 
@@ -39,6 +51,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -54,6 +67,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from streams.webhooks import alertmanager_token
+
 log = logging.getLogger(__name__)
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -66,8 +81,10 @@ PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 ALERTMANAGER_BIN = Path("/usr/bin/prometheus-alertmanager")
 HOST = "127.0.0.1"
 SERVICES = ("kafka", "prometheus", "alertmanager")
-# Ports written in dashboards/prometheus.yml, swapped for the real ones.
-_TEMPLATE_PORTS = {"prometheus": 9090, "alertmanager": 9093}
+# Ports written in dashboards/prometheus.yml and alertmanager.yml, swapped for the real ones.
+_TEMPLATE_PORTS = {"prometheus": 9090, "alertmanager": 9093, "receiver": 8099}
+ALERTMANAGER_TOKEN_ENV = "LIQWATCH_ALERTMANAGER_TOKEN"  # as streams.receiver reads it
+WEBHOOK_SECRET_ENV = "LIQWATCH_WEBHOOK_SECRET"  # `liqwatch webhook-receiver`'s default --secret-env
 _READY_TIMEOUT = {"kafka": 90.0, "prometheus": 30.0, "alertmanager": 30.0}
 _STOP_TIMEOUT = {"kafka": 30.0, "prometheus": 15.0, "alertmanager": 10.0}
 _LOG_TAIL_LINES = 30
@@ -94,6 +111,7 @@ class StackPorts:
     controller: int = 9097
     prometheus: int = 9090
     alertmanager: int = 9093
+    receiver: int = 8099  # the webhook receiver Alertmanager notifies (not run by the stack)
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ class StackConfig:
         controller_port: int | None = None,
         prometheus_port: int | None = None,
         alertmanager_port: int | None = None,
+        receiver_port: int | None = None,
     ) -> StackConfig:
         """Config for `state_dir`: given ports, else those in its stack.json, else defaults."""
         state = Path(state_dir).expanduser() if state_dir else default_state_dir()
@@ -121,6 +140,7 @@ class StackConfig:
             "controller": controller_port,
             "prometheus": prometheus_port,
             "alertmanager": alertmanager_port,
+            "receiver": receiver_port,
         }
         ports = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
         return cls(state_dir=state.resolve(), ports=ports)
@@ -172,6 +192,24 @@ def alertmanager_url(state: StackConfig | Path | str | None = None) -> str:
     return f"http://{HOST}:{_as_config(state).ports.alertmanager}"
 
 
+def receiver_url(state: StackConfig | Path | str | None = None) -> str:
+    """Where this stack's Alertmanager sends notifications (POST <url>/alertmanager)."""
+    return f"http://{HOST}:{_as_config(state).ports.receiver}"
+
+
+def receiver_token_file(state: StackConfig | Path | str | None = None) -> Path:
+    return _as_config(state).state_dir / "config" / "receiver.token"
+
+
+def receiver_token(state: StackConfig | Path | str | None = None) -> str:
+    """The bearer token this stack's Alertmanager sends to its receiver (see the module docstring)."""
+    path = receiver_token_file(state)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise StackError(f"no receiver token in {path}: run `liqwatch stack up` (again) first") from None
+
+
 def _read_stack_json(state: Path) -> StackConfig:
     try:
         data = json.loads((state / "stack.json").read_text())
@@ -192,6 +230,7 @@ def _write_stack_json(cfg: StackConfig, kafka_version: str) -> None:
         "bootstrap_servers": bootstrap_servers(cfg),
         "prometheus_url": prometheus_url(cfg),
         "alertmanager_url": alertmanager_url(cfg),
+        "receiver_url": receiver_url(cfg),
         "kafka_version": kafka_version,
         "kafka_heap": cfg.kafka_heap,
         "dashboards_dir": str(cfg.dashboards_dir),
@@ -347,7 +386,7 @@ def _services(cfg: StackConfig, kafka_lib: Path | None = None) -> dict[str, _Ser
     ]
     alertmanager = [
         str(ALERTMANAGER_BIN),
-        f"--config.file={cfg.dashboards_dir / 'alertmanager.yml'}",
+        f"--config.file={s / 'config' / 'alertmanager.yml'}",
         f"--storage.path={am_data}",
         f"--web.listen-address={HOST}:{p.alertmanager}",
         # Empty turns clustering off; otherwise it binds every interface on :9094.
@@ -424,6 +463,40 @@ def _render_prometheus_config(cfg: StackConfig) -> None:
             sd["files"] = [str(cfg.state_dir / f) for f in sd["files"]]
     header = "# Generated by streams/stack.py from dashboards/prometheus.yml; edit that.\n"
     _atomic_write(cfg.state_dir / "config" / "prometheus.yml", header + yaml.safe_dump(conf, sort_keys=False))
+
+
+def _write_receiver_token(cfg: StackConfig) -> Path:
+    """<state>/config/receiver.token, mode 0600: the env's token, the one derived from the env's secret, the one
+    already there, or a new random one (kept across `up`s so a receiver configured from the file keeps working)."""
+    path = receiver_token_file(cfg)
+    token = os.environ.get(ALERTMANAGER_TOKEN_ENV)
+    if not token and os.environ.get(WEBHOOK_SECRET_ENV):
+        token = alertmanager_token(os.environ[WEBHOOK_SECRET_ENV].encode())
+    if not token and path.exists():
+        token = path.read_text().strip()
+    token = token or secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(token)
+    tmp.replace(path)
+    return path
+
+
+def _render_alertmanager_config(cfg: StackConfig) -> None:
+    """dashboards/alertmanager.yml -> <state>/config/alertmanager.yml: webhooks to the template's receiver
+    (127.0.0.1:8099) go to this stack's receiver port, with this stack's token file as their bearer credential."""
+    conf: dict[str, Any] = yaml.safe_load((cfg.dashboards_dir / "alertmanager.yml").read_text())
+    template = f"//{HOST}:{_TEMPLATE_PORTS['receiver']}/"
+    for receiver in conf.get("receivers") or []:
+        for hook in receiver.get("webhook_configs") or []:
+            if template in hook.get("url", ""):
+                hook["url"] = hook["url"].replace(template, f"//{HOST}:{cfg.ports.receiver}/", 1)
+                hook.setdefault("http_config", {})["authorization"] = {
+                    "type": "Bearer", "credentials_file": str(receiver_token_file(cfg))}
+    header = "# Generated by streams/stack.py from dashboards/alertmanager.yml; edit that.\n"
+    _atomic_write(cfg.state_dir / "config" / "alertmanager.yml", header + yaml.safe_dump(conf, sort_keys=False))
 
 
 def _format_kafka_storage(cfg: StackConfig, lib: Path) -> None:
@@ -649,6 +722,9 @@ def up(cfg: StackConfig, services: Sequence[str] = SERVICES) -> list[ServiceStat
     _write_stack_json(cfg, _installed_kafka_version(lib) if lib else "")
     if "prometheus" in services:
         _render_prometheus_config(cfg)
+    if "alertmanager" in services:
+        _write_receiver_token(cfg)
+        _render_alertmanager_config(cfg)
     if "kafka" in services:
         (cfg.state_dir / "kafka" / "server.properties").write_text(_kafka_properties(cfg))
     # Start the quick ones first so they boot while Kafka's storage is formatted.

@@ -118,6 +118,10 @@ def up(
     alertmanager_port: Annotated[
         int | None, _port_option("--alertmanager-port", "LIQWATCH_ALERTMANAGER_PORT", 9093, "Alertmanager")
     ] = None,
+    receiver_port: Annotated[
+        int | None,
+        _port_option("--receiver-port", "LIQWATCH_RECEIVER_PORT", 8099, "Webhook receiver (Alertmanager notifies it)"),
+    ] = None,
 ) -> None:
     """
     Start Kafka, Prometheus and Alertmanager (idempotent: running services are left alone).
@@ -142,6 +146,7 @@ def up(
         controller_port=controller_port,
         prometheus_port=prometheus_port,
         alertmanager_port=alertmanager_port,
+        receiver_port=receiver_port,
     )
     clash = _port_clash(cfg.ports)
     if clash:
@@ -151,6 +156,12 @@ def up(
     except stack.StackError as exc:
         raise _fail(exc) from None
     console.print(_table(rows, f"liqwatch stack ({cfg.state_dir})"))
+    console.print(
+        f"Alertmanager notifies {stack.receiver_url(cfg)}/alertmanager with the bearer token in "
+        f"{stack.receiver_token_file(cfg)} (`liqwatch webhook-receiver --port {cfg.ports.receiver}` with "
+        f"{stack.ALERTMANAGER_TOKEN_ENV}=$(cat {stack.receiver_token_file(cfg)}))",
+        highlight=False, markup=False,
+    )
 
 
 @app.command()

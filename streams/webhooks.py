@@ -80,6 +80,13 @@ def sign(body: bytes, secret: bytes, ts: int) -> str:
     return f"t={int(ts)},v1={_mac(body, secret, int(ts))}"
 
 
+def alertmanager_token(secret: bytes) -> str:
+    """The bearer token a receiver with this secret expects from Alertmanager (which cannot sign):
+    hex HMAC-SHA256(secret, "alertmanager"). A signature's message starts with digits, so the two never collide;
+    `printf alertmanager | openssl dgst -sha256 -hmac "$SECRET"` gives the same."""
+    return hmac.new(secret, b"alertmanager", hashlib.sha256).hexdigest()
+
+
 def parse_signature(header: str | None) -> tuple[int, list[str]]:
     """(t, [v1 signatures]) of a header; several v1 are allowed (a sender rotating secrets). Raises SignatureError."""
     if header is None or not header.strip():

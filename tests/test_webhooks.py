@@ -331,7 +331,8 @@ def test_receiver_dedups_by_id_and_state(tmp_path):
                                        {SIGNATURE_HEADER: sign(body, SECRET.encode(), int(time.time()) - 10)})
             assert (status, reply["duplicate"]) == (200, True)
             async with aiohttp.ClientSession() as c:
-                async with c.get(f"{r.url}/received") as resp:
+                async with c.get(f"{r.url}/received", headers={"Authorization": f"Bearer {r.alertmanager_token}"}
+                                 ) as resp:
                     listed = await resp.json()
                 async with c.get(f"{r.url}/healthz") as resp:
                     health = await resp.json()
@@ -364,7 +365,7 @@ def test_alertmanager_payload_accepted_and_deduped(tmp_path):
             url = f"{r.url}/alertmanager"
             firing = json.dumps(_am_payload("firing", "USDe", "WBETH")).encode()
             auth = {"Authorization": "Bearer tok"}
-            assert (await post(url, firing))[0] == 401                       # token required when configured
+            assert (await post(url, firing))[0] == 401                       # token required
             assert (await post(url, firing, {"Authorization": "Bearer nope"}))[0] == 401
             assert await post(url, firing, auth) == (200, {"accepted": 2, "duplicates": 0, "duplicate": False})
             # Alertmanager's repeat_interval re-sends the same group: acknowledged, not recorded again.
@@ -385,18 +386,22 @@ def test_alertmanager_payload_accepted_and_deduped(tmp_path):
     assert r.duplicates == 2 and r.rejected == 2
 
 
-def test_alertmanager_without_token_env_needs_no_auth(monkeypatch):
+def test_alertmanager_without_token_env_takes_the_token_derived_from_the_secret(monkeypatch):
     monkeypatch.delenv(rx.ALERTMANAGER_TOKEN_ENV, raising=False)
+    # printf alertmanager | openssl dgst -sha256 -hmac s3cret-for-tests
+    derived = "fef43b3a9ed213fca34144c65172d013b044f0f1fbfd72b589218ac90637c7ad"
 
     async def go():
         r = Receiver(SECRET, quiet=True)
         await r.start("127.0.0.1", 0)
         try:
-            return await post(f"{r.url}/alertmanager", json.dumps(_am_payload("firing", "BNSOL")).encode())
+            body = json.dumps(_am_payload("firing", "BNSOL")).encode()
+            return (await post(f"{r.url}/alertmanager", body))[0], \
+                (await post(f"{r.url}/alertmanager", body, {"Authorization": f"Bearer {derived}"}))[0]
         finally:
             await r.stop()
 
-    assert run(go())[0] == 200
+    assert run(go()) == (401, 200)
 
 
 def test_receiver_prints_one_line_per_alert():

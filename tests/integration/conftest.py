@@ -36,13 +36,14 @@ def port_free(port: int) -> bool:
 
 def stack_config(state_dir: Path) -> lwstack.StackConfig:
     """Config for a stack in `state_dir` on free ports (never the defaults a dev stack uses)."""
-    kafka, controller, prometheus, alertmanager = free_ports(4)
+    kafka, controller, prometheus, alertmanager, receiver = free_ports(5)
     return lwstack.StackConfig.resolve(
         state_dir,
         kafka_port=kafka,
         controller_port=controller,
         prometheus_port=prometheus,
         alertmanager_port=alertmanager,
+        receiver_port=receiver,
     )
 
 

@@ -21,7 +21,6 @@ from tests.integration.pipeline import Worker, read_topic
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000
 SECRET_ENV = "LIQWATCH_E2E_SECRET"
-RECEIVER_PORT = 8099  # where dashboards/alertmanager.yml sends notifications
 
 
 def depeg_config(path, receiver_url):
@@ -55,14 +54,16 @@ def depeg_events(path):
 class ReceiverThread:
     """The real receiver in its own event loop, so the test can block while it serves."""
 
-    def __init__(self, secret: str):
-        self.receiver = Receiver(secret, quiet=True)
+    def __init__(self, secret: str, stack):
+        # where the stack's Alertmanager sends notifications, with the token it sends
+        self.receiver = Receiver(secret, quiet=True, alertmanager_token=lwstack.receiver_token(stack))
+        self.port = stack.ports.receiver
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self):
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.receiver.start("127.0.0.1", RECEIVER_PORT), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.receiver.start("127.0.0.1", self.port), self.loop).result(10)
         return self.receiver
 
     def __exit__(self, *exc):
@@ -76,9 +77,9 @@ def test_depeg_fires_and_resolves_everywhere(stack, tmp_path, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, secret)
     bootstrap = lwstack.bootstrap_servers(stack)
     prefix = f"e2e{uuid.uuid4().hex[:6]}."
-    config = depeg_config(tmp_path / "cfg.yaml", f"http://127.0.0.1:{RECEIVER_PORT}/alerts")
+    config = depeg_config(tmp_path / "cfg.yaml", f"{lwstack.receiver_url(stack)}/alerts")
     events = depeg_events(tmp_path / "ev.jsonl")
-    with ReceiverThread(secret) as receiver:
+    with ReceiverThread(secret, stack) as receiver:
         worker = Worker(config, bootstrap, prefix, "e2e-1", 1, tmp_path).start()
         try:
             lwstack.register_scrape_target(stack.state_dir, "e2e-1", worker.port)
