@@ -32,7 +32,7 @@ from streams.metrics import CONTENT_TYPE, Metrics
 from streams.monitor import Monitor, Where
 from aiokafka.errors import KafkaError
 
-from streams.ingest import MergeTime
+from streams.ingest import PartitionDoor
 from streams.sinks import OutputSink
 from streams.supervise import Supervisor
 from streams.topics import TopicNames, create_topics
@@ -189,7 +189,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     seen_ts = {tp: -1 for tp in tps}
     arrived = {tp: 0.0 for tp in tps}  # wall time of each topic's last records
     resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
-    merge_time = {tp: MergeTime(cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys) for tp in tps}
+    doors = {tp: PartitionDoor(monitor.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys) for tp in tps}
     lag: dict[str, int] = {}
 
     async def market_feed() -> None:
@@ -216,15 +216,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 services.beat("market feed")
                 batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
                 for tp, recs in batch.items():
-                    clock = merge_time[tp]
-                    for r in recs:  # a record far ahead of its neighbours merges at their time (streams.ingest)
-                        t = clock(r.timestamp)
-                        if t != r.timestamp:
-                            r.timestamp = t
-                    buf[tp].extend(recs)
-                    seen_ts[tp] = recs[-1].timestamp
-                    arrived[tp] = time.monotonic()
+                    if not resume_at:  # the first records of any topic: a topic still empty may follow them
+                        for other in tps:
+                            arrived[other] = time.monotonic()
                     resume_at[tp] = recs[-1].offset + 1
+                    arrived[tp] = time.monotonic()
+                    recs = await monitor.admit_market(doors[tp], recs)  # bad ones dead-lettered at the door
+                    if recs:
+                        buf[tp].extend(recs)
+                        seen_ts[tp] = recs[-1].timestamp
                 try:
                     end = await consumer.end_offsets(tps) if not batch else None
                 except KafkaError:  # the broker is away: not caught up, say so, try again

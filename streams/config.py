@@ -218,7 +218,7 @@ class IngestSpec(_Frozen):
     # record dated a day ahead would otherwise make every later record of its key out of order. A gap in the whole
     # stream is not an error: once records of `jump_keys` distinct keys in a row are all that far ahead, the
     # market's event time jumps with them.
-    max_ahead_ms: Annotated[int, Field(strict=True, gt=0)] = 3_600_000
+    max_ahead_ms: Annotated[int, Field(strict=True, gt=0)] = 300_000
     jump_keys: Annotated[int, Field(strict=True, ge=2, le=100)] = 3
     # ticks of a book the config does not name: dead-lettered (default) or ignored (counted, not applied); never
     # part of an index or an alert

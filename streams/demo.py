@@ -316,7 +316,7 @@ def write_post_mortem(events: Path, config: Path, scenario: str, out: Path) -> P
 
     cfgs = [("as-it-was", load_config(config)), ("as-fixed", load_config(scenarios.config_path(scenario, "fixed")))]
     window = read_file(events, scenarios.T0, scenarios.T0 + scenarios.DURATION_MIN * 60_000 + 1_000,
-                       max(default_warmup_ms(c) for _, c in cfgs))
+                       max(default_warmup_ms(c) for _, c in cfgs), cfgs[0][1])
     runs, limits = [], []
     for name, cfg in cfgs:
         run = replay(cfg, window, name)

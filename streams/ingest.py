@@ -20,7 +20,11 @@ What depends on the order of records (out of order, ahead of the stream) is judg
 from __future__ import annotations
 
 from streams.config import Config, SanitySpec
+import logging
+
 from streams.events import Account, BadEvent, Event, Reference, Tick, decode
+
+log = logging.getLogger(__name__)
 
 
 class Gate:
@@ -122,25 +126,64 @@ class Gate:
         return ev
 
 
-class MergeTime:
-    """The time a record of one partition takes in the event-time merge of the input topics: its timestamp,
-    except when that is far ahead of the partition's previous records (`max_ahead_ms`), where it keeps their
-    time, so that one record dated a day ahead does not let the other topics run a day ahead of this one. The
-    record itself is judged (and dead-lettered) by the market's clock. `jump` records in a row that far ahead are
-    a gap in the stream: the partition's time jumps. The live merge and the replay both use it."""
+class EventClock:
+    """The event time of a stream (the market, or one input partition), and the rule for records too far ahead.
 
-    def __init__(self, max_ahead_ms: int, jump: int):
+    A record more than `max_ahead_ms` ahead is rejected (`ahead_of_stream`): one tick dated a day ahead would
+    otherwise become its key's last event, and every later tick of that key would be out of order. A gap in the
+    whole stream (a feed down for hours) is not an error: when records of `jump_keys` distinct keys in a row are
+    all that far ahead, the clock jumps to them (those before the jump-confirming one were already rejected: the
+    log says how many)."""
+
+    def __init__(self, max_ahead_ms: int, jump_keys: int):
         self.max_ahead_ms = max_ahead_ms
-        self.jump = jump
-        self.last = -1
-        self.ahead = 0
+        self.jump_keys = jump_keys
+        self.t = -1
+        self.limit = float("inf")  # records with ts above this are ahead
+        self.run: dict[str, int] = {}  # distinct keys of the current run of ahead records → their ts
 
-    def __call__(self, ts: int) -> int:
-        if self.last >= 0 and ts > self.last + self.max_ahead_ms:
-            self.ahead += 1
-            if self.ahead < self.jump:
-                return self.last
-        self.ahead = 0
-        if ts > self.last:
-            self.last = ts
-        return ts
+    def ahead(self, key: str, ts: int) -> None:
+        """Judge a record ahead of the limit: raise, or accept it as a jump of the stream."""
+        self.run[key] = ts
+        if len(self.run) < self.jump_keys:
+            raise BadEvent("ahead_of_stream", f"ts: {ts - self.t} ms ahead of the market's event time {self.t} "
+                                              f"(ingest.max_ahead_ms {self.max_ahead_ms})")
+        log.warning("market event time jumps from %d to %d (%d distinct keys that far ahead in a row; the %d "
+                    "before this one were dead-lettered as ahead_of_stream)", self.t, ts, len(self.run),
+                    len(self.run) - 1)
+
+    def advance(self, ts: int) -> None:
+        self.run.clear()
+        if ts > self.t:
+            self.t = ts
+            self.limit = ts + self.max_ahead_ms
+
+
+class PartitionDoor:
+    """The door of one market input partition, in offset order, as records arrive (the live feed) or are read
+    (the replay): the Gate, then the partition's own clock (a record far ahead of the partition is
+    `ahead_of_stream`), and the record's merge time: the largest event time the partition has admitted so far.
+
+    The merge of the input topics takes, among the partitions' next records, the one with the smallest time; it
+    is an event-time order only if every partition's times never go down. Kafka's timestamps don't promise that
+    (a malformed record stamped with any time, a tick dated an hour ahead): judged here, before the merge, a
+    rejected record has no time at all and a late one merges at its partition's time, so the live feed and the
+    replay merge in one order however the records were stamped.
+
+        door = PartitionDoor(gate, cfg.ingest)
+        event, merge_ts = door.admit(raw)      # raises BadEvent; (None, -1) when ignored by rule
+    """
+
+    def __init__(self, gate: Gate, max_ahead_ms: int, jump_keys: int):
+        self.gate = gate
+        self.clock = EventClock(max_ahead_ms, jump_keys)
+
+    def admit(self, raw: bytes) -> tuple[Event | None, int]:
+        ev = self.gate.admit(raw)
+        if ev is None:
+            return None, -1
+        clock = self.clock
+        if ev.ts > clock.limit:
+            clock.ahead(ev.key, ev.ts)
+        clock.advance(ev.ts)
+        return ev, clock.t

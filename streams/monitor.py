@@ -120,14 +120,14 @@ class Monitor:
         self._retained_rows = -1
 
     # -- input ---------------------------------------------------------------------------------------------
-    async def on_market(self, records: list) -> None:
-        """A run of ticks and references (aiokafka records) in merged event-time order: decode each, apply the
-        run in one kernel call, dead-letter what was rejected."""
-        events, kept = [], []
-        admit = self.engine.gate.admit
+    async def admit_market(self, door, records: list) -> list:
+        """Records of one market partition in offset order through its door (streams.ingest.PartitionDoor):
+        the rejected ones dead-lettered, the others returned with `event` set and `timestamp` set to their merge
+        time."""
+        kept = []
         for rec in records:
             try:
-                ev = admit(rec.value)
+                ev, t = door.admit(rec.value)
                 if ev is None:  # a book the config does not name, ignored by rule
                     self.metrics.ignored.labels(reason="unknown_source").inc()
                     continue
@@ -136,10 +136,17 @@ class Monitor:
             except BadEvent as e:
                 await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
                 continue
-            events.append(ev)
+            rec.event = ev
+            rec.timestamp = t
             kept.append(rec)
-        if not events:
+        return kept
+
+    async def on_market(self, records: list) -> None:
+        """A run of admitted ticks and references (`admit_market`) in merged event-time order: apply the run in
+        one kernel call, dead-letter what the market state rejects (out of order, ahead of the market)."""
+        if not records:
             return
+        events, kept = [rec.event for rec in records], records
         try:
             results = self.engine.apply_many(events)
         except Exception as e:  # a bug must not stop the stream: keep the records, say what happened

@@ -21,6 +21,7 @@ live workers processed gives the alerts they emitted: the same ids and event tim
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from bisect import bisect_left
 import math
 from collections.abc import Callable, Iterable
@@ -33,9 +34,9 @@ from kernels.health import margin_health
 from kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING, Book
 from streams.alerts import AlertEngine
 from streams.cascades import LocalStressRuns
-from streams.config import Config, IngestSpec
+from streams.config import Config
 from streams.events import BadEvent, peek
-from streams.ingest import MergeTime
+from streams.ingest import Gate, PartitionDoor
 from streams.metrics import Metrics
 from streams.monitor import Monitor, Where, band_counts, book_notional
 from streams.topics import TopicNames
@@ -44,6 +45,7 @@ EVALUATE_EVERY_MS = 10_000  # as the live workers (streams.app.WorkerSettings)
 CASCADE_EVERY_MS = 60_000
 STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
 REFERENCES, TICKS, ACCOUNTS = 0, 1, 2  # ties at one timestamp: references first, as the live market feed
+TOPIC_NAME = {REFERENCES: "references", TICKS: "ticks", ACCOUNTS: "accounts"}
 
 
 class EmptyWindow(ValueError):
@@ -61,6 +63,7 @@ class Record:
     partition: int
     offset: int
     key: bytes | None = None
+    event: object = None  # set by the door (streams.ingest.PartitionDoor)
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Window:
     t_from: int
     t_to: int
     warmup_ms: int
-    market: list[Record]             # ticks and references, in event-time order
+    market: list[Record]             # ticks and references as recorded: each partition in offset order
     accounts: list[Record]           # account snapshots up to t_to, in event-time order
     complete: bool                   # nothing recorded after t_to: end with the live idle evaluation
     source: dict                     # where it came from (topics and offset ranges, or the file)
@@ -108,28 +111,24 @@ def default_warmup_ms(cfg: Config) -> int:
 
 
 # -- input ------------------------------------------------------------------------------------------------------
-_INGEST = IngestSpec()
-
-
-def _order(records: list[Record], merge: bool = True, max_ahead_ms: int = _INGEST.max_ahead_ms,
-           jump: int = _INGEST.jump_keys) -> list[Record]:
-    """The live merge's order: by merge time (market records: streams.ingest.MergeTime, per partition in offset
-    order), topic, partition, offset."""
-    clocks: dict[tuple[str, int], MergeTime] = {}
-    for r in records if merge else ():
-        clock = clocks.get((r.topic, r.partition))
-        if clock is None:
-            clock = clocks[(r.topic, r.partition)] = MergeTime(max_ahead_ms, jump)
-        r.timestamp = clock(r.timestamp)
+def _order(records: list[Record]) -> list[Record]:
+    """The live merge's order: by merge time (market records carry theirs: streams.ingest.PartitionDoor), topic,
+    partition, offset."""
     return sorted(records, key=lambda r: (r.timestamp, r.kind, r.partition, r.offset))
 
 
-def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int) -> Window:
+def _door(cfg: Config) -> Callable[[], PartitionDoor]:
+    gate = Gate(cfg)
+    return lambda: PartitionDoor(gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
+
+
+def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int, cfg: Config | None = None) -> Window:
     """A JSONL file of input events (as `liqwatch scenario` writes them): the same window as from Kafka, with
-    line numbers for offsets."""
-    market, accounts, unreadable = [], [], []
-    before = after = 0
-    first = last = None
+    line numbers for offsets; ticks and references each as one partition. The window's edges are found on the
+    merge times `cfg`'s door gives (the first config under review; each config's replay applies its own)."""
+    accounts, unreadable = [], []
+    parts: dict[int, list[Record]] = {REFERENCES: [], TICKS: []}
+    after = 0
     kinds = {"reference": REFERENCES, "tick": TICKS, "account": ACCOUNTS}
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -142,34 +141,51 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int) -> Window:
                 why = "no input type" if kind is None else "no valid ts"
                 unreadable.append({"line": lineno, "reason": why})
                 continue
-            rec = Record(kind, ts, raw.rstrip(b"\n"), str(path), 0, lineno)
+            rec = Record(kind, ts, raw.rstrip(b"\n"), f"{path}:{TOPIC_NAME[kind]}", 0, lineno)
             if kind == ACCOUNTS:
                 if ts > t_to:
                     after += 1
                 else:
                     accounts.append(rec)
                 continue
-            first = ts if first is None else min(first, ts)
-            last = ts if last is None else max(last, ts)
-            if ts > t_to:
+            parts[kind].append(rec)
+    market: list[Record] = []
+    before = 0
+    first = last = None
+    door = _door(cfg) if cfg is not None else None
+    for recs in parts.values():
+        d = door() if door is not None else None
+        for rec in recs:
+            t = rec.timestamp
+            if d is not None:
+                try:
+                    ev, t = d.admit(rec.value)
+                except BadEvent:
+                    if d.clock.t >= t_from - warmup_ms:
+                        market.append(rec)  # among the window's records: each config's replay dead-letters it
+                    continue
+                if ev is None:
+                    continue
+            first = t if first is None else min(first, t)
+            last = t if last is None else max(last, t)
+            if t > t_to:
                 after += 1
-            elif ts < t_from - warmup_ms:
+                break  # merge times never go down: the rest of this partition is later still
+            if t < t_from - warmup_ms:
                 before += 1
-            else:
-                market.append(rec)
+                continue
+            market.append(rec)
     source = {"kind": "file", "path": str(path), "first_ts": first, "last_ts": last}
-    return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts, merge=False), complete=after == 0, source=source,
+    return Window(t_from, t_to, warmup_ms, market, _order(accounts), complete=after == 0, source=source,
                   skipped_before=before, skipped_after=after, unreadable=unreadable)
 
 
 async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, warmup_ms: int,
-                     progress: Callable[[int, int], None] | None = None,
-                     max_ahead_ms: int = 3_600_000) -> Window:
+                     progress: Callable[[int, int], None] | None = None, cfg: Config | None = None) -> Window:
     """Read the window from the input topics without a consumer group (no offsets committed, no rebalance of
     the live workers): per partition from the first offset at `from − warm-up` (accounts: from the beginning) to
-    the first record past `to` that is not itself far ahead of the records before it (`ingest.max_ahead_ms`):
-    one record dated a day ahead would otherwise end the window early (Kafka's time index finds it first), where
-    the live workers dead-letter it and go on."""
+    the first record whose merge time is past `to` (not Kafka's time index: one record dated a day ahead would
+    end the window there, where the live workers dead-letter it and go on)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -214,28 +230,43 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
             for tp in todo:
                 consumer.seek(tp, start[tp])
         done = 0
-        newest = {tp: -1 for tp in tps}  # per partition: the newest plausible timestamp read
+        # the window's edges on merge times (streams.ingest.PartitionDoor, of the first config under review), not
+        # on Kafka's timestamps: one record stamped a day ahead would end the window there, where the live
+        # workers dead-letter it and go on
+        make_door = _door(cfg) if cfg is not None else None
+        doors = {tp: make_door() for tp in tps if kind_of[tp] != ACCOUNTS} if make_door else {}
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=500, max_records=50_000)
-            for tp, recs in batch.items():
+            for tp, msgs in batch.items():
                 kind = kind_of[tp]
-                for m in recs:
+                d = doors.get(tp)
+                for m in msgs:
                     if m.offset >= stop[tp]:
                         break
                     done += 1
-                    if m.timestamp > t_to:
+                    t = m.timestamp
+                    if d is not None:
+                        try:
+                            ev, t = d.admit(m.value)
+                        except BadEvent:
+                            if d.clock.t >= t_from - warmup_ms:  # among the window's records: dead-lettered
+                                market.append(Record(kind, m.timestamp, m.value, tp.topic, tp.partition, m.offset,
+                                                     m.key))
+                            continue
+                        if ev is None:
+                            continue
+                    if t > t_to:
                         skipped_after += 1
-                        if newest[tp] < 0 or m.timestamp <= newest[tp] + max_ahead_ms:
-                            stop[tp] = m.offset  # the stream is past `to`: the window ends here
-                            break
-                        continue  # far ahead of its neighbours: a bad record, not the end of the window
-                    newest[tp] = max(newest[tp], m.timestamp)
-                    if kind != ACCOUNTS and m.timestamp < t_from - warmup_ms:
+                        if kind == ACCOUNTS:
+                            continue  # snapshots dated ahead are judged by the market's clock: read on
+                        stop[tp] = m.offset  # merge times never go down: the window ends here
+                        break
+                    if kind != ACCOUNTS and t < t_from - warmup_ms:
                         skipped_before += 1
                         continue
                     rec = Record(kind, m.timestamp, m.value, tp.topic, tp.partition, m.offset, m.key)
                     (accounts if kind == ACCOUNTS else market).append(rec)
-            finished = [tp for tp in todo if stop[tp] <= await consumer.position(tp) or stop[tp] < end[tp]]
+            finished = [tp for tp in todo if stop[tp] < end[tp] or await consumer.position(tp) >= stop[tp]]
             if finished:
                 consumer.pause(*finished)
                 todo = [tp for tp in todo if tp not in finished]
@@ -246,7 +277,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
                   "offsets": {f"{tp.topic}[{tp.partition}]": [start[tp], stop[tp]] for tp in
                               sorted(tps, key=lambda tp: (tp.topic, tp.partition))},
                   "first_ts": first_ts, "last_ts": last_ts}
-        return Window(t_from, t_to, warmup_ms, _order(market), _order(accounts, merge=False), complete=complete, source=source,
+        return Window(t_from, t_to, warmup_ms, market, _order(accounts), complete=complete, source=source,
                       skipped_before=skipped_before, skipped_after=skipped_after)
     finally:
         await consumer.stop()
@@ -333,7 +364,7 @@ class Replayer:
                 # ts > market_t only at the end (upto None): then held, and released just after, like live
                 await mon.on_account(rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key))
 
-        market = w.market
+        market = await self._admit(w)
         stamps = [r.timestamp for r in market]  # ascending: a boundary's record is found by bisection
         i = 0
         while i < len(market):
@@ -364,6 +395,20 @@ class Replayer:
                                                    "partition": 0, "offset": u["line"]} for u in w.unreadable]
         self.run.last_t = mon.t
         return self.run
+
+    async def _admit(self, w: Window) -> list[Record]:
+        """The window's market records through this config's doors, one per partition as in the live feed
+        (rejected ones dead-lettered), within the window by merge time, in the live merge's order."""
+        cfg, mon = self.cfg, self.monitor
+        parts: dict[tuple[str, int], list[Record]] = {}
+        for rec in w.market:
+            parts.setdefault((rec.topic, rec.partition), []).append(dataclasses.replace(rec))
+        admitted = []
+        for recs in parts.values():
+            door = PartitionDoor(mon.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
+            admitted += [r for r in await mon.admit_market(door, recs)
+                         if w.t_from - w.warmup_ms <= r.timestamp <= w.t_to]
+        return _order(admitted)
 
     async def boundary(self, t: int, cascades: bool, final: bool = False) -> None:
         mon = self.monitor

@@ -160,7 +160,7 @@ def replay_command(
         with _progress() as progress:
             if events is not None:
                 task = progress.add_task(f"reading {events.name}", total=None, info="")
-                window = read_file(events, start, end, warm)
+                window = read_file(events, start, end, warm, cfgs[0])
                 progress.update(task, total=1, completed=1, info=f"{len(window.market):,} market events")
             else:
                 if bootstrap is None:
@@ -182,7 +182,8 @@ def replay_command(
                     progress.update(task, completed=done, total=total, info="records")
 
                 try:
-                    window = asyncio.run(read_kafka(bootstrap, TopicNames(topic_prefix), start, end, warm, read))
+                    window = asyncio.run(read_kafka(bootstrap, TopicNames(topic_prefix), start, end, warm, read,
+                                                    cfgs[0]))
                 except EmptyWindow:
                     raise
                 except Exception as e:  # unreachable broker etc.: one line

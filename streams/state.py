@@ -17,7 +17,6 @@ An event older than the last one of its key by more than `ingest.out_of_order_ms
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +25,9 @@ from kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, 
 from kernels.prices import compute_index, compute_marks
 from kernels.rules import Book, Quotes
 from streams.events import Account, BadEvent, Reference, Tick
+from streams.ingest import EventClock
 from streams.layout import Layout
 
-log = logging.getLogger(__name__)
 
 
 def _grow(a: np.ndarray, n: int, fill) -> np.ndarray:
@@ -59,39 +58,6 @@ class _Ordering:
             return False
         self.last[key] = ts
         return True
-
-
-class _StreamClock:
-    """The market's event time, and the rule for records too far ahead of it.
-
-    A record more than `max_ahead_ms` ahead is rejected (`ahead_of_stream`): one tick dated a day ahead would
-    otherwise become its key's last event, and every later tick of that key would be out of order. A gap in the
-    whole stream (a feed down for hours) is not an error: when records of `jump_keys` distinct keys in a row are
-    all that far ahead, the clock jumps to them (those before the jump-confirming one were already rejected: the
-    log says how many)."""
-
-    def __init__(self, max_ahead_ms: int, jump_keys: int):
-        self.max_ahead_ms = max_ahead_ms
-        self.jump_keys = jump_keys
-        self.t = -1
-        self.limit = float("inf")  # records with ts above this are ahead
-        self.run: dict[str, int] = {}  # distinct keys of the current run of ahead records → their ts
-
-    def ahead(self, key: str, ts: int) -> None:
-        """Judge a record ahead of the limit: raise, or accept it as a jump of the stream."""
-        self.run[key] = ts
-        if len(self.run) < self.jump_keys:
-            raise BadEvent("ahead_of_stream", f"ts: {ts - self.t} ms ahead of the market's event time {self.t} "
-                                              f"(ingest.max_ahead_ms {self.max_ahead_ms})")
-        log.warning("market event time jumps from %d to %d (%d distinct keys that far ahead in a row; the %d "
-                    "before this one were dead-lettered as ahead_of_stream)", self.t, ts, len(self.run),
-                    len(self.run) - 1)
-
-    def advance(self, ts: int) -> None:
-        self.run.clear()
-        if ts > self.t:
-            self.t = ts
-            self.limit = ts + self.max_ahead_ms
 
 
 class MarketState:
@@ -134,7 +100,7 @@ class MarketState:
         self.mark = np.full(n_instr, np.nan)
         self.t = -1  # event time of the last evaluation
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
-        self.clock = _StreamClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
+        self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
     @property
     def basis_ma(self) -> np.ndarray:

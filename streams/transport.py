@@ -185,9 +185,11 @@ async def produce_file(
     console = console or Console(stderr=True)
     size = Path(path).stat().st_size if str(path) != "-" else None
     bar = _bar(console, TransferSpeedColumn()) if progress and console.is_terminal else None
+    # idempotent with acks=all: a broker restart mid-file is waited out (batches are retried in order, without
+    # duplicates, for up to request_timeout) instead of aborting a paced produce half-way
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, client_id="liqwatch-produce", acks=1,
-        linger_ms=10, max_batch_size=MAX_BATCH_BYTES, request_timeout_ms=30_000,
+        bootstrap_servers=bootstrap, client_id="liqwatch-produce", acks="all", enable_idempotence=True,
+        linger_ms=10, max_batch_size=MAX_BATCH_BYTES, request_timeout_ms=120_000,
     )
     loop = asyncio.get_running_loop()
     async with _started(producer, bootstrap):
@@ -270,10 +272,17 @@ async def produce_file(
                 tp = (topic, partition)
                 if (batch := builders.get(tp)) is None:
                     batch = builders[tp] = producer.create_batch()
-                if batch.append(timestamp=ts, key=key, value=value) is None:  # full: send it, start the next
+                # a line without a valid ts is stamped with its predecessor's: the broker would stamp it with the
+                # wall clock, a time that in a replayed day lies a year ahead of its neighbours
+                stamp = ts if ts is not None else (last_ts if first_ts is not None else None)
+                if batch.append(timestamp=stamp, key=key, value=value) is None:  # full: send it, start the next
+                    # the other topics' open batches hold earlier events: they leave first, so that a consumer
+                    # merging the topics by time never sees this topic run ahead of what the others will deliver
+                    for other in [o for o in builders if o != tp]:
+                        await flush(other)
                     await flush(tp)
                     batch = builders[tp] = producer.create_batch()
-                    batch.append(timestamp=ts, key=key, value=value)  # one record always fits an empty batch
+                    batch.append(timestamp=stamp, key=key, value=value)  # one record always fits an empty batch
                 if bar and report.events % 20_000 == 0:
                     bar.update(task, completed=report.bytes)
             for tp in list(builders):

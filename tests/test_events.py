@@ -87,3 +87,26 @@ def test_batch_dead_letters_and_goes_on(small_config, tmp_path):
     assert rows[0]["original"] == "garbage" and rows[1]["reason"].startswith("bid:")
     assert rows[2]["kind"] == "unknown_asset"
     assert engine.accounts.ids == ["a1"]
+
+
+def test_partition_door_rejects_what_is_far_ahead_and_keeps_merge_times_monotone(small_config):
+    """One tick an hour ahead of its partition is dead-lettered, not its partition's time; later ticks merge at
+    the partition's time; a gap in the whole stream (several keys that far ahead in a row) moves the clock."""
+    from streams.ingest import Gate, PartitionDoor
+
+    door = PartitionDoor(Gate(small_config), max_ahead_ms=60_000, jump_keys=3)
+
+    def tick(ts, venue="binance", symbol="BTC/USDT"):
+        return json.dumps({**TICK, "venue": venue, "symbol": symbol, "ts": ts}).encode()
+
+    assert door.admit(tick(1_000))[1] == 1_000
+    assert door.admit(tick(2_000))[1] == 2_000
+    with pytest.raises(BadEvent) as e:
+        door.admit(tick(3_600_000))
+    assert e.value.kind == "ahead_of_stream"
+    assert door.admit(tick(1_500))[1] == 2_000     # a late record merges at its partition's time
+    with pytest.raises(BadEvent):
+        door.admit(tick(5_000_000, "okx"))          # two keys that far ahead: still rejected
+    ev, t = door.admit(tick(5_000_100, "coinbase", "BTC/USD"))  # a third distinct key in a row: the stream jumped
+    assert t == 5_000_100 and ev.ts == 5_000_100
+    assert door.admit(tick(5_000_200))[1] == 5_000_200

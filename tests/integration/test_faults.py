@@ -1,0 +1,179 @@
+"""The fault suite: the live pipeline on the real broker while things break.
+
+Each test runs two workers on the October evening (1,500 accounts, cascades every 5 min of event time) and
+asserts, after the fault, what a clean run gives: the alerts topic equals `liqwatch replay` of the same topics
+(ids, states, severities, event times), every account's last `health` equals the batch command on the valid
+events, and nothing was dead-lettered that was valid or lost that was not.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streams import scenarios
+from streams import stack as lwstack
+from streams.replay import compare_alerts
+from streams.scenarios import T0
+from tests import fuzz
+from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, read_topic)
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+PARTITIONS = 4
+PRE = scenarios.config_path("oct-2025", "prefix")
+CASCADE_EVERY_MS = 300_000
+MIN = 60_000
+
+
+def liqwatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def evening(path: Path, accounts: int = 1500) -> tuple[list[bytes], int]:
+    valid = [json.dumps(ev).encode() for ev in scenarios.generate("oct-2025", accounts, seed=7)]
+    path.write_bytes(b"\n".join(valid) + b"\n")
+    return valid, max(json.loads(v)["ts"] for v in valid)
+
+
+def start_workers(bootstrap: str, prefix: str, tmp: Path, n: int = 2) -> list[Worker]:
+    extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
+    ws = [Worker(PRE, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp, extra_args=extra).start() for i in range(n)]
+    deadline = time.monotonic() + 120
+    while True:  # the group settled (partitions shared, one leader) before any data
+        st = [w.status() for w in ws]
+        if all(st) and all(s["partitions"] for s in st) and \
+                sum(len(s["partitions"]) for s in st) == PARTITIONS and sum(s["leader"] for s in st) == 1:
+            break
+        assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+        time.sleep(0.5)
+    time.sleep(3)
+    return ws
+
+
+def wait_final_cascades(bootstrap: str, prefix: str, ws: list[Worker], last_ts: int, timeout: float = 480) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for w in ws:
+            assert w.proc.poll() is None, w.log_tail()
+        final = [c for c in read_topic(bootstrap, prefix + "liqwatch.cascades") if c["ts"] == last_ts]
+        if len(final) >= 10:  # 2 scenarios × 5 severities
+            return
+        assert time.monotonic() < deadline, [w.log_tail(60) for w in ws]
+        time.sleep(3)
+
+
+def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, last_ts: int, tmp: Path) -> list:
+    alerts = read_topic(bootstrap, prefix + "liqwatch.alerts")
+    r = liqwatch("replay", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--from", "2025-10-10T20:00:00Z",
+                 "--to", str(last_ts + 1000), "-c", str(PRE), "--report", str(tmp / "pm"),
+                 "--cascade-every-ms", str(CASCADE_EVERY_MS))
+    assert r.returncode == 0, r.stderr
+    replayed = [json.loads(x) for x in (tmp / "pm" / "alerts-oct-2025-prefix.jsonl").read_text().splitlines()]
+    assert len(alerts) > 10
+    only_live, only_replay = compare_alerts(alerts, replayed)
+    assert (only_live, only_replay) == ([], []), (only_live[:5], only_replay[:5])
+    health, cascades = batch_results(PRE, clean)
+    diff = differences(bootstrap, prefix, health, cascades)
+    assert diff == [], diff[:10]
+    return alerts
+
+
+def test_poison_in_every_input_topic(stack, tmp_path):
+    bootstrap = lwstack.bootstrap_servers(stack)
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    clean = tmp_path / "clean.jsonl"
+    valid, last_ts = evening(clean)
+    poison = [raw for _, raw in fuzz.corpus(per_kind=25, t0=T0, t1=last_ts)]
+    mixed = fuzz.interleave(valid, poison)
+    ts = [json.loads(v)["ts"] for v in valid]
+    ahead = fuzz.ahead_of_stream(ts, n=10)
+    for i, raw in sorted(ahead, reverse=True):
+        mixed.insert(mixed.index(valid[i]) + 1, raw)
+    dirty = tmp_path / "dirty.jsonl"
+    dirty.write_bytes(b"\n".join(mixed) + b"\n")
+    n_poison = len(mixed) - len(valid)
+
+    ws = start_workers(bootstrap, prefix, tmp_path)
+    try:
+        rep = produce(dirty, bootstrap, prefix, PARTITIONS)
+        assert rep.events == len(mixed)
+        per_topic = {t: n for t, n in rep.by_type.items()}
+        assert per_topic["tick"] > 0 and per_topic["reference"] > 0 and rep.unroutable > 0
+        wait_final_cascades(bootstrap, prefix, ws, last_ts)
+        for w in ws:
+            st = w.status()
+            assert st is not None and st["ok"], st  # /healthz 200: every service running
+        assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+
+        # every poison record dead-lettered with a reason; none of the valid ones
+        dead = read_topic(bootstrap, prefix + "liqwatch.deadletter")
+        assert all(d["reason"] and d["kind"] for d in dead)
+        where = Counter((d["topic"], d["partition"], d["offset"]) for d in dead)
+        originals = {(d["topic"], d["partition"], d["offset"]): base64.b64decode(d["original"]) for d in dead}
+        assert Counter(originals.values()) == Counter(x for x in mixed if x not in set(valid)), \
+            "dead letters are not exactly the poison records"
+        assert len(where) == n_poison
+        # market records are read by every worker, each dead-letters them: duplicates by (topic, partition,
+        # offset), documented; account records only by their owner
+        dup = sum(n - 1 for n in where.values())
+        market_poison = sum(1 for (t, _, _) in where if not t.endswith("liqwatch.accounts"))
+        assert dup == market_poison * (len(ws) - 1)
+        counted = sum(metric_sum(w.metrics(), "liqwatch_deadletter_total") for w in ws)
+        assert counted == len(dead)
+        print(f"\npoison in every topic: {len(mixed):,} records, {n_poison:,} poison, {len(where):,} dead-lettered "
+              f"(+{dup:,} duplicate market dead letters from the second worker), 0 lost, 0 valid rejected")
+    finally:
+        for w in ws:
+            w.kill()
+
+
+def test_broker_restart_mid_stream(stack, tmp_path):
+    bootstrap = lwstack.bootstrap_servers(stack)
+    prefix = f"b{uuid.uuid4().hex[:8]}."
+    clean = tmp_path / "clean.jsonl"
+    valid, last_ts = evening(clean)
+    ws = start_workers(bootstrap, prefix, tmp_path)
+    done: dict = {}
+
+    def paced() -> None:
+        try:  # 3 h of event time in ~75 s: the broker goes away in the middle of it
+            done["report"] = liqwatch("produce", str(clean), "--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                      "--partitions", str(PARTITIONS), "--speed", "150")
+        except Exception as e:  # noqa: BLE001
+            done["error"] = e
+
+    t = threading.Thread(target=paced)
+    try:
+        t.start()
+        time.sleep(20)
+        t_down = time.monotonic()
+        lwstack.down(stack, services=["kafka"])
+        time.sleep(30)
+        lwstack.up(stack, services=["kafka"])
+        outage = time.monotonic() - t_down
+        t.join(600)
+        assert "error" not in done, done
+        r = done["report"]
+        assert r.returncode == 0, r.stderr
+        wait_final_cascades(bootstrap, prefix, ws, last_ts)
+        assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+        for w in ws:
+            st = w.status()
+            assert st is not None and st["ok"], st
+            log = (tmp_path / f"{w.worker_id}.log").read_text(errors="replace")
+            errors = [x for x in log.splitlines() if "[ERROR]" in x]
+            assert len(errors) < 60, errors[-20:]  # no error loop (~10 lines a second before)
+        print(f"\nbroker restart: down {outage:.0f} s; produce resumed; alerts = replay, health = batch")
+    finally:
+        t.join(1)
+        for w in ws:
+            w.kill()
