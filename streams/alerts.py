@@ -27,6 +27,8 @@ from streams.engine import Engine
 from streams.metrics import Metrics
 
 SEVERITIES = ("warning", "critical")
+# signals only the leader computes (from its stress runs over every shard); the market ones every worker can
+STRESS_KINDS = frozenset({"liquidations", "margin_cluster", "collateral_concentration", "cascade_risk"})
 
 
 @dataclass
@@ -55,6 +57,38 @@ class AlertEngine:
         self.config_id = config_id
         self.metrics = metrics
         self.open: dict[tuple[str, str], Episode] = {}
+        self.publishing = True
+
+    # -- the alerts topic is the episodes' changelog ---------------------------------------------------------
+    @staticmethod
+    def open_on_topic(events: list[dict], config_id: str) -> dict[tuple[str, str], Episode]:
+        """The episodes a sequence of alert events (the alerts topic, in order) leaves open, for one config."""
+        open_: dict[tuple[str, str], Episode] = {}
+        for ev in events:
+            if ev.get("type") != "alert" or ev.get("config_id") != config_id:
+                continue
+            key = (ev["kind"], ev["subject"])
+            if ev["state"] == "resolved":
+                open_.pop(key, None)
+            else:
+                open_[key] = Episode(ev["id"], ev["severity"], int(ev.get("since", ev["ts"])))
+        return open_
+
+    def restore(self, episodes: dict[tuple[str, str], Episode], kinds: set[str]) -> None:
+        """Take the open episodes of `kinds` from the changelog (a new leader: those signals were the old
+        leader's alone); the others stay as this engine computed them."""
+        for key in [k for k in self.open if k[0] in kinds]:
+            del self.open[key]
+        for key, ep in episodes.items():
+            if key[0] in kinds:
+                self.open[key] = Episode(ep.id, ep.severity, ep.since)
+
+    def publish_open(self) -> None:
+        """Set the alert gauges to the open episodes (a worker that becomes leader starts publishing)."""
+        for (kind, subject), ep in self.open.items():
+            for sev in SEVERITIES:
+                self.metrics.alert_active.labels(kind=kind, subject=subject, severity=sev).set(
+                    1.0 if sev == ep.severity else 0.0)
 
     # -- the episode state machine ---------------------------------------------------------------------------
     def observe(self, kind: str, subject: str, value: float, levels: Levels, t: int, summary: str,
@@ -90,10 +124,11 @@ class AlertEngine:
         threshold = levels.critical if ep.severity == "critical" else levels.warning
         if state == "resolved":
             threshold = levels.warning / self.spec.clear_ratio if lower_is_worse else levels.warning * self.spec.clear_ratio
-        for sev in SEVERITIES:
-            self.metrics.alert_active.labels(kind=kind, subject=subject, severity=sev).set(
-                1.0 if state == "firing" and sev == ep.severity else 0.0)
-        self.metrics.alerts_emitted.labels(kind=kind, state=state).inc()
+        if self.publishing:  # a follower's engine shadows the leader's: its alerts are not (yet) anyone's
+            for sev in SEVERITIES:
+                self.metrics.alert_active.labels(kind=kind, subject=subject, severity=sev).set(
+                    1.0 if state == "firing" and sev == ep.severity else 0.0)
+            self.metrics.alerts_emitted.labels(kind=kind, state=state).inc()
         return {"type": "alert", "id": ep.id, "kind": kind, "severity": ep.severity, "subject": subject,
                 "state": state, "ts": t, "since": ep.since, "value": float(value), "threshold": float(threshold),
                 "summary": summary if state == "firing" else f"resolved: {summary}", "config_id": self.config_id}

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.alerts import AlertEngine
+from streams.alerts import STRESS_KINDS, AlertEngine
 from streams.cascades import CascadeAborted, Coordinator, ShardService
 from streams.config import Config
 from streams.metrics import CONTENT_TYPE, Metrics
@@ -34,11 +35,18 @@ from aiokafka.errors import KafkaError
 
 from streams.ingest import PartitionDoor
 from streams.sinks import OutputSink
-from streams.supervise import Supervisor
-from streams.topics import TopicNames, create_topics
+from streams.supervise import Quieter, Supervisor
+from streams.topics import TopicNames, create_topics, read_to_end
 from streams.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+
+
+def _json(raw: bytes):
+    try:
+        return msgspec.json.decode(raw)
+    except Exception:  # noqa: BLE001 - not ours to judge here: skipped
+        return None
 
 
 @dataclass
@@ -54,6 +62,10 @@ class WorkerSettings:
     cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
+    session_timeout_s: float = 6.0      # a worker silent this long is out of the group (a dead leader is replaced)
+    heartbeat_s: float = 1.5
+    takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
+                                        # shards' frozen books kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
 
 
@@ -79,6 +91,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_linger_ms=5,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_s,
     )
     accounts_topic = app.topic(names.ACCOUNTS, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw", partitions=settings.partitions)
@@ -133,9 +147,80 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
-    state = {"market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False,
+    def keep_snapshot(t: int) -> None:
+        snapshots[t] = monitor.snapshot()
+        for old in sorted(snapshots)[:-settings.takeover_boundaries]:
+            del snapshots[old]
+
+    async def refresh_offsets() -> None:
+        """Partitions taken over from a dead worker may deliver nothing (it had consumed them to the end): their
+        consumed offset is where the group's committed offset put this consumer."""
+        for p in owned_partitions():
+            if p not in monitor.account_offsets:
+                with contextlib.suppress(Exception):
+                    pos = await app.consumer.position(TopicPartition(names.ACCOUNTS, p))
+                    if pos is not None:
+                        monitor.account_offsets[p] = pos - 1
+
+    state = {"leading": False, "market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False,
              "cascade_task": None, "flushed": True,
              "leader_flushed": False}
+
+    # every worker evaluates the market alerts at every boundary; the leader publishes them, the others keep
+    # what they computed (the shadow) so that a worker that takes over publishes what a dead leader did not
+    shadow: list[dict] = []
+    snapshots: dict[int, object] = {}  # market snapshots of the last cascade boundaries (a takeover runs them)
+
+    async def market_alerts(t: int) -> None:
+        events = alerts.market(monitor.engine, t)
+        if state["leading"]:
+            await emit_alerts(events)
+        else:
+            shadow.extend(events)
+            horizon = t - 6 * 3_600_000  # six hours of event time: longer than any takeover
+            if shadow and shadow[0]["ts"] < horizon:
+                shadow[:] = [e for e in shadow if e["ts"] >= horizon]
+
+    async def lead(t: int) -> None:
+        """Follow leadership at a boundary: a worker that becomes leader takes over first."""
+        leader = app.is_leader()
+        if leader and not state["leading"]:
+            await take_over(t)
+        state["leading"] = leader
+        alerts.publishing = leader
+
+    async def take_over(t: int) -> None:
+        """Become the leader at event time t: the alerts topic is the episodes' changelog; what the last leader
+        did not publish is published now, with its own event times; cascades run again from the last boundary
+        the last leader completed, so the alerts topic ends as a replay of the same events would."""
+        t0 = time.monotonic()
+        try:
+            published = [_json(v) for v in await read_to_end(settings.bootstrap, names.ALERTS,
+                                                             f"{settings.worker_id}-takeover")]
+            ran = [_json(v) for v in await read_to_end(settings.bootstrap, names.CASCADES,
+                                                       f"{settings.worker_id}-takeover")]
+        except Exception as e:  # noqa: BLE001 - lead anyway; say what could not be restored
+            log.error("%s: takeover could not read the alerts changelog (%s): episodes start afresh",
+                      settings.worker_id, e)
+            published, ran = [], []
+        mine = [e for e in published if isinstance(e, dict) and e.get("config_id") == cfg.config_id]
+        on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
+        alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
+        missed = [e for e in shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
+        shadow.clear()
+        alerts.publishing = True
+        alerts.publish_open()
+        await emit_alerts(missed)
+        last_run = max((c["ts"] for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id),
+                       default=-1)
+        again = sorted(b for b in snapshots if last_run <= b < t)
+        for b in again:
+            await run_cascades(snapshots[b])
+        if published or missed or again:
+            log.warning("%s: took over as leader at event time %d in %.1f s: %d open episodes restored from the "
+                        "alerts topic, %d alerts the last leader did not publish sent, cascades run again for %d "
+                        "boundaries", settings.worker_id, t, time.monotonic() - t0, len(alerts.open), len(missed),
+                        len(again))
 
     async def emit_alerts(events: list[dict]) -> None:
         for ev in events:
@@ -174,6 +259,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     @app.task
     async def start_services() -> None:
+        Quieter.install()  # logging is configured by now (Faust's worker)
         await sink.start()
         if webhooks is not None:
             await webhooks.start()
@@ -314,11 +400,14 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if with_severity:
             state["next_severity"] = t + settings.severity_every_ms
         cascade_boundary = t >= state["next_cascade"]
-        if cascade_boundary:  # every worker: the shards keep their book as of this boundary
+        if cascade_boundary:  # every worker: the shards keep their book as of this boundary, and the market
             state["next_cascade"] = t + settings.cascade_every_ms
-            shard.freeze(t)
-        if app.is_leader():
-            await emit_alerts(alerts.market(monitor.engine, t))
+            await refresh_offsets()
+            shard.freeze(t, keep=settings.takeover_boundaries)
+            keep_snapshot(t)
+        await lead(t)
+        await market_alerts(t)
+        if state["leading"]:
             if cascade_boundary:
                 # on a snapshot of the boundary, beside the feed (shards answer from their frozen books); one run
                 # in flight: the next boundary waits for it, so a slow run slows the feed instead of piling up
@@ -345,9 +434,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await monitor.emit_marks(app.is_leader())
             await sink.flush()
             log.info("%s: idle flush at event time %d: %d health events", settings.worker_id, monitor.t, n)
-            if app.is_leader():
+            await refresh_offsets()
+            keep_snapshot(monitor.t)
+            await lead(monitor.t)
+            await market_alerts(monitor.t)
+            if state["leading"]:
                 state["leader_flushed"] = True
-                await emit_alerts(alerts.market(monitor.engine, monitor.t))
                 await run_cascades(monitor.snapshot())
         elif coordinator.provisional and app.is_leader() and not state["cascading"]:
             await run_cascades(monitor.snapshot())

@@ -70,7 +70,7 @@ class ShardService:
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
         self.frozen: dict[int, tuple[Book, list[int], bool]] = {}
 
-    def freeze(self, t: int, keep: int = 3) -> None:
+    def freeze(self, t: int, keep: int = 8) -> None:
         """Copy this shard's book at the cascade boundary t (every worker crosses the same boundaries: they read
         the same market stream in the same order). The leader's cascade for t may come later, while the feed
         has moved on; it then reads this copy, not a book that has meanwhile taken newer snapshots. A copy

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 BACKOFF_S = (0.5, 30.0)
 STABLE_S = 60.0
 REPEAT_LOG_S = 60.0
+OWN_LOGGERS = ("streams", "kernels", "liqwatch")
 
 
 @dataclass
@@ -128,3 +129,43 @@ class Supervisor:
             elif st["state"] != "running":
                 out.append(f"{name}: {st['state']}" + (f" after {st['last_error']}" if st["last_error"] else ""))
         return out
+
+
+class Quieter(logging.Filter):
+    """No log storms from the libraries: a warning or error of one kind (logger and message template) passes the
+    first time, then
+    at most once a minute, saying how many like it were held back. A broker restart makes the Kafka client log
+    the same connection error many times a second; the operator needs it once, with a count.
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(Quieter())
+    """
+
+    def __init__(self, window_s: float = REPEAT_LOG_S):
+        super().__init__()
+        self.window_s = window_s
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.name.startswith(OWN_LOGGERS):
+            return True  # liqwatch's own lines already say things once (per failure, per kind)
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last, held = self.seen.get(key, (-1e18, 0))
+        if now - last < self.window_s:
+            self.seen[key] = (last, held + 1)
+            return False
+        self.seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like this in the last {now - last:.0f} s)"
+            record.args = ()
+        return True
+
+    @classmethod
+    def install(cls) -> "Quieter":
+        """On every handler of the root logger (where the worker's log lines go out)."""
+        q = cls()
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, cls) for f in handler.filters):
+                handler.addFilter(q)
+        return q

@@ -112,3 +112,36 @@ async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "") -
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def read_to_end(bootstrap: str, topic: str, client_id: str = "liqwatch-reader") -> list[bytes]:
+    """Every value of `topic` up to its end offsets as of now (all partitions, no consumer group): how a new
+    leader reads the alerts topic, the alerts' changelog."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                client_id=client_id)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[bytes] = []
+        todo = {tp for tp in tps if end[tp] > 0}
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=50_000)
+            for tp, recs in batch.items():
+                out.extend(r.value for r in recs if r.offset < end[tp])
+            for tp in list(todo):
+                if await consumer.position(tp) >= end[tp]:
+                    todo.discard(tp)
+        return out
+    finally:
+        await consumer.stop()

@@ -111,3 +111,4 @@ def test_partition_door_rejects_what_is_far_ahead_and_keeps_merge_times_monotone
     ev, t = door.admit(tick(5_000_100, "binance", "ETH/USDT"))  # a third distinct key in a row: the stream jumped
     assert t == 5_000_100 and ev.ts == 5_000_100
     assert door.admit(tick(5_000_200))[1] == 5_000_200
+

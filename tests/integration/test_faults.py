@@ -9,6 +9,7 @@ events, and nothing was dead-lettered that was valid or lost that was not.
 from __future__ import annotations
 
 import base64
+import signal
 import json
 import subprocess
 import sys
@@ -119,7 +120,8 @@ def test_poison_in_every_input_topic(stack, tmp_path):
         assert all(d["reason"] and d["kind"] for d in dead)
         where = Counter((d["topic"], d["partition"], d["offset"]) for d in dead)
         originals = {(d["topic"], d["partition"], d["offset"]): base64.b64decode(d["original"]) for d in dead}
-        assert Counter(originals.values()) == Counter(x for x in mixed if x not in set(valid)), \
+        valid_set = set(valid)
+        assert Counter(originals.values()) == Counter(x for x in mixed if x not in valid_set), \
             "dead letters are not exactly the poison records"
         assert len(where) == n_poison
         # market records are read by every worker, each dead-letters them: duplicates by (topic, partition,
@@ -173,6 +175,51 @@ def test_broker_restart_mid_stream(stack, tmp_path):
             errors = [x for x in log.splitlines() if "[ERROR]" in x]
             assert len(errors) < 60, errors[-20:]  # no error loop (~10 lines a second before)
         print(f"\nbroker restart: down {outage:.0f} s; produce resumed; alerts = replay, health = batch")
+    finally:
+        t.join(1)
+        for w in ws:
+            w.kill()
+
+
+@pytest.mark.parametrize("victim", ["leader", "follower"])
+def test_worker_killed_mid_stream(stack, tmp_path, victim):
+    """kill -9 of one of two workers in the middle of the evening: the other takes its partitions (and the
+    leadership: the alerts topic is the episodes' changelog) and the outputs end as if nothing happened."""
+    bootstrap = lwstack.bootstrap_servers(stack)
+    prefix = f"k{uuid.uuid4().hex[:8]}."
+    clean = tmp_path / "clean.jsonl"
+    valid, last_ts = evening(clean)
+    ws = start_workers(bootstrap, prefix, tmp_path)
+    done: dict = {}
+
+    def paced() -> None:
+        done["report"] = liqwatch("produce", str(clean), "--bootstrap", bootstrap, "--topic-prefix", prefix,
+                                  "--partitions", str(PARTITIONS), "--speed", "150")
+
+    t = threading.Thread(target=paced)
+    try:
+        t.start()
+        time.sleep(25)
+        leader = next(w for w in ws if w.status()["leader"])
+        dead = leader if victim == "leader" else next(w for w in ws if w is not leader)
+        alive = next(w for w in ws if w is not dead)
+        t_kill = time.monotonic()
+        dead.kill(signal.SIGKILL)
+        while True:  # the survivor owns every partition and leads
+            st = alive.status()
+            if st and st["leader"] and len(st["partitions"]) == PARTITIONS:
+                break
+            assert time.monotonic() - t_kill < 120, alive.log_tail()
+            time.sleep(0.2)
+        takeover = time.monotonic() - t_kill
+        t.join(600)
+        assert done["report"].returncode == 0, done["report"].stderr
+        wait_final_cascades(bootstrap, prefix, [alive], last_ts)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+        keys = Counter((a["id"], a["state"], a["severity"], a["ts"]) for a in alerts)
+        dup = sum(n - 1 for n in keys.values())
+        print(f"\nkill -9 of the {victim}: the survivor led every partition after {takeover:.1f} s; "
+              f"{len(alerts)} alert events on the topic ({dup} repeated), alerts = replay, health = batch")
     finally:
         t.join(1)
         for w in ws:
