@@ -37,7 +37,7 @@ from streams.ingest import PartitionDoor
 from streams.sinks import OutputSink
 from streams.supervise import Quieter, Supervisor
 from streams.topics import TopicNames, create_topics, read_to_end
-from streams.webhooks import WebhookSender
+from streams.webhooks import TopicDelivery, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class WorkerSettings:
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
     session_timeout_s: float = 6.0      # a worker silent this long is out of the group (a dead leader is replaced)
     heartbeat_s: float = 1.5
+    cascade_retry_s: float = 300.0      # a boundary's cascades are retried this long for shards to answer
     takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
                                         # shards' frozen books kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
@@ -226,10 +227,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         for ev in events:
             await sink.emit(names.ALERTS, ev)
             log.info("alert %s %s %s on %s: %s", ev["state"], ev["severity"], ev["kind"], ev["subject"], ev["summary"])
-        if events and webhooks is not None:
-            await sink.flush()  # the alerts topic is the record: nothing is sent that is not on it
-            for ev in events:
-                webhooks.submit(ev)
+        if events:
+            await sink.flush()  # on the topic now: webhook delivery reads it from there (TopicDelivery)
 
     cascading = asyncio.Lock()
 
@@ -240,16 +239,33 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             await _run_cascades(pv)
 
     async def _run_cascades(pv) -> None:
+        """A boundary's cascades are run again until every partition answered (a worker died: its partitions
+        move after the session timeout), so that its alerts are those of the boundary, not of a later book.
+        Given up after `cascade_retry_s`, said once."""
         state["cascading"] = True
+        started = time.monotonic()
         try:
-            results, critical, exposure = await coordinator.run_all(pv)
+            while True:
+                try:
+                    results, critical, exposure = await coordinator.run_all(pv)
+                    break
+                except CascadeAborted as e:
+                    if time.monotonic() - started > settings.cascade_retry_s:
+                        raise
+                    if not state.get("aborted_logged"):
+                        log.warning("%s: cascades at event time %d wait for the shards (%s); running them again",
+                                    settings.worker_id, pv.t, e)
+                        state["aborted_logged"] = True
+                    await asyncio.sleep(1.0)
+            state["aborted_logged"] = False
             events = alerts.cascades(results, critical, pv.t)
             if exposure is not None:
                 events += alerts.accounts(exposure, pv.t)
             await emit_alerts(events)
             await sink.flush()
         except CascadeAborted as e:
-            log.warning("cascade aborted, will retry: %s", e)
+            log.error("%s: cascades at event time %d given up after %.0f s: %s", settings.worker_id, pv.t,
+                      time.monotonic() - started, e)
             coordinator.provisional = True
         except Exception:  # the market feed must go on; say loudly what broke
             log.exception("stress cascades at event time %d failed", pv.t)
@@ -263,6 +279,9 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         await sink.start()
         if webhooks is not None:
             await webhooks.start()
+            delivery = TopicDelivery(webhooks, settings.bootstrap, names.ALERTS, f"{settings.app_id}-webhooks",
+                                     f"{settings.worker_id}-webhooks", int(settings.session_timeout_s * 1000))
+            services.start("webhook delivery", delivery.run)
         await coordinator.start()
         services.start("cascade shard", shard.run)
         services.start("market feed", market_feed, heartbeat=True)
@@ -480,14 +499,23 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     @app.on_before_shutdown.connect
     async def shutdown(app_, **kwargs) -> None:
-        """A clean stop: services stopped, queued webhooks and output records delivered, clients closed."""
-        await services.stop()
-        if webhooks is not None:
-            await webhooks.stop()
+        """A clean stop: the feed and the cascade services first, then what is queued is delivered (the output
+        topics, then the webhooks, whose offsets are committed as they are delivered), then every client."""
+        await services.stop([n for n in services.services if n != "webhook delivery"])
         try:
-            await asyncio.wait_for(sink.stop(), timeout=30)
+            await asyncio.wait_for(sink.flush(), timeout=30)
         except Exception as e:  # noqa: BLE001 - say what could not be delivered, stop anyway
             log.error("%s: output not fully delivered at shutdown: %s", settings.worker_id, e)
+        if webhooks is not None:
+            left = await webhooks.drain(5.0)
+            await asyncio.sleep(0.5)  # the delivery service commits what was delivered
+            await services.stop()
+            await webhooks.stop(drain_timeout=0)
+            if left:
+                log.warning("%s: %d webhook deliveries left to the next worker of the group (not committed)",
+                            settings.worker_id, left)
+        await services.stop()
+        await sink.stop()
         log.info("%s: stopped cleanly", settings.worker_id)
 
     return app, monitor

@@ -114,6 +114,8 @@ class ShardService:
         if req["round"] == 1:
             t = int(req["t"])
             frozen = self.frozen.get(t)
+            if frozen is not None and frozen[1] != sorted(self.owned_partitions()):
+                frozen = None  # partitions moved since (a worker died): answer for the ones owned now
             if frozen is not None:  # the book as it was when this worker's feed crossed the boundary t
                 book, partitions, caught_up = frozen
             else:

@@ -59,12 +59,14 @@ class Supervisor:
         if svc is not None:
             svc.last_beat = time.monotonic()
 
-    async def stop(self) -> None:
-        tasks = [s.task for s in self.services.values() if s.task is not None]
+    async def stop(self, names: list[str] | None = None) -> None:
+        """Stop the named services (all when None)."""
+        chosen = [s for n, s in self.services.items() if names is None or n in names]
+        tasks = [s.task for s in chosen if s.task is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for s in self.services.values():
+        for s in chosen:
             s.state = "stopped"
 
     async def _keep(self, svc: Service) -> None:

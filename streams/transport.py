@@ -213,6 +213,17 @@ async def produce_file(
             while sent and sent[0].done():
                 _check(sent.popleft(), bootstrap)
 
+        async def barrier() -> None:
+            """Every topic's open batch leaves, and all are on the broker before anything later is sent: a consumer
+            merging the topics by time never sees one topic run ahead while another's records of the same time are
+            still on their way (unpaced produce, where a topic would otherwise lead by whole batches)."""
+            for tp in list(builders):
+                await flush(tp)
+            if sent:
+                await asyncio.wait(sent)
+                while sent:
+                    _check(sent.popleft(), bootstrap)
+
         t0 = loop.time()
         aligned_ts = -LOCKSTEP_MS
         first_ts: int | None = None
@@ -255,8 +266,7 @@ async def produce_file(
                     # unpaced: every topic's open batch leaves together every LOCKSTEP_MS of event time, so that
                     # a consumer merging the topics by time never sees one topic minutes ahead of another
                     aligned_ts = ts
-                    for tp in list(builders):
-                        await flush(tp)
+                    await barrier()
                 if rate or speed:
                     due = (report.events - 1) / rate if rate else (last_ts - (first_ts or 0)) / 1000 / speed
                     ahead = due - (loop.time() - t0)
@@ -276,11 +286,10 @@ async def produce_file(
                 # wall clock, a time that in a replayed day lies a year ahead of its neighbours
                 stamp = ts if ts is not None else (last_ts if first_ts is not None else None)
                 if batch.append(timestamp=stamp, key=key, value=value) is None:  # full: send it, start the next
-                    # the other topics' open batches hold earlier events: they leave first, so that a consumer
-                    # merging the topics by time never sees this topic run ahead of what the others will deliver
-                    for other in [o for o in builders if o != tp]:
-                        await flush(other)
-                    await flush(tp)
+                    if rate or speed:
+                        await flush(tp)
+                    else:
+                        await barrier()
                     batch = builders[tp] = producer.create_batch()
                     batch.append(timestamp=stamp, key=key, value=value)  # one record always fits an empty batch
                 if bar and report.events % 20_000 == 0:

@@ -35,6 +35,7 @@ Delivery semantics:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -450,3 +451,53 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None  # HTTP-date form: ignore, use our own backoff
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class TopicDelivery:
+    """Webhook delivery from the alerts topic, durable across restarts: a consumer in its own group reads the
+    topic, hands each alert to the sender, and commits the offset only once every endpoint has the alert
+    (delivered, or rejected for good). A worker killed with alerts queued has not committed them: the group's
+    next member (a restarted worker, or another one after the rebalance) sends them again, and receivers
+    deduplicate. An alert reaches a webhook only once it is on the alerts topic.
+
+        delivery = TopicDelivery(sender, "127.0.0.1:9092", "liqwatch.alerts", group="liqwatch-webhooks")
+        await delivery.run()        # a supervised service of the worker (streams.supervise)
+    """
+
+    def __init__(self, sender: WebhookSender, bootstrap: str, topic: str, group: str, client_id: str,
+                 session_timeout_ms: int = 6_000):
+        self.sender = sender
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
+        self.client_id = client_id
+        self.session_timeout_ms = session_timeout_ms
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        # a new group starts at the beginning of the topic: an alert published before the group first joined
+        # is sent too (receivers deduplicate what an older deployment already sent)
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=self.group,
+                                    client_id=self.client_id, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
+                                    heartbeat_interval_ms=max(self.session_timeout_ms // 4, 500))
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=500)
+                for tp, recs in batch.items():
+                    for rec in recs:
+                        try:
+                            alert = json.loads(rec.value)
+                        except (ValueError, TypeError):
+                            log.warning("webhooks: alerts topic record %s[%d]@%d is not JSON; skipped", tp.topic,
+                                        tp.partition, rec.offset)
+                            continue
+                        self.sender.submit(alert)
+                    while self.sender.pending():
+                        await self.sender.drain(60)
+                    await consumer.commit({tp: recs[-1].offset + 1})
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
