@@ -144,7 +144,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             monitor.retain_partitions(set(owned_partitions()), settings.partitions)
 
     shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, owned_partitions, accounts_caught_up,
-                         retain)
+                         retain, lambda: refresh_offsets())
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None

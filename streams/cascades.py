@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import numpy as np
@@ -59,7 +59,7 @@ class ShardService:
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
                  owned_partitions: Callable[[], list[int]], caught_up: Callable[[int], bool],
-                 retain: Callable[[], None]):
+                 retain: Callable[[], None], refresh: Callable[[], Awaitable[None]] | None = None):
         self.monitor = monitor
         self.names = names
         self.bootstrap = bootstrap
@@ -67,6 +67,7 @@ class ShardService:
         self.owned_partitions = owned_partitions
         self.caught_up = caught_up
         self.retain = retain
+        self.refresh = refresh  # brings the consumed offsets of partitions just taken over up to date
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
         self.frozen: dict[int, tuple[Book, list[int], bool]] = {}
 
@@ -120,6 +121,8 @@ class ShardService:
                 book, partitions, caught_up = frozen
             else:
                 self.retain()
+                if self.refresh is not None:
+                    await self.refresh()
                 accounts = self.monitor.engine.accounts
                 book = _copy(accounts.view())
                 # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it

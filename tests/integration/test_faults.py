@@ -26,6 +26,7 @@ from streams import stack as lwstack
 from streams.replay import compare_alerts
 from streams.scenarios import T0
 from tests import fuzz
+from tests.integration.conftest import free_ports
 from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, read_topic)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -72,17 +73,18 @@ def wait_final_cascades(bootstrap: str, prefix: str, ws: list[Worker], last_ts: 
         time.sleep(3)
 
 
-def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, last_ts: int, tmp: Path) -> list:
+def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, last_ts: int, tmp: Path,
+                                   config: Path = PRE) -> list:
     alerts = read_topic(bootstrap, prefix + "liqwatch.alerts")
     r = liqwatch("replay", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--from", "2025-10-10T20:00:00Z",
-                 "--to", str(last_ts + 1000), "-c", str(PRE), "--report", str(tmp / "pm"),
+                 "--to", str(last_ts + 1000), "-c", str(config), "--report", str(tmp / "pm"),
                  "--cascade-every-ms", str(CASCADE_EVERY_MS))
     assert r.returncode == 0, r.stderr
-    replayed = [json.loads(x) for x in (tmp / "pm" / "alerts-oct-2025-prefix.jsonl").read_text().splitlines()]
+    replayed = [json.loads(x) for x in (tmp / "pm" / f"alerts-{config.stem}.jsonl").read_text().splitlines()]
     assert len(alerts) > 10
     only_live, only_replay = compare_alerts(alerts, replayed)
     assert (only_live, only_replay) == ([], []), (only_live[:5], only_replay[:5])
-    health, cascades = batch_results(PRE, clean)
+    health, cascades = batch_results(config, clean)
     diff = differences(bootstrap, prefix, health, cascades)
     assert diff == [], diff[:10]
     return alerts
@@ -222,5 +224,76 @@ def test_worker_killed_mid_stream(stack, tmp_path, victim):
               f"{len(alerts)} alert events on the topic ({dup} repeated), alerts = replay, health = batch")
     finally:
         t.join(1)
+        for w in ws:
+            w.kill()
+
+
+def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, monkeypatch):
+    """The webhook receiver is down for the first 60 s; the worker delivering webhooks is stopped (SIGTERM) with
+    alerts queued. It stops cleanly; the other worker's delivery takes over what was not acknowledged; once the
+    receiver is up it has every alert of the topic, none twice after dedup."""
+    bootstrap = lwstack.bootstrap_servers(stack)
+    prefix = f"w{uuid.uuid4().hex[:8]}."
+    clean = tmp_path / "clean.jsonl"
+    valid, last_ts = evening(clean)
+    (port,) = free_ports(1)
+    monkeypatch.setenv("LIQWATCH_WEBHOOK_SECRET", "fault-suite-secret")
+    cfg = tmp_path / "with-webhook.yaml"
+    cfg.write_text(PRE.read_text() + f"\n  webhooks:\n    - {{name: oncall, url: \"http://127.0.0.1:{port}/alerts\", "
+                                     f"secret_env: LIQWATCH_WEBHOOK_SECRET}}\n")
+    assert liqwatch("health", "-c", str(cfg), str(clean)).returncode == 0  # the config is valid
+    extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
+    ws = [Worker(cfg, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp_path, extra_args=extra).start()
+          for i in range(2)]
+    received = tmp_path / "received.jsonl"
+    receiver = None
+    t0 = time.monotonic()
+    try:
+        deadline = time.monotonic() + 120
+        while not all((s := w.status()) and s["partitions"] for w in ws):
+            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+            time.sleep(0.5)
+        time.sleep(3)
+        produce_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", str(clean), "--bootstrap",
+                                         bootstrap, "--topic-prefix", prefix, "--partitions", str(PARTITIONS),
+                                         "--speed", "150"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # the worker holding alerts to deliver (the receiver is down): stop it with SIGTERM
+        victim = None
+        while victim is None:
+            assert time.monotonic() - t0 < 55, "no webhook queued before the receiver came up"
+            for w in ws:
+                if metric_sum(w.metrics(), "liqwatch_webhook_queue") > 0:
+                    victim = w
+            time.sleep(0.5)
+        victim.kill(signal.SIGTERM)
+        assert victim.proc.returncode == 0, victim.log_tail()
+        assert "stopped cleanly" in victim.log_tail(80)
+        survivor = next(w for w in ws if w is not victim)
+        time.sleep(max(0.0, 60 - (time.monotonic() - t0)))
+        receiver = subprocess.Popen([sys.executable, "-m", "streams.cli", "webhook-receiver", "--port", str(port),
+                                     "--secret-env", "LIQWATCH_WEBHOOK_SECRET", "--out", str(received), "--quiet"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert produce_proc.wait(600) == 0, produce_proc.stderr.read()
+        wait_final_cascades(bootstrap, prefix, [survivor], last_ts)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, config=cfg)
+        want = Counter((a["id"], a["state"], a["severity"], a["ts"]) for a in alerts)
+        deadline = time.monotonic() + 120
+        while True:
+            got = Counter()
+            if received.exists():
+                for line in received.read_text().splitlines():
+                    a = json.loads(line)
+                    got[(a["id"], a["state"], a["severity"], a["ts"])] += 1
+            if set(got) == set(want):
+                break
+            assert time.monotonic() < deadline, (sorted(set(want) - set(got))[:5], sorted(set(got) - set(want))[:5])
+            time.sleep(2)
+        assert all(n == 1 for n in got.values())  # the receiver recorded each once (it dedups retries)
+        print(f"\nSIGTERM with webhooks queued, receiver down 60 s: {len(want)} alert events on the topic, "
+              f"{len(got)} received once each")
+    finally:
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
         for w in ws:
             w.kill()
