@@ -62,6 +62,8 @@ class WorkerSettings:
     cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
+    resume_pause_s: float = 1.0         # input silent this long, then records again (start, broker restart):
+    resume_grace_s: float = 3.0         # every topic bounds the merge this long, whatever it delivered
     session_timeout_s: float = 6.0      # a worker silent this long is out of the group (a dead leader is replaced)
     heartbeat_s: float = 1.5
     cascade_retry_s: float = 300.0      # a boundary's cascades are retried this long for shards to answer
@@ -320,12 +322,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             while True:
                 services.beat("market feed")
                 batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
+                now = time.monotonic()
+                if batch and now - max(arrived.values()) > settings.resume_pause_s:
+                    # records again after a pause (the first ones, a broker back from a restart): the topics'
+                    # producers resume in no particular order, so every topic holds the merge for a while
+                    for tp in tps:
+                        arrived[tp] = now + settings.resume_grace_s - settings.merge_grace_s
                 for tp, recs in batch.items():
-                    if not resume_at:  # the first records of any topic: a topic still empty may follow them
-                        for other in tps:
-                            arrived[other] = time.monotonic()
                     resume_at[tp] = recs[-1].offset + 1
-                    arrived[tp] = time.monotonic()
+                    arrived[tp] = max(arrived[tp], now)
                     recs = await monitor.admit_market(doors[tp], recs)  # bad ones dead-lettered at the door
                     if recs:
                         buf[tp].extend(recs)
