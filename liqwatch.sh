@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine (Python 3.11, Java 17 + Maven, apt):
 #   ./liqwatch.sh test              set everything up, run the fast tier, the integration tier (starts what it
-#                                   needs) and the fresh-clone check (scripts/fresh-clone-check.sh: the README's
+#                                   needs), the fault tier and the fresh-clone check (scripts/fresh-clone-check.sh: the README's
 #                                   two commands in a new clone; LIQWATCH_SKIP_FRESH_CLONE=1 skips it)
 #   ./liqwatch.sh test PYTEST_ARGS  set everything up, run pytest on exactly PYTEST_ARGS (e.g. tests/test_config.py)
 #   ./liqwatch.sh test-fast         set up Python only, run the fast tier (seconds)
@@ -45,7 +45,9 @@ run_tests() {
   log "fast tier"
   "$venv/bin/python" -m pytest -m "not integration" -q -n 2 || rc=$?  # two processes: the 2 cores
   log "integration tier (starts its own Kafka, Prometheus and Alertmanager on free 127.0.0.1 ports)"
-  "$venv/bin/python" -m pytest -m integration -q || rc=$?
+  "$venv/bin/python" -m pytest -m "integration and not faults" -q || rc=$?
+  log "fault tier (poison records, killed workers, a broker restart, webhooks down, on the real stack)"
+  "$venv/bin/python" -m pytest -m faults -q -s || rc=$?
   if [[ "${LIQWATCH_SKIP_FRESH_CLONE:-}" == 1 ]]; then
     log "fresh-clone check skipped (LIQWATCH_SKIP_FRESH_CLONE=1)"
   else

@@ -217,6 +217,10 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         last_run = max((c["ts"] for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id),
                        default=-1)
         again = sorted(b for b in snapshots if last_run <= b < t)
+        if last_run >= 0 and snapshots and min(snapshots) > last_run + settings.cascade_every_ms:
+            log.error("%s: takeover at event time %d: cascade boundaries after %d and before %d are older than the "
+                      "%d kept (takeover_boundaries): their cascade alerts are not computed", settings.worker_id, t,
+                      last_run, min(snapshots), settings.takeover_boundaries)
         for b in again:
             await run_cascades(snapshots[b])
         if published or missed or again:

@@ -95,7 +95,7 @@ def test_poison_in_every_input_topic(stack, tmp_path):
     prefix = f"f{uuid.uuid4().hex[:8]}."
     clean = tmp_path / "clean.jsonl"
     valid, last_ts = evening(clean)
-    poison = [raw for _, raw in fuzz.corpus(per_kind=25, t0=T0, t1=last_ts)]
+    poison = [raw for _, raw in fuzz.corpus(per_kind=210, t0=T0, t1=last_ts)]  # 10,080 lines
     mixed = fuzz.interleave(valid, poison)
     ts = [json.loads(v)["ts"] for v in valid]
     ahead = fuzz.ahead_of_stream(ts, n=10)
