@@ -107,7 +107,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         monitor.reset_accounts(snapshots)
         log.info("%s: shard rebuilt from the accounts table: %d accounts", settings.worker_id, len(snapshots))
 
-    table._recover_callbacks.add(rebuild_book)
+    table.on_recover(rebuild_book)
 
     @app.agent(accounts_topic)
     async def accounts(stream):
@@ -150,6 +150,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     alerts = AlertEngine(cfg.alerts, cfg.config_id, metrics)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
+
     def keep_snapshot(t: int) -> None:
         snapshots[t] = monitor.snapshot()
         for old in sorted(snapshots)[:-settings.takeover_boundaries]:
@@ -165,9 +166,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                     if pos is not None:
                         monitor.account_offsets[p] = pos - 1
 
-    state = {"leading": False, "market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0, "cascading": False,
-             "cascade_task": None, "flushed": True,
-             "leader_flushed": False}
+    state = {"leading": False, "market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0,
+             "cascading": False, "cascade_task": None, "flushed": True, "leader_flushed": False}
 
     # every worker evaluates the market alerts at every boundary; the leader publishes them, the others keep
     # what they computed (the shadow) so that a worker that takes over publishes what a dead leader did not
