@@ -66,7 +66,7 @@ class WorkerSettings:
     resume_grace_s: float = 3.0         # every topic bounds the merge this long, whatever it delivered
     session_timeout_s: float = 6.0      # a worker silent this long is out of the group (a dead leader is replaced)
     heartbeat_s: float = 1.5
-    cascade_retry_s: float = 300.0      # a boundary's cascades are retried this long for shards to answer
+    cascade_retry_s: float = 60.0       # a boundary's cascades are retried this long for shards to answer
     takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
                                         # shards' frozen books kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
@@ -466,11 +466,14 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             keep_snapshot(monitor.t)
             await lead(monitor.t)
             await market_alerts(monitor.t)
-            if state["leading"]:
+            if state["leading"] and monitor.t >= 0:
                 state["leader_flushed"] = True
-                await run_cascades(monitor.snapshot())
-        elif coordinator.provisional and app.is_leader() and not state["cascading"]:
-            await run_cascades(monitor.snapshot())
+                # beside the timer, after any boundary's run (the lock orders them): a boundary still waiting for
+                # its shards must not hold the idle evaluation of every worker's health
+                state["cascade_task"] = asyncio.get_running_loop().create_task(run_cascades(monitor.snapshot()))
+        elif coordinator.provisional and app.is_leader() and monitor.t >= 0 and not state["cascading"] and (
+                state["cascade_task"] is None or state["cascade_task"].done()):
+            state["cascade_task"] = asyncio.get_running_loop().create_task(run_cascades(monitor.snapshot()))
 
     @app.page("/metrics")
     async def metrics_page(web, request):

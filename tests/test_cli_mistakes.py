@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # ~60 CLI processes: the full fast tier runs them, `liqwatch.sh test-fast` does not
 from streams.scenarios import config_path
 
 LIQWATCH = [sys.executable, "-m", "streams.cli"]

@@ -62,6 +62,7 @@ def test_corpus_covers_every_kind_and_only_bad_events_escape():
     assert set(rejected) >= {"invalid_json", "bad_ts", "out_of_bounds", "unknown_source", "bad_number"}, rejected
 
 
+@pytest.mark.slow
 def test_batch_health_and_cascade_equal_the_clean_run(files, tmp_path):
     clean, dirty, n_poison = files
     at = str(T0 + 150 * MIN)
@@ -92,6 +93,7 @@ def test_batch_health_and_cascade_equal_the_clean_run(files, tmp_path):
         json.loads(b.stdout)
 
 
+@pytest.mark.slow
 def test_replay_of_a_poisoned_file_equals_the_clean_replay(files, tmp_path):
     clean, dirty, _ = files
     out = {}

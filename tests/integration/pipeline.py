@@ -143,3 +143,28 @@ def wait_converged(bootstrap: str, prefix: str, health: dict, cascades: dict, wo
         if not diff:
             return diff
     return diff
+
+
+def settle(ws: list[Worker], partitions: int, timeout: float = 120.0) -> None:
+    """Wait until the group has settled: every worker up with partitions, all partitions owned once, one leader
+    (a worker that joins later would move partitions and the leadership in the middle of the data)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = [w.status() for w in ws]
+        if all(st) and all(s["partitions"] for s in st) and \
+                sum(len(s["partitions"]) for s in st) == partitions and sum(s["leader"] for s in st) == 1:
+            return
+        assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+        time.sleep(0.5)
+
+
+def produce_paced(path: Path, bootstrap: str, prefix: str, partitions: int, speed: float) -> subprocess.Popen:
+    """`liqwatch produce --speed` as a process (event time `speed`× real time), to break things meanwhile; its
+    output goes to `<path>.produce.log` (`producer.log` on the returned process)."""
+    log = Path(f"{path}.produce.log")
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", str(path), "--bootstrap", bootstrap,
+                                 "--topic-prefix", prefix, "--partitions", str(partitions), "--speed", str(speed)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc

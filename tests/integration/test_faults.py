@@ -13,7 +13,6 @@ import signal
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,8 @@ from streams.replay import compare_alerts
 from streams.scenarios import T0
 from tests import fuzz
 from tests.integration.conftest import free_ports
-from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, read_topic)
+from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, produce_paced,
+                                        read_topic, settle)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 PARTITIONS = 4
@@ -46,17 +46,59 @@ def evening(path: Path, accounts: int = 1500) -> tuple[list[bytes], int]:
     return valid, max(json.loads(v)["ts"] for v in valid)
 
 
-def start_workers(bootstrap: str, prefix: str, tmp: Path, n: int = 2) -> list[Worker]:
+class Webhook:
+    """A real `liqwatch webhook-receiver` on a free port, and the config whose workers send to it."""
+
+    def __init__(self, tmp: Path):
+        (self.port,) = free_ports(1)
+        self.out = tmp / "received.jsonl"
+        self.config = tmp / "oct-2025-prefix-webhook.yaml"
+        self.config.write_text(PRE.read_text() + f"\n  webhooks:\n    - {{name: oncall, url: "
+                               f"\"http://127.0.0.1:{self.port}/alerts\", secret_env: LIQWATCH_WEBHOOK_SECRET}}\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "webhook-receiver", "--port",
+                                      str(self.port), "--secret-env", "LIQWATCH_WEBHOOK_SECRET", "--out",
+                                      str(self.out), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def received(self) -> Counter:
+        got: Counter = Counter()
+        if self.out.exists():
+            for line in self.out.read_text().splitlines():
+                a = json.loads(line)
+                got[(a["id"], a["state"], a["severity"], a["ts"])] += 1
+        return got
+
+    def assert_has(self, alerts: list[dict], timeout: float = 120) -> int:
+        """Every alert event of the topic reached the receiver, each recorded once (it dedups retries)."""
+        want = {(a["id"], a["state"], a["severity"], a["ts"]) for a in alerts}
+        deadline = time.monotonic() + timeout
+        while (got := self.received()).keys() != want:
+            assert time.monotonic() < deadline, (sorted(want - set(got))[:5], sorted(set(got) - want)[:5])
+            time.sleep(2)
+        assert all(n == 1 for n in got.values()), [k for k, n in got.items() if n > 1][:5]
+        return len(got)
+
+
+@pytest.fixture
+def webhook(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIQWATCH_WEBHOOK_SECRET", "fault-suite-secret")
+    hook = Webhook(tmp_path)
+    yield hook
+    hook.stop()
+
+
+def start_workers(bootstrap: str, prefix: str, tmp: Path, config: Path, n: int = 2) -> list[Worker]:
     extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
-    ws = [Worker(PRE, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp, extra_args=extra).start() for i in range(n)]
-    deadline = time.monotonic() + 120
-    while True:  # the group settled (partitions shared, one leader) before any data
-        st = [w.status() for w in ws]
-        if all(st) and all(s["partitions"] for s in st) and \
-                sum(len(s["partitions"]) for s in st) == PARTITIONS and sum(s["leader"] for s in st) == 1:
-            break
-        assert time.monotonic() < deadline, [w.log_tail() for w in ws]
-        time.sleep(0.5)
+    ws = [Worker(config, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp, extra_args=extra).start()
+          for i in range(n)]
+    settle(ws, PARTITIONS)  # the group settled (partitions shared, one leader) before any data
     time.sleep(3)
     return ws
 
@@ -90,7 +132,7 @@ def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, las
     return alerts
 
 
-def test_poison_in_every_input_topic(stack, tmp_path):
+def test_poison_in_every_input_topic(stack, tmp_path, webhook):
     bootstrap = lwstack.bootstrap_servers(stack)
     prefix = f"f{uuid.uuid4().hex[:8]}."
     clean = tmp_path / "clean.jsonl"
@@ -105,7 +147,8 @@ def test_poison_in_every_input_topic(stack, tmp_path):
     dirty.write_bytes(b"\n".join(mixed) + b"\n")
     n_poison = len(mixed) - len(valid)
 
-    ws = start_workers(bootstrap, prefix, tmp_path)
+    webhook.start()
+    ws = start_workers(bootstrap, prefix, tmp_path, webhook.config)
     try:
         rep = produce(dirty, bootstrap, prefix, PARTITIONS)
         assert rep.events == len(mixed)
@@ -115,7 +158,8 @@ def test_poison_in_every_input_topic(stack, tmp_path):
         for w in ws:
             st = w.status()
             assert st is not None and st["ok"], st  # /healthz 200: every service running
-        assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        webhook.assert_has(alerts)
 
         # every poison record dead-lettered with a reason; none of the valid ones
         dead = read_topic(bootstrap, prefix + "liqwatch.deadletter")
@@ -140,36 +184,27 @@ def test_poison_in_every_input_topic(stack, tmp_path):
             w.kill()
 
 
-def test_broker_restart_mid_stream(stack, tmp_path):
+def test_broker_restart_mid_stream(stack, tmp_path, webhook):
     bootstrap = lwstack.bootstrap_servers(stack)
     prefix = f"b{uuid.uuid4().hex[:8]}."
     clean = tmp_path / "clean.jsonl"
     valid, last_ts = evening(clean)
-    ws = start_workers(bootstrap, prefix, tmp_path)
-    done: dict = {}
-
-    def paced() -> None:
-        try:  # 3 h of event time in ~75 s: the broker goes away in the middle of it
-            done["report"] = liqwatch("produce", str(clean), "--bootstrap", bootstrap, "--topic-prefix", prefix,
-                                      "--partitions", str(PARTITIONS), "--speed", "150")
-        except Exception as e:  # noqa: BLE001
-            done["error"] = e
-
-    t = threading.Thread(target=paced)
+    webhook.start()
+    ws = start_workers(bootstrap, prefix, tmp_path, webhook.config)
+    producer = None
     try:
-        t.start()
+        # 3 h of event time in ~75 s: the broker goes away in the middle of it
+        producer = produce_paced(clean, bootstrap, prefix, PARTITIONS, 150)
         time.sleep(20)
         t_down = time.monotonic()
         lwstack.down(stack, services=["kafka"])
         time.sleep(30)
         lwstack.up(stack, services=["kafka"])
         outage = time.monotonic() - t_down
-        t.join(600)
-        assert "error" not in done, done
-        r = done["report"]
-        assert r.returncode == 0, r.stderr
+        assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, ws, last_ts)
-        assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        webhook.assert_has(alerts)
         for w in ws:
             st = w.status()
             assert st is not None and st["ok"], st
@@ -178,29 +213,25 @@ def test_broker_restart_mid_stream(stack, tmp_path):
             assert len(errors) < 60, errors[-20:]  # no error loop (~10 lines a second before)
         print(f"\nbroker restart: down {outage:.0f} s; produce resumed; alerts = replay, health = batch")
     finally:
-        t.join(1)
+        if producer is not None and producer.poll() is None:
+            producer.kill()
         for w in ws:
             w.kill()
 
 
 @pytest.mark.parametrize("victim", ["leader", "follower"])
-def test_worker_killed_mid_stream(stack, tmp_path, victim):
+def test_worker_killed_mid_stream(stack, tmp_path, victim, webhook):
     """kill -9 of one of two workers in the middle of the evening: the other takes its partitions (and the
     leadership: the alerts topic is the episodes' changelog) and the outputs end as if nothing happened."""
     bootstrap = lwstack.bootstrap_servers(stack)
     prefix = f"k{uuid.uuid4().hex[:8]}."
     clean = tmp_path / "clean.jsonl"
     valid, last_ts = evening(clean)
-    ws = start_workers(bootstrap, prefix, tmp_path)
-    done: dict = {}
-
-    def paced() -> None:
-        done["report"] = liqwatch("produce", str(clean), "--bootstrap", bootstrap, "--topic-prefix", prefix,
-                                  "--partitions", str(PARTITIONS), "--speed", "150")
-
-    t = threading.Thread(target=paced)
+    webhook.start()
+    ws = start_workers(bootstrap, prefix, tmp_path, webhook.config)
+    producer = None
     try:
-        t.start()
+        producer = produce_paced(clean, bootstrap, prefix, PARTITIONS, 150)
         time.sleep(25)
         leader = next(w for w in ws if w.status()["leader"])
         dead = leader if victim == "leader" else next(w for w in ws if w is not leader)
@@ -214,21 +245,22 @@ def test_worker_killed_mid_stream(stack, tmp_path, victim):
             assert time.monotonic() - t_kill < 120, alive.log_tail()
             time.sleep(0.2)
         takeover = time.monotonic() - t_kill
-        t.join(600)
-        assert done["report"].returncode == 0, done["report"].stderr
+        assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, [alive], last_ts)
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        webhook.assert_has(alerts)
         keys = Counter((a["id"], a["state"], a["severity"], a["ts"]) for a in alerts)
         dup = sum(n - 1 for n in keys.values())
         print(f"\nkill -9 of the {victim}: the survivor led every partition after {takeover:.1f} s; "
               f"{len(alerts)} alert events on the topic ({dup} repeated), alerts = replay, health = batch")
     finally:
-        t.join(1)
+        if producer is not None and producer.poll() is None:
+            producer.kill()
         for w in ws:
             w.kill()
 
 
-def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, monkeypatch):
+def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, webhook):
     """The webhook receiver is down for the first 60 s; the worker delivering webhooks is stopped (SIGTERM) with
     alerts queued. It stops cleanly; the other worker's delivery takes over what was not acknowledged; once the
     receiver is up it has every alert of the topic, none twice after dedup."""
@@ -236,27 +268,11 @@ def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, mon
     prefix = f"w{uuid.uuid4().hex[:8]}."
     clean = tmp_path / "clean.jsonl"
     valid, last_ts = evening(clean)
-    (port,) = free_ports(1)
-    monkeypatch.setenv("LIQWATCH_WEBHOOK_SECRET", "fault-suite-secret")
-    cfg = tmp_path / "with-webhook.yaml"
-    cfg.write_text(PRE.read_text() + f"\n  webhooks:\n    - {{name: oncall, url: \"http://127.0.0.1:{port}/alerts\", "
-                                     f"secret_env: LIQWATCH_WEBHOOK_SECRET}}\n")
-    assert liqwatch("health", "-c", str(cfg), str(clean)).returncode == 0  # the config is valid
-    extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
-    ws = [Worker(cfg, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp_path, extra_args=extra).start()
-          for i in range(2)]
-    received = tmp_path / "received.jsonl"
-    receiver = None
     t0 = time.monotonic()
+    ws = start_workers(bootstrap, prefix, tmp_path, webhook.config)
+    producer = None
     try:
-        deadline = time.monotonic() + 120
-        while not all((s := w.status()) and s["partitions"] for w in ws):
-            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
-            time.sleep(0.5)
-        time.sleep(3)
-        produce_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", str(clean), "--bootstrap",
-                                         bootstrap, "--topic-prefix", prefix, "--partitions", str(PARTITIONS),
-                                         "--speed", "150"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        producer = produce_paced(clean, bootstrap, prefix, PARTITIONS, 150)
         # the worker holding alerts to deliver (the receiver is down): stop it with SIGTERM
         victim = None
         while victim is None:
@@ -270,30 +286,15 @@ def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, mon
         assert "stopped cleanly" in victim.log_tail(80)
         survivor = next(w for w in ws if w is not victim)
         time.sleep(max(0.0, 60 - (time.monotonic() - t0)))
-        receiver = subprocess.Popen([sys.executable, "-m", "streams.cli", "webhook-receiver", "--port", str(port),
-                                     "--secret-env", "LIQWATCH_WEBHOOK_SECRET", "--out", str(received), "--quiet"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert produce_proc.wait(600) == 0, produce_proc.stderr.read()
+        webhook.start()
+        assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, [survivor], last_ts)
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, config=cfg)
-        want = Counter((a["id"], a["state"], a["severity"], a["ts"]) for a in alerts)
-        deadline = time.monotonic() + 120
-        while True:
-            got = Counter()
-            if received.exists():
-                for line in received.read_text().splitlines():
-                    a = json.loads(line)
-                    got[(a["id"], a["state"], a["severity"], a["ts"])] += 1
-            if set(got) == set(want):
-                break
-            assert time.monotonic() < deadline, (sorted(set(want) - set(got))[:5], sorted(set(got) - set(want))[:5])
-            time.sleep(2)
-        assert all(n == 1 for n in got.values())  # the receiver recorded each once (it dedups retries)
-        print(f"\nSIGTERM with webhooks queued, receiver down 60 s: {len(want)} alert events on the topic, "
-              f"{len(got)} received once each")
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        n = webhook.assert_has(alerts)
+        print(f"\nSIGTERM with webhooks queued, receiver down 60 s: {len(alerts)} alert events on the topic, "
+              f"{n} received once each")
     finally:
-        if receiver is not None:
-            receiver.terminate()
-            receiver.wait(10)
+        if producer is not None and producer.poll() is None:
+            producer.kill()
         for w in ws:
             w.kill()

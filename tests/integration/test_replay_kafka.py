@@ -22,7 +22,7 @@ from streams import scenarios
 from streams import stack as lwstack
 from streams.replay import compare_alerts
 from streams.scenarios import T0
-from tests.integration.pipeline import Worker, produce, read_topic
+from tests.integration.pipeline import Worker, produce, read_topic, settle
 from tests.test_replay import _png_has_data
 
 pytestmark = pytest.mark.integration
@@ -64,16 +64,7 @@ def live(stack, tmp_path_factory):
     extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
     ws = [Worker(PRE, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp, extra_args=extra).start() for i in range(2)]
     try:
-        # both workers in the group, partitions shared, a leader: only then the data (a worker that joins later
-        # would move the leadership, and with it the alerts' episode state, in the middle of the evening)
-        deadline = time.monotonic() + 120
-        while True:
-            st = [w.status() for w in ws]
-            if all(st) and all(s["partitions"] for s in st) and \
-                    sum(len(s["partitions"]) for s in st) == PARTITIONS and sum(s["leader"] for s in st) == 1:
-                break
-            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
-            time.sleep(0.5)
+        settle(ws, PARTITIONS)  # both workers in the group, partitions shared, a leader: only then the data
         time.sleep(3)
         produce(events, bootstrap, prefix, PARTITIONS)
         # done when the leader's idle evaluation has run the cascades at the last event time
