@@ -170,7 +170,9 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int, cfg: Config | 
             last = t if last is None else max(last, t)
             if t > t_to:
                 after += 1
-                break  # merge times never go down: the rest of this partition is later still
+                if d is not None:
+                    break  # merge times never go down: the rest of this partition is later still
+                continue
             if t < t_from - warmup_ms:
                 before += 1
                 continue
