@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -15,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from streams.events import json_line
 from streams.stack_cli import app as stack_app
 from streams.receiver import register as register_receiver
 from streams.transport_cli import check_bootstrap, in_file, out_dir, out_file, probe_kafka, topic_name
@@ -124,7 +124,7 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilO
     rows = engine.health_rows(at_ms)
     out = sys.stdout
     for row in rows:
-        out.write(json.dumps(row) + "\n")
+        out.write(json_line(row) + "\n")
 
 
 @app.command()
@@ -161,7 +161,7 @@ def cascade(
     at_ms, until_ms = _parse_time(at, "--at"), _parse_time(until, "--until")
     cfg, engine = _load(cfg, events, deadletter, until_ms)
     result = engine.cascade(scenario, severity, at_ms)
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json_line(result) + "\n")
 
 
 @app.command()
@@ -362,7 +362,7 @@ def bench_pipeline(
         result = pipeline(accounts, rate, seconds, state_dir)
     except stack.StackError as e:
         _fail(str(e), 1)
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json_line(result) + "\n")
 
 
 @bench_app.command("kernels")
@@ -379,7 +379,7 @@ def bench_kernels(
     """
     from streams.bench import kernels as run
 
-    sys.stdout.write(json.dumps(run(accounts, repeat, reference_sample)) + "\n")
+    sys.stdout.write(json_line(run(accounts, repeat, reference_sample)) + "\n")
 
 
 @app.callback()

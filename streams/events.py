@@ -15,6 +15,7 @@ Extensions of the spec: a tick of a perpetual may carry `funding_rate` and `next
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Union
@@ -195,6 +196,24 @@ def peek(raw: bytes) -> tuple[str | None, int | None]:
     kind = obj.get("type")
     ts = obj.get("ts")
     return (kind if isinstance(kind, str) else None), (ts if type(ts) is int and 0 <= ts <= MAX_TS else None)
+
+
+def _finite(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def json_line(obj) -> str:
+    """One JSON line of liqwatch output: a non-finite number is null (NaN and Infinity are not JSON)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False)
 
 
 def encode(event: Event) -> bytes:

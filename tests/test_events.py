@@ -112,3 +112,11 @@ def test_partition_door_rejects_what_is_far_ahead_and_keeps_merge_times_monotone
     assert t == 5_000_100 and ev.ts == 5_000_100
     assert door.admit(tick(5_000_200))[1] == 5_000_200
 
+
+
+def test_output_lines_are_json_without_nan_or_infinity():
+    from streams.events import json_line
+
+    line = json_line({"amplification": float("inf"), "net_sold": {"USDe": float("nan")}, "rounds": [1, 2.5]})
+    assert line == '{"amplification": null, "net_sold": {"USDe": null}, "rounds": [1, 2.5]}'
+    assert json.loads(line)["amplification"] is None
