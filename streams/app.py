@@ -25,6 +25,7 @@ from pathlib import Path
 import faust
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.alerts import STRESS_KINDS, AlertEngine
 from streams.cascades import CascadeAborted, Coordinator, ShardService
@@ -152,22 +153,38 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
     def keep_snapshot(t: int) -> None:
+        if t < 0:
+            return  # no event yet: nothing to run a cascade on
         snapshots[t] = monitor.snapshot()
         for old in sorted(snapshots)[:-settings.takeover_boundaries]:
             del snapshots[old]
 
     async def refresh_offsets() -> None:
         """Partitions taken over from a dead worker may deliver nothing (it had consumed them to the end): their
-        consumed offset is where the group's committed offset put this consumer."""
-        for p in owned_partitions():
-            if p not in monitor.account_offsets:
-                with contextlib.suppress(Exception):
-                    pos = await app.consumer.position(TopicPartition(names.ACCOUNTS, p))
-                    if pos is not None:
-                        monitor.account_offsets[p] = pos - 1
+        consumed offset is the group's committed offset. Asked of the broker with an admin client, never of
+        Faust's consumer (its position() waits on the consumer thread while partitions are being assigned), at
+        most once a second."""
+        missing = [p for p in owned_partitions() if p not in monitor.account_offsets]
+        if not missing or time.monotonic() - state["offsets_asked"] < 1.0:
+            return
+        state["offsets_asked"] = time.monotonic()
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.worker_id}-offsets")
+        try:
+            await asyncio.wait_for(admin.start(), 5)
+            committed = await asyncio.wait_for(admin.list_consumer_group_offsets(
+                settings.app_id, partitions=[TopicPartition(names.ACCOUNTS, p) for p in missing]), 5)
+        except Exception as e:  # noqa: BLE001 - asked again at the next boundary
+            log.debug("committed offsets not read: %s", e)
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        for tp, meta in committed.items():
+            if meta is not None and meta.offset >= 0 and tp.partition not in monitor.account_offsets:
+                monitor.account_offsets[tp.partition] = meta.offset - 1
 
-    state = {"leading": False, "market_caught_up": False, "next_eval": 0, "next_severity": 0, "next_cascade": 0,
-             "cascading": False, "cascade_task": None, "flushed": True, "leader_flushed": False}
+    state = {"leading": False, "offsets_asked": 0.0, "market_caught_up": False, "next_eval": 0, "next_severity": 0,
+             "next_cascade": 0, "cascading": False, "cascade_task": None, "flushed": True, "leader_flushed": False}
 
     # every worker evaluates the market alerts at every boundary; the leader publishes them, the others keep
     # what they computed (the shadow) so that a worker that takes over publishes what a dead leader did not
@@ -221,11 +238,11 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             log.error("%s: takeover at event time %d: cascade boundaries after %d and before %d are older than the "
                       "%d kept (takeover_boundaries): their cascade alerts are not computed", settings.worker_id, t,
                       last_run, min(snapshots), settings.takeover_boundaries)
-        for b in again:
-            await run_cascades(snapshots[b])
+        for b in again:  # beside the feed, in order (the cascades' lock is first come, first served)
+            state["cascade_task"] = asyncio.get_running_loop().create_task(run_cascades(snapshots[b]))
         if published or missed or again:
             log.warning("%s: took over as leader at event time %d in %.1f s: %d open episodes restored from the "
-                        "alerts topic, %d alerts the last leader did not publish sent, cascades run again for %d "
+                        "alerts topic, %d alerts the last leader did not publish sent, cascades to run again for %d "
                         "boundaries", settings.worker_id, t, time.monotonic() - t0, len(alerts.open), len(missed),
                         len(again))
 
