@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Union
 
 import msgspec
@@ -198,13 +199,14 @@ def peek(raw: bytes) -> tuple[str | None, int | None]:
     return (kind if isinstance(kind, str) else None), (ts if type(ts) is int and 0 <= ts <= MAX_TS else None)
 
 
-def _finite(x):
+def finite(x):
+    """`x` with every non-finite float (in dicts, lists, tuples) replaced by None: JSON has no NaN or Infinity."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, Mapping):
+        return {k: finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [finite(v) for v in x]
     return x
 
 
@@ -213,7 +215,7 @@ def json_line(obj) -> str:
     try:
         return json.dumps(obj, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(obj), allow_nan=False)
+        return json.dumps(finite(obj), allow_nan=False)
 
 
 def encode(event: Event) -> bytes:

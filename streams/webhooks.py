@@ -53,6 +53,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from streams.events import finite
+
 log = logging.getLogger("liqwatch.webhooks")
 
 SIGNATURE_HEADER = "X-Liqwatch-Signature"
@@ -192,22 +194,12 @@ class _Lane:
     last_latency_s: float | None = None
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Mapping):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def encode_alert(alert: Mapping[str, Any]) -> bytes:
     """Compact JSON bytes of an alert (the exact bytes that are signed). Non-finite floats become null."""
     try:
         return json.dumps(alert, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except ValueError:
-        return json.dumps(_finite(alert), separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(finite(alert), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class WebhookSender:
