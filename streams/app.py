@@ -103,9 +103,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     table = app.Table("accounts", key_type=str, value_type=bytes,
                       partitions=settings.partitions, help="Latest valid snapshot of each account of this shard.")
 
+    # partitions whose accounts are in the shard's book: one just assigned is not until the table's recovery
+    # ends (a taken-over partition's accounts come from its changelog), and no cascade may read the book before
+    in_book: set[int] = set()
+
     async def rebuild_book() -> None:
         snapshots = [v for _, v in table.items()]
         monitor.reset_accounts(snapshots)
+        in_book.clear()
+        in_book.update(owned_partitions())
         log.info("%s: shard rebuilt from the accounts table: %d accounts", settings.worker_id, len(snapshots))
 
     table.on_recover(rebuild_book)
@@ -135,6 +141,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         if monitor.market_t < t and not state["market_caught_up"]:
             return False  # accounts join the book by market event time: this shard's market must reach t first
         for p in owned_partitions():
+            if p not in in_book:
+                return False  # assigned, its table not recovered yet
             if monitor.account_ts.get(p, -1) >= t:
                 continue
             hw = app.consumer.highwater(TopicPartition(names.ACCOUNTS, p))

@@ -115,8 +115,18 @@ def wait_final_cascades(bootstrap: str, prefix: str, ws: list[Worker], last_ts: 
         time.sleep(3)
 
 
+def story(ws: list[Worker]) -> str:
+    """What the workers said about the fault (takeovers, rebuilds, retries, errors): printed when a test fails."""
+    words = ("took over", "rebuilt", "cascades at", "WARNING", "ERROR", "stopped", "restart")
+    out = []
+    for w in ws:
+        lines = (w.log_dir / f"{w.worker_id}.log").read_text(errors="replace").splitlines()
+        out += [f"{w.worker_id}| {x[:300]}" for x in lines if any(k in x for k in words) and " alert " not in x]
+    return "\n".join(out[-80:])
+
+
 def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, last_ts: int, tmp: Path,
-                                   config: Path = PRE) -> list:
+                                   config: Path = PRE, ws: list[Worker] = ()) -> list:
     alerts = read_topic(bootstrap, prefix + "liqwatch.alerts")
     r = liqwatch("replay", "--bootstrap", bootstrap, "--topic-prefix", prefix, "--from", "2025-10-10T20:00:00Z",
                  "--to", str(last_ts + 1000), "-c", str(config), "--report", str(tmp / "pm"),
@@ -125,10 +135,10 @@ def assert_equals_replay_and_batch(bootstrap: str, prefix: str, clean: Path, las
     replayed = [json.loads(x) for x in (tmp / "pm" / f"alerts-{config.stem}.jsonl").read_text().splitlines()]
     assert len(alerts) > 10
     only_live, only_replay = compare_alerts(alerts, replayed)
-    assert (only_live, only_replay) == ([], []), (only_live[:5], only_replay[:5])
+    assert (only_live, only_replay) == ([], []), (only_live[:8], only_replay[:8], story(ws))
     health, cascades = batch_results(config, clean)
     diff = differences(bootstrap, prefix, health, cascades)
-    assert diff == [], diff[:10]
+    assert diff == [], (diff[:10], story(ws))
     return alerts
 
 
@@ -158,7 +168,7 @@ def test_poison_in_every_input_topic(stack, tmp_path, webhook):
         for w in ws:
             st = w.status()
             assert st is not None and st["ok"], st  # /healthz 200: every service running
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config, ws)
         webhook.assert_has(alerts)
 
         # every poison record dead-lettered with a reason; none of the valid ones
@@ -203,7 +213,7 @@ def test_broker_restart_mid_stream(stack, tmp_path, webhook):
         outage = time.monotonic() - t_down
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, ws, last_ts)
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config, ws)
         webhook.assert_has(alerts)
         for w in ws:
             st = w.status()
@@ -247,7 +257,7 @@ def test_worker_killed_mid_stream(stack, tmp_path, victim, webhook):
         takeover = time.monotonic() - t_kill
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, [alive], last_ts)
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config, ws)
         webhook.assert_has(alerts)
         keys = Counter((a["id"], a["state"], a["severity"], a["ts"]) for a in alerts)
         dup = sum(n - 1 for n in keys.values())
@@ -289,7 +299,7 @@ def test_sigterm_with_webhooks_queued_and_the_receiver_down(stack, tmp_path, web
         webhook.start()
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, [survivor], last_ts)
-        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config)
+        alerts = assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, webhook.config, ws)
         n = webhook.assert_has(alerts)
         print(f"\nSIGTERM with webhooks queued, receiver down 60 s: {len(alerts)} alert events on the topic, "
               f"{n} received once each")
