@@ -1,13 +1,17 @@
 # The liqwatch image for docker-compose.yml: workers, the webhook receiver and topic creation.
 #   docker build -t liqwatch .
-FROM python:3.11-slim
-
-# Only what `pip install .` needs, so that a local .venv or test data never reaches the image.
+# Built as a wheel (package data included: scenario configs, the Kafka pom, Prometheus and Alertmanager configs,
+# dashboards) and installed from it, as a user would; only what the wheel needs is copied in, so that a local .venv
+# or test data never reaches the image.
+FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY streams ./streams
-COPY kernels ./kernels
-RUN pip install --no-cache-dir . && rm -rf /src
+COPY liqwatch ./liqwatch
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 
 # Workers keep Faust data under ~/.cache/liqwatch and numba compiles into its cache: a writable home.
 RUN useradd --create-home --uid 10001 liqwatch

@@ -2,16 +2,16 @@
 # Install what the local liqwatch stack (`liqwatch stack up`) needs, idempotently:
 #   1. Debian packages prometheus + prometheus-alertmanager (binaries only: the
 #      stack starts them itself, never through their service units);
-#   2. the Kafka 4.0 jars, resolved by Maven from stack/kafka/pom.xml into
+#   2. the Kafka 4.0 jars, resolved by Maven from liqwatch/data/kafka/pom.xml into
 #      ${LIQWATCH_CACHE:-~/.cache/liqwatch}/kafka-<version>/lib.
 # Re-running is cheap: each step is skipped when already done. The marker file
-# format matches streams/stack.py (ensure_kafka_jars), so either can fill the cache.
+# format matches liqwatch/tools/stack.py (ensure_kafka_jars), so either can fill the cache.
 #
 #   sudo scripts/setup-system.sh        # or as root, e.g. in CI
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-pom="$repo/stack/kafka/pom.xml"
+pom="$repo/liqwatch/data/kafka/pom.xml"
 cache="${LIQWATCH_CACHE:-$HOME/.cache/liqwatch}"
 log() { echo "[setup-system] $*" >&2; }
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import Config, load_config
-from streams.engine import Engine
-from streams.events import decode
+from liqwatch.config import Config, load_config
+from liqwatch.core.engine import Engine
+from liqwatch.events import decode
 from tests import reference as ref
 
 DATA = Path(__file__).parent / "data"

@@ -3,7 +3,7 @@
     lines = corpus(seed=7, per_kind=400)        # [(kind, raw bytes without newline), ...], >= 10,000 lines
     mixed = interleave(valid_lines, lines)      # poison spread through a valid stream, valid order kept
 
-Every record is built against the oct-2025 configs (streams/scenarios/oct-2025-*.yaml): it names real books,
+Every record is built against the oct-2025 configs (liqwatch/scenarios/oct-2025-*.yaml): it names real books,
 assets and instruments where the point is another defect, so only that defect can reject it. No record of the
 corpus is valid under those configs, so a run over valid + poison must give exactly the valid run's numbers, with
 one dead letter (or ignored record) per poison line.

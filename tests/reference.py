@@ -1,4 +1,4 @@
-"""Plain-Python reference of SPEC §3–§5, written from the spec, not from the kernels.
+"""Plain-Python reference of SPEC §3–§5, written from the spec, not from the liqwatch.kernels.
 
 Dicts and floats, loops over bracket slices (no cumulative tables), one account at a time. Slow on purpose:
 the kernels are compared against it on seeded random populations.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from streams.config import USD_LIKE, Config
+from liqwatch.config import USD_LIKE, Config
 
 NAN = float("nan")
 

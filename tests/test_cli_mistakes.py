@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow  # ~60 CLI processes: the full fast tier runs them, `liqwatch.sh test-fast` does not
-from streams.scenarios import config_path
+from liqwatch.scenarios import config_path
 
-LIQWATCH = [sys.executable, "-m", "streams.cli"]
+LIQWATCH = [sys.executable, "-m", "liqwatch"]
 
 
 def _closed_port() -> int:
@@ -192,8 +192,8 @@ def test_batch_commands_need_no_webhook_secret(work):
 
 
 def test_stack_ports_must_differ():
-    from streams.stack import StackPorts
-    from streams.stack_cli import _port_clash
+    from liqwatch.tools.stack import StackPorts
+    from liqwatch.cli.stack import _port_clash
 
     assert _port_clash(StackPorts()) is None
     msg = _port_clash(StackPorts(kafka=9090))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.stack import StackPorts
+from liqwatch.tools.stack import StackPorts
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -32,7 +32,7 @@ def compose_cli() -> list[str] | None:
 
 def help_text(*command: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}  # rich must not cut option names
-    return subprocess.run([sys.executable, "-m", "streams.cli", *command, "--help"], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "liqwatch", *command, "--help"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -109,10 +109,10 @@ def test_mounted_files_exist(service):
 
 
 def test_prometheus_and_alertmanager_use_the_compose_configs():
-    assert mounts("prometheus")["/etc/prometheus/prometheus.yml"] == ROOT / "dashboards/prometheus.compose.yml"
-    assert mounts("prometheus")["/etc/prometheus/rules"] == ROOT / "dashboards/rules"
-    assert mounts("alertmanager")["/etc/alertmanager/alertmanager.yml"] == ROOT / "dashboards/alertmanager.compose.yml"
-    assert mounts("grafana")["/etc/grafana/provisioning"] == ROOT / "dashboards/grafana/provisioning"
+    assert mounts("prometheus")["/etc/prometheus/prometheus.yml"] == ROOT / "liqwatch/data/dashboards/prometheus.compose.yml"
+    assert mounts("prometheus")["/etc/prometheus/rules"] == ROOT / "liqwatch/data/dashboards/rules"
+    assert mounts("alertmanager")["/etc/alertmanager/alertmanager.yml"] == ROOT / "liqwatch/data/dashboards/alertmanager.compose.yml"
+    assert mounts("grafana")["/etc/grafana/provisioning"] == ROOT / "liqwatch/data/dashboards/grafana/provisioning"
 
 
 def test_host_ports_are_the_local_stacks_on_loopback():
@@ -128,12 +128,12 @@ def test_host_ports_are_the_local_stacks_on_loopback():
 
 
 def test_compose_configs_point_at_the_services():
-    prom = yaml.safe_load((ROOT / "dashboards/prometheus.compose.yml").read_text())
+    prom = yaml.safe_load((ROOT / "liqwatch/data/dashboards/prometheus.compose.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "liqwatch")
     scraped = {t for sc in job["static_configs"] for t in sc["targets"]}
     assert scraped == {f"{w}:{flag(SERVICES[w]['command'], '--web-port')}" for w in WORKERS}
     assert prom["rule_files"] == ["rules/*.yml"]
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
-    am = yaml.safe_load((ROOT / "dashboards/alertmanager.compose.yml").read_text())
+    am = yaml.safe_load((ROOT / "liqwatch/data/dashboards/alertmanager.compose.yml").read_text())
     port = flag(SERVICES["webhook-receiver"]["command"], "--port")
     assert am["receivers"][0]["webhook_configs"][0]["url"] == f"http://webhook-receiver:{port}/alertmanager"

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from streams.config import ConfigError, load_config, parse_config
+from liqwatch.config import ConfigError, load_config, parse_config
 from tests.conftest import DATA
 
 BASE = yaml.safe_load((DATA / "small.yaml").read_text())
@@ -144,7 +144,7 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 
 def test_shipped_configs_load():
-    from streams.scenarios import config_path
+    from liqwatch.scenarios import config_path
 
     pre = load_config(config_path("oct-2025", "prefix"))
     fixed = load_config(config_path("oct-2025", "fixed"))

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards import build
-from streams.metrics import Metrics
+from liqwatch.tools import dashboards as build
+from liqwatch.sinks.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-GRAFANA = ROOT / "dashboards" / "grafana"
-RULES = ROOT / "dashboards" / "rules" / "liqwatch.yml"
+GRAFANA = ROOT / "liqwatch" / "data" / "dashboards" / "grafana"
+RULES = ROOT / "liqwatch" / "data" / "dashboards" / "rules" / "liqwatch.yml"
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
 
 
@@ -47,7 +47,7 @@ def exported_names() -> set[str]:
 
 
 def test_committed_json_is_a_fresh_build():
-    assert committed() == build.build(), "dashboards/grafana/*.json differ from the code: run python -m dashboards.build"
+    assert committed() == build.build(), "liqwatch/data/dashboards/grafana/*.json differ from the code: run python -m liqwatch.tools.dashboards"
 
 
 def test_both_dashboards_exist():

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from streams.batch import load_events
-from streams.engine import Engine
-from streams.events import BadEvent, decode
+from liqwatch.replay.batch import load_events
+from liqwatch.core.engine import Engine
+from liqwatch.events import BadEvent, decode
 
 TICK = {"type": "tick", "venue": "binance", "symbol": "BTC/USDT", "ts": 1000, "bid": 1.0, "ask": 2.0}
 ACCT = {"type": "account", "account": "a1", "ts": 1000, "collateral": {"USDT": 1.0}, "borrowed": {},
@@ -92,7 +92,7 @@ def test_batch_dead_letters_and_goes_on(small_config, tmp_path):
 def test_partition_door_rejects_what_is_far_ahead_and_keeps_merge_times_monotone(small_config):
     """One tick an hour ahead of its partition is dead-lettered, not its partition's time; later ticks merge at
     the partition's time; a gap in the whole stream (several keys that far ahead in a row) moves the clock."""
-    from streams.ingest import Gate, PartitionDoor
+    from liqwatch.core.ingest import Gate, PartitionDoor
 
     door = PartitionDoor(Gate(small_config), max_ahead_ms=60_000, jump_keys=3)
 
@@ -115,7 +115,7 @@ def test_partition_door_rejects_what_is_far_ahead_and_keeps_merge_times_monotone
 
 
 def test_output_lines_are_json_without_nan_or_infinity():
-    from streams.events import json_line
+    from liqwatch.events import json_line
 
     line = json_line({"amplification": float("inf"), "net_sold": {"USDe": float("nan")}, "rounds": [1, 2.5]})
     assert line == '{"amplification": null, "net_sold": {"USDe": null}, "rounds": [1, 2.5]}'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from streams.config import parse_config
+from liqwatch.config import parse_config
 from tests.conftest import DATA, run_engine
 
 T = 1_000_000

@@ -9,6 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pyflakes_clean():
-    p = subprocess.run([sys.executable, "-m", "pyflakes", "streams", "kernels", "tests"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "pyflakes", "liqwatch", "tests"], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from streams import scenarios
-from streams.config import load_config
-from streams.events import BadEvent
-from streams.ingest import Gate
-from streams.scenarios import T0, config_path
+from liqwatch import scenarios
+from liqwatch.config import load_config
+from liqwatch.events import BadEvent
+from liqwatch.core.ingest import Gate
+from liqwatch.scenarios import T0, config_path
 from tests import fuzz
 
-LIQWATCH = [sys.executable, "-m", "streams.cli"]
+LIQWATCH = [sys.executable, "-m", "liqwatch"]
 PRE, FIXED = str(config_path("oct-2025", "prefix")), str(config_path("oct-2025", "fixed"))
 MIN = 60_000
 

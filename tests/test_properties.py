@@ -8,12 +8,12 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels.cascade import run_cascade
-from kernels.stress import stressed_prices
-from streams.config import parse_config
-from streams.engine import Engine
-from streams.events import decode
-from streams.state import AccountBook
+from liqwatch.kernels.cascade import run_cascade
+from liqwatch.kernels.stress import stressed_prices
+from liqwatch.config import parse_config
+from liqwatch.core.engine import Engine
+from liqwatch.events import decode
+from liqwatch.core.state import AccountBook
 from tests.conftest import close, run_engine
 from tests.populations import population
 
@@ -37,7 +37,7 @@ def stressed(engine: Engine, scenario: str, s: float):
 @given(qty=st.floats(0.01, 50), entry=st.floats(50_000, 150_000), usdt=st.floats(1_000, 1e6),
        s1=st.floats(0, 0.5), s2=st.floats(0, 0.5))
 def test_equity_and_margin_surplus_of_a_long_fall_as_its_underlying_falls(small_config, qty, entry, usdt, s1, s2):
-    from kernels.health import account_numbers
+    from liqwatch.kernels.health import account_numbers
 
     t = 1_000
     evs = [{"type": "tick", "venue": v, "symbol": sym, "ts": t, "bid": 100_000, "ask": 100_000}

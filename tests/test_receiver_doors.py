@@ -29,10 +29,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from streams import stack as lwstack
-from streams.metrics import Metrics
-from streams.receiver import ALERTMANAGER_TOKEN_ENV, Receiver
-from streams.webhooks import SIGNATURE_HEADER, Endpoint, WebhookSender, sign
+from liqwatch.tools import stack as lwstack
+from liqwatch.sinks.metrics import Metrics
+from liqwatch.tools.receiver import ALERTMANAGER_TOKEN_ENV, Receiver
+from liqwatch.sinks.webhooks import SIGNATURE_HEADER, Endpoint, WebhookSender, sign
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "doors-secret"
@@ -368,7 +368,7 @@ def test_cli_prints_no_escape_and_logs_no_traceback(tmp_path):
     env = {**os.environ, "LW_DOORS_SECRET": SECRET, "COLUMNS": "300", "TERM": "xterm", "FORCE_COLOR": "",
            "NO_COLOR": "1"}
     env.pop(ALERTMANAGER_TOKEN_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "webhook-receiver", "--port", "0", "--secret-env",
+    proc = subprocess.Popen([sys.executable, "-m", "liqwatch", "webhook-receiver", "--port", "0", "--secret-env",
                              "LW_DOORS_SECRET", "--out", str(tmp_path / "out.jsonl")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -449,7 +449,7 @@ def test_stack_receiver_port_is_kept_in_stack_json(tmp_path):
 
 def test_shipped_alertmanager_configs_carry_the_bearer_credential():
     for name in ("alertmanager.yml", "alertmanager.compose.yml"):
-        conf = yaml.safe_load((ROOT / "dashboards" / name).read_text())
+        conf = yaml.safe_load((ROOT / "liqwatch" / "data" / "dashboards" / name).read_text())
         hooks = [h for r in conf["receivers"] for h in r.get("webhook_configs", [])]
         assert hooks and all(h["http_config"]["authorization"]["type"] == "Bearer"
                              and h["http_config"]["authorization"]["credentials_file"] for h in hooks), name

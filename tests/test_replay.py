@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams import scenarios
-from streams.batch import load_events
-from streams.config import load_config
-from streams.engine import Engine
-from streams.events import decode
-from streams.layout import Layout
-from streams.limits import haircut_fraction, liquidity_limits, position_limit
-from streams.replay import read_file, replay
-from streams.scenarios import T0
+from liqwatch import scenarios
+from liqwatch.replay.batch import load_events
+from liqwatch.config import load_config
+from liqwatch.core.engine import Engine
+from liqwatch.events import decode
+from liqwatch.core.layout import Layout
+from liqwatch.risk.limits import haircut_fraction, liquidity_limits, position_limit
+from liqwatch.replay.replayer import read_file, replay
+from liqwatch.scenarios import T0
 
-LIQWATCH = [sys.executable, "-m", "streams.cli"]
+LIQWATCH = [sys.executable, "-m", "liqwatch"]
 PRE = str(scenarios.config_path("oct-2025", "prefix"))
 FIXED = str(scenarios.config_path("oct-2025", "fixed"))
 MIN = 60_000
@@ -35,7 +35,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def iso(ts: int) -> str:
-    from streams.replay import iso as _iso
+    from liqwatch.replay.replayer import iso as _iso
 
     return _iso(ts)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.batch import load_events
-from streams.config import load_config
-from streams.scenarios import EVENING_SEVERITY, T0, config_path
+from liqwatch.replay.batch import load_events
+from liqwatch.config import load_config
+from liqwatch.scenarios import EVENING_SEVERITY, T0, config_path
 
-LIQWATCH = [sys.executable, "-m", "streams.cli"]
+LIQWATCH = [sys.executable, "-m", "liqwatch"]
 PRE_CRASH = T0 + 45 * 60_000  # 20:45 UTC, five minutes before the tariff post
 
 

@@ -1,12 +1,12 @@
-"""Supervised services and quiet logs (streams/supervise.py), on a real event loop."""
+"""Supervised services and quiet logs (liqwatch/worker/supervise.py), on a real event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from streams.metrics import Metrics
-from streams.supervise import Quieter, Supervisor
+from liqwatch.sinks.metrics import Metrics
+from liqwatch.worker.supervise import Quieter, Supervisor
 
 
 def test_quieter_passes_a_library_error_once_a_minute_with_a_count():
@@ -18,15 +18,15 @@ def test_quieter_passes_a_library_error_once_a_minute_with_a_count():
     assert q.filter(rec("aiokafka.conn", "Unable connect to node with id %s", 1))
     assert not any(q.filter(rec("aiokafka.conn", "Unable connect to node with id %s", 1)) for _ in range(500))
     assert q.filter(rec("aiokafka.cluster", "Unable to update metadata from %s", 1))   # another kind: passes
-    assert q.filter(rec("streams.sinks", "dead letter %s", "x"))                       # ours: always passes
-    assert q.filter(rec("streams.sinks", "dead letter %s", "y"))
+    assert q.filter(rec("liqwatch.sinks.kafka", "dead letter %s", "x"))                       # ours: always passes
+    assert q.filter(rec("liqwatch.sinks.kafka", "dead letter %s", "y"))
     q.seen[("aiokafka.conn", "Unable connect to node with id %s")] = (-1e9, 500)       # a minute later
     r = rec("aiokafka.conn", "Unable connect to node with id %s", 1)
     assert q.filter(r) and "500 more like this" in r.getMessage()
 
 
 def test_a_failing_service_is_restarted_counted_and_reported(monkeypatch, caplog):
-    monkeypatch.setattr("streams.supervise.BACKOFF_S", (0.01, 0.05))
+    monkeypatch.setattr("liqwatch.worker.supervise.BACKOFF_S", (0.01, 0.05))
     metrics = Metrics()
     runs = []
 
@@ -46,7 +46,7 @@ def test_a_failing_service_is_restarted_counted_and_reported(monkeypatch, caplog
         await sup.stop()
         return status, problems_now, stuck, sup.problems()
 
-    with caplog.at_level(logging.ERROR, logger="streams.supervise"):
+    with caplog.at_level(logging.ERROR, logger="liqwatch.worker.supervise"):
         status, problems_now, stuck, after_stop = asyncio.run(main())
     assert len(runs) == 4 and status["market feed"]["restarts"] == 3
     assert status["market feed"]["state"] == "running" and problems_now == []

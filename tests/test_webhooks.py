@@ -18,10 +18,10 @@ import pytest
 from aiohttp import web
 from typer.testing import CliRunner
 
-from streams import receiver as rx
-from streams.metrics import Metrics
-from streams.receiver import Receiver
-from streams.webhooks import (ALERT_ID_HEADER, ATTEMPT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, Endpoint,
+from liqwatch.tools import receiver as rx
+from liqwatch.sinks.metrics import Metrics
+from liqwatch.tools.receiver import Receiver
+from liqwatch.sinks.webhooks import (ALERT_ID_HEADER, ATTEMPT_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, Endpoint,
                               SignatureError, WebhookConfigError, WebhookSender, sign, verify)
 
 SECRET = "s3cret-for-tests"

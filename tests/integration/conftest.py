@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import stack as lwstack
+from liqwatch.tools import stack as lwstack
 
 
 def free_ports(n: int) -> list[int]:

@@ -14,9 +14,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams import transport
-from streams.batch import load_events
-from streams.config import load_config
+from liqwatch.tools import transport
+from liqwatch.replay.batch import load_events
+from liqwatch.config import load_config
 from tests.conftest import close
 from tests.integration.conftest import free_ports
 
@@ -45,7 +45,7 @@ class Worker:
 
     def start(self) -> "Worker":
         log = (self.log_dir / f"{self.worker_id}.log").open("ab")
-        cmd = [sys.executable, "-m", "streams.cli", "worker", "-c", str(self.config), "--bootstrap", self.bootstrap,
+        cmd = [sys.executable, "-m", "liqwatch", "worker", "-c", str(self.config), "--bootstrap", self.bootstrap,
                "--topic-prefix", self.prefix, "--app-id", self.prefix.rstrip("."), "--web-port", str(self.port),
                "--worker-id", self.worker_id, "--partitions", str(self.partitions), "--idle-s", "1.0",
                *self.extra_args]
@@ -163,7 +163,7 @@ def produce_paced(path: Path, bootstrap: str, prefix: str, partitions: int, spee
     output goes to `<path>.produce.log` (`producer.log` on the returned process)."""
     log = Path(f"{path}.produce.log")
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "produce", str(path), "--bootstrap", bootstrap,
+        proc = subprocess.Popen([sys.executable, "-m", "liqwatch", "produce", str(path), "--bootstrap", bootstrap,
                                  "--topic-prefix", prefix, "--partitions", str(partitions), "--speed", str(speed)],
                                 stdout=out, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]

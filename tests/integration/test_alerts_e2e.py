@@ -13,9 +13,9 @@ import uuid
 import pytest
 import yaml
 
-from streams import stack as lwstack
-from streams import transport
-from streams.receiver import Receiver
+from liqwatch.tools import stack as lwstack
+from liqwatch.tools import transport
+from liqwatch.tools.receiver import Receiver
 from tests.integration.pipeline import Worker, read_topic
 
 pytestmark = pytest.mark.integration

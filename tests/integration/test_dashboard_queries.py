@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams import stack as lwstack
+from liqwatch.tools import stack as lwstack
 from tests.integration.pipeline import Worker, produce
 
 pytestmark = pytest.mark.integration
@@ -47,11 +47,11 @@ def substitute(expr: str) -> str:
 def queries() -> list:
     out = []
     for name in ("overview", "operations"):
-        board = json.loads((ROOT / "dashboards" / "grafana" / f"{name}.json").read_text())
+        board = json.loads((ROOT / "liqwatch" / "data" / "dashboards" / "grafana" / f"{name}.json").read_text())
         for panel in board["panels"]:
             for t in panel.get("targets", []):
                 out.append(param(f"{name}/{panel['title']}/{t['refId']}", t["expr"], rule=False))
-    rules = yaml.safe_load((ROOT / "dashboards" / "rules" / "liqwatch.yml").read_text())
+    rules = yaml.safe_load((ROOT / "liqwatch" / "data" / "dashboards" / "rules" / "liqwatch.yml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
             out.append(param(f"rule/{rule['alert']}", rule["expr"], rule=True))
@@ -92,7 +92,7 @@ def wait_for(what: str, check, timeout: float, worker: Worker) -> None:
 def live(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboards")
     events, config = tmp / "oct.jsonl", tmp / "oct-2025-prefix.yaml"
-    subprocess.run([sys.executable, "-m", "streams.cli", "scenario", "oct-2025", "--accounts", "500",
+    subprocess.run([sys.executable, "-m", "liqwatch", "scenario", "oct-2025", "--accounts", "500",
                     "--out", str(events), "--config-out", str(config)], check=True, cwd=tmp, capture_output=True)
     last_ts = json.loads(events.read_text().splitlines()[-1])["ts"]
     with events.open("a") as f:  # dead letters, so that their panel and rule have data

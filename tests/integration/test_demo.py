@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from streams.demo import RECEIVER_PORT, run_demo
-from streams.replay import compare_alerts
+from liqwatch.tools.demo import RECEIVER_PORT, run_demo
+from liqwatch.replay.replayer import compare_alerts
 from tests.integration.conftest import port_free as _port_free
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def _demo_workers() -> list[str]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if "demo-worker-" in cmd and "streams.cli" in cmd and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+            if "demo-worker-" in cmd and "liqwatch" in cmd and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
                 out.append(cmd)
     return out
 

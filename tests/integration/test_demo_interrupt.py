@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.demo import RECEIVER_PORT
+from liqwatch.tools.demo import RECEIVER_PORT
 from tests.integration.conftest import free_ports
 from tests.integration.conftest import port_free as _port_free
 
@@ -55,7 +55,7 @@ def _cmdline(pid: int) -> str:
 def _workers_of(app_id: str) -> list[int]:
     """Pids of the demo's worker processes (their command line names the demo's own app id)."""
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p))
-            and "streams.cli worker" in _cmdline(int(p)) and f"--app-id {app_id} " in _cmdline(int(p)) + " "]
+            and "-m liqwatch worker" in _cmdline(int(p)) and f"--app-id {app_id} " in _cmdline(int(p)) + " "]
 
 
 def _event_time(port: int) -> float | None:
@@ -81,7 +81,7 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
     env = {**os.environ, "LIQWATCH_STATE_DIR": str(state), "TMPDIR": str(tmp_path / "tmp"), "COLUMNS": "140"}
     out_path = tmp_path / "demo.out"
     with out_path.open("wb") as out:
-        demo = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--accounts", "2000", "--speed", "600"],
+        demo = subprocess.Popen([sys.executable, "-m", "liqwatch", "demo", "--accounts", "2000", "--speed", "600"],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         # ready: both workers serve metrics with an event time (the replay into Kafka is under way)

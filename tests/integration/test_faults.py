@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from streams import scenarios
-from streams import stack as lwstack
-from streams.replay import compare_alerts
-from streams.scenarios import T0
+from liqwatch import scenarios
+from liqwatch.tools import stack as lwstack
+from liqwatch.replay.replayer import compare_alerts
+from liqwatch.scenarios import T0
 from tests import fuzz
 from tests.integration.conftest import free_ports
 from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, produce_paced,
@@ -37,7 +37,7 @@ MIN = 60_000
 
 
 def liqwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "liqwatch", *args], capture_output=True, text=True, timeout=600)
 
 
 def evening(path: Path, accounts: int = 1500) -> tuple[list[bytes], int]:
@@ -58,7 +58,7 @@ class Webhook:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "webhook-receiver", "--port",
+        self.proc = subprocess.Popen([sys.executable, "-m", "liqwatch", "webhook-receiver", "--port",
                                       str(self.port), "--secret-env", "LIQWATCH_WEBHOOK_SECRET", "--out",
                                       str(self.out), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

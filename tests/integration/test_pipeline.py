@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams import stack as lwstack
+from liqwatch.tools import stack as lwstack
 from tests.conftest import DATA
 from tests.integration.pipeline import (Worker, batch_results, metric_sum, produce, read_topic, wait_converged)
 from tests.populations import population

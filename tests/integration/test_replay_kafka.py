@@ -18,10 +18,10 @@ import uuid
 
 import pytest
 
-from streams import scenarios
-from streams import stack as lwstack
-from streams.replay import compare_alerts
-from streams.scenarios import T0
+from liqwatch import scenarios
+from liqwatch.tools import stack as lwstack
+from liqwatch.replay.replayer import compare_alerts
+from liqwatch.scenarios import T0
 from tests.integration.pipeline import Worker, produce, read_topic, settle
 from tests.test_replay import _png_has_data
 
@@ -34,7 +34,7 @@ MIN = 60_000
 
 
 def liqwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "liqwatch", *args], capture_output=True, text=True, timeout=600)
 
 
 async def _groups(bootstrap: str, group: str) -> tuple[list[str], dict]:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, UnknownTopicOrPartitionError
 
-from streams import stack as lwstack
+from liqwatch.tools import stack as lwstack
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams import stack as lwstack
-from streams import topics as T
-from streams import transport as tr
+from liqwatch.tools import stack as lwstack
+from liqwatch.sinks import topics as T
+from liqwatch.tools import transport as tr
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def bootstrap(stack: lwstack.StackConfig) -> str:
 def calm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's `calm` scenario, 200 accounts (~209k events)."""
     out = tmp_path_factory.mktemp("transport") / "calm.jsonl"
-    subprocess.run([sys.executable, "-m", "streams.cli", "scenario", "calm", "--accounts", "200", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "liqwatch", "scenario", "calm", "--accounts", "200", "--out", str(out)],
                    cwd=REPO, check=True, capture_output=True)
     return out
 
@@ -194,7 +194,7 @@ def test_rate_and_speed_pace_the_sending(bootstrap: str, tmp_path: Path):
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.transport_cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "liqwatch.cli.transport", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -254,7 +254,7 @@ def test_cli_follow_until_interrupted(bootstrap: str, tmp_path: Path):
     pre = prefix()
     asyncio.run(tr.ensure_topics(bootstrap, {pre + T.REFERENCES: 1}))
     out = tmp_path / "followed.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "streams.transport_cli", "dump", pre + T.REFERENCES,
+    proc = subprocess.Popen([sys.executable, "-m", "liqwatch.cli.transport", "dump", pre + T.REFERENCES,
                              "--bootstrap", bootstrap, "--follow", "--out", str(out)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from streams.metrics import Metrics
-from streams.receiver import Receiver
-from streams.webhooks import Endpoint, WebhookSender
+from liqwatch.sinks.metrics import Metrics
+from liqwatch.tools.receiver import Receiver
+from liqwatch.sinks.webhooks import Endpoint, WebhookSender
 
 from tests.integration.conftest import free_ports
 

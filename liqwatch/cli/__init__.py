@@ -1,0 +1,1 @@
+"""The `liqwatch` command: one typer app, with a module per group of subcommands."""

@@ -1,0 +1,444 @@
+"""`liqwatch` command line (SPEC §7). Each command's --help explains its inputs with an example."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from liqwatch.events import json_line
+from liqwatch.cli.stack import app as stack_app
+from liqwatch.tools.receiver import register as register_receiver
+from liqwatch.cli.transport import check_bootstrap, in_file, out_dir, out_file, probe_kafka, topic_name
+from liqwatch.cli.transport import register as register_transport
+from liqwatch.cli.replay import load_config_or_exit, register as register_replay
+
+app = typer.Typer(
+    name="liqwatch",
+    help="Streaming liquidation monitor: index and mark prices, margin health and liquidation cascades.\n\n"
+    "Quick start: `liqwatch scenario oct-2025 --accounts 5000 --out ev.jsonl --config-out cfg.yaml`, then "
+    "`liqwatch health --config cfg.yaml ev.jsonl` and "
+    "`liqwatch cascade --config cfg.yaml --scenario risk_off --severity 0.12 ev.jsonl`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+bench_app = typer.Typer(help="Benchmarks that print figures (JSON); not tests.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(stack_app, name="stack")
+register_transport(app)
+register_receiver(app)
+register_replay(app)
+
+err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the terminal width
+log = logging.getLogger("liqwatch")
+
+# more accounts than this is a typo (the October population is 100,000; 10M already takes gigabytes)
+MAX_ACCOUNTS = 10_000_000
+MAX_PARTITIONS = 10_000  # per topic; Kafka takes an int32, a broker far fewer
+
+
+def _app_id(value: str) -> str:
+    """Callback of --app-id: it names the consumer group and Faust's changelog topics."""
+    if not value:
+        raise typer.BadParameter("must not be empty")
+    return topic_name(value) or value
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(path: Path):
+    return load_config_or_exit(path, "--config")
+
+
+def _parse_time(value: Optional[str], option: str) -> Optional[int]:
+    """Epoch milliseconds or ISO-8601 UTC (2025-10-10T21:15:00Z); None stays None."""
+    from liqwatch.cli.replay import parse_time
+
+    return None if value is None else parse_time(value, option)
+
+
+def _load(cfg, events: Path, deadletter: Optional[Path], until: Optional[int] = None):
+    from liqwatch.replay.batch import load_events
+
+    engine, rep = load_events(cfg, events, deadletter, until=until)
+    if rep.rejected:
+        kinds = ", ".join(f"{k} {n}" for k, n in rep.by_kind.most_common())
+        where = f" (written to {deadletter})" if deadletter else " (use --deadletter FILE to keep them)"
+        err.print(f"rejected {rep.rejected} of {rep.lines} lines: {kinds}{where}", highlight=False)
+    if rep.superseded:
+        err.print(
+            f"{rep.superseded} events were older than the last of their key (within tolerance): not applied",
+            highlight=False,
+        )
+    if engine.max_ts < 0:
+        _fail(f"EVENTS: '{events}' holds no valid event")
+    return cfg, engine
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Config YAML (SPEC §2).", show_default=False,
+                                         exists=True, dir_okay=False, readable=True)]
+EventsArg = Annotated[Path, typer.Argument(help="JSONL events file (SPEC §1), or - for stdin.", show_default=False,
+                                           metavar="EVENTS", callback=in_file)]
+AtOpt = Annotated[
+    Optional[str],
+    typer.Option("--at", help="Evaluate at this event time (epoch ms or ISO-8601); default: the largest ts in EVENTS."),
+]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Apply only events with ts <= this time (epoch ms "
+                                                                 "or ISO-8601): the state as it was then.")]
+DeadOpt = Annotated[
+    Optional[Path],
+    typer.Option("--deadletter", help="Write rejected lines here (JSONL: reason, kind, line, original).",
+                 callback=out_file),
+]
+
+
+@app.command()
+def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilOpt = None,
+           deadletter: DeadOpt = None) -> None:
+    """Margin health of every account: one JSON line per account, sorted by account.
+
+    Fields: `account`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable` (E < M),
+    `liquidation_severity` (smallest shock severity of the primary stress scenario at which the account is
+    liquidatable without any cascade; 0 if it already is, null beyond the largest configured severity).
+
+    Every event is applied in file order (a later snapshot of an account replaces an earlier one); numbers are
+    evaluated at the largest `ts` (or `--at`).
+
+    Example: `liqwatch health --config oct-2025-prefix.yaml events.jsonl | head`
+    """
+    cfg = _config(config)
+    at_ms, until_ms = _parse_time(at, "--at"), _parse_time(until, "--until")
+    cfg, engine = _load(cfg, events, deadletter, until_ms)
+    rows = engine.health_rows(at_ms)
+    out = sys.stdout
+    for row in rows:
+        out.write(json_line(row) + "\n")
+
+
+@app.command()
+def cascade(
+    config: ConfigOpt,
+    events: EventsArg,
+    scenario: Annotated[str, typer.Option(help="Stress scenario name from the config's stress.scenarios.")],
+    severity: Annotated[
+        float, typer.Option(help="Shock severity s: asset a moves by d_a × s (0.12 = −12% for a direction of −1).")
+    ],
+    at: AtOpt = None,
+    until: UntilOpt = None,
+    deadletter: DeadOpt = None,
+) -> None:
+    """Simulate a liquidation cascade (SPEC §5) on the state after EVENTS; print the result as one JSON object.
+
+    Shock every venue price by (1 + d_a × s), then rounds: recompute indices, marks and health; liquidate the
+    newly liquidatable accounts; move the liquidation venue's books by the net forced sells (impact model).
+    Result: `rounds`, `liquidated_accounts`, `liquidated_notional`, `net_sold`, `final_index`, `final_prices`,
+    `amplification` (total / round-1 notional), `runaway` (still liquidating after `max_rounds`), plus
+    `round_accounts`, `round_notional` and `fees_usd`.
+
+    Example: `liqwatch cascade -c oct-2025-prefix.yaml --scenario risk_off --severity 0.12 events.jsonl`
+    """
+    cfg = _config(config)
+    if scenario not in cfg.stress.scenarios:
+        _fail(f"--scenario: unknown scenario '{scenario}' (config has: {', '.join(cfg.stress.scenarios)})")
+    if not math.isfinite(severity) or severity < 0:
+        _fail(f"--severity: must be a finite number >= 0 (got {severity})")
+    for asset, d in cfg.stress.scenarios[scenario].items():
+        if d < 0 and -d * severity >= 1:
+            _fail(f"--severity: {severity:g} × the direction {d:g} of {asset} in {scenario} moves its price by "
+                  f"{d * severity:.0%}, to zero or below (need severity < {-1 / d:g})")
+    at_ms, until_ms = _parse_time(at, "--at"), _parse_time(until, "--until")
+    cfg, engine = _load(cfg, events, deadletter, until_ms)
+    result = engine.cascade(scenario, severity, at_ms)
+    sys.stdout.write(json_line(result) + "\n")
+
+
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help="oct-2025 or calm.", show_default=False, metavar="NAME")],
+    accounts: Annotated[
+        int, typer.Option(help="Number of accounts (total equity is fixed; this sets granularity).", min=1,
+                          max=MAX_ACCOUNTS)
+    ] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed (>= 0): the same seed gives the same bytes.", min=0)] = 7,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write events here (default: stdout).",
+                                                callback=out_file)] = None,
+    config_out: Annotated[
+        Optional[Path], typer.Option("--config-out", help="Also write the scenario's config.", callback=out_file)
+    ] = None,
+    index: Annotated[
+        str,
+        typer.Option(
+            help="Config variant for --config-out: prefix (the index as it was on 10 "
+            "October 2025) or fixed (redemption-weighted, USDe floor)."
+        ),
+    ] = "prefix",
+    no_events: Annotated[bool, typer.Option("--no-events", help="Only write the config.")] = False,
+) -> None:
+    """Write a scenario's events (JSONL, in event-time order) and optionally its config.
+
+    `oct-2025` replays 20:00–23:00 UTC of 10 October 2025: the tariff post, the cascade, Binance's USDe, WBETH
+    and BNSOL books depegging while redemption values hold. `calm` is the same population on a quiet day.
+
+    Example: `liqwatch scenario oct-2025 --accounts 5000 --out ev.jsonl --config-out cfg.yaml`
+    """
+    from liqwatch import scenarios as sc
+
+    if name not in sc.SCENARIOS:
+        _fail(f"NAME: unknown scenario '{name}' (choose from {', '.join(sc.SCENARIOS)})")
+    if index not in ("prefix", "fixed"):
+        _fail(f"--index: must be prefix or fixed (got '{index}')")
+    if no_events and config_out is None:
+        _fail("--no-events: nothing to write without --config-out FILE")
+    if config_out is not None:
+        config_out.write_text(sc.config_path(name, index).read_text())
+        err.print(f"config ({index} index) written to {config_out}", highlight=False)
+    if no_events:
+        return
+    from liqwatch.scenarios.write import write_events
+
+    n = write_events(name, accounts, seed, out)
+    if out is not None:
+        err.print(f"{n:,} events written to {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    accounts: Annotated[int, typer.Option(help="Accounts in the oct-2025 population.", min=100,
+                                          max=MAX_ACCOUNTS)] = 100_000,
+    speed: Annotated[float, typer.Option(help="Event time per wall time: 72 plays 20:00–23:00 in 2.5 minutes.",
+                                         min=1.0)] = 72.0,
+    no_stack: Annotated[bool, typer.Option("--no-stack", help="Use the running local stack (`liqwatch stack up`) "
+                                                              "instead of starting and stopping one.")] = False,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir.", file_okay=False)] = None,
+    scenario_name: Annotated[str, typer.Option("--scenario", help="oct-2025, or calm for the false-alarm check.")]
+    = "oct-2025",
+    partitions: Annotated[int, typer.Option(help="Account partitions shared by the two workers.", min=2,
+                                            max=MAX_PARTITIONS)] = 8,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the post-mortem report of the run (as "
+                                                        "`liqwatch replay` does) into this directory.",
+                                                   callback=out_dir)] = None,
+) -> None:
+    """The October-2025 night through the live pipeline: Kafka, two workers, alerts on screen.
+
+    Starts the local stack, a signed webhook receiver on 127.0.0.1:8099 and two workers; plays the scenario (the
+    index as it was) into Kafka at `--speed`× event time; shows indices vs redemption values, accounts by health
+    band, liquidatable notional, cascade amplification and critical severity, and alerts as they fire and resolve.
+    Ends with the first alert of each kind, the first forced-liquidation wave, the lead time of the first critical
+    cascade_risk before it, and the fixed index design side by side. Ctrl-C stops everything it started.
+
+    Example: `liqwatch demo --accounts 20000 --speed 120`
+    """
+    from liqwatch import scenarios as sc
+    from liqwatch.tools.demo import run_demo
+
+    if scenario_name not in sc.SCENARIOS:
+        _fail(f"--scenario: unknown scenario '{scenario_name}' (choose from {', '.join(sc.SCENARIOS)})")
+    if not math.isfinite(speed):
+        _fail(f"--speed: must be a finite number >= 1 (got {speed})")
+    try:
+        run_demo(accounts, speed, no_stack, state_dir, scenario_name, partitions=partitions, report=report)
+    except KeyboardInterrupt:
+        err.print("stopped: everything the demo started has been stopped")
+        raise typer.Exit(130)
+    except RuntimeError as e:
+        _fail(str(e), 1)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt,
+    web_port: Annotated[int, typer.Option(help="Port of this worker's /metrics and /healthz on 127.0.0.1.",
+                                          min=1, max=65535)] = 6066,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap (default: the local stack's, from "
+                                                          "--state-dir).")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir (default ~/.cache/liqwatch/state"
+                                                           "; env LIQWATCH_STATE_DIR).", file_okay=False)] = None,
+    worker_id: Annotated[Optional[str], typer.Option(help="Name in logs, metrics targets and cascade replies.")] = None,
+    partitions: Annotated[int, typer.Option(help="Partitions of the sharded topics (accounts, health).",
+                                            min=1, max=MAX_PARTITIONS)] = 8,
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic name (side-by-side deployments).",
+                                              callback=topic_name)] = "",
+    app_id: Annotated[str, typer.Option(help="Faust app id = Kafka consumer group of the workers.",
+                                        callback=_app_id)] = "liqwatch",
+    evaluate_every_ms: Annotated[int, typer.Option(help="Event time between shard health evaluations.",
+                                                   min=1)] = 10_000,
+    cascade_every_ms: Annotated[int, typer.Option(help="Event time between stress cascades.", min=1)] = 60_000,
+    idle_s: Annotated[float, typer.Option(help="Wall seconds without input before the exact flush.",
+                                          min=0.05)] = 1.0,
+) -> None:
+    """Run one Faust worker of the monitor; start several (each with its own --web-port) to scale out.
+
+    Every worker reads every tick and reference (prices are global) and the account partitions Kafka assigns it;
+    it emits `health` events for its accounts, `mark` and `cascade` events when it is the leader, dead-letters
+    bad records, and serves Prometheus metrics at http://127.0.0.1:WEB_PORT/metrics. Accounts survive a restart
+    through the changelog of the `accounts` table.
+
+    Example: `liqwatch worker -c oct-2025-prefix.yaml --web-port 6066` and, in another shell,
+    `liqwatch worker -c oct-2025-prefix.yaml --web-port 6067`.
+    """
+    from aiokafka.errors import KafkaError
+
+    from liqwatch.tools import stack
+    from liqwatch.worker.app import WorkerSettings, run_worker
+    from liqwatch.tools.transport import TransportError
+
+    cfg = _config(config)
+    # batch commands need no secrets, so the config loads without them; a worker sends webhooks: check them now
+    for i, wh in enumerate(cfg.alerts.webhooks):
+        value = os.environ.get(wh.secret_env)
+        if not value:
+            _fail(f"alerts.webhooks[{i}].secret_env: environment variable {wh.secret_env} is "
+                  f"{'empty' if value == '' else 'not set'} (export {wh.secret_env}=<the receiver's secret>)")
+    if bootstrap is None:
+        try:
+            st = stack.load(state_dir)
+        except stack.StackError as e:
+            _fail(f"--bootstrap: not given and {e}")
+        bootstrap = stack.bootstrap_servers(st)
+        state = st.state_dir
+    else:
+        check_bootstrap(bootstrap)
+        host = bootstrap.split(":")[0]
+        if host not in ("127.0.0.1", "localhost"):
+            log.warning("--bootstrap %s is not loopback: make sure that broker is yours", bootstrap)
+        state = None
+    busy = _port_busy(web_port)
+    if busy:
+        _fail(f"--web-port: cannot listen on 127.0.0.1:{web_port}: {busy} (another worker? give each its own "
+              "--web-port)", 1)
+    try:  # fail at start, in seconds and in one line, when no broker answers
+        asyncio.run(probe_kafka(bootstrap))
+    except TransportError as e:
+        _fail(str(e), 1)
+    settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
+                              topic_prefix=topic_prefix, app_id=app_id, evaluate_every_ms=evaluate_every_ms,
+                              cascade_every_ms=cascade_every_ms, idle_s=idle_s)
+    if worker_id:
+        settings.worker_id = worker_id
+    if state is not None:
+        stack.register_scrape_target(state, settings.worker_id, web_port)
+    try:
+        run_worker(cfg, settings)  # creates the topics first: the broker may still refuse, or go away
+    except KafkaError as e:
+        _fail(f"Kafka at {bootstrap} failed: {e!r}", 1)
+    finally:
+        if state is not None:
+            stack.unregister_scrape_target(state, settings.worker_id)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    accounts: Annotated[int, typer.Option(help="Accounts loaded before the ticks.", min=1)] = 100_000,
+    rate: Annotated[int, typer.Option(help="Live ticks per second for the latency phase.", min=1)] = 50_000,
+    seconds: Annotated[float, typer.Option(help="Length of the latency phase.", min=1)] = 20.0,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Use this running stack (default: start a temporary "
+                                                           "one on free ports and stop it after).",
+                                                      file_okay=False)] = None,
+) -> None:
+    """Worker throughput vs a raw consumer on the same topic, and tick → mark latency at a live rate.
+
+    Prints one JSON object: `raw_consume_per_s`, `worker_ticks_per_s`, `worker_vs_raw`, `latency_p50_ms`,
+    `latency_p99_ms`, … Targets: worker ≥ 50% of raw and ≥ 50,000 ticks/s; p99 < 1 s at 50,000 ticks/s with
+    100,000 accounts.
+    """
+    from liqwatch.tools import stack
+    from liqwatch.tools.bench_pipeline import pipeline
+
+    if not math.isfinite(seconds):
+        _fail(f"--seconds: must be a finite number >= 1 (got {seconds})")
+    try:
+        result = pipeline(accounts, rate, seconds, state_dir)
+    except stack.StackError as e:
+        _fail(str(e), 1)
+    sys.stdout.write(json_line(result) + "\n")
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    accounts: Annotated[int, typer.Option(help="Accounts in the synthetic book.", min=1000)] = 1_000_000,
+    repeat: Annotated[int, typer.Option(help="Timed repetitions (the best is reported).", min=1)] = 5,
+    reference_sample: Annotated[int, typer.Option(help="Accounts timed with the plain-Python reference.",
+                                                  min=1)] = 20_000,
+) -> None:
+    """Kernel speed and memory on one core: numba health vs a streaming pass, NumPy and plain Python; cascade.
+
+    Prints one JSON object: `accounts`, `health_ms`, `stream_ms`, `health_numpy_ms`, `health_reference_ms`,
+    `speedup_vs_reference`, `speedup_vs_numpy`, `cascade_ms`, `bytes_per_account`, …
+    """
+    from liqwatch.tools.bench import kernels as run
+
+    sys.stdout.write(json_line(run(accounts, repeat, reference_sample)) + "\n")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _port_busy(port: int) -> str | None:
+    """Why 127.0.0.1:port cannot be listened on (None: it can), tried as the worker's web server will."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def _usage_error(e: Exception) -> NoReturn:
+    """click's usage lines, then the message on one line (a rich panel would wrap it over several)."""
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:  # unwrapped: click would wrap the usage to the terminal width
+        sys.stderr.write(f"Usage: {ctx.command_path} {' '.join(ctx.command.collect_usage_pieces(ctx))}\n")
+        if ctx.command.get_help_option(ctx) is not None:
+            sys.stderr.write(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.\n")
+    err.print(f"[bold red]error:[/] {escape(e.format_message())}", highlight=False)  # type: ignore[attr-defined]
+    sys.exit(getattr(e, "exit_code", 2))
+
+
+def main() -> None:
+    """Run the CLI. A usage mistake prints click's usage lines and one `error:` line (exit 2); an OS error nothing
+    checked beforehand prints one line (exit 1): never a traceback for a mistake (`-v` logs the traceback)."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        # the click typer vendors (recent typer) or click itself: matched by class name, as typer does
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # the help is already printed
+            sys.exit(2)
+        if "ClickException" in kinds:
+            _usage_error(e)
+        if "Abort" in kinds:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        if not isinstance(e, (OSError, MemoryError)):
+            raise
+        log.debug("unexpected error", exc_info=True)
+        what = f"{e.strerror}: '{e.filename}'" if isinstance(e, OSError) and e.filename else \
+            (e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
+        err.print(f"[bold red]error:[/] {escape(what)}", highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

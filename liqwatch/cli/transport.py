@@ -1,0 +1,263 @@
+"""`liqwatch produce FILE` and `liqwatch dump TOPIC` (SPEC §7): JSONL file → input topics, topic → JSONL.
+
+    liqwatch produce oct.jsonl                        # to the stack in ~/.cache/liqwatch/state (or --state-dir)
+    liqwatch dump liqwatch.alerts --out alerts.jsonl --bootstrap 127.0.0.1:9092
+
+The main CLI mounts both with `register(app)`; standalone: `python -m liqwatch.cli.transport produce FILE`.
+Bad arguments exit 2 naming the option; Kafka problems exit 1 with one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from liqwatch.tools import stack
+from liqwatch.sinks import topics as T
+
+err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the terminal width
+
+Bootstrap = Annotated[Optional[str], typer.Option(
+    "--bootstrap", help="Kafka bootstrap servers HOST:PORT[,HOST:PORT]; default: the stack in --state-dir.",
+    show_default=False)]
+StateDir = Annotated[Optional[Path], typer.Option(
+    "--state-dir", envvar="LIQWATCH_STATE_DIR", show_default=False, file_okay=False,
+    help="State dir of a stack started with `liqwatch stack up` (its stack.json has the Kafka port). "
+         "[default: ~/.cache/liqwatch/state]")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+# -- checks of arguments shared by the commands (typer callbacks raise BadParameter: click names the option) --
+
+def check_bootstrap(bootstrap: str, option: str = "--bootstrap") -> str:
+    """HOST:PORT[,HOST:PORT] with ports 1..65535, or exit 2 naming the option."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(f"{option}: expected HOST:PORT[,HOST:PORT] with a port 1-65535 (got '{bootstrap}')")
+    return bootstrap
+
+
+def in_file(value: Optional[Path]) -> Optional[Path]:
+    """Callback of an argument naming a file to read, or - for stdin (typer's own `allow_dash` does not work with a
+    Path annotation)."""
+    if value is None or str(value) == "-":
+        return value
+    if not value.exists():
+        raise typer.BadParameter(f"file '{value}' does not exist")
+    if value.is_dir():
+        raise typer.BadParameter(f"'{value}' is a directory, not a file")
+    if not os.access(value, os.R_OK):
+        raise typer.BadParameter(f"cannot read '{value}': permission denied")
+    return value
+
+
+def out_file(value: Optional[Path]) -> Optional[Path]:
+    """Callback of an option naming a file to write: not a directory, in a directory that exists."""
+    if value is None or str(value) == "-":
+        return value
+    if value.is_dir():
+        raise typer.BadParameter(f"'{value}' is a directory; give a file name")
+    parent = value.parent
+    if not parent.is_dir():
+        raise typer.BadParameter(f"cannot write '{value}': directory '{parent}' does not exist"
+                                 if not parent.exists() else f"cannot write '{value}': '{parent}' is not a directory")
+    if not os.access(value if value.exists() else parent, os.W_OK):
+        raise typer.BadParameter(f"cannot write '{value}': permission denied")
+    return value
+
+
+def out_dir(value: Optional[Path]) -> Optional[Path]:
+    """Callback of an option naming a directory to create or fill: not a file, under a directory."""
+    if value is None:
+        return value
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"'{value}' is a file, not a directory")
+    above = value
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        raise typer.BadParameter(f"cannot create '{value}': '{above}' is a file")
+    if above.exists() and not os.access(above, os.W_OK):
+        raise typer.BadParameter(f"cannot write in '{above}': permission denied")
+    return value
+
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]*")
+
+
+def topic_name(value: Optional[str]) -> Optional[str]:
+    """Callback of a topic name (or prefix): Kafka's legal characters, at most 200 of them."""
+    if value is not None and (not _TOPIC_RE.fullmatch(value) or len(value) > 200):
+        raise typer.BadParameter(f"'{value}' is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 200)")
+    return value
+
+
+async def probe_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
+    """Connect to the cluster and leave: TransportError 'cannot reach Kafka at …' (one line) when no broker answers
+    within `timeout_s`. aiokafka's own connection errors are not logged meanwhile."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from liqwatch.tools.transport import TransportError, _started
+
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-probe",
+                                request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with _started(admin, bootstrap):
+                pass
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise TransportError(f"cannot reach Kafka at {bootstrap}: no answer within {timeout_s:g} s (is the stack "
+                             "up? `liqwatch stack status`)") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _bootstrap(bootstrap: str | None, state_dir: Path | None) -> str:
+    if bootstrap is not None:
+        return check_bootstrap(bootstrap)
+    try:
+        return stack.bootstrap_servers(stack.load(state_dir))
+    except stack.StackError as e:
+        _fail(f"--state-dir: {e}; or give --bootstrap HOST:PORT")
+
+
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        _fail(f"{option}: must be a finite number > 0 (got {value})")
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    from liqwatch.tools.transport import TransportError
+
+    # aiokafka logs every refused connection at ERROR; the user gets our one line instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(coro)
+    except TransportError as e:
+        _fail(str(e), 1)
+    except LookupError as e:
+        _fail(f"TOPIC: {e}")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSONL events file (SPEC §1), or - for stdin.", show_default=False,
+                                         metavar="FILE", callback=in_file)],
+    bootstrap: Bootstrap = None,
+    state_dir: StateDir = None,
+    partitions: Annotated[int, typer.Option(
+        min=1, max=10_000,
+        help="Partitions of liqwatch.accounts (and the other sharded topics) when they are created.")] = 8,
+    rate: Annotated[Optional[float], typer.Option(
+        help="Send at most this many events per second of wall time. [default: as fast as possible]",
+        show_default=False)] = None,
+    speed: Annotated[Optional[float], typer.Option(
+        help="Replay event time N× faster than real time, by the events' `ts` (60 = one hour in a minute).",
+        show_default=False)] = None,
+    unknown_to: Annotated[Optional[str], typer.Option(
+        "--unknown-to", help="Topic for lines that are not JSON objects or have no input `type` (sent unkeyed, "
+        "for the workers' dead-letter path). [default: the accounts topic]", show_default=False,
+        callback=topic_name)] = None,
+    topic_prefix: Annotated[str, typer.Option(
+        "--topic-prefix", help="Put every topic name under this prefix (tests, side-by-side runs; as the workers' "
+        "prefix).", callback=topic_name)] = "",
+) -> None:
+    """Load a JSONL events file into the input topics: each line's bytes unchanged, keyed as in SPEC §1.
+
+    tick → liqwatch.ticks (key venue:symbol), reference → liqwatch.references (asset), account →
+    liqwatch.accounts (account); missing topics are created. The Kafka timestamp is the event's `ts`, and file
+    order is kept per key. Prints the counts per topic on stderr.
+
+    Example: `liqwatch produce oct.jsonl --speed 60` (three hours of October 2025 in three minutes)
+    """
+    from liqwatch.tools.transport import produce_file
+
+    _positive(rate, "--rate")
+    _positive(speed, "--speed")
+    if rate is not None and speed is not None:
+        _fail("--rate and --speed: choose one")
+    servers = _bootstrap(bootstrap, state_dir)
+    report = _run(produce_file(file, servers, partitions=partitions, prefix=topic_prefix,
+                               unknown_to=unknown_to, rate=rate, speed=speed, console=err))
+    err.print(report.summary(), highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def dump(
+    topic: Annotated[str, typer.Argument(help=f"Topic to read, e.g. {T.ALERTS}.", show_default=False,
+                                         metavar="TOPIC")],
+    bootstrap: Bootstrap = None,
+    state_dir: StateDir = None,
+    from_beginning: Annotated[bool, typer.Option(
+        "--from-beginning/--latest", help="Start at the oldest message, or only read what arrives from now.")] = True,
+    until_idle: Annotated[float, typer.Option(
+        "--until-idle", help="Stop once past the end (as of start) and nothing arrived for this many seconds.")
+    ] = 2.0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Never stop (Ctrl-C ends).")] = False,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write here. [default: stdout]", show_default=False, callback=out_file)] = None,
+    max_messages: Annotated[Optional[int], typer.Option(
+        "--max", min=1, help="Stop after N messages.", show_default=False)] = None,
+) -> None:
+    """Write a topic's messages as JSONL, one value per line, without joining a consumer group.
+
+    Every partition is read in offset order and partitions are merged by message timestamp. A value that is not
+    UTF-8 JSON is written as {"_raw_base64", "_partition", "_offset"}. Prints the count on stderr.
+
+    Example: `liqwatch dump liqwatch.alerts --out alerts.jsonl`, or `liqwatch dump liqwatch.health --latest -f`
+    """
+    from liqwatch.tools.transport import dump_topic
+
+    _positive(until_idle, "--until-idle")
+    servers = _bootstrap(bootstrap, state_dir)
+    sink = sys.stdout.buffer if out is None else out
+    # A bar on the same terminal as the lines would garble them.
+    progress = not (out is None and sys.stdout.isatty())
+    t0 = time.monotonic()
+    n = _run(dump_topic(topic, servers, sink, from_beginning=from_beginning, until_idle=until_idle,
+                        follow=follow, max_messages=max_messages, progress=progress, console=err))
+    took = time.monotonic() - t0
+    where = f" to {out}" if out is not None else ""
+    if n == 0:
+        what = "is empty" if from_beginning else f"had no new message in {until_idle:g} s"
+        err.print(f"{topic} {what}: dumped 0 messages{where}", highlight=False)
+    else:
+        waited = f", incl. {until_idle:g} s idle wait" if max_messages is None or n < max_messages else ""
+        err.print(f"dumped {n:,} messages from {topic}{where} ({took:.1f} s{waited})", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `produce FILE` and `dump TOPIC` to a typer app (the main `liqwatch` CLI)."""
+    app.command("produce", no_args_is_help=True)(produce)
+    app.command("dump", no_args_is_help=True)(dump)
+
+
+if __name__ == "__main__":
+    _app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+    register(_app)
+    _app()

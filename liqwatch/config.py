@@ -1,0 +1,569 @@
+"""The one config file (SPEC §2): YAML in, frozen typed objects out, every error naming its field.
+
+    cfg = load_config("liqwatch/scenarios/oct-2025-prefix.yaml")
+    cfg.assets["WBETH"].index.constituents[1].weight   # 0.8
+    cfg.config_id                                      # 'c3f1…' stamps alerts and replays
+
+Errors are collected, not raised one at a time, so a user fixes a file in one pass:
+
+    ConfigError: config.yaml is not valid:
+      assets.WBETH.index.constituents[1].weight: must be > 0
+      instruments.BTCUSDT-PERP.underlying: unknown asset 'BTX'
+
+Extensions of the spec's file (documented in docs/config.md):
+- a `redemption:A` constituent names the asset it redeems into (`in: ETH`), so that index dependency cycles are a
+  config error rather than a runtime surprise;
+- `instruments.X.mark.source` (default `<liquidation.venue>:X`) names the venue book of the perpetual, and
+  `funding_interval_s` its funding period;
+- `stress.primary` picks the scenario used for per-account liquidation severity (default: the first one);
+- `ingest.out_of_order_ms` is the tolerance for events older than the last one of the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Quote assets priced at 1 when the config gives them no index (SPEC §3).
+USD_LIKE = ("USD", "USDT", "USDC")
+
+_SOURCE_RE = re.compile(r"^(?P<venue>[A-Za-z0-9_.\-]+):(?P<symbol>[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)?)$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` holds one 'field.path: message' per problem."""
+
+    def __init__(self, problems: list[str], origin: str = "config"):
+        self.problems = problems
+        super().__init__(f"{origin} is not valid:\n  " + "\n  ".join(problems))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# Numbers are strict: YAML `true` is not 1 and "5e7" (text to YAML 1.1: write 5.0e+7) is not a number. An int is
+# a float; a float is not an int.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Rate = Annotated[float, Field(strict=True, ge=0, le=1, allow_inf_nan=False)]
+# a stress severity is a fraction of a move: d_a × s with |d_a| × s < 1 for a fall (checked against the directions)
+Severity = Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)]
+
+
+class Bracket(_Frozen):
+    """One incremental bracket: `rate` applies to the part of the amount up to `upto` (USD); null = no upper end."""
+
+    upto: PositiveFloat | None = None
+    rate: Rate
+
+
+def _check_brackets(brackets: list[Bracket]) -> list[Bracket]:
+    for i, b in enumerate(brackets):
+        last = i == len(brackets) - 1
+        if b.upto is None and not last:
+            raise ValueError(f"bracket [{i}] has upto: null but is not the last bracket")
+        if last and b.upto is not None:
+            raise ValueError(f"the last bracket must have upto: null (open-ended), got {b.upto}")
+        if i > 0 and b.upto is not None and b.upto <= brackets[i - 1].upto:  # type: ignore[operator]
+            raise ValueError(f"brackets out of order: upto {b.upto} at [{i}] is not above {brackets[i - 1].upto}")
+    return brackets
+
+
+class Constituent(_Frozen):
+    source: str = Field(description="`venue:BASE/QUOTE` (a spot book) or `redemption:ASSET` (the reference rate)")
+    weight: PositiveFloat
+    in_: str | None = Field(default=None, alias="in", description="for redemption sources: the asset it redeems into")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        if not _SOURCE_RE.match(v):
+            raise ValueError(f"'{v}' is not of the form venue:BASE/QUOTE or redemption:ASSET")
+        venue, symbol = v.split(":", 1)
+        if venue == "redemption" and "/" in symbol:
+            raise ValueError(f"'{v}': a redemption source names one asset, e.g. redemption:WBETH")
+        if venue != "redemption" and "/" not in symbol:
+            raise ValueError(f"'{v}': an index constituent is a spot book venue:BASE/QUOTE")
+        return v
+
+    @property
+    def is_redemption(self) -> bool:
+        return self.source.startswith("redemption:")
+
+    @property
+    def venue(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def base(self) -> str:
+        return self.source.split(":", 1)[1].split("/")[0]
+
+    @property
+    def quote(self) -> str:
+        return self.source.split(":", 1)[1].split("/")[1]
+
+
+class IndexSpec(_Frozen):
+    method: Literal["weighted_mean", "weighted_median"] = "weighted_mean"
+    max_age_ms: Annotated[int, Field(strict=True, gt=0)] = 10_000
+    max_deviation: PositiveFloat = 0.05
+    constituents: Annotated[list[Constituent], Field(min_length=1)]
+    floor: PositiveFloat | None = None
+    cap: PositiveFloat | None = None
+
+
+class LinearImpact(_Frozen):
+    """Price × (1 − 0.01 × net_sold_usd / depth_usd_per_pct), never below 1% of the price."""
+
+    model: Literal["linear"]
+    depth_usd_per_pct: PositiveFloat
+
+
+class SqrtImpact(_Frozen):
+    """Price × (1 − y × daily_vol × sqrt(net_sold_usd / daily_volume_usd)) — the square-root law."""
+
+    model: Literal["sqrt"]
+    daily_volume_usd: PositiveFloat
+    daily_vol: PositiveFloat
+    y: PositiveFloat = 1.0
+
+
+class AssetSpec(_Frozen):
+    index: IndexSpec | None = None
+    haircut: list[Bracket] = Field(default_factory=list)
+    impact: Annotated[LinearImpact | SqrtImpact, Field(discriminator="model")] | None = None
+    sanity: SanitySpec | None = None  # bounds of this asset's prices and quantities (default: ingest.sanity)
+    # venue books of this asset read besides the index constituents (venue:BASE/QUOTE): watched by the alerts
+    # (venue_divergence) and moved in cascades, not part of the index. Ticks of any other book are not input.
+    books: list[str] = Field(default_factory=list)
+
+    @field_validator("haircut")
+    @classmethod
+    def _haircut_brackets(cls, v: list[Bracket]) -> list[Bracket]:
+        return _check_brackets(v)
+
+
+class MarkSpec(_Frozen):
+    method: Literal["median3", "index"] = "median3"
+    basis_window_s: PositiveFloat = 1800.0
+    source: str | None = Field(default=None, description="venue:INSTRUMENT book of the perpetual")
+    funding_interval_s: PositiveFloat = 28_800.0
+
+
+class InstrumentSpec(_Frozen):
+    underlying: str
+    maintenance: Annotated[list[Bracket], Field(min_length=1)]
+    mark: MarkSpec = MarkSpec()
+
+    @field_validator("maintenance")
+    @classmethod
+    def _maintenance_brackets(cls, v: list[Bracket]) -> list[Bracket]:
+        return _check_brackets(v)
+
+
+class BorrowSpec(_Frozen):
+    maintenance_rate: Rate
+
+
+class LiquidationSpec(_Frozen):
+    venue: str
+    fee_rate: Rate = 0.0
+
+
+class StressSpec(_Frozen):
+    scenarios: Annotated[dict[str, dict[str, Number]], Field(min_length=1)]
+    severities: Annotated[list[Severity], Field(min_length=1)]
+    max_rounds: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 50
+    primary: str | None = None
+
+    @field_validator("severities")
+    @classmethod
+    def _ascending(cls, v: list[float]) -> list[float]:
+        for i in range(1, len(v)):
+            if v[i] <= v[i - 1]:
+                raise ValueError(f"severities must be strictly ascending: {v[i]} at [{i}] is not above {v[i - 1]}")
+        return v
+
+    @property
+    def primary_scenario(self) -> str:
+        return self.primary or next(iter(self.scenarios))
+
+
+class SanitySpec(_Frozen):
+    """Bounds outside which a number is a broken feed, not market data (dead-lettered `out_of_bounds`): quoted
+    prices (bid, ask, last, reference rates, entry prices) of a book or reference of the asset, and quantities of
+    it held, borrowed or (for an instrument's underlying) in a position."""
+
+    min_price: PositiveFloat = 1e-9
+    max_price: PositiveFloat = 1e9
+    max_qty: PositiveFloat = 1e12
+
+
+class IngestSpec(_Frozen):
+    """How input records are admitted (SPEC §1); every rejection is a dead letter with a reason."""
+
+    out_of_order_ms: Annotated[int, Field(strict=True, ge=0)] = 1_000
+    # a tick or reference this far ahead of the market's event time is dead-lettered (`ahead_of_stream`): one
+    # record dated a day ahead would otherwise make every later record of its key out of order. A gap in the whole
+    # stream is not an error: once records of `jump_keys` distinct keys in a row are all that far ahead, the
+    # market's event time jumps with them.
+    max_ahead_ms: Annotated[int, Field(strict=True, gt=0)] = 300_000
+    jump_keys: Annotated[int, Field(strict=True, ge=2, le=100)] = 3
+    # ticks of a book the config does not name: dead-lettered (default) or ignored (counted, not applied); never
+    # part of an index or an alert
+    unknown_sources: Literal["deadletter", "ignore"] = "deadletter"
+    min_ts: Annotated[int, Field(strict=True, ge=0)] = 0  # event times (ms) outside min_ts..max_ts are bad_ts
+    max_ts: Annotated[int, Field(strict=True, gt=0)] = 4_102_444_800_000  # 2100-01-01
+    sanity: SanitySpec = SanitySpec()                         # default bounds; `assets.X.sanity` overrides
+
+
+class Levels(_Frozen):
+    """Warning and critical thresholds of one alert signal (higher is worse)."""
+
+    warning: PositiveFloat
+    critical: PositiveFloat
+
+
+class MarginClusterAlert(_Frozen):
+    health_below: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 1.2
+    notional_usd: Levels = Levels(warning=5e7, critical=2e8)
+
+
+class CascadeRiskAlert(_Frozen):
+    """How close the book is to a self-feeding cascade. The critical severity of the primary stress scenario is
+    the smallest shock (scanned on `grid`, then bisected) whose cascade runs away, or amplifies past
+    `amplification_limit` while liquidating at least `min_notional_usd`; the alert fires when it falls to
+    `critical_severity.warning` / `.critical` (lower is worse)."""
+
+    critical_severity: Levels = Levels(warning=0.04, critical=0.02)
+    amplification_limit: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 2.0
+    min_notional_usd: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 1e8
+    grid: Annotated[list[Severity], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.04, 0.05]
+
+
+class Webhook(_Frozen):
+    name: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class AlertsSpec(_Frozen):
+    """Thresholds per alert type (SPEC §6). An episode resolves when its value falls below warning × clear_ratio
+    (hysteresis: a value hovering at the threshold does not flap)."""
+
+    clear_ratio: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.8
+    depeg: Levels = Levels(warning=0.02, critical=0.05)                  # |index / reference value − 1|
+    venue_divergence: Levels = Levels(warning=0.03, critical=0.10)       # |venue / median of the others − 1|
+    stale_source: Levels = Levels(warning=30, critical=120)              # seconds of event time without a quote
+    margin_cluster: MarginClusterAlert = MarginClusterAlert()
+    liquidations: Levels = Levels(warning=1e6, critical=5e7)             # liquidatable notional now, USD
+    cascade_risk: CascadeRiskAlert = CascadeRiskAlert()
+    collateral_concentration: Levels = Levels(warning=0.4, critical=0.6)  # share of all collateral value
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
+class Config(_Frozen):
+    settlement: str = "USDT"
+    assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
+    instruments: dict[str, InstrumentSpec] = Field(default_factory=dict)
+    borrow: dict[str, BorrowSpec] = Field(default_factory=dict)
+    liquidation: LiquidationSpec
+    stress: StressSpec
+    ingest: IngestSpec = IngestSpec()
+    alerts: AlertsSpec = AlertsSpec()
+
+    @property
+    def config_id(self) -> str:
+        """Short hash of the validated config: stamps alerts and reports so a number can be traced to its config."""
+        canon = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def is_known_asset(self, asset: str) -> bool:
+        return asset in self.assets or asset == self.settlement or asset in USD_LIKE
+
+    def sanity(self, asset: str) -> SanitySpec:
+        spec = self.assets.get(asset)
+        return spec.sanity if spec is not None and spec.sanity is not None else self.ingest.sanity
+
+    def mark_source(self, instrument: str) -> str:
+        spec = self.instruments[instrument].mark.source
+        return spec or f"{self.liquidation.venue}:{instrument}"
+
+    def asset_dependencies(self, asset: str) -> list[str]:
+        """Assets whose index this asset's index reads (quote assets, redemption `in` assets)."""
+        spec = self.assets.get(asset)
+        if spec is None or spec.index is None:
+            return []
+        deps = []
+        for c in spec.index.constituents:
+            dep = c.in_ if c.is_redemption else c.quote
+            if dep is not None and dep not in deps and (dep in self.assets and self.assets[dep].index is not None):
+                deps.append(dep)
+        return deps
+
+    def evaluation_order(self) -> list[str]:
+        """Every priced asset, each after the assets its index depends on (validated acyclic at load).
+        Assets priced at 1 (no index) come first: any source may be quoted in them."""
+        order: list[str] = []
+        seen: set[str] = set()
+        for a in (*self.assets, self.settlement, *USD_LIKE):
+            spec = self.assets.get(a)
+            if (spec is None or spec.index is None) and a not in seen:
+                seen.add(a)
+                order.append(a)
+
+        def visit(a: str) -> None:
+            if a in seen:
+                return
+            seen.add(a)
+            for d in self.asset_dependencies(a):
+                visit(d)
+            order.append(a)
+
+        for a in self.assets:
+            visit(a)
+        return order
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    prev = None
+    for part in loc:
+        # pydantic puts the discriminator tag of a union into the location; users never wrote it
+        if prev in ("impact",) and part in ("linear", "sqrt"):
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+        prev = part
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the config schema; check the spelling)"
+    if kind == "missing":
+        return "required"
+    if kind in ("float_type", "int_type"):
+        got = err.get("input")
+        what = "a number" if kind == "float_type" else "a whole number"
+        if isinstance(got, bool):
+            return f"must be {what}, not a boolean (got {got!r})"
+        if isinstance(got, str):
+            try:
+                float(got)
+            except ValueError:
+                return f"must be {what} (got {got!r})"
+            return (f"must be {what}, not text (got {got!r}: YAML reads 5e7 as text; write 5.0e+7, or leave out "
+                    "the quotes)")
+        return f"must be {what} (got {got!r})"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
+        ctx = err.get("ctx", {})
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values())) if ctx else ""
+        return f"must be {op} {bound} (got {err.get('input')!r})"
+    return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err["input"], dict) else msg
+
+
+def _semantic_problems(cfg: Config) -> list[str]:
+    p: list[str] = []
+    known = cfg.is_known_asset
+    if cfg.settlement not in cfg.assets and cfg.settlement not in USD_LIKE:
+        p.append(f"settlement: unknown asset '{cfg.settlement}' (not under assets, nor one of {', '.join(USD_LIKE)})")
+    for name, spec in cfg.assets.items():
+        if spec.index is None and name != cfg.settlement and name not in USD_LIKE:
+            p.append(f"assets.{name}.index: required (only the settlement asset and USD, USDT, USDC may have none)")
+        if spec.index is None:
+            continue
+        ix = spec.index
+        if ix.floor is not None and ix.cap is not None and ix.floor > ix.cap:
+            p.append(f"assets.{name}.index.floor: {ix.floor} is above cap {ix.cap}")
+        for i, src in enumerate(spec.books):
+            m = _SOURCE_RE.match(src)
+            if not m or "/" not in src or src.startswith("redemption:"):
+                p.append(f"assets.{name}.books[{i}]: '{src}' is not a spot book venue:BASE/QUOTE")
+                continue
+            base, quote = src.split(":", 1)[1].split("/", 1)
+            if base != name:
+                p.append(f"assets.{name}.books[{i}]: '{src}' prices {base}, not {name}")
+            if not known(quote):
+                p.append(f"assets.{name}.books[{i}]: unknown quote asset '{quote}'")
+            if any(c.source == src for c in ix.constituents):
+                p.append(f"assets.{name}.books[{i}]: '{src}' is already an index constituent")
+        seen: set[str] = set()
+        for i, c in enumerate(ix.constituents):
+            at = f"assets.{name}.index.constituents[{i}]"
+            if c.source in seen:
+                p.append(f"{at}.source: '{c.source}' listed twice")
+            seen.add(c.source)
+            if c.is_redemption:
+                if c.base != name:
+                    p.append(f"{at}.source: '{c.source}' redeems {c.base}, not {name}")
+                if c.in_ is None:
+                    p.append(f"{at}.in: required for a redemption source (the asset one {name} redeems into)")
+                elif not known(c.in_):
+                    p.append(f"{at}.in: unknown asset '{c.in_}'")
+            else:
+                if c.in_ is not None:
+                    p.append(f"{at}.in: only redemption sources take 'in'")
+                if c.base != name:
+                    p.append(f"{at}.source: '{c.source}' prices {c.base}, not {name}")
+                if not known(c.quote):
+                    p.append(f"{at}.source: unknown quote asset '{c.quote}'")
+    for name, ins in cfg.instruments.items():
+        if ins.underlying not in cfg.assets or cfg.assets[ins.underlying].index is None:
+            p.append(f"instruments.{name}.underlying: unknown asset '{ins.underlying}'")
+        if ins.mark.source is not None and (":" not in ins.mark.source or "/" in ins.mark.source):
+            p.append(f"instruments.{name}.mark.source: '{ins.mark.source}' is not of the form venue:{name}")
+    for name in cfg.borrow:
+        if not known(name):
+            p.append(f"borrow.{name}: unknown asset '{name}'")
+    for sname, moves in cfg.stress.scenarios.items():
+        for asset in moves:
+            if asset not in cfg.assets:
+                p.append(f"stress.scenarios.{sname}.{asset}: unknown asset '{asset}'")
+    for kind in ("depeg", "venue_divergence", "stale_source", "liquidations", "collateral_concentration"):
+        lv = getattr(cfg.alerts, kind)
+        if lv.critical < lv.warning:
+            p.append(f"alerts.{kind}.critical: {lv.critical} is below warning {lv.warning}")
+    cs = cfg.alerts.cascade_risk.critical_severity
+    if cs.critical > cs.warning:
+        p.append(f"alerts.cascade_risk.critical_severity.critical: {cs.critical} is above warning {cs.warning} "
+                 "(a smaller critical severity is worse)")
+    if cfg.stress.primary is not None and cfg.stress.primary not in cfg.stress.scenarios:
+        p.append(f"stress.primary: unknown scenario '{cfg.stress.primary}'")
+    p.extend(_cycle_problems(cfg))
+    p.extend(_consistency_problems(cfg))
+    return p
+
+
+def _consistency_problems(cfg: Config) -> list[str]:
+    """Values each valid alone that cannot work together: a liquidation venue no book is read from, a stress
+    move past -100%, inverted bounds, webhooks that cannot be told apart."""
+    p: list[str] = []
+    venues = set()
+    for spec in cfg.assets.values():
+        venues.update(c.venue for c in (spec.index.constituents if spec.index else ()) if not c.is_redemption)
+        venues.update(b.split(":", 1)[0] for b in getattr(spec, "books", ()) if ":" in b)
+    venues.update(ins.mark.source.split(":", 1)[0] for ins in cfg.instruments.values()
+                  if ins.mark.source and ":" in ins.mark.source)
+    if cfg.liquidation.venue not in venues:
+        p.append(f"liquidation.venue: unknown venue '{cfg.liquidation.venue}': no index constituent, book or mark "
+                 f"source names it, so a cascade would move no price (venues: {', '.join(sorted(venues))})")
+    top = max(cfg.stress.severities)
+    for sname, moves in cfg.stress.scenarios.items():
+        if not moves:
+            p.append(f"stress.scenarios.{sname}: moves no asset (give at least one asset: direction)")
+        for asset, d in moves.items():
+            if d < 0 and -d * top >= 1:
+                p.append(f"stress.scenarios.{sname}.{asset}: direction {d:g} × the largest severity {top:g} moves the "
+                         f"price by {d * top:.0%}, to zero or below (need |direction| × severity < 1)")
+    grid = cfg.alerts.cascade_risk.grid
+    for i in range(1, len(grid)):
+        if grid[i] <= grid[i - 1]:
+            p.append(f"alerts.cascade_risk.grid: must be strictly ascending: {grid[i]} at [{i}] is not above "
+                     f"{grid[i - 1]}")
+            break
+    primary = cfg.stress.primary_scenario
+    for asset, d in cfg.stress.scenarios.get(primary, {}).items():
+        if d < 0 and -d * max(grid) >= 1:
+            p.append(f"alerts.cascade_risk.grid: severity {max(grid):g} × direction {d:g} of "
+                     f"stress.scenarios.{primary}.{asset} moves the price by {d * max(grid):.0%}, to zero or below")
+    lv = cfg.alerts.margin_cluster.notional_usd
+    if lv.critical < lv.warning:
+        p.append(f"alerts.margin_cluster.notional_usd.critical: {lv.critical} is below warning {lv.warning}")
+    names: dict[str, int] = {}
+    for i, wh in enumerate(cfg.alerts.webhooks):
+        if wh.name in names:
+            p.append(f"alerts.webhooks[{i}].name: '{wh.name}' is also the name of alerts.webhooks[{names[wh.name]}]")
+        names.setdefault(wh.name, i)
+        try:
+            host = urlsplit(wh.url).hostname
+        except ValueError:
+            host = None
+        if not host:
+            p.append(f"alerts.webhooks[{i}].url: '{wh.url}' names no host (http(s)://HOST[:PORT]/PATH)")
+    ingest = cfg.ingest
+    if ingest.min_ts >= ingest.max_ts:
+        p.append(f"ingest.min_ts: {ingest.min_ts} is not below max_ts {ingest.max_ts}")
+    bounds = [("ingest.sanity", ingest.sanity)]
+    bounds += [(f"assets.{a}.sanity", s.sanity) for a, s in cfg.assets.items() if getattr(s, "sanity", None)]
+    for at, sanity in bounds:
+        if sanity.min_price >= sanity.max_price:
+            p.append(f"{at}.min_price: {sanity.min_price:g} is not below max_price {sanity.max_price:g}")
+    return p
+
+
+def _cycle_problems(cfg: Config) -> list[str]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    stack: list[str] = []
+    problems: list[str] = []
+
+    def visit(a: str) -> None:
+        state[a] = 1
+        stack.append(a)
+        for d in cfg.asset_dependencies(a):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d) :] + [d]
+                problems.append(f"assets.{d}.index: dependency cycle {' -> '.join(cycle)}")
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[a] = 2
+
+    for a in cfg.assets:
+        if a not in state:
+            visit(a)
+    return problems
+
+
+def parse_config(data: Any, origin: str = "config") -> Config:
+    """Validate a decoded YAML/JSON document; raise ConfigError listing every problem by field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of settlement, assets, instruments, …"], origin)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([f"{_path(err['loc'])}: {_message(err)}" for err in e.errors()], origin) from None
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems, origin)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"(file): cannot read {path}: {e.strerror}"], str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"(file): {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"],
+                          str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"(yaml, {where}): {getattr(e, 'problem', e)}"], str(path)) from None
+    return parse_config(data, str(path))
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

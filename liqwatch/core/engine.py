@@ -1,0 +1,218 @@
+"""The shared implementation of SPEC §3–§5: events in, index/mark/health/cascade numbers out.
+
+    engine = Engine(cfg)
+    for raw in lines:
+        engine.apply(decode(raw))            # BadEvent for anything the config does not know
+    engine.health_rows()                     # [{"account", "equity", "maintenance", "health", ...}, ...]
+    engine.cascade("risk_off", 0.10)         # the §5 result as a dict
+
+The batch commands and the streaming workers both drive an Engine, so the same events give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from liqwatch.kernels.cascade import run_cascade
+from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.stress import liquidation_severity
+from liqwatch.config import Config
+from liqwatch.events import Account, BadEvent, Event, Reference, Tick
+from liqwatch.core.ingest import Gate
+from liqwatch.core.layout import Layout
+from liqwatch.core.state import AccountBook, MarketState, PriceView
+
+SEVERITY_GRID = 64  # coarse scan points before bisection (liqwatch.kernels.stress)
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+@dataclass
+class Health:
+    """Margin numbers of every account row at one event time."""
+
+    t: int
+    equity: np.ndarray
+    maintenance: np.ndarray
+    health: np.ndarray
+    liquidatable: np.ndarray
+    severity: np.ndarray | None
+
+
+class Engine:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.layout = Layout(cfg)
+        self.market = MarketState(self.layout)
+        self.accounts = AccountBook(self.layout)
+        self.gate = Gate(cfg)  # the door for raw records (decode + config checks)
+        self.max_ts = -1
+        self.applied = 0
+        self.superseded = 0
+
+    def apply(self, event: Event) -> bool:
+        """Apply one decoded event (raises BadEvent); False when it was superseded by a newer one."""
+        if isinstance(event, Tick):
+            ok = self.market.apply_tick(event)
+        elif isinstance(event, Reference):
+            ok = self.market.apply_reference(event)
+        else:
+            ok = self._apply_account(event)
+        if ok:
+            self.applied += 1
+            self.max_ts = max(self.max_ts, event.ts)
+        else:
+            self.superseded += 1
+        return ok
+
+    def apply_many(self, events: list[Event]) -> list[bool | BadEvent]:
+        """Apply events in order, runs of market events in one kernel call; per event: True applied, False
+        superseded, or the BadEvent that rejected it (the others are applied regardless)."""
+        out: list[bool | BadEvent] = []
+        run: list[Tick | Reference] = []
+
+        def flush_run() -> None:
+            if run:
+                results = self.market.apply_many(run)
+                for ev, r in zip(run, results):
+                    if r is True:
+                        self.applied += 1
+                        if ev.ts > self.max_ts:
+                            self.max_ts = ev.ts
+                    elif r is False:
+                        self.superseded += 1
+                out.extend(results)
+                run.clear()
+
+        for ev in events:
+            if type(ev) is not Account:
+                run.append(ev)
+                continue
+            flush_run()
+            try:
+                out.append(self._count(ev, self._apply_account(ev)))
+            except BadEvent as e:
+                out.append(e)
+        flush_run()
+        return out
+
+    def _apply_account(self, ev: Account) -> bool:
+        clock = self.market.clock
+        if ev.ts > clock.limit:  # a snapshot dated far past the market would set the evaluation time
+            raise BadEvent("ahead_of_stream", f"ts: {ev.ts - clock.t} ms ahead of the market's event time "
+                                              f"{clock.t} (ingest.max_ahead_ms {clock.max_ahead_ms})")
+        return self.accounts.apply(ev) is not None
+
+    def _count(self, ev: Event, result: bool | BadEvent) -> bool | BadEvent:
+        if result is True:
+            self.applied += 1
+            self.max_ts = max(self.max_ts, ev.ts)
+        elif result is False:
+            self.superseded += 1
+        return result
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    def eval_time(self, at: int | None = None) -> int:
+        return self.max_ts if at is None else at
+
+    def prices(self, at: int | None = None) -> PriceView:
+        return self.market.prices_at(self.eval_time(at))
+
+    def health(self, at: int | None = None, with_severity: bool = True) -> Health:
+        pv = self.prices(at)
+        t, index, mark = pv.t, pv.index, pv.mark
+        book = self.accounts.view()
+        n = book.active.shape[0]
+        eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
+        liq = np.empty(n, dtype=np.bool_)
+        margin_health(index, mark, book, self.layout.risk_rules, eq, mm, h, liq)
+        sev = None
+        if with_severity:
+            sev = np.empty(n)
+            stress = self.cfg.stress
+            liquidation_severity(
+                float(t),
+                float(stress.severities[-1]),
+                SEVERITY_GRID,
+                self.layout.scenario_direction(stress.primary_scenario),
+                pv.quotes,
+                self.layout.index_rules,
+                self.layout.mark_rules,
+                index,
+                book,
+                self.layout.risk_rules,
+                sev,
+            )
+        return Health(t, eq, mm, h, liq, sev)
+
+    def health_rows(self, at: int | None = None) -> list[dict]:
+        hs = self.health(at)
+        rows = []
+        for r in sorted(range(self.accounts.n), key=self.accounts.ids.__getitem__):
+            if not self.accounts.active[r]:
+                continue
+            rows.append(
+                {
+                    "account": self.accounts.ids[r],
+                    "equity": _num(hs.equity[r]),
+                    "maintenance": _num(hs.maintenance[r]),
+                    "health": _num(hs.health[r]),
+                    "liquidatable": bool(hs.liquidatable[r]),
+                    "liquidation_severity": _num(hs.severity[r]) if hs.severity is not None else None,
+                }
+            )
+        return rows
+
+    def cascade(self, scenario: str, severity: float, at: int | None = None) -> dict:
+        if scenario not in self.cfg.stress.scenarios:
+            raise KeyError(scenario)
+        pv = self.prices(at)
+        t = pv.t
+        res = run_cascade(
+            float(t),
+            float(severity),
+            self.layout.scenario_direction(scenario),
+            pv.quotes,
+            self.layout.index_rules,
+            self.layout.mark_rules,
+            pv.index,
+            [self.accounts.view()],
+            self.layout.risk_rules,
+            self.layout.impact_rules,
+            self.layout.venue_id[self.cfg.liquidation.venue],
+            self.cfg.stress.max_rounds,
+        )
+        return cascade_dict(self, t, scenario, severity, res)
+
+
+def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) -> dict:
+    lay = engine.layout
+    books = engine.layout.books  # the config's books: the ones the snapshot's arrays were built for
+    return {
+        "type": "cascade",
+        "ts": t,
+        "scenario": scenario,
+        "severity": severity,
+        "rounds": res.rounds,
+        "liquidated_accounts": res.liquidated_accounts,
+        "liquidated_notional": float(res.liquidated_notional),
+        "net_sold": {lay.assets[a]: float(v) for a, v in enumerate(res.net_sold) if v != 0.0},
+        "final_index": {
+            lay.assets[a]: _num(v)
+            for a, v in enumerate(res.final_index)
+            if lay.assets[a] in engine.cfg.assets and not lay.index_rules.fixed_one[a]
+        },
+        "final_prices": {
+            f"{v}:{s}": float(res.final_mid[k]) for k, (v, s) in enumerate(books) if not np.isnan(res.final_mid[k])
+        },
+        "amplification": float(res.amplification),
+        "runaway": bool(res.runaway),
+        "round_accounts": list(res.round_accounts),
+        "round_notional": [float(x) for x in res.round_notional],
+        "fees_usd": float(res.liquidated_notional * engine.cfg.liquidation.fee_rate),
+    }

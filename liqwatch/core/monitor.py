@@ -1,0 +1,435 @@
+"""One worker's monitor state and what it emits: the glue between topics and the shared Engine.
+
+    mon = Monitor(cfg, sink, metrics, names)
+    await mon.on_market(record)         # a tick or reference, in the merged event-time order
+    await mon.on_account(raw, where)    # from this worker's account partitions
+    await mon.evaluate(full=True)       # health of this shard (+ severities), metrics, marks
+
+Every worker holds the whole market (it reads every tick and reference) and the accounts of the partitions it
+owns. Health events are emitted when an account's numbers change: during the stream only changes above
+a health band (or a liquidatable flip), and when the input goes idle every exact change, so the last health
+event of each account equals `liqwatch health` on the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from aiokafka.partitioner import DefaultPartitioner
+
+from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.rules import Book
+from liqwatch.kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
+from liqwatch.kernels.stress import liquidation_severity
+from liqwatch.config import Config
+from liqwatch.core.engine import SEVERITY_GRID, Engine
+from liqwatch.events import Account, BadEvent, Tick
+from liqwatch.sinks.metrics import HEALTH_BANDS, Metrics
+from liqwatch.sinks.kafka import OutputSink
+from liqwatch.sinks.topics import TopicNames
+
+log = logging.getLogger(__name__)
+_STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
+
+
+_partitioner = DefaultPartitioner()
+_BAND_EDGES = np.array([hi for _, _, hi in HEALTH_BANDS if hi is not None])
+
+
+def _band(health: np.ndarray) -> np.ndarray:
+    """Index of the health band (NaN health: its own band)."""
+    return np.where(np.isnan(health), -1, np.searchsorted(_BAND_EDGES, health, side="right"))
+
+
+def band_counts(health: np.ndarray, liquidatable: np.ndarray, active: np.ndarray) -> dict[str, int]:
+    """Active accounts per health band (metrics.HEALTH_BANDS; the first band is 'liquidatable')."""
+    out = {}
+    for band, lo, hi in HEALTH_BANDS:
+        sel = active & ~np.isnan(health)
+        if lo is None:
+            sel &= liquidatable
+        else:
+            sel &= health >= lo
+            if hi is not None:
+                sel &= health < hi
+        out[band] = int(sel.sum())
+    return out
+
+
+def book_notional(mask: np.ndarray, book, index: np.ndarray, mark: np.ndarray) -> float:
+    """Positions' |qty|·mark plus collateral value of the accounts in `mask`."""
+    own = book.pos_owner
+    live = own >= 0
+    pos = np.abs(book.pos_qty[live]) * mark[book.pos_instr[live]]
+    cown = book.coll_owner
+    clive = cown >= 0
+    coll = book.coll_qty[clive] * index[book.coll_asset[clive]]
+    return float(np.nansum(pos[mask[own[live]]]) + np.nansum(coll[mask[cown[clive]]]))
+
+
+def partition_of(account: str, partitions: int) -> int:
+    key = account.encode()
+    return _partitioner(key, list(range(partitions)), list(range(partitions)))
+
+
+@dataclass
+class Where:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    raw: bytes | None = None  # the original bytes, kept while an event waits (a later dead letter carries them)
+
+
+def _num(x: float):
+    return None if not math.isfinite(x) else float(x)
+
+
+class Monitor:
+    def __init__(self, cfg: Config, sink: OutputSink, metrics: Metrics, names: TopicNames):
+        self.cfg = cfg
+        self.config_id = cfg.config_id
+        self.engine = Engine(cfg)
+        self.sink = sink
+        self.metrics = metrics
+        self.names = names
+        self.market_t = -1
+        self.accounts_t = -1
+        self.dirty = False
+        self.last_input_wall = time.monotonic()
+        self.last_account_wall = 0.0
+        self.account_offsets: dict[int, int] = {}  # per account partition: last offset consumed
+        self.account_ts: dict[int, int] = {}       # and the largest event time applied from it
+        self.pending_accounts: list = []            # account events ahead of the market's event time
+        self._last_marks: dict[str, float] = {}
+        n = 0
+        self.sent_equity = np.zeros(n)
+        self.sent_maintenance = np.zeros(n)
+        self.sent_severity = np.zeros(n)
+        self.sent_liquidatable = np.zeros(n, dtype=np.bool_)
+        self.sent_active = np.zeros(n, dtype=np.bool_)
+        self.severity = np.zeros(n)
+        self.row_partition = np.zeros(0, dtype=np.int32)
+        self._retained_for: set[int] = set()
+        self._retained_rows = -1
+
+    # -- input ---------------------------------------------------------------------------------------------
+    async def admit_market(self, door, records: list) -> list:
+        """Records of one market partition in offset order through its door (liqwatch.core.ingest.PartitionDoor):
+        the rejected ones dead-lettered, the others returned with `event` set and `timestamp` set to their merge
+        time."""
+        kept = []
+        for rec in records:
+            try:
+                ev, t = door.admit(rec.value)
+                if ev is None:  # a book the config does not name, ignored by rule
+                    self.metrics.ignored.labels(reason="unknown_source").inc()
+                    continue
+                if type(ev) is Account:
+                    raise BadEvent("unknown_type", f"type: 'account' on the {rec.topic} topic")
+            except BadEvent as e:
+                await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+                continue
+            rec.event = ev
+            rec.timestamp = t
+            kept.append(rec)
+        return kept
+
+    async def on_market(self, records: list) -> None:
+        """A run of admitted ticks and references (`admit_market`) in merged event-time order: apply the run in
+        one kernel call, dead-letter what the market state rejects (out of order, ahead of the market)."""
+        if not records:
+            return
+        events, kept = [rec.event for rec in records], records
+        try:
+            results = self.engine.apply_many(events)
+        except Exception as e:  # a bug must not stop the stream: keep the records, say what happened
+            log.exception("unexpected error applying %d market events", len(events))
+            results = [BadEvent("internal", f"(internal): {type(e).__name__}: {e}")] * len(events)
+        ticks = references = superseded = 0
+        t = self.market_t
+        for ev, rec, res in zip(events, kept, results):
+            if res is True:
+                if type(ev) is Tick:
+                    ticks += 1
+                else:
+                    references += 1
+                if ev.ts > t:
+                    t = ev.ts
+            elif res is False:
+                superseded += 1
+            else:
+                await self.sink.dead_letter(res, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+        self.metrics.events.labels(topic="ticks").inc(ticks)
+        self.metrics.events.labels(topic="references").inc(references)
+        if superseded:
+            self.metrics.superseded.labels(topic="ticks/references").inc(superseded)
+        self.market_t = t
+        self.dirty = True
+        self.last_input_wall = time.monotonic()
+
+    async def on_account(self, raw: bytes, where: Where) -> tuple[Account, bool] | None:
+        """Apply one account record; (event, applied) or None when dead-lettered."""
+        self.last_account_wall = time.monotonic()
+        self.account_offsets[where.partition] = where.offset
+        try:
+            ev = self.engine.gate.admit(raw)
+            if not isinstance(ev, Account):
+                kind = "an ignored tick" if ev is None else f"type: '{type(ev).__name__.lower()}'"
+                raise BadEvent("unknown_type", f"{kind} on the {where.topic} topic")
+            if ev.ts > self.market_t:
+                # by event time: an account snapshot joins the book once the market has reached its ts, so that
+                # cascades and alerts at event time t see exactly the accounts of t, however fast each consumer ran
+                if not ev.closed:
+                    self.engine.accounts.check(ev)  # reject now, while the original bytes are at hand
+                self.pending_accounts.append((ev, dataclasses.replace(where, raw=raw)))
+                self.account_ts[where.partition] = max(self.account_ts.get(where.partition, -1), ev.ts)
+                self.dirty = True
+                self.last_input_wall = time.monotonic()
+                return ev, True
+            applied = self.engine.apply(ev)
+        except BadEvent as e:
+            await self.sink.dead_letter(e, where.topic, where.partition, where.offset, raw, where.key)
+            return None
+        except Exception as e:
+            log.exception("unexpected error on %s[%d]@%d", where.topic, where.partition, where.offset)
+            await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
+                                        where.topic, where.partition, where.offset, raw, where.key)
+            return None
+        (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
+        self.accounts_t = max(self.accounts_t, ev.ts)
+        self.account_ts[where.partition] = max(self.account_ts.get(where.partition, -1), ev.ts)
+        self.dirty = True
+        self.last_input_wall = time.monotonic()
+        return ev, applied
+
+    async def release_accounts(self, upto: int | None = None) -> int:
+        """Apply the held account events with ts <= upto (all of them when upto is None), in arrival order."""
+        if not self.pending_accounts:
+            return 0
+        keep, n = [], 0
+        for ev, where in self.pending_accounts:
+            if upto is not None and ev.ts > upto:
+                keep.append((ev, where))
+                continue
+            try:
+                applied = self.engine.apply(ev)
+            except BadEvent as e:  # e.g. out of order against a snapshot applied meanwhile
+                await self.sink.dead_letter(e, where.topic, where.partition, where.offset, where.raw, where.key)
+                continue
+            except Exception as e:  # noqa: BLE001 - one account must not stop the feed that released it
+                log.exception("unexpected error applying %s[%d]@%d", where.topic, where.partition, where.offset)
+                await self.sink.dead_letter(BadEvent("internal", f"(internal): {type(e).__name__}: {e}"),
+                                            where.topic, where.partition, where.offset, where.raw, where.key)
+                continue
+            (self.metrics.events if applied else self.metrics.superseded).labels(topic="accounts").inc()
+            self.accounts_t = max(self.accounts_t, ev.ts)
+            n += 1
+        self.pending_accounts = keep
+        return n
+
+    def retain_partitions(self, owned: set[int], partitions: int) -> int:
+        """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
+        An account's partition is the one Kafka's default partitioner gives its key."""
+        book = self.engine.accounts
+        if owned == self._retained_for and book.n == self._retained_rows:
+            return 0  # nothing moved since the last check
+        self._retained_for, self._retained_rows = set(owned), book.n
+        known = self.row_partition.shape[0]
+        if known < book.n:  # rows are never reused, so each row's partition is computed once
+            fresh = np.array([partition_of(a, partitions) for a in book.ids[known: book.n]], dtype=np.int32)
+            self.row_partition = np.concatenate([self.row_partition, fresh])
+        foreign = book.active[: book.n] & ~np.isin(self.row_partition[: book.n], list(owned))
+        rows = np.flatnonzero(foreign)
+        for r in rows:
+            book.drop(int(r))
+        if rows.size:
+            log.info("dropped %d accounts of partitions no longer owned (owned: %s)", rows.size, sorted(owned))
+            self.dirty = True
+        return int(rows.size)
+
+    def reset_accounts(self, snapshots: list[bytes]) -> None:
+        """Rebuild this shard's book (after recovery or a rebalance) from the accounts table."""
+        from liqwatch.core.state import AccountBook
+
+        self.engine.accounts = AccountBook(self.engine.layout)
+        self.row_partition = np.zeros(0, dtype=np.int32)
+        self.pending_accounts = []
+        rejected: dict[str, int] = {}
+        for raw in snapshots:  # the table holds snapshots that were valid, under the config of their time
+            where = Where("accounts-table", -1, -1, raw=raw)
+            try:
+                ev = self.engine.gate.admit(raw)
+                if not isinstance(ev, Account):
+                    raise BadEvent("unknown_type", "(table): not an account snapshot")
+                if ev.ts > self.market_t:
+                    self.pending_accounts.append((ev, where))
+                else:
+                    self.engine.accounts.apply(ev)
+            except BadEvent as e:  # e.g. a config changed since: keep the rest, say how many and why (once)
+                rejected[e.reason] = rejected.get(e.reason, 0) + 1
+                self.metrics.ignored.labels(reason=f"table_{e.kind}").inc()
+        if rejected:
+            log.warning("accounts table: %d snapshots not restored under this config: %s", sum(rejected.values()),
+                        "; ".join(f"{n}× {r}" for r, n in list(rejected.items())[:5]))
+        self.sent_active = np.zeros(0, dtype=np.bool_)
+        self.dirty = True
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    def snapshot(self):
+        """Prices at the current event time with copies of every quote array: cascades run on it while the
+        market feed moves on."""
+        pv = self.engine.prices(self.t)
+        return dataclasses.replace(pv, quotes=pv.quotes._replace(
+            **{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields}))
+
+    @property
+    def t(self) -> int:
+        return max(self.market_t, self.accounts_t)
+
+    async def evaluate(self, full: bool, with_severity: bool) -> int:
+        """Health of this shard at the current event time; emits health events, returns how many."""
+        if self.t < 0:
+            return 0
+        eng = self.engine
+        eng.max_ts = self.t
+        t0 = time.perf_counter()
+        pv = eng.prices()
+        book = eng.accounts.view()
+        n = book.active.shape[0]
+        eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
+        liq = np.empty(n, dtype=np.bool_)
+        margin_health(pv.index, pv.mark, book, eng.layout.risk_rules, eq, mm, h, liq)
+        self.metrics.kernel_seconds.labels(kernel="margin_health").observe(time.perf_counter() - t0)
+        self._grow(n)
+        if with_severity:
+            # hundreds of ms for 1e5 accounts: in a thread (the kernel releases the GIL) on copies, so that the
+            # market feed keeps flowing meanwhile
+            t1 = time.perf_counter()
+            stress = self.cfg.stress
+            quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
+            frozen = Book(*(np.array(a) for a in book))
+            out = np.empty(n)
+            await asyncio.to_thread(
+                liquidation_severity, float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
+                eng.layout.scenario_direction(stress.primary_scenario), quotes, eng.layout.index_rules,
+                eng.layout.mark_rules, pv.index, frozen, eng.layout.risk_rules, out)
+            self.severity[:n] = out
+            self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
+        sev = self.severity[:n]
+        changed = self._changed(n, eq, mm, sev, liq, book.active, exact=full)
+        ids = eng.accounts.ids
+        for r in np.flatnonzero(changed):
+            if not book.active[r]:
+                continue
+            await self.sink.emit(self.names.HEALTH, {
+                "type": "health", "account": ids[r], "ts": pv.t, "equity": _num(eq[r]),
+                "maintenance": _num(mm[r]), "health": _num(h[r]), "liquidatable": bool(liq[r]),
+                "liquidation_severity": _num(sev[r]), "config_id": self.config_id})
+        self.sent_equity[:n] = np.where(changed, eq, self.sent_equity[:n])
+        self.sent_maintenance[:n] = np.where(changed, mm, self.sent_maintenance[:n])
+        self.sent_severity[:n] = np.where(changed, sev, self.sent_severity[:n])
+        self.sent_liquidatable[:n] = np.where(changed, liq, self.sent_liquidatable[:n])
+        self.sent_active[:n] = np.where(changed, book.active, self.sent_active[:n])
+        self._account_metrics(eq, mm, h, liq, book)
+        return int(changed.sum())
+
+    def _grow(self, n: int) -> None:
+        if self.sent_active.shape[0] >= n:
+            return
+        def grow(a, fill):
+            out = np.full(n, fill, dtype=a.dtype)
+            out[: a.shape[0]] = a
+            return out
+        self.sent_equity = grow(self.sent_equity, np.nan)
+        self.sent_maintenance = grow(self.sent_maintenance, np.nan)
+        self.sent_severity = grow(self.sent_severity, np.nan)
+        self.sent_liquidatable = grow(self.sent_liquidatable, False)
+        self.sent_active = grow(self.sent_active, False)
+        self.severity = grow(self.severity, np.nan)
+
+    def _changed(self, n, eq, mm, sev, liq, active, exact: bool) -> np.ndarray:
+        """Rows to emit. Exact: any change at all (the idle flush, so the last event is final). Otherwise only
+        what a risk engineer acts on: a liquidatable flip, health crossing a band (metrics.HEALTH_BANDS), or the
+        liquidation severity moving by more than half a percentage point."""
+        was_active = self.sent_active[:n]
+        flips = (active != was_active) | (liq != self.sent_liquidatable[:n])
+        if exact:
+            def differs(a, b):
+                return ~(np.isnan(a) & np.isnan(b)) & (a != b)
+            moved = differs(eq, self.sent_equity[:n]) | differs(mm, self.sent_maintenance[:n]) | differs(
+                sev, self.sent_severity[:n])
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                moved = _band(eq / mm) != _band(self.sent_equity[:n] / self.sent_maintenance[:n])
+            s_old = self.sent_severity[:n]
+            moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
+        return flips | (active & moved)
+
+    def _account_metrics(self, eq, mm, h, liq, book) -> None:
+        active = book.active
+        for band, count in band_counts(h, liq, active).items():
+            self.metrics.accounts.labels(band=band).set(count)
+        self.metrics.liquidatable_accounts.set(int((liq & active).sum()))
+        self.metrics.equity_total.set(float(np.nansum(np.where(active, eq, 0.0))))
+        self.metrics.liquidatable_notional.set(float(self._notional(liq & active, book)))
+
+    def _notional(self, mask: np.ndarray, book) -> float:
+        pv = self.engine.prices()
+        return book_notional(mask, book, pv.index, pv.mark)
+
+    async def emit_marks(self, leader: bool) -> None:
+        """Price metrics (every worker: each is scraped on its own) and, on the leader, index and mark events
+        for what changed since the last emission."""
+        eng = self.engine
+        m = eng.market
+        lay = eng.layout
+        t = m.t
+        for k, (venue, symbol) in enumerate(m.books):
+            base = m.base[k]
+            if base >= 0 and not math.isnan(m.mid[k]):
+                q = m.quote[k]
+                price = m.mid[k] * (1.0 if q < 0 else m.index[q])
+                self.metrics.venue_price.labels(venue=venue, symbol=symbol, asset=lay.assets[base]).set(price)
+        for a, name in enumerate(lay.assets):
+            into = m.ref_in[a]
+            if into >= 0 and not math.isnan(m.ref_rate[a]):
+                self.metrics.reference_value.labels(asset=name).set(m.ref_rate[a] * m.index[into])
+        for a, name in enumerate(lay.assets):
+            if name not in self.cfg.assets or lay.index_rules.fixed_one[a]:
+                continue
+            lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
+            for status, reason in _STATUS.items():
+                self.metrics.sources_dropped.labels(asset=name, reason=reason).set(
+                    int((m.source_status[lo:hi] == status).sum()))
+            value = float(m.index[a])
+            self.metrics.index.labels(asset=name).set(value)
+            self.metrics.index_stale.labels(asset=name).set(float(m.index_stale[a]))
+            if not leader or self._last_marks.get(name) == value or math.isnan(value):
+                continue
+            self._last_marks[name] = value
+            used, dropped = [], []
+            for c in range(lo, hi):
+                src = lay.constituents[c][1]
+                status = int(m.source_status[c])
+                price = _num(m.source_price[c])
+                (used if status == 0 else dropped).append(
+                    {"source": src, "price": price} | ({} if status == 0 else {"reason": _STATUS[status]}))
+            await self.sink.emit(self.names.MARKS, {"type": "mark", "asset": name, "ts": t, "index": value,
+                                                    "stale": bool(m.index_stale[a]), "used": used,
+                                                    "dropped": dropped})
+        for i, name in enumerate(lay.instruments):
+            value = float(m.mark[i])
+            self.metrics.mark.labels(instrument=name).set(value)
+            if not leader or self._last_marks.get(name) == value or math.isnan(value):
+                continue
+            self._last_marks[name] = value
+            await self.sink.emit(self.names.MARKS, {"type": "mark", "instrument": name, "ts": t, "mark": value,
+                                                    "stale": bool(m.index_stale[lay.mark_rules.underlying[i]])})
+        self.metrics.event_time.set(t / 1000.0)

@@ -1,0 +1,456 @@
+"""What the monitor knows at a moment: the market (books, reference rates, basis samples) and the accounts.
+
+    market = MarketState(layout)
+    market.apply_tick(tick)          # validates against the config, updates the book, re-evaluates prices
+    market.index, market.mark        # after the last market event
+    book = AccountBook(layout)
+    book.apply(account_event)        # a snapshot replaces the previous one; closed=true removes it
+    book.view()                      # liqwatch.kernels.rules.Book over the live arrays
+
+Prices are re-evaluated after every market event, in event order: "the index keeps its last value" when a source
+set goes stale and the perpetual's basis samples (mid − index at each of its ticks) are defined by that schedule,
+so a live worker and a batch run that see the same events in the same order give the same numbers.
+
+An event older than the last one of its key by more than `ingest.out_of_order_ms` is rejected (BadEvent
+`out_of_order`); an older one within the tolerance is counted as superseded and not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, replay_market
+from liqwatch.kernels.prices import compute_index, compute_marks
+from liqwatch.kernels.rules import Book, Quotes
+from liqwatch.events import Account, BadEvent, Reference, Tick
+from liqwatch.core.ingest import EventClock
+from liqwatch.core.layout import Layout
+
+
+
+def _grow(a: np.ndarray, n: int, fill) -> np.ndarray:
+    if n <= a.shape[0]:
+        return a
+    out = np.full(max(n, 2 * a.shape[0], 16), fill, dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+class _Ordering:
+    """Last event time per key, and the out-of-order rule."""
+
+    def __init__(self, tolerance_ms: int):
+        self.tolerance_ms = tolerance_ms
+        self.last: dict[str, int] = {}
+        self.superseded = 0
+
+    def admit(self, key: str, ts: int) -> bool:
+        prev = self.last.get(key)
+        if prev is not None and ts < prev:
+            if prev - ts > self.tolerance_ms:
+                raise BadEvent(
+                    "out_of_order",
+                    f"ts: {prev - ts} ms older than the last event of '{key}' (tolerance {self.tolerance_ms} ms)",
+                )
+            self.superseded += 1
+            return False
+        self.last[key] = ts
+        return True
+
+
+class MarketState:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        n_books = len(layout.books)
+        n_assets = len(layout.assets)
+        n_instr = len(layout.instruments)
+        self.books = list(layout.books)
+        self.slot = {f"{v}:{s}": i for i, (v, s) in enumerate(self.books)}
+        self.mid = np.full(n_books, np.nan)
+        self.bid = np.full(n_books, np.nan)
+        self.ask = np.full(n_books, np.nan)
+        self.last = np.full(n_books, np.nan)
+        self.ts = np.full(n_books, -np.inf)
+        self.funding_rate = np.full(n_books, np.nan)
+        self.next_funding_ts = np.full(n_books, np.nan)
+        self.base = np.zeros(n_books, dtype=np.int32)
+        self.quote = np.zeros(n_books, dtype=np.int32)
+        self.venue = np.zeros(n_books, dtype=np.int32)
+        for i, (v, s) in enumerate(self.books):
+            self.base[i], self.quote[i] = layout.book_base(s)  # type: ignore[misc]
+            self.venue[i] = layout.venue(v)
+        self.ref_rate = np.full(n_assets, np.nan)
+        self.ref_ts = np.full(n_assets, -np.inf)
+        self.ref_in = np.full(n_assets, -1, dtype=np.int32)  # reference values also feed depeg alerts
+        instrument_of_slot = np.full(n_books, -1, dtype=np.int32)
+        for i, s in enumerate(layout.mark_rules.slot):
+            instrument_of_slot[s] = i
+        cap = 256
+        self.basis = BasisRings(ts=np.zeros((n_instr, cap)), value=np.zeros((n_instr, cap)),
+                                head=np.zeros(n_instr, dtype=np.int64), count=np.zeros(n_instr, dtype=np.int64),
+                                total=np.zeros(n_instr), average=np.full(n_instr, np.nan),
+                                window_ms=np.array([layout.basis_window_ms(i) for i in range(n_instr)], dtype=float),
+                                instrument_of_slot=instrument_of_slot)
+        self.index = np.full(n_assets, np.nan)
+        self.index_stale = np.zeros(n_assets, dtype=np.bool_)
+        self.source_price = np.full(len(layout.constituents), np.nan)
+        self.source_status = np.zeros(len(layout.constituents), dtype=np.int8)
+        self.mark = np.full(n_instr, np.nan)
+        self.t = -1  # event time of the last evaluation
+        self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+        self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
+
+    @property
+    def basis_ma(self) -> np.ndarray:
+        return self.basis.average
+
+    # -- events ----------------------------------------------------------------------------------------------
+    def _slot_for(self, tick: Tick) -> int:
+        """Books are the config's (liqwatch.core.ingest.Gate turns the others away before they get here): a book first
+        seen in the data would enter the indices' venue set and the alerts, and shift the arrays a cascade reads."""
+        raise BadEvent("unknown_source", f"venue: '{tick.key}' is not a source of this config")
+
+    def _check_reference(self, ref: Reference) -> int:
+        a = self.layout.asset_id.get(ref.asset)
+        if a is None:
+            raise BadEvent("unknown_asset", f"asset: unknown asset '{ref.asset}'")
+        if ref.in_ not in self.layout.asset_id:
+            raise BadEvent("unknown_asset", f"in: unknown asset '{ref.in_}'")
+        expected = self._redeems_into(ref.asset)
+        if expected is not None and ref.in_ != expected:
+            raise BadEvent("unknown_asset", f"in: config says {ref.asset} redeems into {expected}, got '{ref.in_}'")
+        return a
+
+    def apply_tick(self, tick: Tick) -> bool:
+        """Apply a tick and re-evaluate prices; False when superseded (older, within tolerance)."""
+        out = self.apply_many([tick])[0]
+        if isinstance(out, BadEvent):
+            raise out
+        return out
+
+    def apply_reference(self, ref: Reference) -> bool:
+        out = self.apply_many([ref])[0]
+        if isinstance(out, BadEvent):
+            raise out
+        return out
+
+    def apply_many(self, events: list[Tick | Reference]) -> list[bool | BadEvent]:
+        """Apply market events in order (one kernel call for the run); per event: True applied, False superseded
+        (older than the last of its key, within tolerance), or the BadEvent that rejected it."""
+        # hot path of every worker: plain lists, one dict lookup per tick, arrays built once at the end
+        kind, ref, ts, bid, ask, last, fr, nft = [], [], [], [], [], [], [], []
+        out: list[bool | BadEvent] = []
+        slot_of = self.slot
+        last_ts = self.ordering.last
+        tolerance = self.ordering.tolerance_ms
+        clock = self.clock
+        nan = float("nan")
+        for ev in events:
+            try:
+                if type(ev) is Tick:
+                    key = ev.venue + ":" + ev.symbol
+                    r = slot_of.get(key)
+                    if r is None:
+                        r = self._slot_for(ev)
+                    if ev.ts > clock.limit:
+                        clock.ahead(key, ev.ts)
+                    okey = "tick:" + key
+                    prev = last_ts.get(okey)
+                    if prev is not None and ev.ts < prev:
+                        if prev - ev.ts > tolerance:
+                            raise BadEvent("out_of_order", f"ts: {prev - ev.ts} ms older than the last event of "
+                                                           f"'{key}' (tolerance {tolerance} ms)")
+                        self.ordering.superseded += 1
+                        out.append(False)
+                        continue
+                    last_ts[okey] = ev.ts
+                    kind.append(EVENT_TICK)
+                    bid.append(ev.bid)
+                    ask.append(ev.ask)
+                    last.append(nan if ev.last is None else ev.last)
+                    if ev.funding_rate is None:
+                        fr.append(nan)
+                        nft.append(nan)
+                    else:
+                        fr.append(ev.funding_rate)
+                        nft.append(ev.next_funding_ts)
+                else:
+                    r = self._check_reference(ev)
+                    if ev.ts > clock.limit:
+                        clock.ahead(ev.asset, ev.ts)
+                    if not self.ordering.admit("reference:" + ev.asset, ev.ts):
+                        out.append(False)
+                        continue
+                    self.ref_in[r] = self.layout.asset_id[ev.in_]
+                    kind.append(EVENT_REFERENCE)
+                    bid.append(ev.rate)
+                    ask.append(nan)
+                    last.append(nan)
+                    fr.append(nan)
+                    nft.append(nan)
+            except BadEvent as e:
+                out.append(e)
+                continue
+            clock.advance(ev.ts)
+            ref.append(r)
+            ts.append(ev.ts)
+            out.append(True)
+        if kind:
+            f64 = np.float64
+            self._replay(np.array(kind, dtype=np.int8), np.array(ref, dtype=np.int32), np.array(ts, dtype=f64),
+                         np.array(bid, dtype=f64), np.array(ask, dtype=f64), np.array(last, dtype=f64),
+                         np.array(fr, dtype=f64), np.array(nft, dtype=f64))
+        return out
+
+    def _replay(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:
+        n = len(self.books)
+        if self.basis.instrument_of_slot.shape[0] < n:
+            self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, n, -1)[:n])
+        book = BookArrays(mid=self.mid[:n], bid=self.bid[:n], ask=self.ask[:n], last=self.last[:n], ts=self.ts[:n],
+                          funding_rate=self.funding_rate[:n], next_funding_ts=self.next_funding_ts[:n],
+                          ref_rate=self.ref_rate, ref_ts=self.ref_ts)
+        start = 0
+        while start < kind.shape[0]:
+            start = replay_market(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_rules,
+                                  self.layout.mark_rules, self.basis, self.index, self.index_stale,
+                                  self.source_price, self.source_status, self.mark, start)
+            if start < kind.shape[0]:
+                self._grow_basis()
+        self.t = int(ts[-1])
+
+    def _grow_basis(self) -> None:
+        b = self.basis
+        n_instr, cap = b.ts.shape
+        new_ts, new_v = np.zeros((n_instr, 2 * cap)), np.zeros((n_instr, 2 * cap))
+        for i in range(n_instr):  # unroll each ring so that it starts at 0
+            order = (b.head[i] + np.arange(b.count[i])) % cap
+            new_ts[i, : b.count[i]] = b.ts[i, order]
+            new_v[i, : b.count[i]] = b.value[i, order]
+        self.basis = b._replace(ts=new_ts, value=new_v, head=np.zeros(n_instr, dtype=np.int64))
+
+    def _redeems_into(self, asset: str) -> str | None:
+        spec = self.layout.cfg.assets.get(asset)
+        if spec is None or spec.index is None:
+            return None
+        for c in spec.index.constituents:
+            if c.is_redemption:
+                return c.in_
+        return None
+
+    # -- prices ----------------------------------------------------------------------------------------------
+    def quotes(self) -> Quotes:
+        n = len(self.books)
+        return Quotes(mid=self.mid[:n], last=self.last[:n], ts=self.ts[:n], funding_rate=self.funding_rate[:n],
+                      next_funding_ts=self.next_funding_ts[:n], base=self.base[:n], venue=self.venue[:n],
+                      ref_rate=self.ref_rate, ref_ts=self.ref_ts, basis_ma=self.basis.average)
+
+    def basis_at(self, t: int) -> np.ndarray:
+        """Basis averages as of t (later than the last event) without changing the rings."""
+        b = self.basis
+        cap = b.ts.shape[1]
+        out = np.full(b.head.shape[0], np.nan)
+        for i in range(b.head.shape[0]):
+            order = (b.head[i] + np.arange(b.count[i])) % cap
+            kept = b.value[i, order][b.ts[i, order] > t - b.window_ms[i]]
+            if kept.size:
+                out[i] = kept.sum() / kept.size
+        return out
+
+    def prices_at(self, t: int) -> "PriceView":
+        """Index, staleness, marks and the quotes (with the basis average as of t) at time t ≥ the last event,
+        without changing the state (batch `--at`)."""
+        q = self.quotes()
+        if t == self.t:
+            return PriceView(t, self.index.copy(), self.index_stale.copy(), self.mark.copy(), q)
+        index = np.empty_like(self.index)
+        stale = np.empty_like(self.index_stale)
+        sp = np.empty_like(self.source_price)
+        ss = np.empty_like(self.source_status)
+        compute_index(float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_rules, self.index,
+                      index, stale, sp, ss)
+        basis = self.basis_at(t)
+        q = q._replace(basis_ma=basis)
+        mark = np.empty_like(self.mark)
+        compute_marks(float(t), q.last, q.funding_rate, q.next_funding_ts, basis, index, self.layout.mark_rules, mark)
+        return PriceView(t, index, stale, mark, q)
+
+
+@dataclass
+class PriceView:
+    t: int
+    index: np.ndarray
+    stale: np.ndarray
+    mark: np.ndarray
+    quotes: Quotes
+
+
+class AccountBook:
+    """Accounts as struct-of-arrays with append-only entry pools (see liqwatch.kernels.rules.Book)."""
+
+    def __init__(self, layout: Layout, capacity: int = 1024):
+        self.layout = layout
+        self.ids: list[str] = []
+        self.row: dict[str, int] = {}
+        self.n = 0
+        self.active = np.zeros(capacity, dtype=np.bool_)
+        self.ts = np.zeros(capacity, dtype=np.int64)
+        self.coll = _Pool(capacity, signed=False)
+        self.debt = _Pool(capacity, signed=False)
+        self.pos = _Pool(capacity, signed=True)
+        self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+
+    def check(self, ev: Account) -> tuple[list, list, list]:
+        aid = self.layout.asset_id
+        coll, debt, pos = [], [], []
+        for asset, qty in ev.collateral.items():
+            if asset not in aid:
+                raise BadEvent("unknown_asset", f"collateral.{asset}: unknown asset '{asset}'")
+            coll.append((aid[asset], qty, 0.0))
+        for asset, qty in ev.borrowed.items():
+            if asset not in aid:
+                raise BadEvent("unknown_asset", f"borrowed.{asset}: unknown asset '{asset}'")
+            debt.append((aid[asset], qty, 0.0))
+        iid = self.layout.instrument_id
+        for i, p in enumerate(ev.positions):
+            if p.instrument not in iid:
+                raise BadEvent("unknown_instrument", f"positions[{i}].instrument: unknown instrument '{p.instrument}'")
+            pos.append((iid[p.instrument], p.qty, p.entry))
+        return coll, debt, pos
+
+    def apply(self, ev: Account) -> int | None:
+        """Apply a snapshot or a close; returns the account's row, or None when superseded."""
+        entries = None if ev.closed else self.check(ev)
+        if not self.ordering.admit(ev.account, ev.ts):
+            return None
+        r = self.row.get(ev.account)
+        if r is None:
+            if ev.closed:
+                return None
+            r = self._new_row(ev.account)
+        self.ts[r] = ev.ts
+        if ev.closed:
+            self.drop(r)
+            return r
+        coll, debt, pos = entries  # type: ignore[misc]
+        self.coll.put(r, coll)
+        self.debt.put(r, debt)
+        self.pos.put(r, pos)
+        self.active[r] = True
+        return r
+
+    def drop(self, r: int) -> None:
+        """Remove row r's account (closed, or moved to another worker's shard)."""
+        self.active[r] = False
+        for pool in (self.coll, self.debt, self.pos):
+            pool.clear(r)
+
+    def _new_row(self, account: str) -> int:
+        r = self.n
+        self.n += 1
+        self.ids.append(account)
+        self.row[account] = r
+        if r >= self.active.shape[0]:
+            cap = 2 * self.active.shape[0]
+            self.active = _grow(self.active, cap, False)
+            self.ts = _grow(self.ts, cap, 0)
+            for pool in (self.coll, self.debt, self.pos):
+                pool.grow_rows(cap)
+        return r
+
+    def view(self) -> Book:
+        n = self.n
+        for pool in (self.coll, self.debt, self.pos):
+            pool.compact_if_sparse(n)
+        c, d, p = self.coll, self.debt, self.pos
+        return Book(
+            active=self.active[:n],
+            coll_start=c.start[:n],
+            coll_count=c.count[:n],
+            coll_asset=c.key[: c.used],
+            coll_qty=c.qty[: c.used],
+            coll_owner=c.owner[: c.used],
+            debt_start=d.start[:n],
+            debt_count=d.count[:n],
+            debt_asset=d.key[: d.used],
+            debt_qty=d.qty[: d.used],
+            debt_owner=d.owner[: d.used],
+            pos_start=p.start[:n],
+            pos_count=p.count[:n],
+            pos_instr=p.key[: p.used],
+            pos_qty=p.qty[: p.used],
+            pos_entry=p.entry[: p.used],
+            pos_owner=p.owner[: p.used],
+        )
+
+
+class _Pool:
+    """Entries of one kind (collateral, debt or positions) for all accounts: account r owns
+    key/qty/entry[start[r] : start[r] + count[r]]."""
+
+    def __init__(self, rows: int, signed: bool):
+        self.start = np.zeros(rows, dtype=np.int32)
+        self.count = np.zeros(rows, dtype=np.int32)
+        self.key = np.zeros(rows, dtype=np.int32)
+        self.owner = np.full(rows, -1, dtype=np.int32)
+        self.qty = np.zeros(rows)
+        self.entry = np.zeros(rows) if signed else np.zeros(0)
+        self.signed = signed
+        self.used = 0
+        self.live = 0
+
+    def grow_rows(self, rows: int) -> None:
+        self.start = _grow(self.start, rows, 0)
+        self.count = _grow(self.count, rows, 0)
+
+    def clear(self, r: int) -> None:
+        c = int(self.count[r])
+        self.live -= c
+        self.owner[self.start[r]: self.start[r] + c] = -1
+        self.count[r] = 0
+
+    def put(self, r: int, items: list[tuple[int, float, float]]) -> None:
+        self.clear(r)
+        n = len(items)
+        end = self.used + n
+        if end > self.key.shape[0]:
+            self.key = _grow(self.key, end, 0)
+            self.owner = _grow(self.owner, end, -1)
+            self.qty = _grow(self.qty, end, 0.0)
+            if self.signed:
+                self.entry = _grow(self.entry, end, 0.0)
+        for j, (k, q, e) in enumerate(items):
+            self.key[self.used + j] = k
+            self.owner[self.used + j] = r
+            self.qty[self.used + j] = q
+            if self.signed:
+                self.entry[self.used + j] = e
+        self.start[r] = self.used
+        self.count[r] = n
+        self.used = end
+        self.live += n
+
+    def compact_if_sparse(self, n_rows: int) -> None:
+        # replaced snapshots leave garbage behind; rewrite the pool when more than half of it is garbage
+        if self.used <= 1024 or self.live * 2 >= self.used:
+            return
+        order = np.repeat(self.start[:n_rows], self.count[:n_rows]) + _ranges(self.count[:n_rows])
+        self.key = np.ascontiguousarray(self.key[order])
+        self.owner = np.ascontiguousarray(self.owner[order])
+        self.qty = np.ascontiguousarray(self.qty[order])
+        if self.signed:
+            self.entry = np.ascontiguousarray(self.entry[order])
+        self.start[:n_rows] = 0
+        if n_rows > 1:
+            self.start[1:n_rows] = np.cumsum(self.count[: n_rows - 1])
+        self.used = self.live = int(order.shape[0])
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts c."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.arange(total) - np.repeat(ends - counts, counts)

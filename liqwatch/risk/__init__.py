@@ -1,0 +1,1 @@
+"""What the core's numbers mean for a risk desk: alert episodes, stress cascades, position limits."""

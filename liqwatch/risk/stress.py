@@ -1,0 +1,144 @@
+"""Stress cascades on one market snapshot, the way the alerts read them: every configured scenario × severity,
+the critical severity of the primary scenario (bisected), and the account-level exposure. `StressRuns` holds
+that logic once; how a single cascade runs is the subclass's: `LocalStressRuns` on the engine's own book (replay,
+tests), `liqwatch.worker.cascades.Coordinator` over Kafka shards (the live leader). A replay therefore computes
+its cascade alerts with the very code the live leader uses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from liqwatch.core.engine import cascade_dict
+from liqwatch.kernels.cascade import run_cascade
+from liqwatch.kernels.health import exposure_summary
+
+
+@dataclass
+class Exposure:
+    """Account-level aggregates over all shards at one event time."""
+
+    liquidatable_usd: float
+    cluster_usd: float
+    collateral_by_asset: dict[str, float]
+
+
+
+async def _together(coros: list) -> list:
+    """Run coroutines concurrently; if one fails the others are cancelled (no orphan rounds on the topics)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class StressRuns(ABC):
+    """Every configured scenario × severity on one market snapshot, the critical severity of the primary scenario
+    and the account-level exposure, the way the alerts read them. Subclasses say how one cascade runs: over
+    Kafka shards (Coordinator, live) or on a local book (LocalStressRuns, replay) — so a replay computes its
+    alerts with the very code the live leader uses."""
+
+    def __init__(self, engine, cfg, metrics, config_id: str, emit=None):
+        self.engine = engine
+        self.cfg = cfg
+        self.metrics = metrics
+        self.config_id = config_id
+        self.emit = emit  # async (result dict) -> None, or None
+        self.exposures: list[dict] = []
+        self.last_results: dict[tuple[str, float], dict] = {}
+
+    @abstractmethod
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        """One cascade of `scenario` at `severity` on the snapshot `pv` (with the exposure when asked)."""
+
+    def _is_critical(self, r: dict) -> bool:
+        cr = self.cfg.alerts.cascade_risk
+        return (r["runaway"] or r["amplification"] > cr.amplification_limit) and \
+            r["liquidated_notional"] >= cr.min_notional_usd
+
+    async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
+        """Every scenario × severity of the config on one market snapshot, the critical severity of each
+        scenario (bisected between the last calm and the first critical configured severity), and the
+        account-level exposure the shards reported; emits cascade events and metrics."""
+        self.exposures = []
+        critical: dict[str, float] = {}
+        stress = self.cfg.stress
+        m = self.metrics
+
+        async def timed(scenario: str, severity: float, with_exposure: bool) -> dict:
+            t0 = time.perf_counter()
+            result = await self.run_one(pv, scenario, severity, with_exposure=with_exposure)
+            m.kernel_seconds.labels(kernel="cascade").observe(time.perf_counter() - t0)
+            return result
+
+        # independent runs go together: over Kafka their round trips overlap (a shard answers each in turn)
+        runs = [(scenario, severity) for scenario in stress.scenarios for severity in stress.severities]
+        out = await _together([timed(sc, sv, k == 0) for k, (sc, sv) in enumerate(runs)])
+        for result in out:
+            result["config_id"] = self.config_id
+            labels = {"scenario": result["scenario"], "severity": str(result["severity"])}
+            m.cascade_notional.labels(**labels).set(result["liquidated_notional"])
+            m.cascade_amplification.labels(**labels).set(result["amplification"])
+            m.cascade_rounds.labels(**labels).set(result["rounds"])
+            m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
+            self.last_results[(result["scenario"], result["severity"])] = result
+            if self.emit is not None:
+                await self.emit(result)
+        # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
+        primary = stress.primary_scenario
+        grid = list(self.cfg.alerts.cascade_risk.grid)
+        scan = await _together([self.run_one(pv, primary, s) for s in grid])
+        calm, bad = 0.0, None
+        for s, r in zip(grid, scan):
+            if self._is_critical(r):
+                bad = s
+                break
+            calm = s
+        critical[primary] = await self._bisect(pv, primary, calm, bad) if bad is not None else 1.0
+        exposure = None
+        if self.exposures:
+            lay = self.engine.layout
+            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
+            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
+                                sum(e["cluster"] for e in self.exposures),
+                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0})
+        return out, critical, exposure
+
+    async def _bisect(self, pv, scenario: str, calm: float, bad: float, steps: int = 3) -> float:
+        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap)."""
+        lo, hi = calm, bad
+        for _ in range(steps):
+            mid = 0.5 * (lo + hi)
+            if self._is_critical(await self.run_one(pv, scenario, mid)):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+class LocalStressRuns(StressRuns):
+    """Cascades on the engine's own book (one process: replay, tests): `run_cascade` with one shard."""
+
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        eng = self.engine
+        lay = eng.layout
+        book = eng.accounts.view()
+        if with_exposure:
+            by_asset = np.zeros(len(lay.assets))
+            n = book.active.shape[0]
+            liq, cluster = exposure_summary(pv.index, pv.mark, book, lay.risk_rules,
+                                            float(self.cfg.alerts.margin_cluster.health_below), by_asset,
+                                            np.empty(n), np.empty(n))
+            self.exposures = [{"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}]
+        res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_rules,
+                          lay.mark_rules, pv.index, [book], lay.risk_rules, lay.impact_rules,
+                          lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds)
+        return cascade_dict(eng, pv.t, scenario, severity, res)

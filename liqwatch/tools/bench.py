@@ -1,0 +1,227 @@
+"""`liqwatch bench kernels`: how fast and how small the margin kernels are, all measured in one run.
+
+Figures, side by side on the same synthetic book (≈3 positions and ≈2 collateral assets per account, a third of
+accounts borrowing), priced with the oct-2025 config at 20:00:
+- health_ms: one full `margin_health` recompute (numba, one thread, best of `repeat`, after warm-up);
+- stream_ms: one plain summing pass over the same input arrays — the memory-bandwidth floor;
+- health_numpy_ms: the same formulas vectorised with NumPy (gathers + bincount);
+- health_reference_ms: a plain-Python loop over the same data, timed on a sample and scaled;
+- cascade_ms: 50 full cascade rounds (every account re-evaluated each round, as in a runaway);
+- bytes_per_account: the book's arrays plus the health outputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import numpy as np
+from numba import njit
+
+from liqwatch.kernels.cascade import apply_impact, impact_factors, liquidate_round
+from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.prices import compute_index, compute_marks
+from liqwatch.kernels.rules import Book
+from liqwatch.config import load_config
+from liqwatch.core.engine import Engine
+from liqwatch.events import decode
+from liqwatch.scenarios import T0, config_path, market_events
+
+
+def _market_engine() -> Engine:
+    """The oct-2025 venue priced by the first seconds of the calm scenario."""
+    engine = Engine(load_config(config_path("oct-2025", "prefix")))
+    for ts, ev in market_events("calm", 7):
+        if ts > T0 + 2_000:
+            break
+        engine.apply(decode(msgspec.json.encode(ev)))
+    return engine
+
+
+def synthetic_book(engine: Engine, n: int, seed: int = 1) -> Book:
+    rng = np.random.default_rng(seed)
+    lay = engine.layout
+    price = engine.prices()
+    priced_assets = np.array([a for a, name in enumerate(lay.assets) if name in ("USDT", "BTC", "ETH", "SOL", "USDe",
+                                                                               "WBETH", "BNSOL")], dtype=np.int32)
+    n_instr = len(lay.instruments)
+    coll_count = rng.integers(1, 4, n).astype(np.int32)          # mean 2
+    pos_count = rng.integers(1, 6, n).astype(np.int32)           # mean 3
+    debt_count = (rng.random(n) < 0.33).astype(np.int32)
+    def starts(c):
+        s = np.zeros(n, dtype=np.int32)
+        s[1:] = np.cumsum(c[:-1])
+        return s
+    kc, kp, kd = int(coll_count.sum()), int(pos_count.sum()), int(debt_count.sum())
+    coll_asset = rng.choice(priced_assets, kc).astype(np.int32)
+    coll_value = np.exp(rng.normal(np.log(20_000), 1.2, kc))
+    coll_qty = coll_value / price.index[coll_asset]
+    pos_instr = rng.integers(0, n_instr, kp).astype(np.int32)
+    marks = price.mark[pos_instr]
+    pos_qty = rng.choice([-1.0, 1.0], kp, p=[0.3, 0.7]) * np.exp(rng.normal(np.log(30_000), 1.2, kp)) / marks
+    pos_entry = marks * (1 + rng.normal(0, 0.02, kp))
+    debt_asset = np.full(kd, lay.asset_id["USDT"], dtype=np.int32)
+    debt_qty = np.exp(rng.normal(np.log(10_000), 1.0, kd))
+    def owner(c):
+        return np.repeat(np.arange(n, dtype=np.int32), c)
+    return Book(active=np.ones(n, dtype=np.bool_), coll_start=starts(coll_count), coll_count=coll_count,
+                coll_asset=coll_asset, coll_qty=coll_qty, coll_owner=owner(coll_count),
+                debt_start=starts(debt_count), debt_count=debt_count, debt_asset=debt_asset, debt_qty=debt_qty,
+                debt_owner=owner(debt_count), pos_start=starts(pos_count), pos_count=pos_count,
+                pos_instr=pos_instr, pos_qty=pos_qty, pos_entry=pos_entry, pos_owner=owner(pos_count))
+
+
+@njit(cache=True)
+def _stream_pass(book):
+    # touch every input byte the health kernel reads, once, in order: the bandwidth floor
+    acc = 0.0
+    for i in range(book.active.shape[0]):
+        acc += book.active[i]
+    for j in range(book.coll_asset.shape[0]):
+        acc += book.coll_owner[j] + book.coll_asset[j] + book.coll_qty[j]
+    for j in range(book.debt_asset.shape[0]):
+        acc += book.debt_owner[j] + book.debt_asset[j] + book.debt_qty[j]
+    for j in range(book.pos_instr.shape[0]):
+        acc += book.pos_owner[j] + book.pos_instr[j] + book.pos_qty[j] + book.pos_entry[j]
+    return acc
+
+
+def _bracket_numpy(amount, owner, upto, rate, cum):
+    k = (amount[:, None] > upto[owner, :-1]).sum(axis=1)
+    return amount * rate[owner, k] - cum[owner, k]
+
+
+def health_numpy(index, mark, book, risk):
+    n = book.active.shape[0]
+    v = book.coll_qty * index[book.coll_asset]
+    value = np.bincount(book.coll_owner, v - _bracket_numpy(v, book.coll_asset, risk.haircut_upto, risk.haircut_rate,
+                                                           risk.haircut_cum), minlength=n)
+    dv = book.debt_qty * index[book.debt_asset]
+    value -= np.bincount(book.debt_owner, dv, minlength=n)
+    maintenance = np.bincount(book.debt_owner, dv * risk.borrow_rate[book.debt_asset], minlength=n)
+    m = mark[book.pos_instr]
+    value += np.bincount(book.pos_owner, book.pos_qty * (m - book.pos_entry), minlength=n)
+    maintenance += np.bincount(book.pos_owner, _bracket_numpy(np.abs(book.pos_qty) * m, book.pos_instr,
+                                                              risk.maint_upto, risk.maint_rate, risk.maint_cum),
+                               minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        health = np.where(maintenance > 0, value / maintenance, np.nan)
+    return value, maintenance, health, value < maintenance
+
+
+def health_python(index, mark, book, risk, rows):
+    """Plain Python over lists: one account at a time, brackets walked slice by slice."""
+    idx, mk = index.tolist(), mark.tolist()
+    cs, cc, ca, cq = book.coll_start.tolist(), book.coll_count.tolist(), book.coll_asset.tolist(), book.coll_qty.tolist()
+    ds, dc, da, dq = book.debt_start.tolist(), book.debt_count.tolist(), book.debt_asset.tolist(), book.debt_qty.tolist()
+    ps, pc, pi, pq, pe = (book.pos_start.tolist(), book.pos_count.tolist(), book.pos_instr.tolist(),
+                          book.pos_qty.tolist(), book.pos_entry.tolist())
+    hu, hr = risk.haircut_upto.tolist(), risk.haircut_rate.tolist()
+    mu, mr = risk.maint_upto.tolist(), risk.maint_rate.tolist()
+    br = risk.borrow_rate.tolist()
+
+    def brackets(amount, upto, rate):
+        charge, below = 0.0, 0.0
+        for u, r in zip(upto, rate):
+            if amount > below:
+                charge += r * (min(amount, u) - below)
+            below = u
+        return charge
+
+    out = []
+    for i in range(rows):
+        value = maint = 0.0
+        for j in range(cs[i], cs[i] + cc[i]):
+            v = cq[j] * idx[ca[j]]
+            value -= brackets(v, hu[ca[j]], hr[ca[j]]) - v
+        for j in range(ds[i], ds[i] + dc[i]):
+            v = dq[j] * idx[da[j]]
+            value -= v
+            maint += v * br[da[j]]
+        for j in range(ps[i], ps[i] + pc[i]):
+            m = mk[pi[j]]
+            value += pq[j] * (m - pe[j])
+            maint += brackets(abs(pq[j]) * m, mu[pi[j]], mr[pi[j]])
+        out.append((value, maint))
+    return out
+
+
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000.0
+
+
+def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> dict:
+    import numba
+
+    numba.set_num_threads(1)
+    engine = _market_engine()
+    lay = engine.layout
+    pv = engine.prices()
+    book = synthetic_book(engine, accounts)
+    risk = lay.risk_rules
+    n = accounts
+    eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
+    liq = np.empty(n, dtype=np.bool_)
+    margin_health(pv.index, pv.mark, book, risk, eq, mm, h, liq)  # warm-up (and compile, if not cached)
+    _stream_pass(book)
+    health_ms = _best(lambda: margin_health(pv.index, pv.mark, book, risk, eq, mm, h, liq), repeat)
+    stream_ms = _best(lambda: _stream_pass(book), repeat)
+
+    np_out = health_numpy(pv.index, pv.mark, book, risk)
+    assert np.allclose(np_out[0], eq, rtol=1e-9) and np.allclose(np_out[1], mm, rtol=1e-9)
+    numpy_ms = _best(lambda: health_numpy(pv.index, pv.mark, book, risk), max(1, repeat // 2))
+
+    sample = min(reference_sample, n)
+    t0 = time.perf_counter()
+    py = health_python(pv.index, pv.mark, book, risk, sample)
+    ref_ms = (time.perf_counter() - t0) * 1000.0 * n / sample
+    assert np.allclose([v for v, _ in py], eq[:sample], rtol=1e-9)
+
+    # 50 cascade rounds over every account: index + marks, a full liquidation scan, impact
+    q = pv.quotes
+    index = pv.index.copy()
+    mark = pv.mark.copy()
+    stale = np.empty(index.shape[0], dtype=np.bool_)
+    sp = np.empty(lay.index_rules.cons_kind.shape[0])
+    ss = np.empty(sp.shape[0], dtype=np.int8)
+    fallen = np.zeros(n, dtype=np.int32)
+    factor = np.empty(index.shape[0])
+    mid, last = q.mid.copy(), q.last.copy()
+    venue = lay.venue_id[engine.cfg.liquidation.venue]
+
+    def rounds():
+        for r in range(50):
+            compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, lay.index_rules, index, index, stale, sp, ss)
+            compute_marks(float(pv.t), last, q.funding_rate, q.next_funding_ts, q.basis_ma, index, lay.mark_rules,
+                          mark)
+            flows = np.zeros(index.shape[0])
+            liquidate_round(index, mark, book, risk, fallen, r + 1, False, flows, eq, mm)
+            impact_factors(flows, lay.impact_rules, factor)
+            apply_impact(factor, q.base, q.venue, venue, mid, last)
+
+    rounds()
+    cascade_ms = _best(rounds, max(1, repeat // 2))
+    book_bytes = sum(a.nbytes for a in book)
+    out_bytes = eq.nbytes + mm.nbytes + h.nbytes + liq.nbytes
+    return {
+        "accounts": n,
+        "positions_per_account": round(book.pos_instr.shape[0] / n, 3),
+        "collateral_per_account": round(book.coll_asset.shape[0] / n, 3),
+        "health_ms": round(health_ms, 3),
+        "stream_ms": round(stream_ms, 3),
+        "health_vs_stream": round(health_ms / stream_ms, 2),
+        "health_numpy_ms": round(numpy_ms, 3),
+        "health_reference_ms": round(ref_ms, 1),
+        "reference_sample": sample,
+        "speedup_vs_reference": round(ref_ms / health_ms, 1),
+        "speedup_vs_numpy": round(numpy_ms / health_ms, 1),
+        "cascade_ms": round(cascade_ms, 3),
+        "cascade_rounds": 50,
+        "bytes_per_account": round((book_bytes + out_bytes) / n, 1),
+        "threads": 1,
+    }

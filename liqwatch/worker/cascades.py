@@ -1,0 +1,276 @@
+"""The distributed cascade (SPEC §5 over sharded accounts): a round-based exchange over two Kafka topics.
+
+    coordinator (leader worker)                       every worker (a shard: its account partitions)
+    ─────────────────────────                         ───────────────────────────────────────────────
+    shock the market snapshot, compute prices  ──▶  liqwatch.cascade-rounds  {cascade, round, index, mark}
+                                                     round 1: freeze a copy of the shard's accounts
+                                                     liquidate_round on the copy
+    sum replies once every account partition   ◀──  liquidatable liqwatch.cascade-flows {partitions, count,
+    is covered, apply impact, next round              notional, net_sold, caught_up}
+
+The coordinator drives `liqwatch.kernels.cascade.cascade_rounds`, the same generator `liqwatch cascade` drives with local
+books, and sums replies in partition order: a distributed run equals the single-process run on the same
+snapshot. Every shard first confirms that it has applied the account events up to the snapshot's event time (or
+reached the end of its partitions); until then the coordinator retries, so cascades — and the alerts that read
+them — depend on event time only, not on how fast each consumer ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from liqwatch.core.engine import cascade_dict
+from liqwatch.core.monitor import Monitor
+from liqwatch.kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
+from liqwatch.kernels.health import exposure_summary
+from liqwatch.kernels.rules import Book
+from liqwatch.risk.stress import StressRuns
+from liqwatch.sinks.topics import TopicNames
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+class CascadeAborted(RuntimeError):
+    pass
+
+
+class NotAligned(RuntimeError):
+    """A shard's accounts lag the market snapshot's event time: run the cascade again shortly."""
+
+
+def _copy(book: Book) -> Book:
+    return Book(*(np.array(a, copy=True) for a in book))
+
+
+class ShardService:
+    """Answers round requests with this worker's frozen accounts."""
+
+    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
+                 owned_partitions: Callable[[], list[int]], caught_up: Callable[[int], bool],
+                 retain: Callable[[], None], refresh: Callable[[], Awaitable[None]] | None = None):
+        self.monitor = monitor
+        self.names = names
+        self.bootstrap = bootstrap
+        self.worker_id = worker_id
+        self.owned_partitions = owned_partitions
+        self.caught_up = caught_up
+        self.retain = retain
+        self.refresh = refresh  # brings the consumed offsets of partitions just taken over up to date
+        self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
+        self.frozen: dict[int, tuple[Book, list[int], bool]] = {}
+
+    def freeze(self, t: int, keep: int = 8) -> None:
+        """Copy this shard's book at the cascade boundary t (every worker crosses the same boundaries: they read
+        the same market stream in the same order). The leader's cascade for t may come later, while the feed
+        has moved on; it then reads this copy, not a book that has meanwhile taken newer snapshots. A copy
+        taken before the accounts up to t were all consumed is not kept (the request falls back to filtering)."""
+        self.retain()
+        if not self.caught_up(t):
+            return
+        accounts = self.monitor.engine.accounts
+        book = _copy(accounts.view())
+        book.active[accounts.ts[: accounts.n] > t] = False
+        self.frozen[t] = (book, sorted(self.owned_partitions()), True)
+        for old in sorted(self.frozen)[:-keep]:
+            del self.frozen[old]
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.worker_id}-shard")
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.names.CASCADE_ROUNDS, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=100)
+                for rec in batch.get(tp, []):
+                    try:
+                        await self._answer(_decode(rec.value))
+                    except Exception:
+                        log.exception("cascade round request at offset %d failed", rec.offset)
+                if batch:  # the replies to every request of the batch leave together
+                    await self.monitor.sink.flush()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _answer(self, req: dict) -> None:
+        cid = req["cascade"]
+        if req.get("done"):
+            self.shards.pop(cid, None)
+            return
+        if req["round"] == 1:
+            t = int(req["t"])
+            frozen = self.frozen.get(t)
+            if frozen is not None and frozen[1] != sorted(self.owned_partitions()):
+                frozen = None  # partitions moved since (a worker died): answer for the ones owned now
+            if frozen is not None:  # the book as it was when this worker's feed crossed the boundary t
+                book, partitions, caught_up = frozen
+            else:
+                self.retain()
+                if self.refresh is not None:
+                    await self.refresh()
+                accounts = self.monitor.engine.accounts
+                book = _copy(accounts.view())
+                # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
+                book.active[accounts.ts[: accounts.n] > t] = False
+                partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
+            # liquidate_round only reads the book (the round each account fell is the Shard's own array)
+            self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), partitions, caught_up)
+        entry = self.shards.get(cid)
+        if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
+            return
+        shard, partitions, caught_up = entry
+        exposure = None
+        if req["round"] == 1 and "base_index" in req:
+            lay = self.monitor.engine.layout
+            by_asset = np.zeros(len(lay.assets))
+            n = shard.book.active.shape[0]
+            liq, cluster = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
+                                            np.asarray(req["base_mark"], dtype=np.float64), shard.book,
+                                            lay.risk_rules, float(req["cluster_health"]), by_asset, np.empty(n),
+                                            np.empty(n))
+            exposure = {"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}
+        res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
+                                     np.asarray(req["mark"], dtype=np.float64)), len(req["index"]))
+        await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
+            "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
+            "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
+            "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
+
+
+class Coordinator(StressRuns):
+    """Runs every configured scenario × severity as a distributed cascade (on the leader)."""
+
+    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, partitions: int, worker_id: str,
+                 services=None, round_timeout_s: float = 15.0):
+        async def emit(result: dict) -> None:
+            await monitor.sink.emit(names.CASCADES, result)
+
+        super().__init__(monitor.engine, monitor.cfg, monitor.metrics, monitor.config_id, emit)
+        self.monitor = monitor
+        self.names = names
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.worker_id = worker_id
+        self.round_timeout_s = round_timeout_s
+        self.replies: dict[tuple[str, int], list[dict]] = {}
+        self.arrived = asyncio.Event()
+        self.provisional = False
+        self.services = services
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen for replies (a supervised service: restarted, from the end of the topic, after a failure; a
+        round in flight then times out and the run is retried)."""
+        if self.services is not None:
+            self.services.start("cascade replies", self._collect)
+        else:
+            asyncio.get_running_loop().create_task(self._collect())
+        await self._listening.wait()
+
+    async def _collect(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.worker_id}-coordinator")
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.names.CASCADE_FLOWS, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_end(tp)
+            self._listening.set()
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=1000)
+                for rec in batch.get(tp, []):
+                    try:
+                        msg = _decode(rec.value)
+                        self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
+                    except Exception as e:  # noqa: BLE001 - a reply we cannot read is no reply: the round retries
+                        log.warning("cascade reply at offset %d unreadable: %s", rec.offset, e)
+                if batch:  # wake every waiting round; later waiters take the fresh event
+                    arrived, self.arrived = self.arrived, asyncio.Event()
+                    arrived.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _round(self, cid: str, req: RoundRequest, t: int, extra: dict | None = None) -> RoundResult:
+        await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {
+            "cascade": cid, "round": req.round_no, "commit": req.commit, "t": t,
+            "index": req.index.tolist(), "mark": req.mark.tolist(), **(extra or {})}, key=cid.encode())
+        await self.monitor.sink.flush()
+        deadline = time.monotonic() + self.round_timeout_s
+        want = set(range(self.partitions))
+        while True:
+            arrived = self.arrived  # taken before looking: a reply landing meanwhile still wakes this round
+            got = self.replies.get((cid, req.round_no), [])
+            covered = [p for r in got for p in r["partitions"]]
+            if set(covered) == want and len(covered) == len(want):
+                break
+            if time.monotonic() > deadline:
+                raise CascadeAborted(f"round {req.round_no}: partitions {sorted(want - set(covered))} unanswered "
+                                     f"after {self.round_timeout_s:.0f} s (rebalance or a worker down)")
+            try:
+                await asyncio.wait_for(arrived.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+        got = sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
+        if req.round_no == 1 and not all(r["caught_up"] for r in got):
+            del self.replies[(cid, req.round_no)]
+            raise NotAligned(f"a shard has not applied every account event up to {t} yet")
+        del self.replies[(cid, req.round_no)]
+        if any(r.get("exposure") for r in got):
+            self.exposures = [r["exposure"] for r in got if r.get("exposure")]
+        return RoundResult(sum(r["count"] for r in got), sum(r["notional"] for r in got),
+                           np.sum([np.asarray(r["net_sold"]) for r in got], axis=0) if got
+                           else np.zeros(req.index.shape[0]))
+
+    async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
+        """One distributed cascade on the market snapshot `pv` (a PriceView taken at an evaluation boundary),
+        once every shard has applied the accounts up to its event time."""
+        for attempt in range(600):
+            try:
+                return await self._run_once(pv, scenario, severity, with_exposure)
+            except NotAligned:
+                await asyncio.sleep(0.1)
+        raise CascadeAborted(f"shards still behind event time {pv.t} after 60 s")
+
+    async def _run_once(self, pv, scenario: str, severity: float, with_exposure: bool) -> dict:
+        eng = self.monitor.engine
+        lay = eng.layout
+        gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes,
+                             lay.index_rules, lay.mark_rules, pv.index, lay.impact_rules,
+                             lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds)
+        cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
+        extra = None
+        if with_exposure:
+            extra = {"base_index": pv.index.tolist(), "base_mark": pv.mark.tolist(),
+                     "cluster_health": self.monitor.cfg.alerts.margin_cluster.health_below}
+        req = next(gen)
+        try:
+            while True:
+                req = gen.send(await self._round(cid, req, pv.t, extra if req.round_no == 1 else None))
+        except StopIteration as done:
+            res = done.value
+        finally:
+            await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {"cascade": cid, "done": True},
+                                         key=cid.encode())
+        return cascade_dict(eng, pv.t, scenario, severity, res)
+
+    async def run_all(self, pv):
+        self.provisional = False
+        try:
+            return await super().run_all(pv)
+        finally:
+            await self.monitor.sink.flush()
