@@ -273,6 +273,15 @@ class AlertsSpec(_Frozen):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
+class ScheduleSpec(_Frozen):
+    """Event time between evaluations (liqwatch.core.schedule): every worker and the replay evaluate on the same
+    boundaries. Part of the config (and its config_id) because the intervals change the alerts."""
+
+    evaluate_every_ms: Annotated[int, Field(strict=True, ge=1)] = 10_000   # shard health, market alerts
+    severity_every_ms: Annotated[int, Field(strict=True, ge=1)] = 60_000   # liquidation severities
+    cascade_every_ms: Annotated[int, Field(strict=True, ge=1)] = 60_000    # stress cascades, the alerts on them
+
+
 class Config(_Frozen):
     settlement: str = "USDT"
     assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
@@ -282,6 +291,15 @@ class Config(_Frozen):
     stress: StressSpec
     ingest: IngestSpec = IngestSpec()
     alerts: AlertsSpec = AlertsSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+
+    def with_schedule(self, **intervals: int | None) -> "Config":
+        """This config with some schedule intervals replaced (CLI overrides): a new config, a new config_id."""
+        given = {k: v for k, v in intervals.items() if v is not None}
+        if not given:
+            return self
+        return parse_config({**self.model_dump(mode="json", by_alias=True),
+                             "schedule": {**self.schedule.model_dump(), **given}}, "config")
 
     @property
     def config_id(self) -> str:

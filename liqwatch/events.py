@@ -199,6 +199,11 @@ def peek(raw: bytes) -> tuple[str | None, int | None]:
     return (kind if isinstance(kind, str) else None), (ts if type(ts) is int and 0 <= ts <= MAX_TS else None)
 
 
+def number(x) -> float | None:
+    """One number for JSON: a float, or None when it is missing or not finite."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
 def finite(x):
     """`x` with every non-finite float (in dicts, lists, tuples) replaced by None: JSON has no NaN or Infinity."""
     if isinstance(x, float) and not math.isfinite(x):

@@ -272,9 +272,12 @@ def worker(
                                               callback=topic_name)] = "",
     app_id: Annotated[str, typer.Option(help="Faust app id = Kafka consumer group of the workers.",
                                         callback=_app_id)] = "liqwatch",
-    evaluate_every_ms: Annotated[int, typer.Option(help="Event time between shard health evaluations.",
-                                                   min=1)] = 10_000,
-    cascade_every_ms: Annotated[int, typer.Option(help="Event time between stress cascades.", min=1)] = 60_000,
+    evaluate_every_ms: Annotated[Optional[int], typer.Option(
+        help="Event time between shard health evaluations. [default: the config's schedule]", min=1,
+        show_default=False)] = None,
+    cascade_every_ms: Annotated[Optional[int], typer.Option(
+        help="Event time between stress cascades. [default: the config's schedule]", min=1,
+        show_default=False)] = None,
     idle_s: Annotated[float, typer.Option(help="Wall seconds without input before the exact flush.",
                                           min=0.05)] = 1.0,
 ) -> None:
@@ -294,7 +297,7 @@ def worker(
     from liqwatch.worker.app import WorkerSettings, run_worker
     from liqwatch.tools.transport import TransportError
 
-    cfg = _config(config)
+    cfg = _config(config).with_schedule(evaluate_every_ms=evaluate_every_ms, cascade_every_ms=cascade_every_ms)
     # batch commands need no secrets, so the config loads without them; a worker sends webhooks: check them now
     for i, wh in enumerate(cfg.alerts.webhooks):
         value = os.environ.get(wh.secret_env)
@@ -323,8 +326,7 @@ def worker(
     except TransportError as e:
         _fail(str(e), 1)
     settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
-                              topic_prefix=topic_prefix, app_id=app_id, evaluate_every_ms=evaluate_every_ms,
-                              cascade_every_ms=cascade_every_ms, idle_s=idle_s)
+                              topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s)
     if worker_id:
         settings.worker_id = worker_id
     if state is not None:

@@ -118,10 +118,12 @@ def replay_command(
         help="State dir of a stack started with `liqwatch stack up`. [default: ~/.cache/liqwatch/state]")] = None,
     topic_prefix: Annotated[str, typer.Option(help="Prefix of the topic names the live workers use.",
                                               callback=topic_name)] = "",
-    evaluate_every_ms: Annotated[int, typer.Option(help="Event time between evaluations (as the workers').",
-                                                   min=1)] = 10_000,
-    cascade_every_ms: Annotated[int, typer.Option(help="Event time between stress cascades (as the workers').",
-                                                  min=1)] = 60_000,
+    evaluate_every_ms: Annotated[Optional[int], typer.Option(
+        help="Event time between evaluations, as the workers were run with. [default: the config's schedule]",
+        min=1, show_default=False)] = None,
+    cascade_every_ms: Annotated[Optional[int], typer.Option(
+        help="Event time between stress cascades, as the workers were run with. [default: the config's schedule]",
+        min=1, show_default=False)] = None,
 ) -> None:
     """Post-mortem of an event-time window: replay the recorded inputs through the same core as the live workers
     and write a report: index vs venue prices vs redemption value per asset (and the sources left out, and why),
@@ -149,7 +151,9 @@ def replay_command(
     if end < start:
         _fail(f"--to: {iso(end)} is before --from {iso(start)}")
     paths = [config, *(compare or [])]
-    cfgs = [load_config_or_exit(p, opt) for opt, p in zip(["--config"] + ["--compare"] * (len(paths) - 1), paths)]
+    cfgs = [load_config_or_exit(p, opt).with_schedule(evaluate_every_ms=evaluate_every_ms,
+                                                      cascade_every_ms=cascade_every_ms)
+            for opt, p in zip(["--config"] + ["--compare"] * (len(paths) - 1), paths)]
     warm = parse_duration(warmup, "--warmup") if warmup is not None else max(default_warmup_ms(c) for c in cfgs)
     if events is None and bootstrap is not None:
         check_bootstrap(bootstrap)
@@ -199,8 +203,7 @@ def replay_command(
                 def moved(t: int, task=task) -> None:
                     progress.update(task, completed=min(max(t - start, 0), end - start), info=iso(t))
 
-                run = asyncio.run(Replayer(cfg, name, window, evaluate_every_ms=evaluate_every_ms,
-                                           cascade_every_ms=cascade_every_ms).replay(moved))
+                run = asyncio.run(Replayer(cfg, name, window).replay(moved))
                 progress.update(task, completed=end - start)
                 runs.append(run)
                 fb = run.first_book

@@ -11,7 +11,6 @@ The batch commands and the streaming workers both drive an Engine, so the same e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,16 +19,13 @@ from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
-from liqwatch.events import Account, BadEvent, Event, Reference, Tick
+from liqwatch.events import Account, BadEvent, Event, Reference, Tick, number
 from liqwatch.core.ingest import Gate
 from liqwatch.core.layout import Layout
 from liqwatch.core.state import AccountBook, MarketState, PriceView
 
 SEVERITY_GRID = 64  # coarse scan points before bisection (liqwatch.kernels.stress)
 
-
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 @dataclass
@@ -159,11 +155,11 @@ class Engine:
             rows.append(
                 {
                     "account": self.accounts.ids[r],
-                    "equity": _num(hs.equity[r]),
-                    "maintenance": _num(hs.maintenance[r]),
-                    "health": _num(hs.health[r]),
+                    "equity": number(hs.equity[r]),
+                    "maintenance": number(hs.maintenance[r]),
+                    "health": number(hs.health[r]),
                     "liquidatable": bool(hs.liquidatable[r]),
-                    "liquidation_severity": _num(hs.severity[r]) if hs.severity is not None else None,
+                    "liquidation_severity": number(hs.severity[r]) if hs.severity is not None else None,
                 }
             )
         return rows
@@ -203,7 +199,7 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
         "liquidated_notional": float(res.liquidated_notional),
         "net_sold": {lay.assets[a]: float(v) for a, v in enumerate(res.net_sold) if v != 0.0},
         "final_index": {
-            lay.assets[a]: _num(v)
+            lay.assets[a]: number(v)
             for a, v in enumerate(res.final_index)
             if lay.assets[a] in engine.cfg.assets and not lay.index_rules.fixed_one[a]
         },

@@ -25,19 +25,16 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.rules import Book
-from liqwatch.kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING
+from liqwatch.kernels.rules import STATUS_NAMES
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
 from liqwatch.core.engine import SEVERITY_GRID, Engine
-from liqwatch.events import Account, BadEvent, Tick
+from liqwatch.events import Account, BadEvent, Tick, number
 from liqwatch.sinks.metrics import HEALTH_BANDS, Metrics
 from liqwatch.sinks.kafka import OutputSink
 from liqwatch.sinks.topics import TopicNames
 
 log = logging.getLogger(__name__)
-_STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
-
-
 _partitioner = DefaultPartitioner()
 _BAND_EDGES = np.array([hi for _, _, hi in HEALTH_BANDS if hi is not None])
 
@@ -86,9 +83,6 @@ class Where:
     key: bytes | None = None
     raw: bytes | None = None  # the original bytes, kept while an event waits (a later dead letter carries them)
 
-
-def _num(x: float):
-    return None if not math.isfinite(x) else float(x)
 
 
 class Monitor:
@@ -329,9 +323,9 @@ class Monitor:
             if not book.active[r]:
                 continue
             await self.sink.emit(self.names.HEALTH, {
-                "type": "health", "account": ids[r], "ts": pv.t, "equity": _num(eq[r]),
-                "maintenance": _num(mm[r]), "health": _num(h[r]), "liquidatable": bool(liq[r]),
-                "liquidation_severity": _num(sev[r]), "config_id": self.config_id})
+                "type": "health", "account": ids[r], "ts": pv.t, "equity": number(eq[r]),
+                "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
+                "liquidation_severity": number(sev[r]), "config_id": self.config_id})
         self.sent_equity[:n] = np.where(changed, eq, self.sent_equity[:n])
         self.sent_maintenance[:n] = np.where(changed, mm, self.sent_maintenance[:n])
         self.sent_severity[:n] = np.where(changed, sev, self.sent_severity[:n])
@@ -394,18 +388,16 @@ class Monitor:
         for k, (venue, symbol) in enumerate(m.books):
             base = m.base[k]
             if base >= 0 and not math.isnan(m.mid[k]):
-                q = m.quote[k]
-                price = m.mid[k] * (1.0 if q < 0 else m.index[q])
+                price = m.venue_price(k)
                 self.metrics.venue_price.labels(venue=venue, symbol=symbol, asset=lay.assets[base]).set(price)
         for a, name in enumerate(lay.assets):
-            into = m.ref_in[a]
-            if into >= 0 and not math.isnan(m.ref_rate[a]):
-                self.metrics.reference_value.labels(asset=name).set(m.ref_rate[a] * m.index[into])
+            if m.ref_in[a] >= 0 and not math.isnan(m.ref_rate[a]):
+                self.metrics.reference_value.labels(asset=name).set(m.redemption_value(a))
         for a, name in enumerate(lay.assets):
             if name not in self.cfg.assets or lay.index_rules.fixed_one[a]:
                 continue
             lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
-            for status, reason in _STATUS.items():
+            for status, reason in STATUS_NAMES.items():
                 self.metrics.sources_dropped.labels(asset=name, reason=reason).set(
                     int((m.source_status[lo:hi] == status).sum()))
             value = float(m.index[a])
@@ -418,9 +410,9 @@ class Monitor:
             for c in range(lo, hi):
                 src = lay.constituents[c][1]
                 status = int(m.source_status[c])
-                price = _num(m.source_price[c])
+                price = number(m.source_price[c])
                 (used if status == 0 else dropped).append(
-                    {"source": src, "price": price} | ({} if status == 0 else {"reason": _STATUS[status]}))
+                    {"source": src, "price": price} | ({} if status == 0 else {"reason": STATUS_NAMES[status]}))
             await self.sink.emit(self.names.MARKS, {"type": "mark", "asset": name, "ts": t, "index": value,
                                                     "stale": bool(m.index_stale[a]), "used": used,
                                                     "dropped": dropped})

@@ -102,6 +102,17 @@ class MarketState:
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
         self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
+    def venue_price(self, k: int) -> float:
+        """Book k's mid in the settlement unit: quoted in another asset, times that asset's index (NaN without
+        a mid or without that index)."""
+        q = self.quote[k]
+        return self.mid[k] * (1.0 if q < 0 else self.index[q])
+
+    def redemption_value(self, a: int) -> float:
+        """What one unit of asset a redeems for, in the settlement unit (NaN without a reference rate)."""
+        into = self.ref_in[a]
+        return self.ref_rate[a] * self.index[into] if into >= 0 else np.nan
+
     @property
     def basis_ma(self) -> np.ndarray:
         return self.basis.average

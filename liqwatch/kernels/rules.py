@@ -27,6 +27,7 @@ USED = 0
 DROPPED_STALE = 1
 DROPPED_DEVIATION = 2
 MISSING = 3            # never quoted, or its quote asset has no price yet
+STATUS_NAMES = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}  # in events, metrics
 
 METHOD_WEIGHTED_MEAN = 0
 METHOD_WEIGHTED_MEDIAN = 1

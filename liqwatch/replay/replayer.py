@@ -12,8 +12,9 @@ to the first offset past the window with a consumer that has no group: the live 
 
 How it runs. The same Monitor, AlertEngine and stress runs the live leader uses, on the same boundaries: market
 events in (timestamp, references-before-ticks, offset) order; an account joins the book once the market reaches
-its event time; every 10 s of event time the market alerts and a sample of prices and account health; every 60 s
-the stress cascades with the alerts that read them. When the window reaches the end of the recorded input, one
+its event time; at every evaluation boundary of the config's schedule (liqwatch.core.schedule: 10 s of event time
+by default) the market alerts and a sample of prices and account health; at every cascade boundary (60 s) the
+stress cascades with the alerts that read them. When the window reaches the end of the recorded input, one
 final evaluation at the last event time — what a live worker does when its input goes idle. So replaying what the
 live workers processed gives the alerts they emitted: the same ids and event times.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from bisect import bisect_left
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,19 +31,18 @@ from pathlib import Path
 import numpy as np
 
 from liqwatch.kernels.health import margin_health
-from liqwatch.kernels.rules import DROPPED_DEVIATION, DROPPED_STALE, MISSING, Book
+from liqwatch.kernels.rules import STATUS_NAMES, Book
 from liqwatch.risk.alerts import AlertEngine
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.config import Config
-from liqwatch.events import BadEvent, peek
+from liqwatch.events import BadEvent, number, peek
 from liqwatch.core.ingest import Gate, PartitionDoor
+from liqwatch.core.merge import Merge
+from liqwatch.core.schedule import Schedule
 from liqwatch.sinks.metrics import Metrics
 from liqwatch.core.monitor import Monitor, Where, band_counts, book_notional
 from liqwatch.sinks.topics import TopicNames
 
-EVALUATE_EVERY_MS = 10_000  # as the live workers (liqwatch.worker.app.WorkerSettings)
-CASCADE_EVERY_MS = 60_000
-STATUS = {DROPPED_STALE: "stale", DROPPED_DEVIATION: "deviation", MISSING: "missing"}
 REFERENCES, TICKS, ACCOUNTS = 0, 1, 2  # ties at one timestamp: references first, as the live market feed
 TOPIC_NAME = {REFERENCES: "references", TICKS: "ticks", ACCOUNTS: "accounts"}
 
@@ -331,30 +330,24 @@ class Run:
     every_ms: dict = field(default_factory=dict)   # evaluation and cascade intervals of event time
 
 
-def _f(x) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
 
 class Replayer:
-    def __init__(self, cfg: Config, name: str, window: Window, evaluate_every_ms: int = EVALUATE_EVERY_MS,
-                 cascade_every_ms: int = CASCADE_EVERY_MS):
+    def __init__(self, cfg: Config, name: str, window: Window):
         self.cfg = cfg
-        self.evaluate_every_ms = evaluate_every_ms
-        self.cascade_every_ms = cascade_every_ms
         self.window = window
         self.metrics = Metrics()
         self.sink = CollectingSink()
         self.monitor = Monitor(cfg, self.sink, self.metrics, TopicNames())
         self.alerting = AlertEngine(cfg.alerts, cfg.config_id, self.metrics)
         self.stress = LocalStressRuns(self.monitor.engine, cfg, self.metrics, cfg.config_id)
-        self.run = Run(cfg, name, every_ms={"evaluate": evaluate_every_ms, "cascade": cascade_every_ms})
+        self.run = Run(cfg, name, every_ms={"evaluate": cfg.schedule.evaluate_every_ms,
+                                            "cascade": cfg.schedule.cascade_every_ms})
         self.fallen = np.zeros(0, dtype=np.bool_)
         self._dropping: dict[tuple[str, str], dict] = {}
 
     async def replay(self, progress: Callable[[int], None] | None = None) -> Run:
         w = self.window
         mon = self.monitor
-        next_eval = next_cascade = 0
         accounts = w.accounts
         a = 0
 
@@ -366,26 +359,23 @@ class Replayer:
                 # ts > market_t only at the end (upto None): then held, and released just after, like live
                 await mon.on_account(rec.value, Where(rec.topic, rec.partition, rec.offset, rec.key))
 
-        market = await self._admit(w)
-        stamps = [r.timestamp for r in market]  # ascending: a boundary's record is found by bisection
-        i = 0
-        while i < len(market):
-            # a run ends at the first record that reaches the next boundary, as in the live market feed
-            j = min(bisect_left(stamps, next_eval, i) + 1, i + 20_000, len(market))
-            await mon.on_market(market[i:j])
-            i = j
+        # the live feed's merge and schedule, with the whole window buffered: every partition is caught up
+        parts = await self._admit(w)
+        merge = Merge(sorted(parts))
+        for key, recs in parts.items():
+            merge.push(key, recs)
+        caught = {key: True for key in parts}
+        schedule = Schedule(self.cfg.schedule)
+        while (run := merge.next_run(caught, schedule.next_eval)) is not None:
+            await mon.on_market(run)
             await join_accounts(mon.market_t)
             await mon.release_accounts(mon.market_t)
-            t = mon.market_t
-            if t >= next_eval and t >= 0:
-                next_eval = t + self.evaluate_every_ms
-                cascades = t >= next_cascade
-                if cascades:
-                    next_cascade = t + self.cascade_every_ms
-                if t >= w.t_from:  # the warm-up keeps the live schedule of boundaries but evaluates nothing
-                    await self.boundary(t, cascades)
+            boundary = schedule.cross(mon.market_t)
+            if boundary is not None:
+                if boundary.t >= w.t_from:  # the warm-up keeps the live schedule but evaluates nothing
+                    await self.boundary(boundary.t, boundary.cascade)
                 if progress:
-                    progress(t)
+                    progress(boundary.t)
         if w.complete:
             # the input ends here: what a live worker does once its input goes idle
             await join_accounts(None)
@@ -398,19 +388,20 @@ class Replayer:
         self.run.last_t = mon.t
         return self.run
 
-    async def _admit(self, w: Window) -> list[Record]:
+    async def _admit(self, w: Window) -> dict[tuple[int, int], list[Record]]:
         """The window's market records through this config's doors, one per partition as in the live feed
-        (rejected ones dead-lettered), within the window by merge time, in the live merge's order."""
+        (rejected ones dead-lettered), within the window by merge time: per (topic, partition), in offset
+        order; references sort before ticks (the merge's order for ties)."""
         cfg, mon = self.cfg, self.monitor
-        parts: dict[tuple[str, int], list[Record]] = {}
+        parts: dict[tuple[int, int], list[Record]] = {}
         for rec in w.market:
-            parts.setdefault((rec.topic, rec.partition), []).append(dataclasses.replace(rec))
-        admitted = []
-        for recs in parts.values():
+            parts.setdefault((rec.kind, rec.partition), []).append(dataclasses.replace(rec))
+        admitted = {}
+        for key, recs in parts.items():
             door = PartitionDoor(mon.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
-            admitted += [r for r in await mon.admit_market(door, recs)
-                         if w.t_from - w.warmup_ms <= r.timestamp <= w.t_to]
-        return _order(admitted)
+            admitted[key] = [r for r in await mon.admit_market(door, recs)
+                             if w.t_from - w.warmup_ms <= r.timestamp <= w.t_to]
+        return admitted
 
     async def boundary(self, t: int, cascades: bool, final: bool = False) -> None:
         mon = self.monitor
@@ -441,23 +432,21 @@ class Replayer:
         index = {}
         for a, name in enumerate(lay.assets):
             if name in self.cfg.assets and not lay.index_rules.fixed_one[a]:
-                index[name] = _f(m.index[a])
+                index[name] = number(m.index[a])
         reference = {}
         for a, name in enumerate(lay.assets):
-            into = m.ref_in[a]
-            if into >= 0 and not math.isnan(m.ref_rate[a]):
-                reference[name] = _f(m.ref_rate[a] * m.index[into])
+            if m.ref_in[a] >= 0 and not math.isnan(m.ref_rate[a]):
+                reference[name] = number(m.redemption_value(a))
         venues = {}
         for k, (venue, symbol) in enumerate(m.books):
             base = m.base[k]
             if base >= 0 and not math.isnan(m.mid[k]) and "/" in symbol:
-                q = m.quote[k]
-                venues[f"{venue}:{symbol}"] = _f(m.mid[k] * (1.0 if q < 0 else m.index[q]))
+                venues[f"{venue}:{symbol}"] = number(m.venue_price(k))
         dropped = {}
         for c, (asset, source) in enumerate(lay.constituents):
             status = int(m.source_status[c])
-            if status in STATUS:
-                dropped.setdefault(asset, {})[source] = STATUS[status]
+            if status in STATUS_NAMES:
+                dropped.setdefault(asset, {})[source] = STATUS_NAMES[status]
         self._track_dropped(t, dropped)
         # health of every account in the book at t (the live shards' view, all shards together)
         pv = eng.prices(t)
@@ -512,9 +501,8 @@ class Replayer:
         self.run.dropped_sources.sort(key=lambda e: (e["from"], e["asset"], e["source"]))
 
 
-def replay(cfg: Config, window: Window, name: str = "config", progress: Callable[[int], None] | None = None,
-           **every) -> Run:
-    return asyncio.run(Replayer(cfg, name, window, **every).replay(progress))
+def replay(cfg: Config, window: Window, name: str = "config", progress: Callable[[int], None] | None = None) -> Run:
+    return asyncio.run(Replayer(cfg, name, window).replay(progress))
 
 
 def live_alert_key(a: dict) -> tuple:

@@ -132,10 +132,9 @@ class AlertEngine:
         lay = engine.layout
         out: list[dict] = []
         for a, asset in enumerate(lay.assets):
-            into = m.ref_in[a]
-            if into < 0 or math.isnan(m.ref_rate[a]) or math.isnan(m.index[a]):
+            if m.ref_in[a] < 0 or math.isnan(m.ref_rate[a]) or math.isnan(m.index[a]):
                 continue
-            reference = m.ref_rate[a] * m.index[into]
+            reference = m.redemption_value(a)
             gap = abs(m.index[a] / reference - 1.0)
             self.metrics.depeg.labels(asset=asset).set(gap)
             direction = "below" if m.index[a] < reference else "above"
@@ -147,8 +146,7 @@ class AlertEngine:
         for k, (venue, symbol) in enumerate(m.books):
             if "/" not in symbol or math.isnan(m.mid[k]) or t - m.ts[k] > self.spec.stale_source.warning * 1000:
                 continue
-            q = m.quote[k]
-            price = m.mid[k] * (1.0 if q < 0 else m.index[q])
+            price = m.venue_price(k)
             if not math.isnan(price):
                 prices.setdefault(int(m.base[k]), []).append((f"{venue}:{symbol}", price))
         for a, books in prices.items():

@@ -2,7 +2,7 @@
 
     python -m liqwatch.tools.dashboards          # rewrites liqwatch/data/dashboards/grafana/overview.json and operations.json
 
-tests/test_dashboards.py checks that the committed JSON equals a fresh build and that every query only uses
+tests/tools/test_dashboards.py checks that the committed JSON equals a fresh build and that every query only uses
 metrics that liqwatch/sinks/metrics.py exports. Queries aggregate over workers: prices, cascades and alerts are the same
 on every worker (max), account numbers are per shard (sum).
 """

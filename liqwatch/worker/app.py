@@ -35,6 +35,8 @@ from liqwatch.core.monitor import Monitor, Where
 from aiokafka.errors import KafkaError
 
 from liqwatch.core.ingest import PartitionDoor
+from liqwatch.core.merge import Arrivals, Merge
+from liqwatch.core.schedule import Boundary, Schedule
 from liqwatch.sinks.kafka import OutputSink
 from liqwatch.worker.supervise import Quieter, Supervisor
 from liqwatch.sinks.topics import TopicNames, create_topics, read_to_end
@@ -58,9 +60,6 @@ class WorkerSettings:
     topic_prefix: str = ""
     partitions: int = 8
     worker_id: str = field(default_factory=lambda: f"worker-{int(time.time() * 1000) % 10**8}")
-    evaluate_every_ms: int = 10_000     # event time between shard health evaluations
-    severity_every_ms: int = 60_000     # event time between liquidation-severity recomputes
-    cascade_every_ms: int = 60_000      # event time between stress cascades (leader)
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
     resume_pause_s: float = 1.0         # input silent this long, then records again (start, broker restart):
@@ -191,8 +190,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             if meta is not None and meta.offset >= 0 and tp.partition not in monitor.account_offsets:
                 monitor.account_offsets[tp.partition] = meta.offset - 1
 
-    state = {"leading": False, "offsets_asked": 0.0, "market_caught_up": False, "next_eval": 0, "next_severity": 0,
-             "next_cascade": 0, "cascading": False, "cascade_task": None, "flushed": True, "leader_flushed": False}
+    state = {"leading": False, "offsets_asked": 0.0, "market_caught_up": False, "cascading": False,
+             "cascade_task": None, "flushed": True, "leader_flushed": False}
 
     # every worker evaluates the market alerts at every boundary; the leader publishes them, the others keep
     # what they computed (the shadow) so that a worker that takes over publishes what a dead leader did not
@@ -242,7 +241,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         last_run = max((c["ts"] for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id),
                        default=-1)
         again = sorted(b for b in snapshots if last_run <= b < t)
-        if last_run >= 0 and snapshots and min(snapshots) > last_run + settings.cascade_every_ms:
+        if last_run >= 0 and snapshots and min(snapshots) > last_run + cfg.schedule.cascade_every_ms:
             log.error("%s: takeover at event time %d: cascade boundaries after %d and before %d are older than the "
                       "%d kept (takeover_boundaries): their cascade alerts are not computed", settings.worker_id, t,
                       last_run, min(snapshots), settings.takeover_boundaries)
@@ -320,10 +319,9 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     # the feed's place in its topics survives a restart of the feed (a broker restart, an error): it resumes
     # where it was instead of applying the market again from the beginning
     tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
-    buf: dict[TopicPartition, list] = {tp: [] for tp in tps}
-    pos = {tp: 0 for tp in tps}
-    seen_ts = {tp: -1 for tp in tps}
-    arrived = {tp: 0.0 for tp in tps}  # wall time of each topic's last records
+    merge = Merge(tps)  # the event-time core the replay runs too: merge order and boundaries
+    schedule = Schedule(cfg.schedule)
+    arrivals = Arrivals(tps, settings.merge_grace_s, settings.resume_pause_s, settings.resume_grace_s)
     resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
     doors = {tp: PartitionDoor(monitor.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys) for tp in tps}
     lag: dict[str, int] = {}
@@ -351,124 +349,65 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             while True:
                 services.beat("market feed")
                 batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
-                now = time.monotonic()
-                if batch and now - max(arrived.values()) > settings.resume_pause_s:
-                    # records again after a pause (the first ones, a broker back from a restart): the topics'
-                    # producers resume in no particular order, so every topic holds the merge for a while
-                    for tp in tps:
-                        arrived[tp] = now + settings.resume_grace_s - settings.merge_grace_s
+                arrivals.arrived([tp for tp, recs in batch.items() if recs])
                 for tp, recs in batch.items():
                     resume_at[tp] = recs[-1].offset + 1
-                    arrived[tp] = max(arrived[tp], now)
-                    recs = await monitor.admit_market(doors[tp], recs)  # bad ones dead-lettered at the door
-                    if recs:
-                        buf[tp].extend(recs)
-                        seen_ts[tp] = recs[-1].timestamp
+                    merge.push(tp, await monitor.admit_market(doors[tp], recs))  # bad ones dead-lettered
                 try:
                     end = await consumer.end_offsets(tps) if not batch else None
                 except KafkaError:  # the broker is away: not caught up, say so, try again
                     end = {tp: None for tp in tps}
-                caught = {}
+                at_end = {}
                 for tp in tps:
                     hw = consumer.highwater(tp) if end is None else end[tp]
                     at = resume_at.get(tp, 0)
-                    caught[tp] = hw is not None and at >= hw
+                    at_end[tp] = hw is not None and at >= hw
                     lag[tp.topic] = max((hw or 0) - at, 0)
                     monitor.metrics.lag.labels(topic=tp.topic).set(lag[tp.topic])
-                state["market_caught_up"] = all(caught.values()) and all(pos[tp] >= len(buf[tp]) for tp in tps)
-                # a topic that caught up while its records still arrive (a producer writing a batch of each
-                # topic in turn) may deliver earlier timestamps any moment: it holds the others back for a grace
-                grace = time.monotonic() - settings.merge_grace_s
-                for tp in tps:
-                    if caught[tp] and arrived[tp] > grace:
-                        caught[tp] = False
-                await release(buf, pos, seen_ts, caught, tps)
+                state["market_caught_up"] = all(at_end.values()) and merge.buffered() == 0
+                await release(arrivals.caught(at_end))
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    async def release(buf, pos, seen_ts, caught, tps) -> None:
-        """Hand buffered records to the monitor in (timestamp, topic order, offset) order, as long as no topic
-        that is still behind could deliver an earlier one; evaluate at each evaluation boundary of event time.
-        Records are moved in runs: everything of the leading topic below the others' next timestamps."""
+    async def release(caught: dict) -> None:
+        """Hand the merge's runs to the monitor and evaluate at each boundary the schedule says is crossed
+        (liqwatch.core: the replay runs the same merge and schedule)."""
         released = 0
-        while True:
-            heads = [(buf[tp][pos[tp]].timestamp, k) for k, tp in enumerate(tps) if pos[tp] < len(buf[tp])]
-            if not heads:
-                break
-            _, lead = min(heads)
-            tp = tps[lead]
-            limit = float("inf")  # records of `tp` with timestamp < limit (or == limit, if tp sorts first) may go
-            limit_inclusive = True
-            for k, o in enumerate(tps):
-                if k == lead:
-                    continue
-                if pos[o] < len(buf[o]):
-                    bound, inclusive = buf[o][pos[o]].timestamp, lead < k
-                elif caught[o]:
-                    continue
-                else:
-                    bound, inclusive = seen_ts[o], True  # o may still deliver records after seen_ts[o]
-                if bound < limit or (bound == limit and not inclusive):
-                    limit, limit_inclusive = bound, inclusive
-            recs = buf[tp]
-            start = pos[tp]
-            end = start
-            stop_eval = state["next_eval"]
-            while end < len(recs) and (recs[end].timestamp < limit or (limit_inclusive and recs[end].timestamp == limit)):
-                end += 1
-                if recs[end - 1].timestamp >= stop_eval or end - start >= 20_000:
-                    break
-            if end == start:
-                break
-            pos[tp] = end
-            await monitor.on_market(recs[start:end])
+        while (run := merge.next_run(caught, schedule.next_eval)) is not None:
+            await monitor.on_market(run)
             await monitor.release_accounts(monitor.market_t)
-            released += end - start
-            if monitor.market_t >= state["next_eval"]:
+            released += len(run)
+            boundary = schedule.cross(monitor.market_t)
+            if boundary is not None:
                 await monitor.emit_marks(app.is_leader())
                 released = 0
-                await periodic()
-        for tp in tps:
-            if pos[tp] > 4096 or pos[tp] == len(buf[tp]):
-                del buf[tp][: pos[tp]]
-                pos[tp] = 0
+                await evaluate_at(boundary)
         if released:
             await monitor.emit_marks(app.is_leader())
 
     evaluating = asyncio.Lock()
 
-    async def periodic() -> None:
-        if evaluating.locked():
-            return  # the previous evaluation is still running (its severity thread): skip this boundary
+    async def evaluate_at(b: Boundary) -> None:
+        """One boundary of the schedule: shard health, market alerts, and at cascade boundaries the shards' frozen
+        books and (leader) the cascades. It waits for an idle flush in progress: no boundary is skipped."""
         async with evaluating:
-            await _periodic()
-
-    async def _periodic() -> None:
-        retain()
-        t = monitor.market_t
-        with_severity = t >= state["next_severity"]
-        await monitor.evaluate(full=False, with_severity=with_severity)
-        state["next_eval"] = t + settings.evaluate_every_ms
-        if with_severity:
-            state["next_severity"] = t + settings.severity_every_ms
-        cascade_boundary = t >= state["next_cascade"]
-        if cascade_boundary:  # every worker: the shards keep their book as of this boundary, and the market
-            state["next_cascade"] = t + settings.cascade_every_ms
-            await refresh_offsets()
-            shard.freeze(t, keep=settings.takeover_boundaries)
-            keep_snapshot(t)
-        await lead(t)
-        await market_alerts(t)
-        if state["leading"]:
-            if cascade_boundary:
+            retain()
+            await monitor.evaluate(full=False, with_severity=b.severity)
+            if b.cascade:  # every worker: the shards keep their book as of this boundary, and the market snapshot
+                await refresh_offsets()
+                shard.freeze(b.t, keep=settings.takeover_boundaries)
+                keep_snapshot(b.t)
+            await lead(b.t)
+            await market_alerts(b.t)
+            if state["leading"] and b.cascade:
                 # on a snapshot of the boundary, beside the feed (shards answer from their frozen books); one run
                 # in flight: the next boundary waits for it, so a slow run slows the feed instead of piling up
                 if state["cascade_task"] is not None:
                     await state["cascade_task"]
                 state["cascade_task"] = asyncio.get_running_loop().create_task(run_cascades(monitor.snapshot()))
-        state["flushed"] = False
-        state["leader_flushed"] = False
+            state["flushed"] = False
+            state["leader_flushed"] = False
 
     @app.timer(interval=0.25)
     async def idle_flush() -> None:

@@ -23,7 +23,7 @@ from liqwatch.tools import stack as lwstack
 from liqwatch.replay.replayer import compare_alerts
 from liqwatch.scenarios import T0
 from tests.integration.pipeline import Worker, produce, read_topic, settle
-from tests.test_replay import _png_has_data
+from tests.replay.test_replay import _png_has_data
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DASH = Path(__file__).resolve().parents[1] / "liqwatch" / "data" / "dashboards"
+DASH = Path(__file__).resolve().parents[2] / "liqwatch" / "data" / "dashboards"
 PROMTOOL, AMTOOL = Path("/usr/bin/promtool"), Path("/usr/bin/amtool")
 
 

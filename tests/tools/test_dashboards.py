@@ -12,7 +12,7 @@ import yaml
 from liqwatch.tools import dashboards as build
 from liqwatch.sinks.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "liqwatch" / "data" / "dashboards" / "grafana"
 RULES = ROOT / "liqwatch" / "data" / "dashboards" / "rules" / "liqwatch.yml"
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}

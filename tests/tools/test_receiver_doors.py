@@ -34,7 +34,7 @@ from liqwatch.sinks.metrics import Metrics
 from liqwatch.tools.receiver import ALERTMANAGER_TOKEN_ENV, Receiver
 from liqwatch.sinks.webhooks import SIGNATURE_HEADER, Endpoint, WebhookSender, sign
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "doors-secret"
 # printf alertmanager | openssl dgst -sha256 -hmac doors-secret
 DERIVED = hmac.new(SECRET.encode(), b"alertmanager", hashlib.sha256).hexdigest()

@@ -1,0 +1,92 @@
+"""One shard's monitor without Kafka: records in through the doors, accounts joining by event time, bad records
+dead-lettered, health events out to an in-memory sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from liqwatch import scenarios
+from liqwatch.config import load_config
+from liqwatch.core.ingest import PartitionDoor
+from liqwatch.core.monitor import Monitor, Where
+from liqwatch.replay.replayer import CollectingSink, Record
+from liqwatch.sinks.metrics import Metrics
+from liqwatch.sinks.topics import TopicNames
+
+CFG = load_config(scenarios.config_path("oct-2025"))
+EVENTS = [e for e in scenarios.generate("oct-2025", 20, seed=3)]
+MARKET = [e for e in EVENTS if e["type"] != "account"]
+ACCOUNTS = [e for e in EVENTS if e["type"] == "account"]
+
+
+class RecordingSink(CollectingSink):
+    """The replay's sink, keeping what is emitted as well."""
+
+    def __init__(self):
+        super().__init__()
+        self.emitted: list[tuple[str, dict]] = []
+
+    async def emit(self, topic, value, key=None) -> None:
+        self.emitted.append((topic, value))
+
+
+def monitor() -> tuple[Monitor, RecordingSink]:
+    sink = RecordingSink()
+    return Monitor(CFG, sink, Metrics(), TopicNames()), sink
+
+
+async def feed_market(mon: Monitor, events: list[dict]) -> None:
+    door = PartitionDoor(mon.engine.gate, CFG.ingest.max_ahead_ms, CFG.ingest.jump_keys)
+    recs = [Record(0, e["ts"], json.dumps(e).encode(), "ticks", 0, k) for k, e in enumerate(events)]
+    await mon.on_market(await mon.admit_market(door, recs))
+
+
+def test_an_account_ahead_of_the_market_waits_for_it():
+    async def go():
+        mon, _ = monitor()
+        acct = ACCOUNTS[0]
+        await feed_market(mon, [e for e in MARKET if e["ts"] < acct["ts"]])
+        await mon.on_account(json.dumps(acct).encode(), Where("accounts", 0, 0))
+        held = mon.engine.accounts.n
+        await feed_market(mon, [e for e in MARKET if acct["ts"] <= e["ts"] <= acct["ts"] + 1000])
+        await mon.release_accounts(mon.market_t)
+        return held, mon.engine.accounts.n
+    assert asyncio.run(go()) == (0, 1)
+
+
+def test_a_malformed_account_is_dead_lettered_with_its_reason():
+    async def go():
+        mon, sink = monitor()
+        got = await mon.on_account(b'{"type":"account","account":"a1","ts":"soon"}', Where("accounts", 2, 7))
+        return got, sink.dead
+    got, dead = asyncio.run(go())
+    assert got is None
+    assert [(d["topic"], d["partition"], d["offset"]) for d in dead] == [("accounts", 2, 7)]
+    assert "ts" in dead[0]["reason"]
+
+
+def test_a_tick_of_a_book_the_config_does_not_name_never_enters_the_market():
+    async def go():
+        mon, sink = monitor()
+        await feed_market(mon, MARKET[:10] + [{"type": "tick", "venue": "nowhere", "symbol": "BTC/USDT",
+                                                 "ts": MARKET[9]["ts"], "bid": 1.0, "ask": 1.1}])
+        return len(mon.engine.market.books), len(mon.engine.layout.books), sink.dead
+    books, configured, dead = asyncio.run(go())
+    assert books == configured
+    assert CFG.ingest.unknown_sources == "deadletter"
+    assert [(d["kind"], d["offset"]) for d in dead] == [("unknown_source", 10)]
+
+
+def test_evaluation_emits_one_health_event_per_account():
+    async def go():
+        mon, sink = monitor()
+        await feed_market(mon, MARKET)
+        for k, a in enumerate(ACCOUNTS):
+            await mon.on_account(json.dumps(a).encode(), Where("accounts", 0, k))
+        await mon.release_accounts(None)
+        await mon.evaluate(full=True, with_severity=True)
+        return sink.emitted
+    emitted = asyncio.run(go())
+    health = [v for topic, v in emitted if topic == TopicNames().HEALTH]
+    assert sorted(h["account"] for h in health) == sorted(a["account"] for a in ACCOUNTS)
