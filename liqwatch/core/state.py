@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, replay_market
+from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, apply_market_run
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.rules import Book, Quotes
 from liqwatch.events import Account, BadEvent, Reference, Tick
@@ -210,12 +210,12 @@ class MarketState:
             out.append(True)
         if kind:
             f64 = np.float64
-            self._replay(np.array(kind, dtype=np.int8), np.array(ref, dtype=np.int32), np.array(ts, dtype=f64),
+            self._apply_run(np.array(kind, dtype=np.int8), np.array(ref, dtype=np.int32), np.array(ts, dtype=f64),
                          np.array(bid, dtype=f64), np.array(ask, dtype=f64), np.array(last, dtype=f64),
                          np.array(fr, dtype=f64), np.array(nft, dtype=f64))
         return out
 
-    def _replay(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:
+    def _apply_run(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:
         n = len(self.books)
         if self.basis.instrument_of_slot.shape[0] < n:
             self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, n, -1)[:n])
@@ -224,7 +224,7 @@ class MarketState:
                           ref_rate=self.ref_rate, ref_ts=self.ref_ts)
         start = 0
         while start < kind.shape[0]:
-            start = replay_market(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_rules,
+            start = apply_market_run(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_rules,
                                   self.layout.mark_rules, self.basis, self.index, self.index_stale,
                                   self.source_price, self.source_status, self.mark, start)
             if start < kind.shape[0]:

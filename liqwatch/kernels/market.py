@@ -1,6 +1,6 @@
 """Apply a run of market events (ticks and references) in order, re-evaluating prices after each one.
 
-    done = replay_market(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, rules, basis,
+    done = apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, rules, basis,
                          index, stale, source_price, source_status, mark)
 
 Per event, exactly what SPEC §3 and the per-event path define: update the book (or the reference rate),
@@ -48,7 +48,7 @@ class BasisRings(NamedTuple):
 
 
 @njit(cache=True)
-def replay_market(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, index_rules, mark_rules,
+def apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, index_rules, mark_rules,
                   basis, index, stale, source_price, source_status, mark, start):
     cap = basis.ts.shape[1]
     n_instr = basis.head.shape[0]

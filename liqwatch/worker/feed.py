@@ -1,0 +1,112 @@
+"""The market feed: every tick and reference, read by every worker (prices are global), through the partitions'
+doors, merged by event time (liqwatch.core.merge, as the replay does) into the monitor, with an evaluation at each
+boundary of the schedule (liqwatch.core.schedule). A supervised service: its place in the topics survives a
+restart of the feed (a broker restart, an error), and it resumes there instead of from the beginning."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from liqwatch.config import Config
+from liqwatch.core.ingest import PartitionDoor
+from liqwatch.core.merge import Arrivals, Merge
+from liqwatch.core.monitor import Monitor
+from liqwatch.core.schedule import Boundary, Schedule
+from liqwatch.sinks.topics import TopicNames
+from liqwatch.worker.supervise import Supervisor
+
+log = logging.getLogger(__name__)
+ASSIGNMENT_WAIT_S = 60
+
+
+class MarketFeed:
+    def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, bootstrap: str,
+                 worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float,
+                 assigned: Callable[[], bool], is_leader: Callable[[], bool],
+                 on_boundary: Callable[[Boundary], Awaitable[None]]):
+        self.monitor = monitor
+        self.services = services
+        self.bootstrap = bootstrap
+        self.worker_id = worker_id
+        self.assigned = assigned
+        self.is_leader = is_leader
+        self.on_boundary = on_boundary
+        self.tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
+        self.merge = Merge(self.tps)
+        self.schedule = Schedule(cfg.schedule)
+        self.arrivals = Arrivals(self.tps, grace_s, pause_s, resume_grace_s)
+        self.doors = {tp: PartitionDoor(monitor.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
+                      for tp in self.tps}
+        self.resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
+        self.lag: dict[str, int] = {}
+        self.caught_up = False  # read to the end of both topics and handed everything to the monitor
+
+    async def run(self) -> None:
+        # a worker started on recorded data must know whether it leads before its first boundary: alerts and
+        # cascades of boundaries passed before the first assignment would be lost (and a replay would differ)
+        waited = time.monotonic()
+        while not self.assigned() and time.monotonic() - waited < ASSIGNMENT_WAIT_S:
+            self.services.beat("market feed")
+            await asyncio.sleep(0.1)
+        log.info("%s: market feed %s (leader: %s, after %.1f s)", self.worker_id,
+                 "resumes" if self.resume_at else "starts", self.is_leader(), time.monotonic() - waited)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.worker_id}-market", max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        try:
+            consumer.assign(self.tps)
+            for tp in self.tps:
+                if tp in self.resume_at:
+                    consumer.seek(tp, self.resume_at[tp])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            while True:
+                self.services.beat("market feed")
+                await self._step(consumer)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+        tps, mon = self.tps, self.monitor
+        batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
+        self.arrivals.arrived([tp for tp, recs in batch.items() if recs])
+        for tp, recs in batch.items():
+            self.resume_at[tp] = recs[-1].offset + 1
+            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs))  # bad ones dead-lettered
+        try:
+            end = await consumer.end_offsets(tps) if not batch else None
+        except KafkaError:  # the broker is away: not caught up, say so, try again
+            end = {tp: None for tp in tps}
+        at_end = {}
+        for tp in tps:
+            hw = consumer.highwater(tp) if end is None else end[tp]
+            at = self.resume_at.get(tp, 0)
+            at_end[tp] = hw is not None and at >= hw
+            self.lag[tp.topic] = max((hw or 0) - at, 0)
+            mon.metrics.lag.labels(topic=tp.topic).set(self.lag[tp.topic])
+        self.caught_up = all(at_end.values()) and self.merge.buffered() == 0
+        await self.release(self.arrivals.caught(at_end))
+
+    async def release(self, caught: dict) -> None:
+        """Hand the merge's runs to the monitor and evaluate at each boundary the schedule says is crossed."""
+        mon = self.monitor
+        released = 0
+        while (run := self.merge.next_run(caught, self.schedule.next_eval)) is not None:
+            await mon.on_market(run)
+            await mon.release_accounts(mon.market_t)
+            released += len(run)
+            boundary = self.schedule.cross(mon.market_t)
+            if boundary is not None:
+                await mon.emit_marks(self.is_leader())
+                released = 0
+                await self.on_boundary(boundary)
+        if released:
+            await mon.emit_marks(self.is_leader())

@@ -1,0 +1,172 @@
+"""The leader's duties: publish the alerts, run the stress cascades, and take over when the last leader died.
+
+Every worker evaluates the market alerts at every boundary; the leader publishes them and the others keep what they
+computed (the shadow), so that a worker that takes over publishes what a dead leader did not. The alerts topic is
+the episodes' changelog: a new leader restores the open stress episodes from it and runs the cascades again from
+the last boundary the old leader completed (market snapshots of the last boundaries are kept for that), so the
+alerts topic ends as a replay of the same events would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from liqwatch.config import Config
+from liqwatch.core.monitor import Monitor
+from liqwatch.risk.alerts import STRESS_KINDS, AlertEngine
+from liqwatch.sinks.topics import TopicNames, read_to_end
+from liqwatch.worker.cascades import CascadeAborted, Coordinator
+
+log = logging.getLogger(__name__)
+SHADOW_HORIZON_MS = 6 * 3_600_000  # event time of market alerts a follower keeps: longer than any takeover
+
+
+def _json(raw: bytes):
+    try:
+        return msgspec.json.decode(raw)
+    except Exception:  # noqa: BLE001 - not ours to judge here: skipped
+        return None
+
+
+class Leadership:
+    def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, alerts: AlertEngine,
+                 coordinator: Coordinator, is_leader: Callable[[], bool], bootstrap: str, worker_id: str,
+                 cascade_retry_s: float, keep_boundaries: int):
+        self.cfg = cfg
+        self.names = names
+        self.monitor = monitor
+        self.sink = monitor.sink
+        self.alerts = alerts
+        self.coordinator = coordinator
+        self.is_leader = is_leader
+        self.bootstrap = bootstrap
+        self.worker_id = worker_id
+        self.cascade_retry_s = cascade_retry_s
+        self.keep_boundaries = keep_boundaries
+        self.leading = False
+        self.shadow: list[dict] = []
+        self.snapshots: dict[int, object] = {}  # market snapshots of the last cascade boundaries
+        self.cascading = asyncio.Lock()  # one run at a time, first come first served: no boundary is skipped
+        self.cascade_task: asyncio.Task | None = None
+        self._aborted_logged = False
+
+    def keep_snapshot(self, t: int) -> None:
+        if t < 0:
+            return  # no event yet: nothing to run a cascade on
+        self.snapshots[t] = self.monitor.snapshot()
+        for old in sorted(self.snapshots)[:-self.keep_boundaries]:
+            del self.snapshots[old]
+
+    async def market_alerts(self, t: int) -> None:
+        events = self.alerts.market(self.monitor.engine, t)
+        if self.leading:
+            await self.emit_alerts(events)
+        else:
+            self.shadow.extend(events)
+            horizon = t - SHADOW_HORIZON_MS
+            if self.shadow and self.shadow[0]["ts"] < horizon:
+                self.shadow[:] = [e for e in self.shadow if e["ts"] >= horizon]
+
+    async def follow(self, t: int) -> None:
+        """Follow leadership at a boundary: a worker that becomes leader takes over first."""
+        leader = self.is_leader()
+        if leader and not self.leading:
+            await self.take_over(t)
+        self.leading = leader
+        self.alerts.publishing = leader
+
+    async def take_over(self, t: int) -> None:
+        """Become the leader at event time t: what the last leader did not publish is published now, with its
+        own event times; cascades run again from the last boundary the last leader completed."""
+        cfg = self.cfg
+        t0 = time.monotonic()
+        try:
+            published = [_json(v) for v in await read_to_end(self.bootstrap, self.names.ALERTS,
+                                                             f"{self.worker_id}-takeover")]
+            ran = [_json(v) for v in await read_to_end(self.bootstrap, self.names.CASCADES,
+                                                       f"{self.worker_id}-takeover")]
+        except Exception as e:  # noqa: BLE001 - lead anyway; say what could not be restored
+            log.error("%s: takeover could not read the alerts changelog (%s): episodes start afresh",
+                      self.worker_id, e)
+            published, ran = [], []
+        mine = [e for e in published if isinstance(e, dict) and e.get("config_id") == cfg.config_id]
+        on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
+        self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
+        missed = [e for e in self.shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
+        self.shadow.clear()
+        self.alerts.publishing = True
+        self.alerts.publish_open()
+        await self.emit_alerts(missed)
+        last_run = max((c["ts"] for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id),
+                       default=-1)
+        snapshots = self.snapshots
+        again = sorted(b for b in snapshots if last_run <= b < t)
+        if last_run >= 0 and snapshots and min(snapshots) > last_run + cfg.schedule.cascade_every_ms:
+            log.error("%s: takeover at event time %d: cascade boundaries after %d and before %d are older than the "
+                      "%d kept (takeover_boundaries): their cascade alerts are not computed", self.worker_id, t,
+                      last_run, min(snapshots), self.keep_boundaries)
+        for b in again:  # beside the feed, in order (the cascades' lock is first come, first served)
+            self.cascade_task = asyncio.get_running_loop().create_task(self.run_cascades(snapshots[b]))
+        if published or missed or again:
+            log.warning("%s: took over as leader at event time %d in %.1f s: %d open episodes restored from the "
+                        "alerts topic, %d alerts the last leader did not publish sent, cascades to run again for %d "
+                        "boundaries", self.worker_id, t, time.monotonic() - t0, len(self.alerts.open), len(missed),
+                        len(again))
+
+    async def emit_alerts(self, events: list[dict]) -> None:
+        for ev in events:
+            await self.sink.emit(self.names.ALERTS, ev)
+            log.info("alert %s %s %s on %s: %s", ev["state"], ev["severity"], ev["kind"], ev["subject"], ev["summary"])
+        if events:
+            await self.sink.flush()  # on the topic now: webhook delivery reads it from there (TopicDelivery)
+
+    def start_cascades(self, pv) -> None:
+        """Cascades on the snapshot `pv` beside the feed, after any run in flight (the lock orders them)."""
+        self.cascade_task = asyncio.get_running_loop().create_task(self.run_cascades(pv))
+
+    def idle(self) -> bool:
+        """No cascade run in progress or waiting."""
+        return not self.cascading.locked() and (self.cascade_task is None or self.cascade_task.done())
+
+    async def run_cascades(self, pv) -> None:
+        """Stress cascades on the market snapshot `pv`, then the alerts that read them. A boundary waits for a
+        run in progress rather than being skipped: every boundary's alerts happen."""
+        async with self.cascading:
+            await self._run_cascades(pv)
+
+    async def _run_cascades(self, pv) -> None:
+        """A boundary's cascades are run again until every partition answered (a worker died: its partitions
+        move after the session timeout), so that its alerts are those of the boundary, not of a later book.
+        Given up after `cascade_retry_s`, said once."""
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    results, critical, exposure = await self.coordinator.run_all(pv)
+                    break
+                except CascadeAborted as e:
+                    if time.monotonic() - started > self.cascade_retry_s:
+                        raise
+                    if not self._aborted_logged:
+                        log.warning("%s: cascades at event time %d wait for the shards (%s); running them again",
+                                    self.worker_id, pv.t, e)
+                        self._aborted_logged = True
+                    await asyncio.sleep(1.0)
+            self._aborted_logged = False
+            events = self.alerts.cascades(results, critical, pv.t)
+            if exposure is not None:
+                events += self.alerts.accounts(exposure, pv.t)
+            await self.emit_alerts(events)
+            await self.sink.flush()
+        except CascadeAborted as e:
+            log.error("%s: cascades at event time %d given up after %.0f s: %s", self.worker_id, pv.t,
+                      time.monotonic() - started, e)
+            self.coordinator.provisional = True
+        except Exception:  # the market feed must go on; say loudly what broke
+            log.exception("stress cascades at event time %d failed", pv.t)
+            self.coordinator.provisional = True
