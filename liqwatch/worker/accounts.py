@@ -9,13 +9,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from liqwatch.core.monitor import Monitor
 from liqwatch.sinks.topics import TopicNames
 
 log = logging.getLogger(__name__)
+STALL_S = 15.0  # an owned partition with records to read and no progress this long, the market read, is stuck
 
 
 class AccountShard:
@@ -34,6 +35,8 @@ class AccountShard:
         # taken-over partition's accounts come from its changelog), and no cascade may read the book before
         self.in_book: set[int] = set()
         self._offsets_asked = 0.0
+        self._progress: dict[int, tuple[int, float]] = {}  # partition -> (next offset, wall time it was first seen)
+        self._ends: AIOKafkaConsumer | None = None
 
     def owned_partitions(self) -> list[int]:
         return [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names.ACCOUNTS]
@@ -90,3 +93,54 @@ class AccountShard:
         for tp, meta in committed.items():
             if meta is not None and meta.offset >= 0 and tp.partition not in mon.account_offsets:
                 mon.account_offsets[tp.partition] = meta.offset - 1
+
+    async def unstick(self) -> None:
+        """Faust's consumer can keep a partition through a rebalance and never fetch it again, when its records
+        arrived while the table was being recovered (seen when a second worker joins while data flows: the first
+        one's shard stayed empty). Once the market feed has read everything, a partition this worker owns, whose book
+        is complete, with records past what the shard consumed and no progress for STALL_S, is resumed and sought
+        to where the shard stopped; said once per occurrence. End offsets come from a consumer of our own, never through Faust's."""
+        owned = [p for p in self.owned_partitions() if p in self.in_book]
+        if not owned or not self.market_caught_up():
+            self._progress.clear()  # a broker away, a feed behind: every partition may pause, none is judged
+            return
+        tps = [TopicPartition(self.names.ACCOUNTS, p) for p in owned]
+        try:
+            if self._ends is None:
+                self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                              client_id=f"{self.worker_id}-account-ends")
+                await asyncio.wait_for(self._ends.start(), 5)
+            ends = await asyncio.wait_for(self._ends.end_offsets(tps), 5)
+        except Exception as e:  # noqa: BLE001 - asked again at the next tick
+            log.debug("account partitions' end offsets not read: %s", e)
+            if self._ends is not None:
+                with contextlib.suppress(Exception):
+                    await self._ends.stop()
+                self._ends = None
+            return
+        now = time.monotonic()
+        for tp in tps:
+            at = self.monitor.account_offsets.get(tp.partition, -1) + 1
+            if at >= ends.get(tp, 0):
+                self._progress.pop(tp.partition, None)
+                continue
+            seen = self._progress.get(tp.partition)
+            if seen is None or seen[0] != at:
+                self._progress[tp.partition] = (at, now)
+                continue
+            if now - seen[1] < STALL_S:
+                continue
+            log.warning("%s: accounts partition %d has not moved from offset %d for %.0f s with %d records to read: "
+                        "resuming it there", self.worker_id, tp.partition, at, now - seen[1], ends[tp] - at)
+            try:
+                self.app.consumer.resume_partitions({tp})
+                await asyncio.wait_for(self.app.consumer.seek(tp, at), 5)
+            except Exception as e:  # noqa: BLE001 - tried again after the next STALL_S
+                log.warning("%s: accounts partition %d not resumed: %s", self.worker_id, tp.partition, e)
+            self._progress[tp.partition] = (at, now)
+
+    async def stop(self) -> None:
+        if self._ends is not None:
+            with contextlib.suppress(Exception):
+                await self._ends.stop()
+            self._ends = None

@@ -39,6 +39,7 @@ from liqwatch.worker.evaluations import Evaluations
 from liqwatch.worker.feed import MarketFeed
 from liqwatch.worker.leader import Leadership
 from liqwatch.worker.supervise import Quieter, Supervisor
+from liqwatch.worker.warm import warm_kernels
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     async def idle_flush() -> None:
         await evaluations.idle()
 
+    @app.timer(interval=1.0)
+    async def watch_accounts() -> None:
+        await book.unstick()
+
     @app.page("/metrics")
     async def metrics_page(web, request):
         return web.bytes(metrics.exposition(), content_type=CONTENT_TYPE.split(";")[0] + "; version=0.0.4")
@@ -197,6 +202,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 log.warning("%s: %d webhook deliveries left to the next worker of the group (not committed)",
                             settings.worker_id, left)
         await services.stop()
+        await book.stop()
         await sink.stop()
         log.info("%s: stopped cleanly", settings.worker_id)
 
@@ -204,6 +210,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
 
 def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") -> None:
+    log.info("%s: kernels ready in %.1f s", settings.worker_id, warm_kernels(cfg))
     # our topics first, with our settings (Faust would declare the accounts topic with the broker's defaults)
     asyncio.run(create_topics(settings.bootstrap, settings.partitions, settings.topic_prefix))
     app, _ = build_app(cfg, settings)

@@ -58,6 +58,11 @@ class Evaluations:
     async def idle(self) -> None:
         """When input stops: exact health with severities, marks and cascades, so the last events are final."""
         mon, lead = self.monitor, self.leadership
+        if mon.t < 0:
+            # nothing has arrived: nothing to flush. (A leader's flush would otherwise repeat every tick before the
+            # first event, each with an admin client on the group: a worker doing that while the group rebalanced
+            # never rejoined, and its accounts were never consumed.)
+            return
         if time.monotonic() - mon.last_input_wall < self.idle_s or not self.market_caught_up():
             return
         self.accounts.retain()
@@ -75,10 +80,10 @@ class Evaluations:
             lead.keep_snapshot(mon.t)
             await lead.follow(mon.t)
             await lead.market_alerts(mon.t)
-            if lead.leading and mon.t >= 0:
+            if lead.leading:
                 self.leader_flushed = True
                 # beside the timer, after any boundary's run (the lock orders them): a boundary still waiting for
                 # its shards must not hold the idle evaluation of every worker's health
                 lead.start_cascades(mon.snapshot())
-        elif lead.coordinator.provisional and self.is_leader() and mon.t >= 0 and lead.idle():
+        elif lead.coordinator.provisional and self.is_leader() and lead.idle():
             lead.start_cascades(mon.snapshot())

@@ -119,3 +119,30 @@ def test_malformed_records_are_dead_lettered(stack, prefix, tmp_path):
     finally:
         for w in ws:
             w.kill()
+
+
+def test_a_worker_joining_while_the_first_recovers_loses_nothing(stack, prefix, tmp_path):
+    """Scale-out: one worker holds every partition, a second joins, and the records are produced as soon as both
+    have partitions (the first may still be recovering its table): both shards end complete."""
+    bootstrap = lwstack.bootstrap_servers(stack)
+    events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60))
+    health, cascades = batch_results(CONFIG, events)
+    first = Worker(CONFIG, bootstrap, prefix, "w1", PARTITIONS, tmp_path).start()
+    ws = [first]
+    try:
+        deadline = time.monotonic() + 90
+        while not ((s := first.status()) and len(s["partitions"]) == PARTITIONS):
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.2)
+        time.sleep(1.5)
+        ws.append(Worker(CONFIG, bootstrap, prefix, "w2", PARTITIONS, tmp_path).start())
+        while not all((s := w.status()) and s["partitions"] for w in ws) or sum(
+                len(w.status()["partitions"]) for w in ws) != PARTITIONS:
+            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+            time.sleep(0.2)
+        produce(events, bootstrap, prefix, PARTITIONS)
+        diff = wait_converged(bootstrap, prefix, health, cascades, ws)
+        assert diff == [], (diff[:10], [w.log_tail(20) for w in ws])
+    finally:
+        for w in ws:
+            w.kill()
