@@ -16,7 +16,7 @@ from liqwatch.core.monitor import Monitor
 from liqwatch.sinks.topics import TopicNames
 
 log = logging.getLogger(__name__)
-STALL_S = 15.0  # an owned partition with records to read and no progress this long, the market read, is stuck
+STALL_S = 10.0  # an owned partition with records to read and no progress this long is stuck
 
 
 class AccountShard:
@@ -97,12 +97,12 @@ class AccountShard:
     async def unstick(self) -> None:
         """Faust's consumer can keep a partition through a rebalance and never fetch it again, when its records
         arrived while the table was being recovered (seen when a second worker joins while data flows: the first
-        one's shard stayed empty). Once the market feed has read everything, a partition this worker owns, whose book
-        is complete, with records past what the shard consumed and no progress for STALL_S, is resumed and sought
+        one's shard stayed empty: the partition had left Faust's set of fetched partitions when its stream buffer
+        filled, and never came back). A partition this worker owns, whose book is complete, with records past
+        what the shard consumed and no progress for STALL_S, is put back among the fetched partitions and sought
         to where the shard stopped; said once per occurrence. End offsets come from a consumer of our own, never through Faust's."""
         owned = [p for p in self.owned_partitions() if p in self.in_book]
-        if not owned or not self.market_caught_up():
-            self._progress.clear()  # a broker away, a feed behind: every partition may pause, none is judged
+        if not owned:
             return
         tps = [TopicPartition(self.names.ACCOUNTS, p) for p in owned]
         try:
@@ -111,8 +111,9 @@ class AccountShard:
                                               client_id=f"{self.worker_id}-account-ends")
                 await asyncio.wait_for(self._ends.start(), 5)
             ends = await asyncio.wait_for(self._ends.end_offsets(tps), 5)
-        except Exception as e:  # noqa: BLE001 - asked again at the next tick
+        except Exception as e:  # noqa: BLE001 - a broker away: nothing is judged until it answers again
             log.debug("account partitions' end offsets not read: %s", e)
+            self._progress.clear()
             if self._ends is not None:
                 with contextlib.suppress(Exception):
                     await self._ends.stop()
