@@ -13,7 +13,8 @@ import pytest
 
 from liqwatch.tools import stack as lwstack
 from tests.conftest import DATA
-from tests.integration.pipeline import (Worker, batch_results, metric_sum, produce, read_topic, wait_converged)
+from tests.integration.pipeline import (Worker, batch_results, metric_sum, produce, read_topic, settle,
+                                        wait_converged)
 from tests.populations import population
 
 pytestmark = pytest.mark.integration
@@ -130,16 +131,10 @@ def test_a_worker_joining_while_the_first_recovers_loses_nothing(stack, prefix, 
     first = Worker(CONFIG, bootstrap, prefix, "w1", PARTITIONS, tmp_path).start()
     ws = [first]
     try:
-        deadline = time.monotonic() + 90
-        while not ((s := first.status()) and len(s["partitions"]) == PARTITIONS):
-            assert time.monotonic() < deadline, first.log_tail()
-            time.sleep(0.2)
+        settle(ws, PARTITIONS)  # the first one alone holds every partition
         time.sleep(1.5)
         ws.append(Worker(CONFIG, bootstrap, prefix, "w2", PARTITIONS, tmp_path).start())
-        while not all((s := w.status()) and s["partitions"] for w in ws) or sum(
-                len(w.status()["partitions"]) for w in ws) != PARTITIONS:
-            assert time.monotonic() < deadline, [w.log_tail() for w in ws]
-            time.sleep(0.2)
+        settle(ws, PARTITIONS)  # both have partitions: the first may still be recovering its table
         produce(events, bootstrap, prefix, PARTITIONS)
         diff = wait_converged(bootstrap, prefix, health, cascades, ws)
         assert diff == [], (diff[:10], [w.log_tail(20) for w in ws])
