@@ -241,7 +241,7 @@ class MarginClusterAlert(_Frozen):
 
 
 class CascadeRiskAlert(_Frozen):
-    """How close the book is to a self-feeding cascade. The critical severity of the primary stress scenario is
+    """How close the accounts are to a self-feeding cascade. The critical severity of the primary stress scenario is
     the smallest shock (scanned on `grid`, then bisected) whose cascade runs away, or amplifies past
     `amplification_limit` while liquidating at least `min_notional_usd`; the alert fires when it falls to
     `critical_severity.warning` / `.critical` (lower is worse)."""

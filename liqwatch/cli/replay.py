@@ -132,7 +132,7 @@ def replay_command(
     would have changed (liquidations avoided, alerts earlier, later or not at all).
 
     Kafka is read by time without a consumer group (live workers are not disturbed): ticks and references from
-    `--from` minus the warm-up to `--to`, account snapshots up to `--to` (the book at `--from` is each account's
+    `--from` minus the warm-up to `--to`, account snapshots up to `--to` (an account at `--from` is its
     latest snapshot before it). Nothing after `--to` is used. Replaying what the live workers processed gives
     the alerts they emitted (same ids and event times); the same window twice gives a byte-identical
     summary.json.
@@ -206,8 +206,8 @@ def replay_command(
                 run = asyncio.run(Replayer(cfg, name, window).replay(moved))
                 progress.update(task, completed=end - start)
                 runs.append(run)
-                fb = run.first_book
-                limits.append([] if fb is None else liquidity_limits(cfg, Layout(cfg), fb["pv"], fb["book"]))
+                fb = run.first_priced
+                limits.append([] if fb is None else liquidity_limits(cfg, Layout(cfg), fb["pv"], fb["accounts"]))
     except EmptyWindow as e:
         _fail(f"empty window: {e}; nothing to report", 1)
     summary = build_summary(window, runs, limits)

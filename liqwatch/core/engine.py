@@ -22,7 +22,7 @@ from liqwatch.config import Config
 from liqwatch.events import Account, BadEvent, Event, Reference, Tick, number
 from liqwatch.core.ingest import Gate
 from liqwatch.core.layout import Layout
-from liqwatch.core.state import AccountBook, MarketState, PriceView
+from liqwatch.core.state import Accounts, MarketState, PriceView
 
 SEVERITY_GRID = 64  # coarse scan points before bisection (liqwatch.kernels.stress)
 
@@ -45,7 +45,7 @@ class Engine:
         self.cfg = cfg
         self.layout = Layout(cfg)
         self.market = MarketState(self.layout)
-        self.accounts = AccountBook(self.layout)
+        self.accounts = Accounts(self.layout)
         self.gate = Gate(cfg)  # the door for raw records (decode + config checks)
         self.max_ts = -1
         self.applied = 0
@@ -122,11 +122,11 @@ class Engine:
     def health(self, at: int | None = None, with_severity: bool = True) -> Health:
         pv = self.prices(at)
         t, index, mark = pv.t, pv.index, pv.mark
-        book = self.accounts.view()
-        n = book.active.shape[0]
+        accounts = self.accounts.view()
+        n = accounts.active.shape[0]
         eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
         liq = np.empty(n, dtype=np.bool_)
-        margin_health(index, mark, book, self.layout.risk_rules, eq, mm, h, liq)
+        margin_health(index, mark, accounts, self.layout.risk_params, eq, mm, h, liq)
         sev = None
         if with_severity:
             sev = np.empty(n)
@@ -137,11 +137,11 @@ class Engine:
                 SEVERITY_GRID,
                 self.layout.scenario_direction(stress.primary_scenario),
                 pv.quotes,
-                self.layout.index_rules,
-                self.layout.mark_rules,
+                self.layout.index_params,
+                self.layout.mark_params,
                 index,
-                book,
-                self.layout.risk_rules,
+                accounts,
+                self.layout.risk_params,
                 sev,
             )
         return Health(t, eq, mm, h, liq, sev)
@@ -174,12 +174,12 @@ class Engine:
             float(severity),
             self.layout.scenario_direction(scenario),
             pv.quotes,
-            self.layout.index_rules,
-            self.layout.mark_rules,
+            self.layout.index_params,
+            self.layout.mark_params,
             pv.index,
             [self.accounts.view()],
-            self.layout.risk_rules,
-            self.layout.impact_rules,
+            self.layout.risk_params,
+            self.layout.impact_params,
             self.layout.venue_id[self.cfg.liquidation.venue],
             self.cfg.stress.max_rounds,
         )
@@ -201,7 +201,7 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
         "final_index": {
             lay.assets[a]: number(v)
             for a, v in enumerate(res.final_index)
-            if lay.assets[a] in engine.cfg.assets and not lay.index_rules.fixed_one[a]
+            if lay.assets[a] in engine.cfg.assets and not lay.index_params.fixed_one[a]
         },
         "final_prices": {
             f"{v}:{s}": float(res.final_mid[k]) for k, (v, s) in enumerate(books) if not np.isnan(res.final_mid[k])

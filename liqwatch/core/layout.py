@@ -1,9 +1,9 @@
 """Config → the numbers the kernels read: asset and instrument ids, index constituents, bracket tables.
 
     layout = Layout(cfg)
-    layout.asset_id["ETH"], layout.index_rules.cons_ptr, layout.scenario_direction("risk_off")
+    layout.asset_id["ETH"], layout.index_params.cons_ptr, layout.scenario_direction("risk_off")
 
-Asset ids follow the index evaluation order (quotes and redemption targets first), so `index_rules.order` is
+Asset ids follow the index evaluation order (quotes and redemption targets first), so `index_params.order` is
 simply 0..A-1. Venue books get "slots" (see `liqwatch.core.state.MarketState`); every book named by the config is
 registered here so its slot is fixed, and books first seen in the data are appended later.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from liqwatch.kernels.rules import (
+from liqwatch.kernels.arrays import (
     IMPACT_LINEAR,
     IMPACT_NONE,
     IMPACT_SQRT,
@@ -21,10 +21,10 @@ from liqwatch.kernels.rules import (
     METHOD_WEIGHTED_MEDIAN,
     SOURCE_BOOK,
     SOURCE_REDEMPTION,
-    ImpactRules,
-    IndexRules,
-    MarkRules,
-    RiskRules,
+    ImpactParams,
+    IndexParams,
+    MarkParams,
+    RiskParams,
     bracket_table,
 )
 from liqwatch.config import Config, LinearImpact, SqrtImpact
@@ -64,10 +64,10 @@ class Layout:
             spec = cfg.assets.get(a)
             for src in spec.books if spec is not None else ():
                 self._register_book(src)
-        self.index_rules = self._index_rules()
-        self.mark_rules = self._mark_rules()
-        self.risk_rules = self._risk_rules()
-        self.impact_rules = self._impact_rules()
+        self.index_params = self._index_params()
+        self.mark_params = self._mark_params()
+        self.risk_params = self._risk_params()
+        self.impact_params = self._impact_params()
         # (asset, source) per constituent, in cons order: names for `mark` events and reports
         self.constituents: list[tuple[str, str]] = [
             (a, c.source)
@@ -109,8 +109,8 @@ class Layout:
             d[self.asset_id[asset]] = move
         return d
 
-    # -- rules -----------------------------------------------------------------------------------------------
-    def _index_rules(self) -> IndexRules:
+    # -- params -----------------------------------------------------------------------------------------------
+    def _index_params(self) -> IndexParams:
         n = len(self.assets)
         fixed_one = np.zeros(n, dtype=np.bool_)
         method = np.zeros(n, dtype=np.int8)
@@ -143,7 +143,7 @@ class Layout:
                     quote.append(self.asset_id[c.quote])
                 weight.append(c.weight)
             ptr.append(len(kind))
-        return IndexRules(
+        return IndexParams(
             order=_i32(np.arange(n)),
             fixed_one=fixed_one,
             method=method,
@@ -158,9 +158,9 @@ class Layout:
             cons_weight=_f64(weight),
         )
 
-    def _mark_rules(self) -> MarkRules:
+    def _mark_params(self) -> MarkParams:
         ins = [self.cfg.instruments[n] for n in self.instruments]
-        return MarkRules(
+        return MarkParams(
             underlying=_i32([self.asset_id[i.underlying] for i in ins]),
             method=np.ascontiguousarray(
                 [MARK_INDEX if i.mark.method == "index" else MARK_MEDIAN3 for i in ins], dtype=np.int8
@@ -172,7 +172,7 @@ class Layout:
     def basis_window_ms(self, instrument: int) -> float:
         return self.cfg.instruments[self.instruments[instrument]].mark.basis_window_s * 1000.0
 
-    def _risk_rules(self) -> RiskRules:
+    def _risk_params(self) -> RiskParams:
         cfg = self.cfg
         haircuts = []
         for name in self.assets:
@@ -184,7 +184,7 @@ class Layout:
         borrow = np.zeros(len(self.assets))
         for name, spec in cfg.borrow.items():
             borrow[self.asset_id[name]] = spec.maintenance_rate
-        return RiskRules(
+        return RiskParams(
             haircut_upto=hu,
             haircut_rate=hr,
             haircut_cum=hc,
@@ -192,11 +192,11 @@ class Layout:
             maint_upto=mu,
             maint_rate=mr,
             maint_cum=mc,
-            underlying=self.mark_rules.underlying,
+            underlying=self.mark_params.underlying,
             settlement=self.settlement,
         )
 
-    def _impact_rules(self) -> ImpactRules:
+    def _impact_params(self) -> ImpactParams:
         n = len(self.assets)
         model = np.full(n, IMPACT_NONE, dtype=np.int8)
         depth = np.full(n, np.nan)
@@ -212,4 +212,4 @@ class Layout:
             elif isinstance(imp, SqrtImpact):
                 model[a] = IMPACT_SQRT
                 volume[a], vol[a], y[a] = imp.daily_volume_usd, imp.daily_vol, imp.y
-        return ImpactRules(model=model, depth_usd_per_pct=depth, daily_volume_usd=volume, daily_vol=vol, y=y)
+        return ImpactParams(model=model, depth_usd_per_pct=depth, daily_volume_usd=volume, daily_vol=vol, y=y)

@@ -24,8 +24,8 @@ import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 
 from liqwatch.kernels.health import margin_health
-from liqwatch.kernels.rules import Book
-from liqwatch.kernels.rules import STATUS_NAMES
+from liqwatch.kernels.arrays import AccountArrays
+from liqwatch.kernels.arrays import STATUS_NAMES
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
 from liqwatch.core.engine import SEVERITY_GRID, Engine
@@ -59,14 +59,14 @@ def band_counts(health: np.ndarray, liquidatable: np.ndarray, active: np.ndarray
     return out
 
 
-def book_notional(mask: np.ndarray, book, index: np.ndarray, mark: np.ndarray) -> float:
+def account_notional(mask: np.ndarray, accounts, index: np.ndarray, mark: np.ndarray) -> float:
     """Positions' |qty|·mark plus collateral value of the accounts in `mask`."""
-    own = book.pos_owner
+    own = accounts.pos_owner
     live = own >= 0
-    pos = np.abs(book.pos_qty[live]) * mark[book.pos_instr[live]]
-    cown = book.coll_owner
+    pos = np.abs(accounts.pos_qty[live]) * mark[accounts.pos_instr[live]]
+    cown = accounts.coll_owner
     clive = cown >= 0
-    coll = book.coll_qty[clive] * index[book.coll_asset[clive]]
+    coll = accounts.coll_qty[clive] * index[accounts.coll_asset[clive]]
     return float(np.nansum(pos[mask[own[live]]]) + np.nansum(coll[mask[cown[clive]]]))
 
 
@@ -178,7 +178,7 @@ class Monitor:
                 kind = "an ignored tick" if ev is None else f"type: '{type(ev).__name__.lower()}'"
                 raise BadEvent("unknown_type", f"{kind} on the {where.topic} topic")
             if ev.ts > self.market_t:
-                # by event time: an account snapshot joins the book once the market has reached its ts, so that
+                # by event time: an account snapshot joins the shard once the market has reached its ts, so that
                 # cascades and alerts at event time t see exactly the accounts of t, however fast each consumer ran
                 if not ev.closed:
                     self.engine.accounts.check(ev)  # reject now, while the original bytes are at hand
@@ -231,28 +231,28 @@ class Monitor:
     def retain_partitions(self, owned: set[int], partitions: int) -> int:
         """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
         An account's partition is the one Kafka's default partitioner gives its key."""
-        book = self.engine.accounts
-        if owned == self._retained_for and book.n == self._retained_rows:
+        accounts = self.engine.accounts
+        if owned == self._retained_for and accounts.n == self._retained_rows:
             return 0  # nothing moved since the last check
-        self._retained_for, self._retained_rows = set(owned), book.n
+        self._retained_for, self._retained_rows = set(owned), accounts.n
         known = self.row_partition.shape[0]
-        if known < book.n:  # rows are never reused, so each row's partition is computed once
-            fresh = np.array([partition_of(a, partitions) for a in book.ids[known: book.n]], dtype=np.int32)
+        if known < accounts.n:  # rows are never reused, so each row's partition is computed once
+            fresh = np.array([partition_of(a, partitions) for a in accounts.ids[known: accounts.n]], dtype=np.int32)
             self.row_partition = np.concatenate([self.row_partition, fresh])
-        foreign = book.active[: book.n] & ~np.isin(self.row_partition[: book.n], list(owned))
+        foreign = accounts.active[: accounts.n] & ~np.isin(self.row_partition[: accounts.n], list(owned))
         rows = np.flatnonzero(foreign)
         for r in rows:
-            book.drop(int(r))
+            accounts.drop(int(r))
         if rows.size:
             log.info("dropped %d accounts of partitions no longer owned (owned: %s)", rows.size, sorted(owned))
             self.dirty = True
         return int(rows.size)
 
     def reset_accounts(self, snapshots: list[bytes]) -> None:
-        """Rebuild this shard's book (after recovery or a rebalance) from the accounts table."""
-        from liqwatch.core.state import AccountBook
+        """Rebuild this shard's accounts (after recovery or a rebalance) from the accounts table."""
+        from liqwatch.core.state import Accounts
 
-        self.engine.accounts = AccountBook(self.engine.layout)
+        self.engine.accounts = Accounts(self.engine.layout)
         self.row_partition = np.zeros(0, dtype=np.int32)
         self.pending_accounts = []
         rejected: dict[str, int] = {}
@@ -295,11 +295,11 @@ class Monitor:
         eng.max_ts = self.t
         t0 = time.perf_counter()
         pv = eng.prices()
-        book = eng.accounts.view()
-        n = book.active.shape[0]
+        accounts = eng.accounts.view()
+        n = accounts.active.shape[0]
         eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
         liq = np.empty(n, dtype=np.bool_)
-        margin_health(pv.index, pv.mark, book, eng.layout.risk_rules, eq, mm, h, liq)
+        margin_health(pv.index, pv.mark, accounts, eng.layout.risk_params, eq, mm, h, liq)
         self.metrics.kernel_seconds.labels(kernel="margin_health").observe(time.perf_counter() - t0)
         self._grow(n)
         if with_severity:
@@ -308,19 +308,19 @@ class Monitor:
             t1 = time.perf_counter()
             stress = self.cfg.stress
             quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
-            frozen = Book(*(np.array(a) for a in book))
+            frozen = AccountArrays(*(np.array(a) for a in accounts))
             out = np.empty(n)
             await asyncio.to_thread(
                 liquidation_severity, float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
-                eng.layout.scenario_direction(stress.primary_scenario), quotes, eng.layout.index_rules,
-                eng.layout.mark_rules, pv.index, frozen, eng.layout.risk_rules, out)
+                eng.layout.scenario_direction(stress.primary_scenario), quotes, eng.layout.index_params,
+                eng.layout.mark_params, pv.index, frozen, eng.layout.risk_params, out)
             self.severity[:n] = out
             self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
         sev = self.severity[:n]
-        changed = self._changed(n, eq, mm, sev, liq, book.active, exact=full)
+        changed = self._changed(n, eq, mm, sev, liq, accounts.active, exact=full)
         ids = eng.accounts.ids
         for r in np.flatnonzero(changed):
-            if not book.active[r]:
+            if not accounts.active[r]:
                 continue
             await self.sink.emit(self.names.HEALTH, {
                 "type": "health", "account": ids[r], "ts": pv.t, "equity": number(eq[r]),
@@ -330,8 +330,8 @@ class Monitor:
         self.sent_maintenance[:n] = np.where(changed, mm, self.sent_maintenance[:n])
         self.sent_severity[:n] = np.where(changed, sev, self.sent_severity[:n])
         self.sent_liquidatable[:n] = np.where(changed, liq, self.sent_liquidatable[:n])
-        self.sent_active[:n] = np.where(changed, book.active, self.sent_active[:n])
-        self._account_metrics(eq, mm, h, liq, book)
+        self.sent_active[:n] = np.where(changed, accounts.active, self.sent_active[:n])
+        self._account_metrics(eq, mm, h, liq, accounts)
         return int(changed.sum())
 
     def _grow(self, n: int) -> None:
@@ -366,17 +366,17 @@ class Monitor:
             moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
         return flips | (active & moved)
 
-    def _account_metrics(self, eq, mm, h, liq, book) -> None:
-        active = book.active
+    def _account_metrics(self, eq, mm, h, liq, accounts) -> None:
+        active = accounts.active
         for band, count in band_counts(h, liq, active).items():
             self.metrics.accounts.labels(band=band).set(count)
         self.metrics.liquidatable_accounts.set(int((liq & active).sum()))
         self.metrics.equity_total.set(float(np.nansum(np.where(active, eq, 0.0))))
-        self.metrics.liquidatable_notional.set(float(self._notional(liq & active, book)))
+        self.metrics.liquidatable_notional.set(float(self._notional(liq & active, accounts)))
 
-    def _notional(self, mask: np.ndarray, book) -> float:
+    def _notional(self, mask: np.ndarray, accounts) -> float:
         pv = self.engine.prices()
-        return book_notional(mask, book, pv.index, pv.mark)
+        return account_notional(mask, accounts, pv.index, pv.mark)
 
     async def emit_marks(self, leader: bool) -> None:
         """Price metrics (every worker: each is scraped on its own) and, on the leader, index and mark events
@@ -394,9 +394,9 @@ class Monitor:
             if m.ref_in[a] >= 0 and not math.isnan(m.ref_rate[a]):
                 self.metrics.reference_value.labels(asset=name).set(m.redemption_value(a))
         for a, name in enumerate(lay.assets):
-            if name not in self.cfg.assets or lay.index_rules.fixed_one[a]:
+            if name not in self.cfg.assets or lay.index_params.fixed_one[a]:
                 continue
-            lo, hi = lay.index_rules.cons_ptr[a], lay.index_rules.cons_ptr[a + 1]
+            lo, hi = lay.index_params.cons_ptr[a], lay.index_params.cons_ptr[a + 1]
             for status, reason in STATUS_NAMES.items():
                 self.metrics.sources_dropped.labels(asset=name, reason=reason).set(
                     int((m.source_status[lo:hi] == status).sum()))
@@ -423,5 +423,5 @@ class Monitor:
                 continue
             self._last_marks[name] = value
             await self.sink.emit(self.names.MARKS, {"type": "mark", "instrument": name, "ts": t, "mark": value,
-                                                    "stale": bool(m.index_stale[lay.mark_rules.underlying[i]])})
+                                                    "stale": bool(m.index_stale[lay.mark_params.underlying[i]])})
         self.metrics.event_time.set(t / 1000.0)

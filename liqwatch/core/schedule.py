@@ -21,7 +21,7 @@ from liqwatch.config import ScheduleSpec
 class Boundary:
     t: int              # the event time the evaluation is at
     severity: bool      # liquidation severities are recomputed
-    cascade: bool       # stress cascades run (leader), shards keep their book as of t
+    cascade: bool       # stress cascades run (leader), shards keep their accounts as of t
 
 
 class Schedule:

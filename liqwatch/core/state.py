@@ -3,9 +3,9 @@
     market = MarketState(layout)
     market.apply_tick(tick)          # validates against the config, updates the book, re-evaluates prices
     market.index, market.mark        # after the last market event
-    book = AccountBook(layout)
-    book.apply(account_event)        # a snapshot replaces the previous one; closed=true removes it
-    book.view()                      # liqwatch.kernels.rules.Book over the live arrays
+    accounts = Accounts(layout)
+    accounts.apply(account_event)    # a snapshot replaces the previous one; closed=true removes it
+    accounts.view()                  # liqwatch.kernels.arrays.AccountArrays over the live arrays
 
 Prices are re-evaluated after every market event, in event order: "the index keeps its last value" when a source
 set goes stale and the perpetual's basis samples (mid − index at each of its ticks) are defined by that schedule,
@@ -23,7 +23,7 @@ import numpy as np
 
 from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, apply_market_run
 from liqwatch.kernels.prices import compute_index, compute_marks
-from liqwatch.kernels.rules import Book, Quotes
+from liqwatch.kernels.arrays import AccountArrays, Quotes
 from liqwatch.events import Account, BadEvent, Reference, Tick
 from liqwatch.core.ingest import EventClock
 from liqwatch.core.layout import Layout
@@ -85,7 +85,7 @@ class MarketState:
         self.ref_ts = np.full(n_assets, -np.inf)
         self.ref_in = np.full(n_assets, -1, dtype=np.int32)  # reference values also feed depeg alerts
         instrument_of_slot = np.full(n_books, -1, dtype=np.int32)
-        for i, s in enumerate(layout.mark_rules.slot):
+        for i, s in enumerate(layout.mark_params.slot):
             instrument_of_slot[s] = i
         cap = 256
         self.basis = BasisRings(ts=np.zeros((n_instr, cap)), value=np.zeros((n_instr, cap)),
@@ -103,7 +103,7 @@ class MarketState:
         self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
     def venue_price(self, k: int) -> float:
-        """Book k's mid in the settlement unit: quoted in another asset, times that asset's index (NaN without
+        """AccountArrays k's mid in the settlement unit: quoted in another asset, times that asset's index (NaN without
         a mid or without that index)."""
         q = self.quote[k]
         return self.mid[k] * (1.0 if q < 0 else self.index[q])
@@ -224,8 +224,8 @@ class MarketState:
                           ref_rate=self.ref_rate, ref_ts=self.ref_ts)
         start = 0
         while start < kind.shape[0]:
-            start = apply_market_run(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_rules,
-                                  self.layout.mark_rules, self.basis, self.index, self.index_stale,
+            start = apply_market_run(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_params,
+                                  self.layout.mark_params, self.basis, self.index, self.index_stale,
                                   self.source_price, self.source_status, self.mark, start)
             if start < kind.shape[0]:
                 self._grow_basis()
@@ -279,12 +279,12 @@ class MarketState:
         stale = np.empty_like(self.index_stale)
         sp = np.empty_like(self.source_price)
         ss = np.empty_like(self.source_status)
-        compute_index(float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_rules, self.index,
+        compute_index(float(t), q.mid, q.ts, q.ref_rate, q.ref_ts, self.layout.index_params, self.index,
                       index, stale, sp, ss)
         basis = self.basis_at(t)
         q = q._replace(basis_ma=basis)
         mark = np.empty_like(self.mark)
-        compute_marks(float(t), q.last, q.funding_rate, q.next_funding_ts, basis, index, self.layout.mark_rules, mark)
+        compute_marks(float(t), q.last, q.funding_rate, q.next_funding_ts, basis, index, self.layout.mark_params, mark)
         return PriceView(t, index, stale, mark, q)
 
 
@@ -297,8 +297,8 @@ class PriceView:
     quotes: Quotes
 
 
-class AccountBook:
-    """Accounts as struct-of-arrays with append-only entry pools (see liqwatch.kernels.rules.Book)."""
+class Accounts:
+    """Accounts as struct-of-arrays with append-only entry pools (see liqwatch.kernels.arrays.AccountArrays)."""
 
     def __init__(self, layout: Layout, capacity: int = 1024):
         self.layout = layout
@@ -370,12 +370,12 @@ class AccountBook:
                 pool.grow_rows(cap)
         return r
 
-    def view(self) -> Book:
+    def view(self) -> AccountArrays:
         n = self.n
         for pool in (self.coll, self.debt, self.pos):
             pool.compact_if_sparse(n)
         c, d, p = self.coll, self.debt, self.pos
-        return Book(
+        return AccountArrays(
             active=self.active[:n],
             coll_start=c.start[:n],
             coll_count=c.count[:n],

@@ -1,7 +1,7 @@
 """Liquidation cascade (SPEC §5): shock, then rounds of liquidation and market impact until nobody new falls.
 
-    result = run_cascade(t, s, direction, quotes, index_rules, mark_rules, base_index,
-                         [book], risk, impact, liquidation_venue, max_rounds)
+    result = run_cascade(t, s, direction, quotes, index_params, mark_params, base_index,
+                         [accounts], risk, impact, liquidation_venue, max_rounds)
 
 One round = recompute index and marks at the current books → every account newly liquidatable is closed at
 those prices (`liquidate_round`: longs sell |qty|·mark of the underlying, shorts buy it, every non-settlement
@@ -9,7 +9,7 @@ collateral asset is sold in full) → the round's net sells per asset move the l
 asset once (`impact_factors`, `apply_impact`). Accounts already liquidatable before the shock fall in round 1.
 
 Sharding: `run_cascade` takes a list of books. Each shard reports its round's liquidations and net flows; they
-are summed and impact is applied once, so any split of the accounts gives the single-book result (up to float
+are summed and impact is applied once, so any split of the accounts gives the single-process result (up to float
 summation order). The streaming coordinator does the same exchange over Kafka with `liquidate_round`.
 """
 
@@ -20,45 +20,45 @@ from numba import njit
 
 from liqwatch.kernels.health import margin_numbers
 from liqwatch.kernels.prices import compute_index, compute_marks
-from liqwatch.kernels.rules import IMPACT_LINEAR, IMPACT_SQRT, Book, RiskRules
+from liqwatch.kernels.arrays import IMPACT_LINEAR, IMPACT_SQRT, AccountArrays, RiskParams
 from liqwatch.kernels.stress import shock_books
 
 MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its price
 
 
 @njit(cache=True, error_model="numpy")
-def liquidate_round(index, mark, book, risk, liquidated, round_no, commit, out_net_sold, work_equity,
+def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, work_equity,
                     work_maintenance):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
     `out_net_sold` (USD per asset, + sold) and returns (accounts closed, notional closed). With commit=False
     nothing is marked (the runaway check after the last allowed round). `work_*` are scratch arrays of the
-    book's row count."""
-    margin_numbers(index, mark, book, risk, work_equity, work_maintenance)
+    row count of `accounts`."""
+    margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
     count = 0
-    for i in range(book.active.shape[0]):
-        if book.active[i] and liquidated[i] == 0 and work_equity[i] < work_maintenance[i]:
+    for i in range(accounts.active.shape[0]):
+        if accounts.active[i] and liquidated[i] == 0 and work_equity[i] < work_maintenance[i]:
             count += 1
             if commit:
                 liquidated[i] = round_no
     notional = 0.0
     if not commit or count == 0:
         return count, notional
-    for j in range(book.pos_owner.shape[0]):
-        o = book.pos_owner[j]
+    for j in range(accounts.pos_owner.shape[0]):
+        o = accounts.pos_owner[j]
         if o < 0 or liquidated[o] != round_no:
             continue
-        ins = book.pos_instr[j]
-        flow = book.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
+        ins = accounts.pos_instr[j]
+        flow = accounts.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
         out_net_sold[risk.underlying[ins]] += flow
         notional += abs(flow)
-    for j in range(book.coll_owner.shape[0]):
-        o = book.coll_owner[j]
+    for j in range(accounts.coll_owner.shape[0]):
+        o = accounts.coll_owner[j]
         if o < 0 or liquidated[o] != round_no:
             continue
-        a = book.coll_asset[j]
+        a = accounts.coll_asset[j]
         if a == risk.settlement:
             continue
-        v = book.coll_qty[j] * index[a]
+        v = accounts.coll_qty[j] * index[a]
         out_net_sold[a] += v
         notional += v
     return count, notional
@@ -119,13 +119,13 @@ class RoundResult:
     net_sold: np.ndarray
 
 
-def cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base_index, impact, liquidation_venue,
+def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact, liquidation_venue,
                    max_rounds):
     """The coordinator's side of §5 as a generator: yields a RoundRequest, receives the RoundResult summed over
     all shards, applies impact, and returns the CascadeResult. `run_cascade` drives it with local books; the
     streaming coordinator drives the same generator with shards answering over Kafka."""
     n_assets = base_index.shape[0]
-    n_cons = index_rules.cons_kind.shape[0]
+    n_cons = index_params.cons_kind.shape[0]
     mid = np.empty_like(quotes.mid)
     last = np.empty_like(quotes.last)
     shock_books(quotes.mid, quotes.last, quotes.base, direction, severity, mid, last)
@@ -134,13 +134,13 @@ def cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base
     stale = np.empty(n_assets, dtype=np.bool_)
     sprice = np.empty(n_cons)
     sstatus = np.empty(n_cons, dtype=np.int8)
-    mark = np.empty(mark_rules.underlying.shape[0])
+    mark = np.empty(mark_params.underlying.shape[0])
     factor = np.empty(n_assets)
     res = CascadeResult(net_sold=np.zeros(n_assets))
     for round_no in range(1, max_rounds + 2):
-        compute_index(t, mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_rules, prev,
+        compute_index(t, mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_params, prev,
                       index, stale, sprice, sstatus)
-        compute_marks(t, last, quotes.funding_rate, quotes.next_funding_ts, quotes.basis_ma, index, mark_rules, mark)
+        compute_marks(t, last, quotes.funding_rate, quotes.next_funding_ts, quotes.basis_ma, index, mark_params, mark)
         prev[:] = index
         commit = round_no <= max_rounds
         got: RoundResult = yield RoundRequest(round_no, commit, index.copy(), mark.copy())
@@ -167,26 +167,26 @@ def cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base
 class Shard:
     """One shard's side: a frozen copy of its accounts and the round each one fell in."""
 
-    def __init__(self, book: Book, risk: RiskRules):
-        self.book = book
+    def __init__(self, accounts: AccountArrays, risk: RiskParams):
+        self.accounts = accounts
         self.risk = risk
-        n = book.active.shape[0]
+        n = accounts.active.shape[0]
         self.fallen = np.zeros(n, dtype=np.int32)
         self.work_equity = np.empty(n)
         self.work_maintenance = np.empty(n)
 
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
-        c, n = liquidate_round(req.index, req.mark, self.book, self.risk, self.fallen, req.round_no, req.commit,
+        c, n = liquidate_round(req.index, req.mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit,
                                flows, self.work_equity, self.work_maintenance)
         return RoundResult(int(c), float(n), flows)
 
 
-def run_cascade(t, severity, direction, quotes, index_rules, mark_rules, base_index, books, risk, impact,
+def run_cascade(t, severity, direction, quotes, index_params, mark_params, base_index, books, risk, impact,
                 liquidation_venue, max_rounds) -> CascadeResult:
     shards = [Shard(b, risk) for b in books]
     n_assets = base_index.shape[0]
-    rounds = cascade_rounds(t, severity, direction, quotes, index_rules, mark_rules, base_index, impact,
+    rounds = cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact,
                             liquidation_venue, max_rounds)
     req = next(rounds)
     try:

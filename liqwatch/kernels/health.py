@@ -1,6 +1,6 @@
 """Margin health of every account in one pass (SPEC §4).
 
-    margin_health(index, mark, book, risk, out_equity, out_maintenance, out_health, out_liquidatable)
+    margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_health, out_liquidatable)
 
 Per account i:
     collateral value  = Σ q·index_a − haircut(q·index_a)          (haircut by incremental brackets of USD value)
@@ -28,70 +28,70 @@ def bracket_charge(amount, owner, upto, rate, cum):
 
 
 @njit(cache=True, inline="always")
-def account_numbers(i, index, mark, book, risk):
+def account_numbers(i, index, mark, accounts, risk):
     """(equity, maintenance) of account i at the given index and mark prices."""
     value = 0.0
-    for j in range(book.coll_start[i], book.coll_start[i] + book.coll_count[i]):
-        a = book.coll_asset[j]
-        v = book.coll_qty[j] * index[a]
+    for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
+        a = accounts.coll_asset[j]
+        v = accounts.coll_qty[j] * index[a]
         value += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
     maintenance = 0.0
-    for j in range(book.debt_start[i], book.debt_start[i] + book.debt_count[i]):
-        a = book.debt_asset[j]
-        v = book.debt_qty[j] * index[a]
+    for j in range(accounts.debt_start[i], accounts.debt_start[i] + accounts.debt_count[i]):
+        a = accounts.debt_asset[j]
+        v = accounts.debt_qty[j] * index[a]
         value -= v
         maintenance += v * risk.borrow_rate[a]
-    for j in range(book.pos_start[i], book.pos_start[i] + book.pos_count[i]):
-        ins = book.pos_instr[j]
+    for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        ins = accounts.pos_instr[j]
         m = mark[ins]
-        q = book.pos_qty[j]
-        value += q * (m - book.pos_entry[j])
+        q = accounts.pos_qty[j]
+        value += q * (m - accounts.pos_entry[j])
         maintenance += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
     return value, maintenance
 
 
 @njit(cache=True, error_model="numpy")
-def margin_numbers(index, mark, book, risk, out_equity, out_maintenance):
+def margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance):
     """Equity and maintenance of every account row (closed rows: 0, 0).
 
     Flat passes over the entry pools rather than a loop per account: per-account loops with 1–5 entries
     mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`)."""
-    for i in range(book.active.shape[0]):
+    for i in range(accounts.active.shape[0]):
         out_equity[i] = 0.0
         out_maintenance[i] = 0.0
-    for j in range(book.coll_owner.shape[0]):
-        o = book.coll_owner[j]
+    for j in range(accounts.coll_owner.shape[0]):
+        o = accounts.coll_owner[j]
         if o < 0:
             continue
-        a = book.coll_asset[j]
-        v = book.coll_qty[j] * index[a]
+        a = accounts.coll_asset[j]
+        v = accounts.coll_qty[j] * index[a]
         out_equity[o] += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
-    for j in range(book.debt_owner.shape[0]):
-        o = book.debt_owner[j]
+    for j in range(accounts.debt_owner.shape[0]):
+        o = accounts.debt_owner[j]
         if o < 0:
             continue
-        a = book.debt_asset[j]
-        v = book.debt_qty[j] * index[a]
+        a = accounts.debt_asset[j]
+        v = accounts.debt_qty[j] * index[a]
         out_equity[o] -= v
         out_maintenance[o] += v * risk.borrow_rate[a]
-    for j in range(book.pos_owner.shape[0]):
-        o = book.pos_owner[j]
+    for j in range(accounts.pos_owner.shape[0]):
+        o = accounts.pos_owner[j]
         if o < 0:
             continue
-        ins = book.pos_instr[j]
+        ins = accounts.pos_instr[j]
         m = mark[ins]
-        q = book.pos_qty[j]
-        out_equity[o] += q * (m - book.pos_entry[j])
+        q = accounts.pos_qty[j]
+        out_equity[o] += q * (m - accounts.pos_entry[j])
         out_maintenance[o] += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
 
 
 @njit(cache=True, error_model="numpy")
-def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_health, out_liquidatable):
-    margin_numbers(index, mark, book, risk, out_equity, out_maintenance)
-    for i in range(book.active.shape[0]):
+def margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_health, out_liquidatable):
+    margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance)
+    for i in range(accounts.active.shape[0]):
         e = out_equity[i]
         m = out_maintenance[i]
-        if not book.active[i]:
+        if not accounts.active[i]:
             out_equity[i] = np.nan
             out_maintenance[i] = np.nan
             out_health[i] = np.nan
@@ -102,16 +102,16 @@ def margin_health(index, mark, book, risk, out_equity, out_maintenance, out_heal
 
 
 @njit(cache=True, error_model="numpy")
-def exposure_summary(index, mark, book, risk, cluster_health, out_collateral_by_asset, work_equity,
+def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral_by_asset, work_equity,
                      work_maintenance):
-    """What alerts watch across a book: (liquidatable notional, notional of the margin cluster — accounts with
+    """What alerts watch across the accounts: (liquidatable notional, notional of the margin cluster — accounts with
     1 ≤ health < cluster_health), and the collateral value held per asset (added to `out_collateral_by_asset`).
     An account's notional is its positions' |qty|·mark plus its collateral value."""
-    margin_numbers(index, mark, book, risk, work_equity, work_maintenance)
-    n = book.active.shape[0]
+    margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
+    n = accounts.active.shape[0]
     state = np.zeros(n, dtype=np.int8)  # 1 liquidatable, 2 in the cluster
     for i in range(n):
-        if not book.active[i]:
+        if not accounts.active[i]:
             continue
         e = work_equity[i]
         m = work_maintenance[i]
@@ -121,21 +121,21 @@ def exposure_summary(index, mark, book, risk, cluster_health, out_collateral_by_
             state[i] = 2
     liquidatable = 0.0
     cluster = 0.0
-    for j in range(book.pos_owner.shape[0]):
-        o = book.pos_owner[j]
+    for j in range(accounts.pos_owner.shape[0]):
+        o = accounts.pos_owner[j]
         if o < 0 or state[o] == 0:
             continue
-        v = abs(book.pos_qty[j]) * mark[book.pos_instr[j]]
+        v = abs(accounts.pos_qty[j]) * mark[accounts.pos_instr[j]]
         if state[o] == 1:
             liquidatable += v
         else:
             cluster += v
-    for j in range(book.coll_owner.shape[0]):
-        o = book.coll_owner[j]
-        if o < 0 or not book.active[o]:
+    for j in range(accounts.coll_owner.shape[0]):
+        o = accounts.coll_owner[j]
+        if o < 0 or not accounts.active[o]:
             continue
-        a = book.coll_asset[j]
-        v = book.coll_qty[j] * index[a]
+        a = accounts.coll_asset[j]
+        v = accounts.coll_qty[j] * index[a]
         out_collateral_by_asset[a] += v
         if state[o] == 1:
             liquidatable += v

@@ -1,6 +1,6 @@
 """Apply a run of market events (ticks and references) in order, re-evaluating prices after each one.
 
-    done = apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, rules, basis,
+    done = apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, params, basis,
                          index, stale, source_price, source_status, mark)
 
 Per event, exactly what SPEC §3 and the per-event path define: update the book (or the reference rate),
@@ -48,7 +48,7 @@ class BasisRings(NamedTuple):
 
 
 @njit(cache=True)
-def apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, index_rules, mark_rules,
+def apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_ts, book, index_params, mark_params,
                   basis, index, stale, source_price, source_status, mark, start):
     cap = basis.ts.shape[1]
     n_instr = basis.head.shape[0]
@@ -73,10 +73,10 @@ def apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_t
         else:
             book.ref_rate[r] = bid[k]
             book.ref_ts[r] = t
-        compute_index(t, book.mid, book.ts, book.ref_rate, book.ref_ts, index_rules, index, index, stale,
+        compute_index(t, book.mid, book.ts, book.ref_rate, book.ref_ts, index_params, index, index, stale,
                       source_price, source_status)
         if instr >= 0:
-            idx = index[mark_rules.underlying[instr]]
+            idx = index[mark_params.underlying[instr]]
             if not np.isnan(idx):
                 pos = (basis.head[instr] + basis.count[instr]) % cap
                 sample = book.mid[r] - idx
@@ -95,5 +95,5 @@ def apply_market_run(kind, ref, ts, bid, ask, last, funding_rate, next_funding_t
                 basis.average[i] = np.nan
             else:
                 basis.average[i] = basis.total[i] / basis.count[i]
-        compute_marks(t, book.last, book.funding_rate, book.next_funding_ts, basis.average, index, mark_rules, mark)
+        compute_marks(t, book.last, book.funding_rate, book.next_funding_ts, basis.average, index, mark_params, mark)
     return kind.shape[0]

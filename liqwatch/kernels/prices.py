@@ -1,21 +1,21 @@
 """Index and mark prices (SPEC §3) for every asset and instrument in one call.
 
-    compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
+    compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
                   out_index, out_stale, out_source_price, out_source_status)
-    compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, mark_rules, out_mark)
+    compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, mark_params, out_mark)
 
 Example: BTC from three books, max_deviation 5%, weighted mean with weights .4/.3/.3 and mids
 100, 101, 130 (all fresh): the median of fresh prices is 101; 130 deviates by 28.7% and is dropped
 (status DROPPED_DEVIATION); the survivors' weights renormalise to .571/.429, index = 100.43.
 
-Assets are evaluated in `rules.order`, so a source quoted in ETH (WBETH/ETH) or redeeming into ETH reads
+Assets are evaluated in `params.order`, so a source quoted in ETH (WBETH/ETH) or redeeming into ETH reads
 ETH's index of this same evaluation. No survivor: the index keeps `prev_index` and is flagged stale.
 """
 
 import numpy as np
 from numba import njit
 
-from liqwatch.kernels.rules import (
+from liqwatch.kernels.arrays import (
     DROPPED_DEVIATION,
     DROPPED_STALE,
     MARK_INDEX,
@@ -23,8 +23,8 @@ from liqwatch.kernels.rules import (
     MISSING,
     SOURCE_BOOK,
     USED,
-    IndexRules,
-    MarkRules,
+    IndexParams,
+    MarkParams,
 )
 
 
@@ -44,27 +44,27 @@ def _sort_pairs(p, w, n):
 
 
 @njit(cache=True)
-def compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
+def compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
                   out_index, out_stale, out_source_price, out_source_status):
     n_max = 0
-    for a in range(rules.cons_ptr.shape[0] - 1):
-        n_max = max(n_max, rules.cons_ptr[a + 1] - rules.cons_ptr[a])
+    for a in range(params.cons_ptr.shape[0] - 1):
+        n_max = max(n_max, params.cons_ptr[a + 1] - params.cons_ptr[a])
     sp = np.empty(max(n_max, 1))
     sw = np.empty(max(n_max, 1))
-    for k in range(rules.order.shape[0]):
-        a = rules.order[k]
-        if rules.fixed_one[a]:
+    for k in range(params.order.shape[0]):
+        a = params.order[k]
+        if params.fixed_one[a]:
             out_index[a] = 1.0
             out_stale[a] = False
             continue
-        lo = rules.cons_ptr[a]
-        hi = rules.cons_ptr[a + 1]
+        lo = params.cons_ptr[a]
+        hi = params.cons_ptr[a + 1]
         n = 0
         for c in range(lo, hi):
-            ref = rules.cons_ref[c]
-            q = rules.cons_quote[c]
+            ref = params.cons_ref[c]
+            q = params.cons_quote[c]
             quote_price = 1.0 if q < 0 else out_index[q]
-            if rules.cons_kind[c] == SOURCE_BOOK:
+            if params.cons_kind[c] == SOURCE_BOOK:
                 raw = mid[ref]
                 seen = ts[ref]
             else:
@@ -74,12 +74,12 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
             out_source_price[c] = price
             if np.isnan(price):
                 out_source_status[c] = MISSING
-            elif t - seen > rules.max_age_ms[a]:
+            elif t - seen > params.max_age_ms[a]:
                 out_source_status[c] = DROPPED_STALE
             else:
                 out_source_status[c] = USED
                 sp[n] = price
-                sw[n] = rules.cons_weight[c]
+                sw[n] = params.cons_weight[c]
                 n += 1
         if n == 0:
             out_index[a] = prev_index[a]
@@ -96,11 +96,11 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
             if out_source_status[c] != USED:
                 continue
             price = out_source_price[c]
-            if abs(price - median) > rules.max_deviation[a] * median:
+            if abs(price - median) > params.max_deviation[a] * median:
                 out_source_status[c] = DROPPED_DEVIATION
             else:
                 sp[m] = price
-                sw[m] = rules.cons_weight[c]
+                sw[m] = params.cons_weight[c]
                 m += 1
         if m == 0:
             out_index[a] = prev_index[a]
@@ -109,7 +109,7 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
         total = 0.0
         for j in range(m):
             total += sw[j]
-        if rules.method[a] == METHOD_WEIGHTED_MEDIAN:
+        if params.method[a] == METHOD_WEIGHTED_MEDIAN:
             _sort_pairs(sp, sw, m)
             # smallest price whose cumulative weight reaches half; the tolerance makes an exact tie (.5) count
             half = 0.5 * total * (1.0 - 1e-12)
@@ -125,30 +125,30 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, rules, prev_index,
             for j in range(m):
                 acc += sw[j] * sp[j]
             value = acc / total
-        if not np.isnan(rules.floor[a]) and value < rules.floor[a]:
-            value = rules.floor[a]
-        if not np.isnan(rules.cap[a]) and value > rules.cap[a]:
-            value = rules.cap[a]
+        if not np.isnan(params.floor[a]) and value < params.floor[a]:
+            value = params.floor[a]
+        if not np.isnan(params.cap[a]) and value > params.cap[a]:
+            value = params.cap[a]
         out_index[a] = value
         out_stale[a] = False
 
 
 @njit(cache=True)
-def compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, rules, out_mark):
+def compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, params, out_mark):
     """median3: median of (a) index × (1 + funding × time-to-funding / interval) — or index without a funding
     rate —, (b) index + moving average of (mid − index), (c) last traded price; those present."""
     v = np.empty(3)
-    for i in range(rules.underlying.shape[0]):
-        idx = index[rules.underlying[i]]
-        if rules.method[i] == MARK_INDEX or np.isnan(idx):
+    for i in range(params.underlying.shape[0]):
+        idx = index[params.underlying[i]]
+        if params.method[i] == MARK_INDEX or np.isnan(idx):
             out_mark[i] = idx
             continue
-        slot = rules.slot[i]
+        slot = params.slot[i]
         n = 0
         fr = funding_rate[slot] if slot >= 0 else np.nan
         if not np.isnan(fr):
             to_funding = max(next_funding_ts[slot] - t, 0.0)
-            v[n] = idx * (1.0 + fr * to_funding / rules.funding_interval_ms[i])
+            v[n] = idx * (1.0 + fr * to_funding / params.funding_interval_ms[i])
         else:
             v[n] = idx
         n += 1
@@ -169,12 +169,12 @@ def compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, rules
             out_mark[i] = max(lo, min(hi, v[2]))
 
 
-def empty_outputs(rules: IndexRules, n_instruments: int):
+def empty_outputs(params: IndexParams, n_instruments: int):
     """Allocate the outputs of one index + mark evaluation."""
-    n_assets = rules.fixed_one.shape[0]
-    n_cons = rules.cons_kind.shape[0]
+    n_assets = params.fixed_one.shape[0]
+    n_cons = params.cons_kind.shape[0]
     return (np.full(n_assets, np.nan), np.zeros(n_assets, dtype=np.bool_),
             np.full(n_cons, np.nan), np.full(n_cons, MISSING, dtype=np.int8), np.full(n_instruments, np.nan))
 
 
-__all__ = ["compute_index", "compute_marks", "empty_outputs", "IndexRules", "MarkRules"]
+__all__ = ["compute_index", "compute_marks", "empty_outputs", "IndexParams", "MarkParams"]

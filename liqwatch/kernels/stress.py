@@ -1,7 +1,8 @@
 """Stress: shocked prices, and each account's liquidation severity (SPEC §4, §5 step 1).
 
-    stressed_prices(t, s, direction, quotes, index_rules, mark_rules, base_index, work...)
-    liquidation_severity(t, s_max, n_grid, direction, quotes, index_rules, mark_rules, base_index, book, risk, out)
+    stressed_prices(t, s, direction, quotes, index_params, mark_params, base_index, work...)
+    liquidation_severity(t, s_max, n_grid, direction, quotes, index_params, mark_params, base_index, accounts,
+                         risk, out)
 
 A shock of severity s moves every venue price of asset a by (1 + d_a·s) (d from the scenario); an instrument's
 own book moves with its underlying; reference rates stay. Indices and marks are then recomputed by the same
@@ -34,24 +35,24 @@ def shock_books(mid, last, base, direction, s, out_mid, out_last):
 
 
 @njit(cache=True)
-def stressed_prices(t, s, direction, quotes, index_rules, mark_rules, base_index,
+def stressed_prices(t, s, direction, quotes, index_params, mark_params, base_index,
                     work_mid, work_last, out_index, out_stale, out_source_price, out_source_status, out_mark):
     """Index and mark after a shock of severity s; `base_index` (the unshocked index) is the fallback of an
     index left without survivors."""
     shock_books(quotes.mid, quotes.last, quotes.base, direction, s, work_mid, work_last)
-    compute_index(t, work_mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_rules, base_index,
+    compute_index(t, work_mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_params, base_index,
                   out_index, out_stale, out_source_price, out_source_status)
     compute_marks(t, work_last, quotes.funding_rate, quotes.next_funding_ts, quotes.basis_ma, out_index,
-                  mark_rules, out_mark)
+                  mark_params, out_mark)
 
 
 @njit(cache=True, nogil=True)  # nogil: workers run it in a thread while the event loop keeps consuming
-def liquidation_severity(t, s_max, n_grid, direction, quotes, index_rules, mark_rules, base_index,
-                         book, risk, out_severity):
+def liquidation_severity(t, s_max, n_grid, direction, quotes, index_params, mark_params, base_index,
+                         accounts, risk, out_severity):
     n_assets = base_index.shape[0]
-    n_instr = mark_rules.underlying.shape[0]
+    n_instr = mark_params.underlying.shape[0]
     n_slots = quotes.mid.shape[0]
-    n_cons = index_rules.cons_kind.shape[0]
+    n_cons = index_params.cons_kind.shape[0]
     work_mid = np.empty(n_slots)
     work_last = np.empty(n_slots)
     stale = np.empty(n_assets, dtype=np.bool_)
@@ -61,17 +62,17 @@ def liquidation_severity(t, s_max, n_grid, direction, quotes, index_rules, mark_
     grid_mark = np.empty((n_grid, n_instr))
     step = s_max / (n_grid - 1)
     for g in range(n_grid):
-        stressed_prices(t, g * step, direction, quotes, index_rules, mark_rules, base_index,
+        stressed_prices(t, g * step, direction, quotes, index_params, mark_params, base_index,
                         work_mid, work_last, grid_index[g], stale, sprice, sstatus, grid_mark[g])
     index = np.empty(n_assets)
     mark = np.empty(n_instr)
-    for i in range(book.active.shape[0]):
+    for i in range(accounts.active.shape[0]):
         out_severity[i] = np.nan
-        if not book.active[i]:
+        if not accounts.active[i]:
             continue
         first = -1
         for g in range(n_grid):
-            e, m = account_numbers(i, grid_index[g], grid_mark[g], book, risk)
+            e, m = account_numbers(i, grid_index[g], grid_mark[g], accounts, risk)
             if e < m:
                 first = g
                 break
@@ -84,9 +85,9 @@ def liquidation_severity(t, s_max, n_grid, direction, quotes, index_rules, mark_
         hi = first * step
         while hi - lo > SEVERITY_TOLERANCE:
             s = 0.5 * (lo + hi)
-            stressed_prices(t, s, direction, quotes, index_rules, mark_rules, base_index,
+            stressed_prices(t, s, direction, quotes, index_params, mark_params, base_index,
                             work_mid, work_last, index, stale, sprice, sstatus, mark)
-            e, m = account_numbers(i, index, mark, book, risk)
+            e, m = account_numbers(i, index, mark, accounts, risk)
             if e < m:
                 hi = s
             else:

@@ -6,12 +6,12 @@
 
 What is read. Ticks and references with event time in [from − warm-up, to] (the warm-up rebuilds the prices and
 basis averages a live worker would have had at `from`; it is the config's longest look-back unless given), and
-every account snapshot up to `to` (the book at `from` is the latest snapshot of each account before it). Nothing
+every account snapshot up to `to` (an account at `from` is its latest snapshot of each account before it). Nothing
 after `to` is read. Kafka: offsets are found by time (Kafka timestamp = event time), every partition is read up
 to the first offset past the window with a consumer that has no group: the live workers' offsets are untouched.
 
 How it runs. The same Monitor, AlertEngine and stress runs the live leader uses, on the same boundaries: market
-events in (timestamp, references-before-ticks, offset) order; an account joins the book once the market reaches
+events in (timestamp, references-before-ticks, offset) order; an account joins the engine once the market reaches
 its event time; at every evaluation boundary of the config's schedule (liqwatch.core.schedule: 10 s of event time
 by default) the market alerts and a sample of prices and account health; at every cascade boundary (60 s) the
 stress cascades with the alerts that read them. When the window reaches the end of the recorded input, one
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from liqwatch.kernels.health import margin_health
-from liqwatch.kernels.rules import STATUS_NAMES, Book
+from liqwatch.kernels.arrays import STATUS_NAMES, AccountArrays
 from liqwatch.risk.alerts import AlertEngine
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.config import Config
@@ -40,7 +40,7 @@ from liqwatch.core.ingest import Gate, PartitionDoor
 from liqwatch.core.merge import Merge
 from liqwatch.core.schedule import Schedule
 from liqwatch.sinks.metrics import Metrics
-from liqwatch.core.monitor import Monitor, Where, band_counts, book_notional
+from liqwatch.core.monitor import Monitor, Where, band_counts, account_notional
 from liqwatch.sinks.topics import TopicNames
 
 REFERENCES, TICKS, ACCOUNTS = 0, 1, 2  # ties at one timestamp: references first, as the live market feed
@@ -325,7 +325,7 @@ class Run:
     dead_letters: list[dict] = field(default_factory=list)
     liquidated_usd: float = 0.0      # accounts that became liquidatable in the window, each once, at that time
     liquidated_accounts: int = 0
-    first_book: dict | None = None   # the market and book at the first boundary (for the liquidity limits)
+    first_priced: dict | None = None  # market and accounts at the first fully priced boundary (liquidity limits)
     last_t: int = -1
     every_ms: dict = field(default_factory=dict)   # evaluation and cascade intervals of event time
 
@@ -431,7 +431,7 @@ class Replayer:
         lay = eng.layout
         index = {}
         for a, name in enumerate(lay.assets):
-            if name in self.cfg.assets and not lay.index_rules.fixed_one[a]:
+            if name in self.cfg.assets and not lay.index_params.fixed_one[a]:
                 index[name] = number(m.index[a])
         reference = {}
         for a, name in enumerate(lay.assets):
@@ -448,39 +448,40 @@ class Replayer:
             if status in STATUS_NAMES:
                 dropped.setdefault(asset, {})[source] = STATUS_NAMES[status]
         self._track_dropped(t, dropped)
-        # health of every account in the book at t (the live shards' view, all shards together)
+        # health of every account at t (the live shards' view, all shards together)
         pv = eng.prices(t)
-        book = eng.accounts.view()
-        n = book.active.shape[0]
+        accounts = eng.accounts.view()
+        n = accounts.active.shape[0]
         eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
         liq = np.empty(n, dtype=np.bool_)
-        margin_health(pv.index, pv.mark, book, lay.risk_rules, eq, mm, h, liq)
-        active = book.active
+        margin_health(pv.index, pv.mark, accounts, lay.risk_params, eq, mm, h, liq)
+        active = accounts.active
         bands = band_counts(h, liq, active)
         liquidatable = liq & active
-        notional = self._notional(liquidatable, book, pv)
+        notional = self._notional(liquidatable, accounts, pv)
         # forced liquidations on the recorded prices: each account counted once, when it first falls
         if self.fallen.shape[0] < n:
             self.fallen = np.concatenate([self.fallen, np.zeros(n - self.fallen.shape[0], dtype=np.bool_)])
         new = liquidatable & ~self.fallen[:n]
         if new.any():
-            self.run.liquidated_usd += self._notional(new, book, pv)
+            self.run.liquidated_usd += self._notional(new, accounts, pv)
             self.run.liquidated_accounts += int(new.sum())
             self.fallen[:n] |= new
         sample = {"t": t, "index": index, "reference": reference, "venues": venues, "dropped": dropped,
                   "bands": bands, "accounts": int(active.sum()), "liquidatable_accounts": int(liquidatable.sum()),
                   "liquidatable_usd": notional, "liquidated_usd": self.run.liquidated_usd,
                   "liquidated_accounts": self.run.liquidated_accounts}
-        if self.run.first_book is None and active.any() and all(v is not None for v in index.values()):
-            # the state the liquidity limits are read at: the first with every index priced and a book
-            self.run.first_book = {"t": t, "pv": mon.snapshot(), "book": Book(*(np.array(x) for x in book))}
+        if self.run.first_priced is None and active.any() and all(v is not None for v in index.values()):
+            # the state the liquidity limits are read at: the first with every index priced and an active account
+            frozen = AccountArrays(*(np.array(x) for x in accounts))
+            self.run.first_priced = {"t": t, "pv": mon.snapshot(), "accounts": frozen}
         if final and self.run.samples and self.run.samples[-1]["t"] == t:
             self.run.samples[-1] = sample  # the idle evaluation at the last boundary's time: one point
         else:
             self.run.samples.append(sample)
 
-    def _notional(self, mask: np.ndarray, book, pv) -> float:
-        return book_notional(mask, book, pv.index, pv.mark)
+    def _notional(self, mask: np.ndarray, accounts, pv) -> float:
+        return account_notional(mask, accounts, pv.index, pv.mark)
 
     def _track_dropped(self, t: int, dropped: dict[str, dict[str, str]]) -> None:
         now = {(asset, source): reason for asset, d in dropped.items() for source, reason in d.items()}

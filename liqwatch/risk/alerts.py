@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liqwatch.kernels.rules import MISSING
+from liqwatch.kernels.arrays import MISSING
 from liqwatch.config import AlertsSpec, Levels
 from liqwatch.core.engine import Engine
 from liqwatch.risk.stress import Exposure
@@ -161,8 +161,8 @@ class AlertEngine:
                                     f"{name} at {price:.4g} is {_pct(gap)} off the other venues' median {med:.4g}")
         # stale sources: index constituents that quoted before but not lately
         for c, (asset, source) in enumerate(lay.constituents):
-            kind = lay.index_rules.cons_kind[c]
-            ref = lay.index_rules.cons_ref[c]
+            kind = lay.index_params.cons_kind[c]
+            ref = lay.index_params.cons_ref[c]
             seen = (m.ts[ref] if kind == 0 else m.ref_ts[ref])
             if not math.isfinite(seen) or m.source_status[c] == MISSING:
                 continue

@@ -10,9 +10,9 @@ haircut charged on it:
 
 The limit is the largest v that satisfies it (found by a log-spaced scan, then bisection), computed with the same
 index and impact kernels as the cascades — so a deviation check that drops the venue's book, or an index that
-reads redemption rates, shows up as a higher (or unbounded) limit. Holdings above it are reported from the book.
+reads redemption rates, shows up as a higher (or unbounded) limit. Holdings above it are reported per account.
 
-    limits = liquidity_limits(cfg, layout, pv, book)   # [{asset, limit_usd, limit_qty, largest_usd, ...}, ...]
+    limits = liquidity_limits(cfg, layout, pv, accounts)   # [{asset, limit_usd, limit_qty, largest_usd, ...}, ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from liqwatch.kernels.cascade import apply_impact, impact_factors
 from liqwatch.kernels.prices import compute_index
-from liqwatch.kernels.rules import IMPACT_NONE, Book
+from liqwatch.kernels.arrays import IMPACT_NONE, AccountArrays
 from liqwatch.config import Config
 from liqwatch.core.layout import Layout
 
@@ -52,13 +52,13 @@ def index_drop(layout: Layout, pv, asset: int, venue: int, sold_usd: float) -> f
     net = np.zeros(len(layout.assets))
     net[asset] = sold_usd
     factor = np.empty_like(net)
-    impact_factors(net, layout.impact_rules, factor)
+    impact_factors(net, layout.impact_params, factor)
     mid, last = q.mid.copy(), q.last.copy()
     apply_impact(factor, q.base, q.venue, venue, mid, last)
-    n_cons = layout.index_rules.cons_kind.shape[0]
+    n_cons = layout.index_params.cons_kind.shape[0]
     index = np.empty_like(pv.index)
     stale = np.empty(index.shape[0], dtype=np.bool_)
-    compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, layout.index_rules, pv.index, index, stale,
+    compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, layout.index_params, pv.index, index, stale,
                   np.empty(n_cons), np.empty(n_cons, dtype=np.int8))
     before = pv.index[asset]
     return 0.0 if not before > 0 else max(0.0, 1.0 - index[asset] / before)
@@ -95,25 +95,25 @@ def position_limit(cfg: Config, layout: Layout, pv, asset: int) -> tuple[float |
     return lo, sensitivity
 
 
-def liquidity_limits(cfg: Config, layout: Layout, pv, book: Book) -> list[dict]:
-    """For every collateral asset with an index and an impact model: the limit, and the book's holdings
+def liquidity_limits(cfg: Config, layout: Layout, pv, accounts: AccountArrays) -> list[dict]:
+    """For every collateral asset with an index and an impact model: the limit, and the accounts' holdings
     against it (largest single holding, how many accounts hold more, the total held)."""
     out = []
-    cown = book.coll_owner
+    cown = accounts.coll_owner
     live = cown >= 0
-    live &= book.active[np.where(live, cown, 0)]
+    live &= accounts.active[np.where(live, cown, 0)]
     for a, name in enumerate(layout.assets):
         spec = cfg.assets.get(name)
-        if spec is None or spec.index is None or layout.index_rules.fixed_one[a] or \
-                layout.impact_rules.model[a] == IMPACT_NONE or a == layout.settlement:
+        if spec is None or spec.index is None or layout.index_params.fixed_one[a] or \
+                layout.impact_params.model[a] == IMPACT_NONE or a == layout.settlement:
             continue
         price = float(pv.index[a])
         if not price > 0:
             continue
         limit, sensitivity = position_limit(cfg, layout, pv, a)
-        held = live & (book.coll_asset == a)
-        per_account = np.zeros(book.active.shape[0])
-        np.add.at(per_account, cown[held], book.coll_qty[held] * price)
+        held = live & (accounts.coll_asset == a)
+        per_account = np.zeros(accounts.active.shape[0])
+        np.add.at(per_account, cown[held], accounts.coll_qty[held] * price)
         largest = float(per_account.max()) if per_account.size else 0.0
         over = int((per_account > limit).sum()) if limit is not None else 0
         sources = [s for (asset, s) in layout.constituents if asset == name]

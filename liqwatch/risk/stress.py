@@ -1,6 +1,6 @@
 """Stress cascades on one market snapshot, the way the alerts read them: every configured scenario × severity,
 the critical severity of the primary scenario (bisected), and the account-level exposure. `StressRuns` holds
-that logic once; how a single cascade runs is the subclass's: `LocalStressRuns` on the engine's own book (replay,
+that logic once; how a single cascade runs is the subclass's: `LocalStressRuns` on the engine's own accounts (replay,
 tests), `liqwatch.worker.cascades.Coordinator` over Kafka shards (the live leader). A replay therefore computes
 its cascade alerts with the very code the live leader uses."""
 
@@ -43,7 +43,7 @@ async def _together(coros: list) -> list:
 class StressRuns(ABC):
     """Every configured scenario × severity on one market snapshot, the critical severity of the primary scenario
     and the account-level exposure, the way the alerts read them. Subclasses say how one cascade runs: over
-    Kafka shards (Coordinator, live) or on a local book (LocalStressRuns, replay) — so a replay computes its
+    Kafka shards (Coordinator, live) or on local accounts (LocalStressRuns, replay) — so a replay computes its
     alerts with the very code the live leader uses."""
 
     def __init__(self, engine, cfg, metrics, config_id: str, emit=None):
@@ -125,20 +125,20 @@ class StressRuns(ABC):
 
 
 class LocalStressRuns(StressRuns):
-    """Cascades on the engine's own book (one process: replay, tests): `run_cascade` with one shard."""
+    """Cascades on the engine's own accounts (one process: replay, tests): `run_cascade` with one shard."""
 
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
         eng = self.engine
         lay = eng.layout
-        book = eng.accounts.view()
+        accounts = eng.accounts.view()
         if with_exposure:
             by_asset = np.zeros(len(lay.assets))
-            n = book.active.shape[0]
-            liq, cluster = exposure_summary(pv.index, pv.mark, book, lay.risk_rules,
+            n = accounts.active.shape[0]
+            liq, cluster = exposure_summary(pv.index, pv.mark, accounts, lay.risk_params,
                                             float(self.cfg.alerts.margin_cluster.health_below), by_asset,
                                             np.empty(n), np.empty(n))
             self.exposures = [{"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}]
-        res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_rules,
-                          lay.mark_rules, pv.index, [book], lay.risk_rules, lay.impact_rules,
+        res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_params,
+                          lay.mark_params, pv.index, [accounts], lay.risk_params, lay.impact_params,
                           lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds)
         return cascade_dict(eng, pv.t, scenario, severity, res)

@@ -1,13 +1,13 @@
 """`liqwatch bench kernels`: how fast and how small the margin kernels are, all measured in one run.
 
-Figures, side by side on the same synthetic book (≈3 positions and ≈2 collateral assets per account, a third of
+Figures, side by side on the same synthetic accounts (≈3 positions and ≈2 collateral assets per account, a third of
 accounts borrowing), priced with the oct-2025 config at 20:00:
 - health_ms: one full `margin_health` recompute (numba, one thread, best of `repeat`, after warm-up);
 - stream_ms: one plain summing pass over the same input arrays — the memory-bandwidth floor;
 - health_numpy_ms: the same formulas vectorised with NumPy (gathers + bincount);
 - health_reference_ms: a plain-Python loop over the same data, timed on a sample and scaled;
 - cascade_ms: 50 full cascade rounds (every account re-evaluated each round, as in a runaway);
-- bytes_per_account: the book's arrays plus the health outputs.
+- bytes_per_account: the account arrays plus the health outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from numba import njit
 from liqwatch.kernels.cascade import apply_impact, impact_factors, liquidate_round
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.prices import compute_index, compute_marks
-from liqwatch.kernels.rules import Book
+from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.config import load_config
 from liqwatch.core.engine import Engine
 from liqwatch.events import decode
@@ -38,7 +38,7 @@ def _market_engine() -> Engine:
     return engine
 
 
-def synthetic_book(engine: Engine, n: int, seed: int = 1) -> Book:
+def synthetic_accounts(engine: Engine, n: int, seed: int = 1) -> AccountArrays:
     rng = np.random.default_rng(seed)
     lay = engine.layout
     price = engine.prices()
@@ -64,7 +64,7 @@ def synthetic_book(engine: Engine, n: int, seed: int = 1) -> Book:
     debt_qty = np.exp(rng.normal(np.log(10_000), 1.0, kd))
     def owner(c):
         return np.repeat(np.arange(n, dtype=np.int32), c)
-    return Book(active=np.ones(n, dtype=np.bool_), coll_start=starts(coll_count), coll_count=coll_count,
+    return AccountArrays(active=np.ones(n, dtype=np.bool_), coll_start=starts(coll_count), coll_count=coll_count,
                 coll_asset=coll_asset, coll_qty=coll_qty, coll_owner=owner(coll_count),
                 debt_start=starts(debt_count), debt_count=debt_count, debt_asset=debt_asset, debt_qty=debt_qty,
                 debt_owner=owner(debt_count), pos_start=starts(pos_count), pos_count=pos_count,
@@ -72,17 +72,17 @@ def synthetic_book(engine: Engine, n: int, seed: int = 1) -> Book:
 
 
 @njit(cache=True)
-def _stream_pass(book):
+def _stream_pass(accounts):
     # touch every input byte the health kernel reads, once, in order: the bandwidth floor
     acc = 0.0
-    for i in range(book.active.shape[0]):
-        acc += book.active[i]
-    for j in range(book.coll_asset.shape[0]):
-        acc += book.coll_owner[j] + book.coll_asset[j] + book.coll_qty[j]
-    for j in range(book.debt_asset.shape[0]):
-        acc += book.debt_owner[j] + book.debt_asset[j] + book.debt_qty[j]
-    for j in range(book.pos_instr.shape[0]):
-        acc += book.pos_owner[j] + book.pos_instr[j] + book.pos_qty[j] + book.pos_entry[j]
+    for i in range(accounts.active.shape[0]):
+        acc += accounts.active[i]
+    for j in range(accounts.coll_asset.shape[0]):
+        acc += accounts.coll_owner[j] + accounts.coll_asset[j] + accounts.coll_qty[j]
+    for j in range(accounts.debt_asset.shape[0]):
+        acc += accounts.debt_owner[j] + accounts.debt_asset[j] + accounts.debt_qty[j]
+    for j in range(accounts.pos_instr.shape[0]):
+        acc += accounts.pos_owner[j] + accounts.pos_instr[j] + accounts.pos_qty[j] + accounts.pos_entry[j]
     return acc
 
 
@@ -91,31 +91,33 @@ def _bracket_numpy(amount, owner, upto, rate, cum):
     return amount * rate[owner, k] - cum[owner, k]
 
 
-def health_numpy(index, mark, book, risk):
-    n = book.active.shape[0]
-    v = book.coll_qty * index[book.coll_asset]
-    value = np.bincount(book.coll_owner, v - _bracket_numpy(v, book.coll_asset, risk.haircut_upto, risk.haircut_rate,
-                                                           risk.haircut_cum), minlength=n)
-    dv = book.debt_qty * index[book.debt_asset]
-    value -= np.bincount(book.debt_owner, dv, minlength=n)
-    maintenance = np.bincount(book.debt_owner, dv * risk.borrow_rate[book.debt_asset], minlength=n)
-    m = mark[book.pos_instr]
-    value += np.bincount(book.pos_owner, book.pos_qty * (m - book.pos_entry), minlength=n)
-    maintenance += np.bincount(book.pos_owner, _bracket_numpy(np.abs(book.pos_qty) * m, book.pos_instr,
-                                                              risk.maint_upto, risk.maint_rate, risk.maint_cum),
-                               minlength=n)
+def health_numpy(index, mark, accounts, risk):
+    n = accounts.active.shape[0]
+    v = accounts.coll_qty * index[accounts.coll_asset]
+    haircut = _bracket_numpy(v, accounts.coll_asset, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
+    value = np.bincount(accounts.coll_owner, v - haircut, minlength=n)
+    dv = accounts.debt_qty * index[accounts.debt_asset]
+    value -= np.bincount(accounts.debt_owner, dv, minlength=n)
+    maintenance = np.bincount(accounts.debt_owner, dv * risk.borrow_rate[accounts.debt_asset], minlength=n)
+    m = mark[accounts.pos_instr]
+    value += np.bincount(accounts.pos_owner, accounts.pos_qty * (m - accounts.pos_entry), minlength=n)
+    charge = _bracket_numpy(np.abs(accounts.pos_qty) * m, accounts.pos_instr, risk.maint_upto, risk.maint_rate,
+                            risk.maint_cum)
+    maintenance += np.bincount(accounts.pos_owner, charge, minlength=n)
     with np.errstate(divide="ignore", invalid="ignore"):
         health = np.where(maintenance > 0, value / maintenance, np.nan)
     return value, maintenance, health, value < maintenance
 
 
-def health_python(index, mark, book, risk, rows):
+def health_python(index, mark, accounts, risk, rows):
     """Plain Python over lists: one account at a time, brackets walked slice by slice."""
     idx, mk = index.tolist(), mark.tolist()
-    cs, cc, ca, cq = book.coll_start.tolist(), book.coll_count.tolist(), book.coll_asset.tolist(), book.coll_qty.tolist()
-    ds, dc, da, dq = book.debt_start.tolist(), book.debt_count.tolist(), book.debt_asset.tolist(), book.debt_qty.tolist()
-    ps, pc, pi, pq, pe = (book.pos_start.tolist(), book.pos_count.tolist(), book.pos_instr.tolist(),
-                          book.pos_qty.tolist(), book.pos_entry.tolist())
+    cs, cc, ca, cq = (a.tolist() for a in (accounts.coll_start, accounts.coll_count, accounts.coll_asset,
+                                           accounts.coll_qty))
+    ds, dc, da, dq = (a.tolist() for a in (accounts.debt_start, accounts.debt_count, accounts.debt_asset,
+                                           accounts.debt_qty))
+    ps, pc, pi, pq, pe = (a.tolist() for a in (accounts.pos_start, accounts.pos_count, accounts.pos_instr,
+                                               accounts.pos_qty, accounts.pos_entry))
     hu, hr = risk.haircut_upto.tolist(), risk.haircut_rate.tolist()
     mu, mr = risk.maint_upto.tolist(), risk.maint_rate.tolist()
     br = risk.borrow_rate.tolist()
@@ -162,23 +164,23 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     engine = _market_engine()
     lay = engine.layout
     pv = engine.prices()
-    book = synthetic_book(engine, accounts)
-    risk = lay.risk_rules
+    accounts = synthetic_accounts(engine, accounts)
+    risk = lay.risk_params
     n = accounts
     eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
     liq = np.empty(n, dtype=np.bool_)
-    margin_health(pv.index, pv.mark, book, risk, eq, mm, h, liq)  # warm-up (and compile, if not cached)
-    _stream_pass(book)
-    health_ms = _best(lambda: margin_health(pv.index, pv.mark, book, risk, eq, mm, h, liq), repeat)
-    stream_ms = _best(lambda: _stream_pass(book), repeat)
+    margin_health(pv.index, pv.mark, accounts, risk, eq, mm, h, liq)  # warm-up (and compile, if not cached)
+    _stream_pass(accounts)
+    health_ms = _best(lambda: margin_health(pv.index, pv.mark, accounts, risk, eq, mm, h, liq), repeat)
+    stream_ms = _best(lambda: _stream_pass(accounts), repeat)
 
-    np_out = health_numpy(pv.index, pv.mark, book, risk)
+    np_out = health_numpy(pv.index, pv.mark, accounts, risk)
     assert np.allclose(np_out[0], eq, rtol=1e-9) and np.allclose(np_out[1], mm, rtol=1e-9)
-    numpy_ms = _best(lambda: health_numpy(pv.index, pv.mark, book, risk), max(1, repeat // 2))
+    numpy_ms = _best(lambda: health_numpy(pv.index, pv.mark, accounts, risk), max(1, repeat // 2))
 
     sample = min(reference_sample, n)
     t0 = time.perf_counter()
-    py = health_python(pv.index, pv.mark, book, risk, sample)
+    py = health_python(pv.index, pv.mark, accounts, risk, sample)
     ref_ms = (time.perf_counter() - t0) * 1000.0 * n / sample
     assert np.allclose([v for v, _ in py], eq[:sample], rtol=1e-9)
 
@@ -187,7 +189,7 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     index = pv.index.copy()
     mark = pv.mark.copy()
     stale = np.empty(index.shape[0], dtype=np.bool_)
-    sp = np.empty(lay.index_rules.cons_kind.shape[0])
+    sp = np.empty(lay.index_params.cons_kind.shape[0])
     ss = np.empty(sp.shape[0], dtype=np.int8)
     fallen = np.zeros(n, dtype=np.int32)
     factor = np.empty(index.shape[0])
@@ -196,22 +198,22 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
 
     def rounds():
         for r in range(50):
-            compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, lay.index_rules, index, index, stale, sp, ss)
-            compute_marks(float(pv.t), last, q.funding_rate, q.next_funding_ts, q.basis_ma, index, lay.mark_rules,
+            compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, lay.index_params, index, index, stale, sp, ss)
+            compute_marks(float(pv.t), last, q.funding_rate, q.next_funding_ts, q.basis_ma, index, lay.mark_params,
                           mark)
             flows = np.zeros(index.shape[0])
-            liquidate_round(index, mark, book, risk, fallen, r + 1, False, flows, eq, mm)
-            impact_factors(flows, lay.impact_rules, factor)
+            liquidate_round(index, mark, accounts, risk, fallen, r + 1, False, flows, eq, mm)
+            impact_factors(flows, lay.impact_params, factor)
             apply_impact(factor, q.base, q.venue, venue, mid, last)
 
     rounds()
     cascade_ms = _best(rounds, max(1, repeat // 2))
-    book_bytes = sum(a.nbytes for a in book)
+    account_bytes = sum(a.nbytes for a in accounts)
     out_bytes = eq.nbytes + mm.nbytes + h.nbytes + liq.nbytes
     return {
         "accounts": n,
-        "positions_per_account": round(book.pos_instr.shape[0] / n, 3),
-        "collateral_per_account": round(book.coll_asset.shape[0] / n, 3),
+        "positions_per_account": round(accounts.pos_instr.shape[0] / n, 3),
+        "collateral_per_account": round(accounts.coll_asset.shape[0] / n, 3),
         "health_ms": round(health_ms, 3),
         "stream_ms": round(stream_ms, 3),
         "health_vs_stream": round(health_ms / stream_ms, 2),
@@ -222,6 +224,6 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
         "speedup_vs_numpy": round(numpy_ms / health_ms, 1),
         "cascade_ms": round(cascade_ms, 3),
         "cascade_rounds": 50,
-        "bytes_per_account": round((book_bytes + out_bytes) / n, 1),
+        "bytes_per_account": round((account_bytes + out_bytes) / n, 1),
         "threads": 1,
     }

@@ -132,7 +132,7 @@ def overview() -> dict:
                      target(f"max by (scenario, severity) (liqwatch_cascade_runaway{s})",
                             "{{scenario}} @ {{severity}}"), mappings=FIRING),
             series("Critical severity", "Smallest shock at which the scenario's cascade runs away or amplifies past "
-                   "its limit (1 = none up to the largest shock tested). Falling means the book is getting fragile.",
+                   "its limit (1 = none up to the largest shock tested). Falling means the market is getting fragile.",
                    target(f"min by (scenario) (liqwatch_critical_severity_ratio{s})", "{{scenario}}"),
                    unit="percentunit"),
         ]),

@@ -323,8 +323,8 @@ def write_post_mortem(events: Path, config: Path, scenario: str, out: Path) -> P
     for name, cfg in cfgs:
         run = replay(cfg, window, name)
         runs.append(run)
-        fb = run.first_book
-        limits.append([] if fb is None else liquidity_limits(cfg, Layout(cfg), fb["pv"], fb["book"]))
+        fb = run.first_priced
+        limits.append([] if fb is None else liquidity_limits(cfg, Layout(cfg), fb["pv"], fb["accounts"]))
     write_report(out, build_summary(window, runs, limits), f"liqwatch demo --report {out}")
     return out / "index.html"
 

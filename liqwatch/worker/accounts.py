@@ -1,5 +1,5 @@
-"""This worker's shard of the accounts: which partitions it owns, whether its book holds them, and whether it has
-applied every account event up to an event time (a cascade or a frozen book may read it only then)."""
+"""This worker's shard of the accounts: which partitions it owns, whether its engine holds them, and whether it has
+applied every account event up to an event time (a cascade or a frozen copy may read it only then)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ class AccountShard:
         self.worker_id = worker_id
         self.partitions = partitions
         self.market_caught_up = market_caught_up
-        # partitions whose accounts are in the book: one just assigned is not until the table's recovery ends (a
-        # taken-over partition's accounts come from its changelog), and no cascade may read the book before
-        self.in_book: set[int] = set()
+        # partitions whose accounts are loaded: one just assigned is not until the table's recovery ends (a
+        # taken-over partition's accounts come from its changelog), and no cascade may read them before
+        self.loaded: set[int] = set()
         self._offsets_asked = 0.0
         self._progress: dict[int, tuple[int, float]] = {}  # partition -> (next offset, wall time it was first seen)
         self._ends: AIOKafkaConsumer | None = None
@@ -41,11 +41,11 @@ class AccountShard:
     def owned_partitions(self) -> list[int]:
         return [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names.ACCOUNTS]
 
-    async def rebuild_book(self) -> None:
-        """The table's recovery ended (`Table.on_recover`): the book is the table's snapshots."""
+    async def reload(self) -> None:
+        """The table's recovery ended (`Table.on_recover`): the shard's accounts are the table's snapshots."""
         snapshots = [v for _, v in self.table.items()]
         self.monitor.reset_accounts(snapshots)
-        self.in_book = set(self.owned_partitions())
+        self.loaded = set(self.owned_partitions())
         log.info("%s: shard rebuilt from the accounts table: %d accounts", self.worker_id, len(snapshots))
 
     def caught_up(self, t: int) -> bool:
@@ -53,9 +53,9 @@ class AccountShard:
         later event, or its consumer reached the end of it."""
         mon = self.monitor
         if mon.market_t < t and not self.market_caught_up():
-            return False  # accounts join the book by market event time: this shard's market must reach t first
+            return False  # accounts join the engine by market event time: this shard's market must reach t first
         for p in self.owned_partitions():
-            if p not in self.in_book:
+            if p not in self.loaded:
                 return False  # assigned, its table not recovered yet
             if mon.account_ts.get(p, -1) >= t:
                 continue
@@ -98,10 +98,10 @@ class AccountShard:
         """Faust's consumer can keep a partition through a rebalance and never fetch it again, when its records
         arrived while the table was being recovered (seen when a second worker joins while data flows: the first
         one's shard stayed empty: the partition had left Faust's set of fetched partitions when its stream buffer
-        filled, and never came back). A partition this worker owns, whose book is complete, with records past
+        filled, and never came back). A partition this worker owns, whose accounts are loaded, with records past
         what the shard consumed and no progress for STALL_S, is put back among the fetched partitions and sought
         to where the shard stopped; said once per occurrence. End offsets come from a consumer of our own, never through Faust's."""
-        owned = [p for p in self.owned_partitions() if p in self.in_book]
+        owned = [p for p in self.owned_partitions() if p in self.loaded]
         if not owned:
             return
         tps = [TopicPartition(self.names.ACCOUNTS, p) for p in owned]

@@ -1,5 +1,5 @@
 """The Faust worker of liqwatch, wiring only: the app, the accounts topic and table (`on_recover` rebuilds the
-shard's book), the accounts agent, the idle timer and the web pages; the feed (worker/feed.py), the shard's
+shard's accounts), the accounts agent, the idle timer and the web pages; the feed (worker/feed.py), the shard's
 accounts (worker/accounts.py), the evaluations (worker/evaluations.py), the leader's duties (worker/leader.py) and
 the cascade exchange (worker/cascades.py) are their own modules. Start several workers to scale out.
 
@@ -60,7 +60,7 @@ class WorkerSettings:
     heartbeat_s: float = 1.5
     cascade_retry_s: float = 60.0       # a boundary's cascades are retried this long for shards to answer
     takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
-                                        # shards' frozen books kept per worker)
+                                        # shards' frozen accounts kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
 
 
@@ -95,15 +95,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       partitions=settings.partitions, help="Latest valid snapshot of each account of this shard.")
 
     # the pieces, each in its own module; this function only wires them to Faust and to each other
-    book = AccountShard(app, table, names, monitor, settings.bootstrap, settings.app_id, settings.worker_id,
+    accounts = AccountShard(app, table, names, monitor, settings.bootstrap, settings.app_id, settings.worker_id,
                             settings.partitions, lambda: feed.caught_up)
-    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, book.owned_partitions,
-                         book.caught_up, book.retain, book.refresh_offsets)
+    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, accounts.owned_partitions,
+                         accounts.caught_up, accounts.retain, accounts.refresh_offsets)
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics), coordinator,
                             app.is_leader, settings.bootstrap, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
-    evaluations = Evaluations(monitor, book, shard, leadership, app.is_leader, lambda: feed.caught_up,
+    evaluations = Evaluations(monitor, accounts, shard, leadership, app.is_leader, lambda: feed.caught_up,
                               settings.idle_s, settings.takeover_boundaries, settings.worker_id)
     feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
@@ -111,11 +111,11 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       evaluations.at)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
-    table.on_recover(book.rebuild_book)
+    table.on_recover(accounts.reload)
 
     @app.agent(accounts_topic)
     async def accounts(stream):
-        """Decode → validate → table + shard book. One bad record is dead-lettered, never fatal."""
+        """Decode → validate → table + shard accounts. One bad record is dead-lettered, never fatal."""
         async for event in stream.events():
             msg = event.message
             got = await monitor.on_account(event.value, Where(msg.topic, msg.partition, msg.offset, msg.key))
@@ -148,7 +148,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     @app.timer(interval=1.0)
     async def watch_accounts() -> None:
-        await book.unstick()
+        await accounts.unstick()
 
     @app.page("/metrics")
     async def metrics_page(web, request):
@@ -156,12 +156,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     def readiness() -> dict:
         """What this worker is doing and what it is behind on."""
-        owned = sorted(book.owned_partitions())
+        owned = sorted(accounts.owned_partitions())
         return {"worker": settings.worker_id, "leader": app.is_leader(), "event_time": monitor.t,
                 "market_caught_up": feed.caught_up, "lag": dict(feed.lag),
                 "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
                 "pending_accounts": len(monitor.pending_accounts), "partitions": owned,
-                "accounts_caught_up": book.caught_up(monitor.t) if monitor.t >= 0 else False,
+                "accounts_caught_up": accounts.caught_up(monitor.t) if monitor.t >= 0 else False,
                 "services": services.status()}
 
     @app.page("/healthz")
@@ -202,7 +202,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 log.warning("%s: %d webhook deliveries left to the next worker of the group (not committed)",
                             settings.worker_id, left)
         await services.stop()
-        await book.stop()
+        await accounts.stop()
         await sink.stop()
         log.info("%s: stopped cleanly", settings.worker_id)
 

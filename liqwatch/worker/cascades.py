@@ -32,7 +32,7 @@ from liqwatch.core.engine import cascade_dict
 from liqwatch.core.monitor import Monitor
 from liqwatch.kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
 from liqwatch.kernels.health import exposure_summary
-from liqwatch.kernels.rules import Book
+from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.risk.stress import StressRuns
 from liqwatch.sinks.topics import TopicNames
 
@@ -49,8 +49,8 @@ class NotAligned(RuntimeError):
     """A shard's accounts lag the market snapshot's event time: run the cascade again shortly."""
 
 
-def _copy(book: Book) -> Book:
-    return Book(*(np.array(a, copy=True) for a in book))
+def _copy(accounts: AccountArrays) -> AccountArrays:
+    return AccountArrays(*(np.array(a, copy=True) for a in accounts))
 
 
 class ShardService:
@@ -68,20 +68,20 @@ class ShardService:
         self.retain = retain
         self.refresh = refresh  # brings the consumed offsets of partitions just taken over up to date
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
-        self.frozen: dict[int, tuple[Book, list[int], bool]] = {}
+        self.frozen: dict[int, tuple[AccountArrays, list[int], bool]] = {}
 
     def freeze(self, t: int, keep: int = 8) -> None:
-        """Copy this shard's book at the cascade boundary t (every worker crosses the same boundaries: they read
+        """Copy this shard's accounts at the cascade boundary t (every worker crosses the same boundaries: they read
         the same market stream in the same order). The leader's cascade for t may come later, while the feed
-        has moved on; it then reads this copy, not a book that has meanwhile taken newer snapshots. A copy
+        has moved on; it then reads this copy, not a copy that has meanwhile taken newer snapshots. A copy
         taken before the accounts up to t were all consumed is not kept (the request falls back to filtering)."""
         self.retain()
         if not self.caught_up(t):
             return
         accounts = self.monitor.engine.accounts
-        book = _copy(accounts.view())
-        book.active[accounts.ts[: accounts.n] > t] = False
-        self.frozen[t] = (book, sorted(self.owned_partitions()), True)
+        copy = _copy(accounts.view())
+        copy.active[accounts.ts[: accounts.n] > t] = False
+        self.frozen[t] = (copy, sorted(self.owned_partitions()), True)
         for old in sorted(self.frozen)[:-keep]:
             del self.frozen[old]
 
@@ -116,19 +116,19 @@ class ShardService:
             frozen = self.frozen.get(t)
             if frozen is not None and frozen[1] != sorted(self.owned_partitions()):
                 frozen = None  # partitions moved since (a worker died): answer for the ones owned now
-            if frozen is not None:  # the book as it was when this worker's feed crossed the boundary t
-                book, partitions, caught_up = frozen
+            if frozen is not None:  # the accounts as they were when this worker's feed crossed the boundary t
+                copy, partitions, caught_up = frozen
             else:
                 self.retain()
                 if self.refresh is not None:
                     await self.refresh()
                 accounts = self.monitor.engine.accounts
-                book = _copy(accounts.view())
+                copy = _copy(accounts.view())
                 # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
-                book.active[accounts.ts[: accounts.n] > t] = False
+                copy.active[accounts.ts[: accounts.n] > t] = False
                 partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
-            # liquidate_round only reads the book (the round each account fell is the Shard's own array)
-            self.shards[cid] = (Shard(book, self.monitor.engine.layout.risk_rules), partitions, caught_up)
+            # liquidate_round only reads the accounts (the round each account fell is the Shard's own array)
+            self.shards[cid] = (Shard(copy, self.monitor.engine.layout.risk_params), partitions, caught_up)
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
             return
@@ -137,10 +137,10 @@ class ShardService:
         if req["round"] == 1 and "base_index" in req:
             lay = self.monitor.engine.layout
             by_asset = np.zeros(len(lay.assets))
-            n = shard.book.active.shape[0]
+            n = shard.accounts.active.shape[0]
             liq, cluster = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
-                                            np.asarray(req["base_mark"], dtype=np.float64), shard.book,
-                                            lay.risk_rules, float(req["cluster_health"]), by_asset, np.empty(n),
+                                            np.asarray(req["base_mark"], dtype=np.float64), shard.accounts,
+                                            lay.risk_params, float(req["cluster_health"]), by_asset, np.empty(n),
                                             np.empty(n))
             exposure = {"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}
         res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
@@ -250,7 +250,7 @@ class Coordinator(StressRuns):
         eng = self.monitor.engine
         lay = eng.layout
         gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes,
-                             lay.index_rules, lay.mark_rules, pv.index, lay.impact_rules,
+                             lay.index_params, lay.mark_params, pv.index, lay.impact_params,
                              lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds)
         cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
         extra = None

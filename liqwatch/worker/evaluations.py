@@ -34,20 +34,20 @@ class Evaluations:
         self.leader_flushed = False
 
     async def at(self, b: Boundary) -> None:
-        """One boundary: shard health, market alerts, and at cascade boundaries the shards' frozen books and
+        """One boundary: shard health, market alerts, and at cascade boundaries the shards' frozen accounts and
         (leader) the cascades."""
         mon, lead = self.monitor, self.leadership
         async with self.lock:
             self.accounts.retain()
             await mon.evaluate(full=False, with_severity=b.severity)
-            if b.cascade:  # every worker: the shards keep their book as of this boundary, and the market snapshot
+            if b.cascade:  # every worker: the shards keep their accounts as of this boundary, and the market snapshot
                 await self.accounts.refresh_offsets()
                 self.shard.freeze(b.t, keep=self.keep_boundaries)
                 lead.keep_snapshot(b.t)
             await lead.follow(b.t)
             await lead.market_alerts(b.t)
             if lead.leading and b.cascade:
-                # on a snapshot of the boundary, beside the feed (shards answer from their frozen books); one run
+                # on a snapshot of the boundary, beside the feed (shards answer from their frozen accounts); one run
                 # in flight: the next boundary waits for it, so a slow run slows the feed instead of piling up
                 if lead.cascade_task is not None:
                     await lead.cascade_task

@@ -141,7 +141,7 @@ class Leadership:
 
     async def _run_cascades(self, pv) -> None:
         """A boundary's cascades are run again until every partition answered (a worker died: its partitions
-        move after the session timeout), so that its alerts are those of the boundary, not of a later book.
+        move after the session timeout), so that its alerts are those of the boundary, not of later accounts.
         Given up after `cascade_retry_s`, said once."""
         started = time.monotonic()
         try:

@@ -13,7 +13,7 @@ from liqwatch.kernels.stress import stressed_prices
 from liqwatch.config import parse_config
 from liqwatch.core.engine import Engine
 from liqwatch.events import decode
-from liqwatch.core.state import AccountBook
+from liqwatch.core.state import Accounts
 from tests.conftest import close, run_engine
 from tests.populations import population
 
@@ -28,7 +28,7 @@ def stressed(engine: Engine, scenario: str, s: float):
     sp, ss = np.empty(n_c), np.empty(n_c, dtype=np.int8)
     mark = np.empty(len(lay.instruments))
     wm, wl = np.empty_like(pv.quotes.mid), np.empty_like(pv.quotes.mid)
-    stressed_prices(float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_rules, lay.mark_rules,
+    stressed_prices(float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_params, lay.mark_params,
                     pv.index, wm, wl, index, stale, sp, ss, mark)
     return index, mark
 
@@ -46,9 +46,9 @@ def test_equity_and_margin_surplus_of_a_long_fall_as_its_underlying_falls(small_
                 "positions": [{"instrument": "BTCUSDT-PERP", "qty": qty, "entry": entry}]})
     e = run_engine(small_config, evs)
     lo, hi = sorted((s1, s2))
-    book, risk = e.accounts.view(), e.layout.risk_rules
-    e_lo, m_lo = account_numbers(0, *stressed(e, "risk_off", lo), book, risk)
-    e_hi, m_hi = account_numbers(0, *stressed(e, "risk_off", hi), book, risk)
+    accounts, risk = e.accounts.view(), e.layout.risk_params
+    e_lo, m_lo = account_numbers(0, *stressed(e, "risk_off", lo), accounts, risk)
+    e_hi, m_hi = account_numbers(0, *stressed(e, "risk_off", hi), accounts, risk)
     assert e_hi <= e_lo + 1e-9 * abs(e_lo)
     # the margin surplus E − M falls too (every bracket rate < 1), so liquidatable is monotone in the shock;
     # the ratio E / M itself need not fall: M shrinks with the notional
@@ -94,13 +94,14 @@ def test_sharded_cascade_equals_single_run(rich_config, seed, shards, s, scenari
     e = run_engine(rich_config, evs)
     lay = e.layout
     # split the accounts by hash of id, as Kafka partitions would
-    parts = [AccountBook(lay) for _ in range(shards)]
+    parts = [Accounts(lay) for _ in range(shards)]
     for x in evs:
         if x["type"] == "account":
             parts[hash(x["account"]) % shards].apply(decode(json.dumps(x)))
     pv = e.prices()
-    args = (float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_rules, lay.mark_rules, pv.index)
-    tail = (lay.risk_rules, lay.impact_rules, lay.venue_id[rich_config.liquidation.venue], rich_config.stress.max_rounds)
+    args = (float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_params, lay.mark_params, pv.index)
+    venue = lay.venue_id[rich_config.liquidation.venue]
+    tail = (lay.risk_params, lay.impact_params, venue, rich_config.stress.max_rounds)
     single = run_cascade(*args, [e.accounts.view()], *tail)
     split = run_cascade(*args, [p.view() for p in parts], *tail)
     assert split.rounds == single.rounds and split.liquidated_accounts == single.liquidated_accounts

@@ -229,8 +229,8 @@ def test_limits_follow_the_index_design():
     pre, fixed = load_config(Path(PRE)), load_config(Path(FIXED))
     for cfg in (pre, fixed):
         eng = _priced(cfg)
-        book = eng.accounts.view()
-        limits = {x["asset"]: x for x in liquidity_limits(cfg, Layout(cfg), eng.prices(), book)}
+        accounts = eng.accounts.view()
+        limits = {x["asset"]: x for x in liquidity_limits(cfg, Layout(cfg), eng.prices(), accounts)}
         if cfg is pre:
             assert limits["USDe"]["limit_usd"] is not None and limits["WBETH"]["limit_usd"] is not None
             w = limits["WBETH"]

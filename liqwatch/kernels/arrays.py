@@ -1,8 +1,8 @@
 """Array bundles the kernels read: config turned into numbers, and accounts as struct-of-arrays.
 
-Kernels take these NamedTuples (numba types them like structs) so a signature reads `(index, mark, book, risk)`
-instead of thirty loose arrays. They are built once per config by `liqwatch.core.layout`, and the account `Book` is
-kept up to date by `liqwatch.core.state.AccountBook`.
+Kernels take these NamedTuples (numba types them like structs) so a signature reads `(index, mark, accounts, risk)`
+instead of thirty loose arrays. The params are built once per config by `liqwatch.core.layout`; the
+`AccountArrays` are kept up to date by `liqwatch.core.state.Accounts`.
 
 Conventions shared by every kernel:
 - assets, instruments and venue books (tick "slots") are small integers; -1 means "none";
@@ -40,7 +40,7 @@ IMPACT_LINEAR = 1
 IMPACT_SQRT = 2
 
 
-class IndexRules(NamedTuple):
+class IndexParams(NamedTuple):
     order: np.ndarray          # int32[A]   assets in dependency order
     fixed_one: np.ndarray      # bool[A]    settlement / USD-like assets without an index: price 1
     method: np.ndarray         # int8[A]
@@ -55,14 +55,14 @@ class IndexRules(NamedTuple):
     cons_weight: np.ndarray    # float64[C]
 
 
-class MarkRules(NamedTuple):
+class MarkParams(NamedTuple):
     underlying: np.ndarray           # int32[I]
     method: np.ndarray               # int8[I]
     slot: np.ndarray                 # int32[I] the instrument's own book (last price, funding), -1 = none yet
     funding_interval_ms: np.ndarray  # float64[I]
 
 
-class RiskRules(NamedTuple):
+class RiskParams(NamedTuple):
     haircut_upto: np.ndarray    # float64[A, W]
     haircut_rate: np.ndarray    # float64[A, W]
     haircut_cum: np.ndarray     # float64[A, W]
@@ -74,7 +74,7 @@ class RiskRules(NamedTuple):
     settlement: int             # asset never sold in a liquidation
 
 
-class ImpactRules(NamedTuple):
+class ImpactParams(NamedTuple):
     model: np.ndarray             # int8[A]
     depth_usd_per_pct: np.ndarray  # float64[A]
     daily_volume_usd: np.ndarray   # float64[A]
@@ -97,7 +97,7 @@ class Quotes(NamedTuple):
     basis_ma: np.ndarray         # float64[I] moving average of (instrument mid − index), NaN = no sample
 
 
-class Book(NamedTuple):
+class AccountArrays(NamedTuple):
     """Accounts as struct-of-arrays. Each account's entries are the slice `start[i] : start[i] + count[i]` of the
     entry pools, and every entry names its `owner` (−1 for garbage: a replaced snapshot's entries stay in the
     pool until compaction). Per-account kernels walk slices; the full recompute walks the pools flat."""
