@@ -10,13 +10,15 @@ Errors are collected, not raised one at a time, so a user fixes a file in one pa
       assets.WBETH.index.constituents[1].weight: must be > 0
       instruments.BTCUSDT-PERP.underlying: unknown asset 'BTX'
 
-Extensions of the spec's file (documented in docs/config.md):
+Extensions of the spec's file (README "Config and event extensions"):
 - a `redemption:A` constituent names the asset it redeems into (`in: ETH`), so that index dependency cycles are a
   config error rather than a runtime surprise;
 - `instruments.X.mark.source` (default `<liquidation.venue>:X`) names the venue book of the perpetual, and
   `funding_interval_s` its funding period;
 - `stress.primary` picks the scenario used for per-account liquidation severity (default: the first one);
-- `ingest.out_of_order_ms` is the tolerance for events older than the last one of the same key.
+- `ingest.out_of_order_ms` is the tolerance for events older than the last one of the same key;
+- index constituents may be derivative books (`venue:INSTRUMENT`), each source has its own freshness limit, and an
+  index with fewer than three fresh sources anchors on its reference source (IndexSpec).
 """
 
 from __future__ import annotations
@@ -79,9 +81,13 @@ def _check_brackets(brackets: list[Bracket]) -> list[Bracket]:
 
 
 class Constituent(_Frozen):
-    source: str = Field(description="`venue:BASE/QUOTE` (a spot book) or `redemption:ASSET` (the reference rate)")
+    source: str = Field(description="`venue:BASE/QUOTE` (a spot book), `venue:INSTRUMENT` (a derivative's book, "
+                                    "e.g. a perpetual's mid, in settlement units) or `redemption:ASSET` (the "
+                                    "reference rate)")
     weight: PositiveFloat
     in_: str | None = Field(default=None, alias="in", description="for redemption sources: the asset it redeems into")
+    # freshness of this source; default: the index's max_age_ms for a book, redemption_max_age_ms for a reference
+    max_age_ms: Annotated[int, Field(strict=True, gt=0)] | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -93,13 +99,16 @@ class Constituent(_Frozen):
         venue, symbol = v.split(":", 1)
         if venue == "redemption" and "/" in symbol:
             raise ValueError(f"'{v}': a redemption source names one asset, e.g. redemption:WBETH")
-        if venue != "redemption" and "/" not in symbol:
-            raise ValueError(f"'{v}': an index constituent is a spot book venue:BASE/QUOTE")
         return v
 
     @property
     def is_redemption(self) -> bool:
         return self.source.startswith("redemption:")
+
+    @property
+    def is_derivative(self) -> bool:
+        """A derivative's book (`venue:INSTRUMENT`): priced at its mid, in settlement units."""
+        return not self.is_redemption and "/" not in self.source
 
     @property
     def venue(self) -> str:
@@ -111,12 +120,20 @@ class Constituent(_Frozen):
 
     @property
     def quote(self) -> str:
+        """QUOTE of a spot book (Config.source_quote covers every kind)."""
         return self.source.split(":", 1)[1].split("/")[1]
 
 
 class IndexSpec(_Frozen):
+    """SPEC §3, with two extensions (README "Index rules"): a freshness limit per source, and the anchor rule —
+    with fewer than three fresh sources the median cannot say which one is wrong, so the deviation filter is
+    centred on the fresh reference (`redemption:`) source when the index has one, and not applied when it has none;
+    an index never freezes at its last value while a source is fresh."""
+
     method: Literal["weighted_mean", "weighted_median"] = "weighted_mean"
-    max_age_ms: Annotated[int, Field(strict=True, gt=0)] = 10_000
+    max_age_ms: Annotated[int, Field(strict=True, gt=0)] = 10_000  # books: a quote older than this is stale
+    # reference rates are published every few minutes (USDe) to once a day (WBETH, BNSOL): a day and two hours
+    redemption_max_age_ms: Annotated[int, Field(strict=True, gt=0)] = 93_600_000
     max_deviation: PositiveFloat = 0.05
     constituents: Annotated[list[Constituent], Field(min_length=1)]
     floor: PositiveFloat | None = None
@@ -314,6 +331,18 @@ class Config(_Frozen):
         spec = self.assets.get(asset)
         return spec.sanity if spec is not None and spec.sanity is not None else self.ingest.sanity
 
+    def source_max_age_ms(self, ix: IndexSpec, c: Constituent) -> int:
+        if c.max_age_ms is not None:
+            return c.max_age_ms
+        return ix.redemption_max_age_ms if c.is_redemption else ix.max_age_ms
+
+    def source_quote(self, c: Constituent) -> str | None:
+        """The asset a constituent's price is quoted in: a spot book's QUOTE, a redemption's `in`, a derivative's
+        settlement asset."""
+        if c.is_redemption:
+            return c.in_
+        return self.settlement if c.is_derivative else c.quote
+
     def mark_source(self, instrument: str) -> str:
         spec = self.instruments[instrument].mark.source
         return spec or f"{self.liquidation.venue}:{instrument}"
@@ -325,7 +354,7 @@ class Config(_Frozen):
             return []
         deps = []
         for c in spec.index.constituents:
-            dep = c.in_ if c.is_redemption else c.quote
+            dep = self.source_quote(c)
             if dep is not None and dep not in deps and (dep in self.assets and self.assets[dep].index is not None):
                 deps.append(dep)
         return deps
@@ -437,6 +466,15 @@ def _semantic_problems(cfg: Config) -> list[str]:
                     p.append(f"{at}.in: required for a redemption source (the asset one {name} redeems into)")
                 elif not known(c.in_):
                     p.append(f"{at}.in: unknown asset '{c.in_}'")
+            elif c.is_derivative:
+                instrument = c.source.split(":", 1)[1]
+                if c.in_ is not None:
+                    p.append(f"{at}.in: only redemption sources take 'in'")
+                if instrument not in cfg.instruments:
+                    p.append(f"{at}.source: '{c.source}' is neither a spot book venue:BASE/QUOTE nor a book of a "
+                             f"configured instrument (instruments.{instrument})")
+                elif cfg.instruments[instrument].underlying != name:
+                    p.append(f"{at}.source: '{c.source}' prices {cfg.instruments[instrument].underlying}, not {name}")
             else:
                 if c.in_ is not None:
                     p.append(f"{at}.in: only redemption sources take 'in'")

@@ -44,7 +44,7 @@ def dependency_order(cfg: Config) -> list[str]:
             return []
         out = []
         for c in spec.index.constituents:
-            d = c.in_ if c.is_redemption else c.quote
+            d = c.in_ if c.is_redemption else c.quote if "/" in c.source else cfg.settlement
             if d in cfg.assets and cfg.assets[d].index is not None:
                 out.append(d)
         return out
@@ -99,24 +99,33 @@ class Market:
             if ix is None:
                 continue
             fresh = []
+            anchor = NAN  # the first fresh redemption source
             for c in ix.constituents:
                 if c.is_redemption:
                     rate, ts, _ = self.refs.get(a, (NAN, -math.inf, ""))
                     p = rate * self.price_of(c.in_, index)
+                    limit = c.max_age_ms or ix.redemption_max_age_ms
                 else:
-                    p = mids.get(c.source, NAN) * self.price_of(c.quote, index)
+                    symbol = c.source.split(":", 1)[1]
+                    # a derivative's book (no BASE/QUOTE) is quoted in the settlement asset
+                    quote = symbol.split("/")[1] if "/" in symbol else cfg.settlement
+                    p = mids.get(c.source, NAN) * self.price_of(quote, index)
                     ts = self.books[c.source].ts if c.source in self.books else -math.inf
+                    limit = c.max_age_ms or ix.max_age_ms
                 if is_nan(p):
                     detail[(a, c.source)] = (p, "missing")
-                elif t - ts > ix.max_age_ms:
+                elif t - ts > limit:
                     detail[(a, c.source)] = (p, "stale")
                 else:
                     fresh.append((p, c.weight, c.source))
+                    if c.is_redemption and is_nan(anchor):
+                        anchor = p
             survivors = []
             if fresh:
-                med = median([p for p, _, _ in fresh])
+                # three or more: the median; fewer: the anchor, or no filter at all without one
+                med = median([p for p, _, _ in fresh]) if len(fresh) >= 3 else anchor
                 for p, w, s in fresh:
-                    if abs(p - med) / med > ix.max_deviation:
+                    if not is_nan(med) and abs(p - med) / med > ix.max_deviation:
                         detail[(a, s)] = (p, "deviation")
                     else:
                         detail[(a, s)] = (p, "used")

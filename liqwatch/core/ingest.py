@@ -39,8 +39,8 @@ class Gate:
         for asset, spec in cfg.assets.items():
             if spec.index is not None:
                 for c in spec.index.constituents:
-                    if not c.is_redemption:
-                        self.books[c.source] = self._prices(cfg.sanity(c.base))
+                    if not c.is_redemption:  # a spot book prices BASE = asset, a derivative its underlying
+                        self.books[c.source] = self._prices(cfg.sanity(asset))
         for name, ins in cfg.instruments.items():
             self.books[cfg.mark_source(name)] = self._prices(cfg.sanity(ins.underlying))
         for asset, spec in cfg.assets.items():

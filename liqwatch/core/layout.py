@@ -114,12 +114,11 @@ class Layout:
         n = len(self.assets)
         fixed_one = np.zeros(n, dtype=np.bool_)
         method = np.zeros(n, dtype=np.int8)
-        max_age = np.zeros(n)
         max_dev = np.zeros(n)
         floor = np.full(n, np.nan)
         cap = np.full(n, np.nan)
         ptr = [0]
-        kind, ref, quote, weight = [], [], [], []
+        kind, ref, quote, weight, max_age = [], [], [], [], []
         for a, name in enumerate(self.assets):
             spec = self.cfg.assets.get(name)
             ix = spec.index if spec is not None else None
@@ -128,7 +127,6 @@ class Layout:
                 ptr.append(len(kind))
                 continue
             method[a] = METHOD_WEIGHTED_MEDIAN if ix.method == "weighted_median" else 0
-            max_age[a] = ix.max_age_ms
             max_dev[a] = ix.max_deviation
             floor[a] = np.nan if ix.floor is None else ix.floor
             cap[a] = np.nan if ix.cap is None else ix.cap
@@ -140,14 +138,14 @@ class Layout:
                 else:
                     kind.append(SOURCE_BOOK)
                     ref.append(self._book_slot[c.source])
-                    quote.append(self.asset_id[c.quote])
+                    quote.append(self.asset_id[self.cfg.source_quote(c)])  # type: ignore[index]
                 weight.append(c.weight)
+                max_age.append(self.cfg.source_max_age_ms(ix, c))
             ptr.append(len(kind))
         return IndexParams(
             order=_i32(np.arange(n)),
             fixed_one=fixed_one,
             method=method,
-            max_age_ms=_f64(max_age),
             max_deviation=_f64(max_dev),
             floor=_f64(floor),
             cap=_f64(cap),
@@ -156,6 +154,7 @@ class Layout:
             cons_ref=_i32(ref),
             cons_quote=_i32(quote),
             cons_weight=_f64(weight),
+            cons_max_age_ms=_f64(max_age),
         )
 
     def _mark_params(self) -> MarkParams:

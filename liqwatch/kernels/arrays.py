@@ -44,15 +44,16 @@ class IndexParams(NamedTuple):
     order: np.ndarray          # int32[A]   assets in dependency order
     fixed_one: np.ndarray      # bool[A]    settlement / USD-like assets without an index: price 1
     method: np.ndarray         # int8[A]
-    max_age_ms: np.ndarray     # float64[A]
     max_deviation: np.ndarray  # float64[A]
     floor: np.ndarray          # float64[A] NaN = none
     cap: np.ndarray            # float64[A] NaN = none
     cons_ptr: np.ndarray       # int32[A+1]
     cons_kind: np.ndarray      # int8[C]
-    cons_ref: np.ndarray       # int32[C]   book slot (SOURCE_BOOK) or asset of the reference (SOURCE_REDEMPTION)
+    cons_ref: np.ndarray       # int32[C]   book slot (SOURCE_BOOK: spot or derivative) or asset of the reference
+                               #            (SOURCE_REDEMPTION)
     cons_quote: np.ndarray     # int32[C]   asset the source is quoted in; -1 = priced at 1 (USD-like)
     cons_weight: np.ndarray    # float64[C]
+    cons_max_age_ms: np.ndarray  # float64[C] a source older than this is stale
 
 
 class MarkParams(NamedTuple):

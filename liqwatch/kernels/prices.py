@@ -10,6 +10,12 @@ Example: BTC from three books, max_deviation 5%, weighted mean with weights .4/.
 
 Assets are evaluated in `params.order`, so a source quoted in ETH (WBETH/ETH) or redeeming into ETH reads
 ETH's index of this same evaluation. No survivor: the index keeps `prev_index` and is flagged stale.
+
+The anchor rule (a liqwatch extension of SPEC §3): the median of one or two prices cannot say which one is wrong.
+With fewer than three fresh sources, the deviation filter is centred on the first fresh reference (`redemption:`)
+source of the index, which always survives; with none, every fresh source is kept. So two sources that diverge
+in a crash (USDe: Binance's book at 0.65, redemption at 1.00) give the anchored value instead of freezing the
+index at its pre-crash value, and an index only keeps its last value when no source at all is fresh.
 """
 
 import numpy as np
@@ -74,7 +80,7 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
             out_source_price[c] = price
             if np.isnan(price):
                 out_source_status[c] = MISSING
-            elif t - seen > params.max_age_ms[a]:
+            elif t - seen > params.cons_max_age_ms[c]:
                 out_source_status[c] = DROPPED_STALE
             else:
                 out_source_status[c] = USED
@@ -85,18 +91,26 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
             out_index[a] = prev_index[a]
             out_stale[a] = True
             continue
-        _sort_pairs(sp, sw, n)
-        if n % 2 == 1:
-            median = sp[n // 2]
+        # the centre of the deviation filter: the median of three or more fresh sources, else the anchor
+        center = np.nan
+        if n >= 3:
+            _sort_pairs(sp, sw, n)
+            if n % 2 == 1:
+                center = sp[n // 2]
+            else:
+                center = 0.5 * (sp[n // 2 - 1] + sp[n // 2])
         else:
-            median = 0.5 * (sp[n // 2 - 1] + sp[n // 2])
-        # second pass: deviation filter, then combine the survivors
+            for c in range(lo, hi):
+                if params.cons_kind[c] != SOURCE_BOOK and out_source_status[c] == USED:
+                    center = out_source_price[c]
+                    break
+        # second pass: deviation filter (none without a centre), then combine the survivors
         m = 0
         for c in range(lo, hi):
             if out_source_status[c] != USED:
                 continue
             price = out_source_price[c]
-            if abs(price - median) > params.max_deviation[a] * median:
+            if not np.isnan(center) and abs(price - center) > params.max_deviation[a] * center:
                 out_source_status[c] = DROPPED_DEVIATION
             else:
                 sp[m] = price

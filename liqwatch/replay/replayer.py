@@ -102,10 +102,12 @@ def describe(source: dict) -> str:
 
 
 def default_warmup_ms(cfg: Config) -> int:
-    """The longest look-back of the config: basis windows of the marks and the indices' max age."""
+    """The longest look-back of the config: basis windows of the marks and the books' max age. (Reference rates
+    may be older: a window needs `--warmup` back to the last reference before it.)"""
     basis = [ins.mark.basis_window_s * 1000 for ins in cfg.instruments.values()
              if getattr(ins.mark, "basis_window_s", None)]
-    ages = [a.index.max_age_ms for a in cfg.assets.values() if a.index is not None]
+    ages = [cfg.source_max_age_ms(a.index, c) for a in cfg.assets.values() if a.index is not None
+            for c in a.index.constituents if not c.is_redemption]
     return int(max(basis + ages + [0]))
 
 

@@ -164,9 +164,9 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     engine = _market_engine()
     lay = engine.layout
     pv = engine.prices()
-    accounts = synthetic_accounts(engine, accounts)
-    risk = lay.risk_params
     n = accounts
+    accounts = synthetic_accounts(engine, n)  # the count becomes the arrays
+    risk = lay.risk_params
     eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
     liq = np.empty(n, dtype=np.bool_)
     margin_health(pv.index, pv.mark, accounts, risk, eq, mm, h, liq)  # warm-up (and compile, if not cached)

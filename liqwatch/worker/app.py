@@ -95,15 +95,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       partitions=settings.partitions, help="Latest valid snapshot of each account of this shard.")
 
     # the pieces, each in its own module; this function only wires them to Faust and to each other
-    accounts = AccountShard(app, table, names, monitor, settings.bootstrap, settings.app_id, settings.worker_id,
-                            settings.partitions, lambda: feed.caught_up)
-    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, accounts.owned_partitions,
-                         accounts.caught_up, accounts.retain, accounts.refresh_offsets)
+    account_shard = AccountShard(app, table, names, monitor, settings.bootstrap, settings.app_id, settings.worker_id,
+                                 settings.partitions, lambda: feed.caught_up)
+    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, account_shard.owned_partitions,
+                         account_shard.caught_up, account_shard.retain, account_shard.refresh_offsets)
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
     leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics), coordinator,
                             app.is_leader, settings.bootstrap, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
-    evaluations = Evaluations(monitor, accounts, shard, leadership, app.is_leader, lambda: feed.caught_up,
+    evaluations = Evaluations(monitor, account_shard, shard, leadership, app.is_leader, lambda: feed.caught_up,
                               settings.idle_s, settings.takeover_boundaries, settings.worker_id)
     feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
@@ -111,7 +111,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       evaluations.at)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
-    table.on_recover(accounts.reload)
+    table.on_recover(account_shard.reload)
 
     @app.agent(accounts_topic)
     async def accounts(stream):
@@ -148,7 +148,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     @app.timer(interval=1.0)
     async def watch_accounts() -> None:
-        await accounts.unstick()
+        await account_shard.unstick()
 
     @app.page("/metrics")
     async def metrics_page(web, request):
@@ -156,12 +156,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
 
     def readiness() -> dict:
         """What this worker is doing and what it is behind on."""
-        owned = sorted(accounts.owned_partitions())
+        owned = sorted(account_shard.owned_partitions())
         return {"worker": settings.worker_id, "leader": app.is_leader(), "event_time": monitor.t,
                 "market_caught_up": feed.caught_up, "lag": dict(feed.lag),
                 "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
                 "pending_accounts": len(monitor.pending_accounts), "partitions": owned,
-                "accounts_caught_up": accounts.caught_up(monitor.t) if monitor.t >= 0 else False,
+                "accounts_caught_up": account_shard.caught_up(monitor.t) if monitor.t >= 0 else False,
                 "services": services.status()}
 
     @app.page("/healthz")
@@ -202,7 +202,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                 log.warning("%s: %d webhook deliveries left to the next worker of the group (not committed)",
                             settings.worker_id, left)
         await services.stop()
-        await accounts.stop()
+        await account_shard.stop()
         await sink.stop()
         log.info("%s: stopped cleanly", settings.worker_id)
 
