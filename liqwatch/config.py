@@ -245,26 +245,50 @@ class IngestSpec(_Frozen):
     sanity: SanitySpec = SanitySpec()                         # default bounds; `assets.X.sanity` overrides
 
 
-class Levels(_Frozen):
-    """Warning and critical thresholds of one alert signal (higher is worse)."""
+Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
+class Timing(_Frozen):
+    """When an episode opens and closes, in event time (as Prometheus' `for` and `keep_firing_for`): it fires
+    once the signal has been over its warning level for `for_s` without a break, and resolves once it has been
+    under the clear level for `keep_firing_for_s` without a break (a signal that comes back within that time
+    continues the episode: no re-fire). 0 and 0: fire and resolve at the first reading."""
+
+    for_s: Seconds = 0.0
+    keep_firing_for_s: Seconds = 0.0
+
+
+class Levels(Timing):
+    """Warning and critical thresholds of one alert signal (higher is worse), and its timing."""
 
     warning: PositiveFloat
     critical: PositiveFloat
 
 
-class MarginClusterAlert(_Frozen):
+class MarginClusterAlert(Timing):
     health_below: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 1.2
     notional_usd: Levels = Levels(warning=5e7, critical=2e8)
 
 
-class CascadeRiskAlert(_Frozen):
-    """How close the accounts are to a self-feeding cascade. The critical severity of the primary stress scenario is
-    the smallest shock (scanned on `grid`, then bisected) whose cascade runs away, or amplifies past
-    `amplification_limit` while liquidating at least `min_notional_usd`; the alert fires when it falls to
+class ConcentrationAlert(Levels):
+    """Share of one asset in the collateral whose value the venue depends on: the settlement asset and the
+    assets listed in `cash` are left out of both the share and the total (a venue whose collateral is all its
+    settlement asset is not concentrated)."""
+
+    cash: list[str] = Field(default_factory=list)
+
+
+class CascadeRiskAlert(Timing):
+    """How close the accounts are to a cascade. The critical severity of the primary stress scenario is the
+    smallest shock (scanned on `grid`, then bisected) whose cascade liquidates at least `min_notional_usd` and
+    runs away, or amplifies past `amplification_limit`, or liquidates at least `share_limit` of all accounts'
+    notional (positions and collateral) — so the signal holds through a crash, when most of what a shock
+    liquidates is liquidatable already and amplification falls towards 1. The alert fires when it falls to
     `critical_severity.warning` / `.critical` (lower is worse)."""
 
     critical_severity: Levels = Levels(warning=0.04, critical=0.02)
     amplification_limit: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 2.0
+    share_limit: Annotated[float, Field(strict=True, gt=0, le=1, allow_inf_nan=False)] = 0.25
     min_notional_usd: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] = 1e8
     grid: Annotated[list[Severity], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.04, 0.05]
 
@@ -276,17 +300,24 @@ class Webhook(_Frozen):
 
 
 class AlertsSpec(_Frozen):
-    """Thresholds per alert type (SPEC §6). An episode resolves when its value falls below warning × clear_ratio
-    (hysteresis: a value hovering at the threshold does not flap)."""
+    """Thresholds and timing per alert type (SPEC §6). An episode resolves when its value falls below warning ×
+    clear_ratio (hysteresis: a value hovering at the threshold does not flap) and stays there for the kind's
+    `keep_firing_for_s`. The market kinds, read at every evaluation, wait `for_s` before firing; the kinds the
+    leader computes from its cascades (every minute) fire and resolve at once by default, because a new leader
+    takes over their open episodes from the alerts topic but not a pending or clearing timer."""
 
     clear_ratio: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.8
-    depeg: Levels = Levels(warning=0.02, critical=0.05)                  # |index / reference value − 1|
-    venue_divergence: Levels = Levels(warning=0.03, critical=0.10)       # |venue / median of the others − 1|
-    stale_source: Levels = Levels(warning=30, critical=120)              # seconds of event time without a quote
+    # |index / reference value − 1|
+    depeg: Levels = Levels(warning=0.02, critical=0.05, for_s=30, keep_firing_for_s=300)
+    # |book / consensus of the other books and the reference value − 1|
+    venue_divergence: Levels = Levels(warning=0.03, critical=0.10, for_s=30, keep_firing_for_s=300)
+    # seconds of event time without a quote (a source's own freshness limit, if longer, is its warning level)
+    stale_source: Levels = Levels(warning=30, critical=120, keep_firing_for_s=300)
     margin_cluster: MarginClusterAlert = MarginClusterAlert()
     liquidations: Levels = Levels(warning=1e6, critical=5e7)             # liquidatable notional now, USD
     cascade_risk: CascadeRiskAlert = CascadeRiskAlert()
-    collateral_concentration: Levels = Levels(warning=0.4, critical=0.6)  # share of all collateral value
+    # share of the non-cash collateral value
+    collateral_concentration: ConcentrationAlert = ConcentrationAlert(warning=0.4, critical=0.6)
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
@@ -494,6 +525,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
         for asset in moves:
             if asset not in cfg.assets:
                 p.append(f"stress.scenarios.{sname}.{asset}: unknown asset '{asset}'")
+    for i, asset in enumerate(cfg.alerts.collateral_concentration.cash):
+        if not known(asset):
+            p.append(f"alerts.collateral_concentration.cash[{i}]: unknown asset '{asset}'")
     for kind in ("depeg", "venue_divergence", "stale_source", "liquidations", "collateral_concentration"):
         lv = getattr(cfg.alerts, kind)
         if lv.critical < lv.warning:

@@ -103,7 +103,7 @@ class MarketState:
         self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
     def venue_price(self, k: int) -> float:
-        """AccountArrays k's mid in the settlement unit: quoted in another asset, times that asset's index (NaN without
+        """Book k's mid in the settlement unit: quoted in another asset, times that asset's index (NaN without
         a mid or without that index)."""
         q = self.quote[k]
         return self.mid[k] * (1.0 if q < 0 else self.index[q])

@@ -105,8 +105,9 @@ def margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_
 def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral_by_asset, work_equity,
                      work_maintenance):
     """What alerts watch across the accounts: (liquidatable notional, notional of the margin cluster — accounts with
-    1 ≤ health < cluster_health), and the collateral value held per asset (added to `out_collateral_by_asset`).
-    An account's notional is its positions' |qty|·mark plus its collateral value."""
+    1 ≤ health < cluster_health —, notional of all active accounts), and the collateral value held per asset
+    (added to `out_collateral_by_asset`). An account's notional is its positions' |qty|·mark plus its collateral
+    value."""
     margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
     n = accounts.active.shape[0]
     state = np.zeros(n, dtype=np.int8)  # 1 liquidatable, 2 in the cluster
@@ -121,11 +122,13 @@ def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral
             state[i] = 2
     liquidatable = 0.0
     cluster = 0.0
+    total = 0.0
     for j in range(accounts.pos_owner.shape[0]):
         o = accounts.pos_owner[j]
-        if o < 0 or state[o] == 0:
+        if o < 0 or not accounts.active[o]:
             continue
         v = abs(accounts.pos_qty[j]) * mark[accounts.pos_instr[j]]
+        total += v
         if state[o] == 1:
             liquidatable += v
         else:
@@ -137,8 +140,9 @@ def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral
         a = accounts.coll_asset[j]
         v = accounts.coll_qty[j] * index[a]
         out_collateral_by_asset[a] += v
+        total += v
         if state[o] == 1:
             liquidatable += v
         elif state[o] == 2:
             cluster += v
-    return liquidatable, cluster
+    return liquidatable, cluster, total

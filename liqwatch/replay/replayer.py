@@ -340,7 +340,7 @@ class Replayer:
         self.metrics = Metrics()
         self.sink = CollectingSink()
         self.monitor = Monitor(cfg, self.sink, self.metrics, TopicNames())
-        self.alerting = AlertEngine(cfg.alerts, cfg.config_id, self.metrics)
+        self.alerting = AlertEngine(cfg.alerts, cfg.config_id, self.metrics, cfg.settlement)
         self.stress = LocalStressRuns(self.monitor.engine, cfg, self.metrics, cfg.config_id)
         self.run = Run(cfg, name, every_ms={"evaluate": cfg.schedule.evaluate_every_ms,
                                             "cascade": cfg.schedule.cascade_every_ms})
@@ -414,12 +414,12 @@ class Replayer:
         if cascades:
             pv = mon.snapshot()
             results, critical, exposure = await self.stress.run_all(pv)
-            alerts += self.alerting.cascades(results, critical, pv.t)
+            alerts += self.alerting.cascades(critical, pv.t)
             if exposure is not None:
                 alerts += self.alerting.accounts(exposure, pv.t)
             primary = self.cfg.stress.primary_scenario
             self.run.cascade_samples.append({
-                "t": pv.t, "critical_severity": critical.get(primary),
+                "t": pv.t, "critical_severity": critical[primary].severity if primary in critical else None,
                 "cascades": [{"scenario": r["scenario"], "severity": r["severity"],
                               "liquidated_usd": r["liquidated_notional"], "amplification": r["amplification"],
                               "rounds": r["rounds"], "runaway": r["runaway"]} for r in results]})

@@ -1,14 +1,15 @@
 """Alert engine (SPEC §6): signals in, alert episodes out, evaluated on event time.
 
-    engine = AlertEngine(cfg.alerts, cfg.config_id, metrics)
+    engine = AlertEngine(cfg.alerts, cfg.config_id, metrics, cfg.settlement)
     events = engine.market(monitor.engine, t)            # depeg, venue_divergence, stale_source
     events += engine.accounts(exposure, t)                # liquidations, margin_cluster, collateral_concentration
-    events += engine.cascades(results, critical, t)       # cascade_risk
+    events += engine.cascades(critical, t)                # cascade_risk (StressRuns.run_all)
 
 One episode of one condition (kind, subject) has one `id` (`kind:subject:start`): it fires at warning or
-critical, may escalate or de-escalate (another `firing` event with the same id and the new severity), and resolves
-when the value falls below warning × `clear_ratio`. Every event carries the value, the threshold it crossed, a
-one-line summary a risk engineer can act on, and the config id.
+critical once the signal has held for the kind's `for_s`, may escalate or de-escalate (another `firing` event with
+the same id and the new severity), and resolves when the value has stayed below warning × `clear_ratio` for
+`keep_firing_for_s` (event time, so a replay gives the same alerts). Every event carries the value, the threshold
+it crossed, a one-line summary a risk engineer can act on, and the config id.
 
 Example: USDe index 0.65 against a redemption value of 1.00 → value 0.35 ≥ critical 0.05 →
 {"type":"alert","id":"depeg:USDe:1760130000000","kind":"depeg","severity":"critical","state":"firing",...}.
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liqwatch.kernels.arrays import MISSING
-from liqwatch.config import AlertsSpec, Levels
+from liqwatch.kernels.arrays import MISSING, SOURCE_BOOK
+from liqwatch.config import AlertsSpec, Levels, Timing
 from liqwatch.core.engine import Engine
-from liqwatch.risk.stress import Exposure
+from liqwatch.risk.stress import CriticalMove, Exposure
 from liqwatch.sinks.metrics import Metrics
 
 SEVERITIES = ("warning", "critical")
@@ -37,19 +38,29 @@ class Episode:
     id: str
     severity: str
     since: int
+    clearing: int | None = None  # event time since which the signal is under its clear level
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 class AlertEngine:
-    def __init__(self, spec: AlertsSpec, config_id: str, metrics: Metrics):
+    def __init__(self, spec: AlertsSpec, config_id: str, metrics: Metrics, settlement: str):
         self.spec = spec
+        self.settlement = settlement
         self.config_id = config_id
         self.metrics = metrics
         self.open: dict[tuple[str, str], Episode] = {}
+        self.pending: dict[tuple[str, str], int] = {}  # over warning since (not yet for `for_s`)
         self.publishing = True
+        self._stale_levels: dict[float, Levels] = {}
 
     # -- the alerts topic is the episodes' changelog ---------------------------------------------------------
     @staticmethod
@@ -84,10 +95,12 @@ class AlertEngine:
 
     # -- the episode state machine ---------------------------------------------------------------------------
     def observe(self, kind: str, subject: str, value: float, levels: Levels, t: int, summary: str,
-                lower_is_worse: bool = False) -> list[dict]:
-        """One reading of one signal; returns the alert events it causes (usually none)."""
+                lower_is_worse: bool = False, timing: Timing | None = None) -> list[dict]:
+        """One reading of one signal; returns the alert events it causes (usually none). `timing` (default: the
+        levels') says how long the signal must hold before the episode fires and after it clears."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return []
+        timing = levels if timing is None else timing
         # compare in "higher is worse" terms; hysteresis: clear below warning × clear_ratio (or above warning /
         # clear_ratio when lower is worse), step down from critical only past the same margin
         x, warn, crit = (1.0 / max(value, 1e-12), 1.0 / levels.warning, 1.0 / levels.critical) if lower_is_worse \
@@ -100,15 +113,27 @@ class AlertEngine:
         out = []
         if ep is None:
             if severity is None:
+                self.pending.pop(key, None)
                 return []
-            ep = self.open[key] = Episode(f"{kind}:{subject}:{t}", severity, t)
+            start = self.pending.setdefault(key, t)
+            if t - start < timing.for_s * 1000.0:
+                return []  # pending: not yet held for `for_s`
+            del self.pending[key]
+            ep = self.open[key] = Episode(f"{kind}:{subject}:{t}", severity, start)
             out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
-        elif severity is not None and severity != ep.severity:
-            ep.severity = severity
-            out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
-        elif severity is None and x < warn * self.spec.clear_ratio:
-            del self.open[key]
-            out.append(self._event(ep, kind, subject, "resolved", value, levels, t, summary, lower_is_worse))
+        elif severity is not None:
+            ep.clearing = None  # back over warning within keep_firing_for: the same episode goes on
+            if severity != ep.severity:
+                ep.severity = severity
+                out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
+        elif x < warn * self.spec.clear_ratio:
+            if ep.clearing is None:
+                ep.clearing = t
+            if t - ep.clearing >= timing.keep_firing_for_s * 1000.0:
+                del self.open[key]
+                out.append(self._event(ep, kind, subject, "resolved", value, levels, t, summary, lower_is_worse))
+        else:
+            ep.clearing = None  # in the hysteresis band: neither over warning nor clear
         return out
 
     def _event(self, ep: Episode, kind: str, subject: str, state: str, value: float, levels: Levels, t: int,
@@ -141,7 +166,41 @@ class AlertEngine:
             out += self.observe("depeg", asset, gap, self.spec.depeg, t,
                                 f"{asset} index {m.index[a]:.4g} is {_pct(gap)} {direction} its redemption value "
                                 f"{reference:.4g}")
-        # venue divergence: each spot book against the median of the other venues' books of the same asset
+        out += self._divergence(engine, t)
+        # stale sources: index constituents that quoted before but not lately, each against its own limit
+        ip = lay.index_params
+        for c, (asset, source) in enumerate(lay.constituents):
+            ref = ip.cons_ref[c]
+            seen = (m.ts[ref] if ip.cons_kind[c] == SOURCE_BOOK else m.ref_ts[ref])
+            if not math.isfinite(seen) or m.source_status[c] == MISSING:
+                continue
+            age_s = (t - seen) / 1000.0
+            self.metrics.source_age.labels(source=source).set(age_s)
+            out += self.observe("stale_source", source, age_s, self._stale_levels_for(ip.cons_max_age_ms[c]), t,
+                                f"{source} (in the {asset} index) has not quoted for {_duration(age_s)}")
+        return out
+
+    def _stale_levels_for(self, max_age_ms: float) -> Levels:
+        """A source is stale for the alert past the larger of the alert's level and its own freshness limit (a
+        reference published hourly is not stale after 30 s); critical at twice that."""
+        lv = self._stale_levels.get(max_age_ms)
+        if lv is None:
+            base, limit_s = self.spec.stale_source, max_age_ms / 1000.0
+            if limit_s > base.warning:
+                lv = base.model_copy(update={"warning": limit_s, "critical": max(base.critical, 2.0 * limit_s)})
+            else:
+                lv = base
+            self._stale_levels[max_age_ms] = lv
+        return lv
+
+    def _divergence(self, engine: Engine, t: int) -> list[dict]:
+        """venue_divergence: each spot book against two voices, the median of the asset's other books and its
+        redemption value where it has one; the gap is to the nearer voice. A book near the redemption value is
+        never blamed, so with two books (Binance at 0.90, a pool at 0.9998, redemption 1.00) only the outlier is;
+        books that fall together stay near each other (that is a depeg, not a divergence)."""
+        m = engine.market
+        lay = engine.layout
+        spec = self.spec.venue_divergence
         prices: dict[int, list[tuple[str, float]]] = {}
         for k, (venue, symbol) in enumerate(m.books):
             if "/" not in symbol or math.isnan(m.mid[k]) or t - m.ts[k] > self.spec.stale_source.warning * 1000:
@@ -149,27 +208,21 @@ class AlertEngine:
             price = m.venue_price(k)
             if not math.isnan(price):
                 prices.setdefault(int(m.base[k]), []).append((f"{venue}:{symbol}", price))
+        out: list[dict] = []
         for a, books in prices.items():
-            if len(books) < 2:
+            reference = m.redemption_value(a) if m.ref_in[a] >= 0 and not math.isnan(m.ref_rate[a]) else math.nan
+            has_reference = math.isfinite(reference) and reference > 0
+            if len(books) + has_reference < 2:
                 continue
             for name, price in books:
                 others = [p for n, p in books if n != name]
-                med = float(np.median(others))
-                gap = abs(price / med - 1.0)
+                voices = ([("the other books' median", float(np.median(others)))] if others else []) + \
+                    ([("the redemption value", reference)] if has_reference else [])
+                gap, (what, value) = min((abs(price / v - 1.0), (w, v)) for w, v in voices)
                 self.metrics.venue_divergence.labels(venue=name.split(":")[0], asset=lay.assets[a]).set(gap)
-                out += self.observe("venue_divergence", name, gap, self.spec.venue_divergence, t,
-                                    f"{name} at {price:.4g} is {_pct(gap)} off the other venues' median {med:.4g}")
-        # stale sources: index constituents that quoted before but not lately
-        for c, (asset, source) in enumerate(lay.constituents):
-            kind = lay.index_params.cons_kind[c]
-            ref = lay.index_params.cons_ref[c]
-            seen = (m.ts[ref] if kind == 0 else m.ref_ts[ref])
-            if not math.isfinite(seen) or m.source_status[c] == MISSING:
-                continue
-            age_s = (t - seen) / 1000.0
-            self.metrics.source_age.labels(source=source).set(age_s)
-            out += self.observe("stale_source", source, age_s, self.spec.stale_source, t,
-                                f"{source} (in the {asset} index) has not quoted for {age_s:.0f} s")
+                out += self.observe("venue_divergence", name, gap, spec, t,
+                                    f"{name} at {price:.4g} is {_pct(gap)} off {what} {value:.4g}" +
+                                    ("" if len(voices) < 2 else " (and further off the other)"))
         return out
 
     def accounts(self, x: Exposure, t: int) -> list[dict]:
@@ -178,28 +231,42 @@ class AlertEngine:
         self.metrics.margin_cluster_notional.set(x.cluster_usd)
         mc = self.spec.margin_cluster
         out += self.observe("margin_cluster", "all", x.cluster_usd, mc.notional_usd, t,
-                            f"${x.cluster_usd / 1e6:,.1f}M sits in accounts with health below {mc.health_below}")
-        total = sum(x.collateral_by_asset.values())
-        for asset, value in x.collateral_by_asset.items():
+                            f"${x.cluster_usd / 1e6:,.1f}M sits in accounts with health below {mc.health_below}",
+                            timing=mc)
+        cc = self.spec.collateral_concentration
+        cash = {self.settlement, *cc.cash}
+        held = {a: v for a, v in x.collateral_by_asset.items() if a not in cash}
+        total = sum(held.values())
+        for asset, value in held.items():
             if total <= 0:
                 break
             share = value / total
             self.metrics.collateral_share.labels(asset=asset).set(share)
-            out += self.observe("collateral_concentration", asset, share, self.spec.collateral_concentration, t,
-                                f"{_pct(share)} of all collateral value (${value / 1e6:,.0f}M) is {asset}")
+            out += self.observe("collateral_concentration", asset, share, cc, t,
+                                f"{_pct(share)} of the non-cash collateral value (${value / 1e6:,.0f}M of "
+                                f"${total / 1e6:,.0f}M) is {asset}")
         return out
 
-    def cascades(self, results: list[dict], critical_severity: dict[str, float], t: int) -> list[dict]:
-        """cascade_risk: the critical severity of each scenario it was computed for (lower is worse)."""
+    def cascades(self, critical: dict[str, CriticalMove], t: int) -> list[dict]:
+        """cascade_risk: the critical severity of each scenario it was computed for (lower is worse), with what
+        its cascade does: the move, the notional, its share of all accounts' notional, rounds, amplification."""
         cr = self.spec.cascade_risk
         out: list[dict] = []
-        for scenario, s in critical_severity.items():
+        for scenario, c in critical.items():
+            s = c.severity
             self.metrics.critical_severity.labels(scenario=scenario).set(s)
-            at = [r for r in results if r["scenario"] == scenario]
-            worst = max(at, key=lambda r: r["liquidated_notional"], default=None)
-            tail = "" if worst is None else (f"; at severity {worst['severity']}: ${worst['liquidated_notional'] / 1e9:,.1f}B "
-                                             f"liquidated, amplification {worst['amplification']:.1f}")
-            what = "no configured move" if s >= 1 else f"a {_pct(s)} {scenario} move"
-            out += self.observe("cascade_risk", scenario, s, cr.critical_severity, t,
-                                f"{what} would feed itself (critical severity {s:.3f}){tail}", lower_is_worse=True)
+            out += self.observe("cascade_risk", scenario, s, cr.critical_severity, t, _cascade_summary(scenario, c, cr),
+                                lower_is_worse=True, timing=cr)
         return out
+
+
+def _cascade_summary(scenario: str, c: CriticalMove, cr) -> str:
+    r = c.cascade
+    if r is None or c.severity >= 1:
+        return (f"no {scenario} move up to {_pct(max(cr.grid))} runs away, amplifies past {cr.amplification_limit:g}× "
+                f"or liquidates {_pct(cr.share_limit)} of all accounts' notional")
+    usd = r["liquidated_notional"]
+    share = f" ({_pct(usd / c.total_usd)} of all accounts' notional)" if c.total_usd > 0 else ""
+    rounds = f"{r['rounds']} round" + ("s" if r["rounds"] != 1 else "")
+    how = "runs away" if r["runaway"] else f"{rounds}, amplification {r['amplification']:.1f}×"
+    return f"a {_pct(c.severity)} {scenario} move would liquidate ${usd / 1e6:,.0f}M{share}: {how}"

@@ -25,6 +25,16 @@ class Exposure:
     liquidatable_usd: float
     cluster_usd: float
     collateral_by_asset: dict[str, float]
+    total_usd: float = 0.0  # all active accounts' notional (positions and collateral)
+
+
+@dataclass
+class CriticalMove:
+    """The smallest shock of a scenario whose cascade is critical (CascadeRiskAlert), and that cascade."""
+
+    severity: float        # 1.0: no critical move up to the end of the alert's grid
+    cascade: dict | None   # the cascade result at `severity` (None with no critical move)
+    total_usd: float       # all active accounts' notional at the snapshot, the base of the share
 
 
 
@@ -54,22 +64,27 @@ class StressRuns(ABC):
         self.emit = emit  # async (result dict) -> None, or None
         self.exposures: list[dict] = []
         self.last_results: dict[tuple[str, float], dict] = {}
+        self.total_usd = 0.0
 
     @abstractmethod
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
         """One cascade of `scenario` at `severity` on the snapshot `pv` (with the exposure when asked)."""
 
     def _is_critical(self, r: dict) -> bool:
+        """Runs away, amplifies past the limit, or liquidates a large share of all notional — on at least
+        min_notional_usd. The share keeps the signal on through a crash: once most of what a shock liquidates is
+        liquidatable already, amplification falls towards 1 while a small move still clears out the book."""
         cr = self.cfg.alerts.cascade_risk
-        return (r["runaway"] or r["amplification"] > cr.amplification_limit) and \
+        big = self.total_usd > 0 and r["liquidated_notional"] >= cr.share_limit * self.total_usd
+        return (r["runaway"] or r["amplification"] > cr.amplification_limit or big) and \
             r["liquidated_notional"] >= cr.min_notional_usd
 
-    async def run_all(self, pv) -> tuple[list[dict], dict[str, float], Exposure | None]:
+    async def run_all(self, pv) -> tuple[list[dict], dict[str, CriticalMove], Exposure | None]:
         """Every scenario × severity of the config on one market snapshot, the critical severity of each
         scenario (bisected between the last calm and the first critical configured severity), and the
         account-level exposure the shards reported; emits cascade events and metrics."""
         self.exposures = []
-        critical: dict[str, float] = {}
+        critical: dict[str, CriticalMove] = {}
         stress = self.cfg.stress
         m = self.metrics
 
@@ -92,6 +107,15 @@ class StressRuns(ABC):
             self.last_results[(result["scenario"], result["severity"])] = result
             if self.emit is not None:
                 await self.emit(result)
+        exposure = None
+        if self.exposures:
+            lay = self.engine.layout
+            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
+            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
+                                sum(e["cluster"] for e in self.exposures),
+                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0},
+                                sum(e.get("total", 0.0) for e in self.exposures))
+            self.total_usd = exposure.total_usd
         # the critical severity of the primary scenario: first critical point of the alert's grid, then bisection
         primary = stress.primary_scenario
         grid = list(self.cfg.alerts.cascade_risk.grid)
@@ -99,29 +123,28 @@ class StressRuns(ABC):
         calm, bad = 0.0, None
         for s, r in zip(grid, scan):
             if self._is_critical(r):
-                bad = s
+                bad = (s, r)
                 break
             calm = s
-        critical[primary] = await self._bisect(pv, primary, calm, bad) if bad is not None else 1.0
-        exposure = None
-        if self.exposures:
-            lay = self.engine.layout
-            by_asset = np.nansum([np.asarray(e["collateral"], dtype=np.float64) for e in self.exposures], axis=0)
-            exposure = Exposure(sum(e["liquidatable"] for e in self.exposures),
-                                sum(e["cluster"] for e in self.exposures),
-                                {lay.assets[a]: float(v) for a, v in enumerate(by_asset) if v > 0})
+        if bad is None:
+            critical[primary] = CriticalMove(1.0, None, self.total_usd)
+        else:
+            critical[primary] = CriticalMove(*await self._bisect(pv, primary, calm, *bad), self.total_usd)
         return out, critical, exposure
 
-    async def _bisect(self, pv, scenario: str, calm: float, bad: float, steps: int = 3) -> float:
-        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap)."""
-        lo, hi = calm, bad
+    async def _bisect(self, pv, scenario: str, calm: float, bad: float, at_bad: dict,
+                      steps: int = 3) -> tuple[float, dict]:
+        """Narrow [calm, bad] to the smallest critical severity (3 steps: 1/8 of the configured gap); returns it
+        with its cascade."""
+        lo, hi, at_hi = calm, bad, at_bad
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
-            if self._is_critical(await self.run_one(pv, scenario, mid)):
-                hi = mid
+            r = await self.run_one(pv, scenario, mid)
+            if self._is_critical(r):
+                hi, at_hi = mid, r
             else:
                 lo = mid
-        return hi
+        return hi, at_hi
 
 
 class LocalStressRuns(StressRuns):
@@ -134,10 +157,11 @@ class LocalStressRuns(StressRuns):
         if with_exposure:
             by_asset = np.zeros(len(lay.assets))
             n = accounts.active.shape[0]
-            liq, cluster = exposure_summary(pv.index, pv.mark, accounts, lay.risk_params,
-                                            float(self.cfg.alerts.margin_cluster.health_below), by_asset,
-                                            np.empty(n), np.empty(n))
-            self.exposures = [{"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}]
+            liq, cluster, total = exposure_summary(pv.index, pv.mark, accounts, lay.risk_params,
+                                                   float(self.cfg.alerts.margin_cluster.health_below), by_asset,
+                                                   np.empty(n), np.empty(n))
+            self.exposures = [{"liquidatable": liq, "cluster": cluster, "total": total,
+                               "collateral": by_asset.tolist()}]
         res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_params,
                           lay.mark_params, pv.index, [accounts], lay.risk_params, lay.impact_params,
                           lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds)

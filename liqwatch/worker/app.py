@@ -100,7 +100,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, account_shard.owned_partitions,
                          account_shard.caught_up, account_shard.retain, account_shard.refresh_offsets)
     coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
-    leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics), coordinator,
+    leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics, cfg.settlement), coordinator,
                             app.is_leader, settings.bootstrap, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
     evaluations = Evaluations(monitor, account_shard, shard, leadership, app.is_leader, lambda: feed.caught_up,

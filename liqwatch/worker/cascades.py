@@ -138,11 +138,11 @@ class ShardService:
             lay = self.monitor.engine.layout
             by_asset = np.zeros(len(lay.assets))
             n = shard.accounts.active.shape[0]
-            liq, cluster = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
-                                            np.asarray(req["base_mark"], dtype=np.float64), shard.accounts,
-                                            lay.risk_params, float(req["cluster_health"]), by_asset, np.empty(n),
-                                            np.empty(n))
-            exposure = {"liquidatable": liq, "cluster": cluster, "collateral": by_asset.tolist()}
+            liq, cluster, total = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
+                                                   np.asarray(req["base_mark"], dtype=np.float64), shard.accounts,
+                                                   lay.risk_params, float(req["cluster_health"]), by_asset,
+                                                   np.empty(n), np.empty(n))
+            exposure = {"liquidatable": liq, "cluster": cluster, "total": total, "collateral": by_asset.tolist()}
         res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
                                      np.asarray(req["mark"], dtype=np.float64)), len(req["index"]))
         await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {

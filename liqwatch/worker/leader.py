@@ -147,7 +147,7 @@ class Leadership:
         try:
             while True:
                 try:
-                    results, critical, exposure = await self.coordinator.run_all(pv)
+                    _, critical, exposure = await self.coordinator.run_all(pv)
                     break
                 except CascadeAborted as e:
                     if time.monotonic() - started > self.cascade_retry_s:
@@ -158,7 +158,7 @@ class Leadership:
                         self._aborted_logged = True
                     await asyncio.sleep(1.0)
             self._aborted_logged = False
-            events = self.alerts.cascades(results, critical, pv.t)
+            events = self.alerts.cascades(critical, pv.t)
             if exposure is not None:
                 events += self.alerts.accounts(exposure, pv.t)
             await self.emit_alerts(events)

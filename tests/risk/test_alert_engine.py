@@ -10,7 +10,7 @@ LEVELS = Levels(warning=0.02, critical=0.05)
 
 
 def engine(publishing: bool = True) -> AlertEngine:
-    e = AlertEngine(AlertsSpec(clear_ratio=0.8), "cfg", Metrics())
+    e = AlertEngine(AlertsSpec(clear_ratio=0.8), "cfg", Metrics(), "USDT")
     e.publishing = publishing
     return e
 
@@ -87,3 +87,39 @@ def test_a_follower_computes_alerts_but_sets_no_gauge():
     e = engine(publishing=False)
     assert states(e.observe("depeg", "USDe", 0.06, LEVELS, 0, "s")) == [("firing", "critical")]
     assert b"liqwatch_alert_active{" not in e.metrics.exposition()
+
+
+# -- timing: `for_s` and `keep_firing_for_s`, in event time (ms) --------------------------------------------------
+TIMED = Levels(warning=0.02, critical=0.05, for_s=30, keep_firing_for_s=300)
+
+
+def readings(e: AlertEngine, values: list[tuple[int, float]], levels: Levels = TIMED) -> list[dict]:
+    out = []
+    for t_s, v in values:
+        out += e.observe("depeg", "USDe", v, levels, t_s * 1000, "s")
+    return out
+
+
+def test_a_pending_signal_fires_only_once_it_has_held_for_its_duration():
+    # over warning at 0, 10, 20 s: pending; at 30 s it has held 30 s: fires, the episode dated from 0
+    out = readings(engine(), [(0, 0.03), (10, 0.03), (20, 0.03), (30, 0.03)])
+    assert states(out) == [("firing", "warning")]
+    assert out[0]["ts"] == 30_000 and out[0]["since"] == 0
+
+
+def test_a_blip_shorter_than_the_pending_duration_fires_nothing():
+    assert readings(engine(), [(0, 0.06), (10, 0.06), (20, 0.0), (30, 0.06), (50, 0.06)]) == []
+
+
+def test_a_signal_back_within_keep_firing_for_continues_the_episode_instead_of_re_firing():
+    e = engine()
+    out = readings(e, [(0, 0.03), (30, 0.03), (40, 0.0), (200, 0.0), (210, 0.03), (220, 0.0)])
+    assert states(out) == [("firing", "warning")]  # no resolve at 40 s, no second firing at 210 s
+    # clear since 220 s: resolved once it has stayed clear for 300 s
+    assert readings(e, [(500, 0.0)]) == []
+    assert states(readings(e, [(520, 0.0)])) == [("resolved", "warning")]
+
+
+def test_without_timing_an_episode_fires_and_resolves_at_once():
+    assert states(readings(engine(), [(0, 0.03), (10, 0.0)], LEVELS)) == [("firing", "warning"),
+                                                                         ("resolved", "warning")]
