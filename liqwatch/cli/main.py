@@ -20,6 +20,7 @@ from liqwatch.tools.receiver import register as register_receiver
 from liqwatch.cli.transport import check_bootstrap, in_file, out_dir, out_file, probe_kafka, topic_name
 from liqwatch.cli.transport import register as register_transport
 from liqwatch.cli.replay import load_config_or_exit, register as register_replay
+from liqwatch.cli.importer import register as register_importer
 
 app = typer.Typer(
     name="liqwatch",
@@ -37,6 +38,7 @@ app.add_typer(stack_app, name="stack")
 register_transport(app)
 register_receiver(app)
 register_replay(app)
+register_importer(app)
 
 err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the terminal width
 log = logging.getLogger("liqwatch")
