@@ -19,7 +19,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from liqwatch.cli.replay import parse_duration, parse_time
 from liqwatch.cli.transport import out_file
@@ -37,7 +37,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
 
 
@@ -102,7 +102,7 @@ def _amount(text: str, option: str) -> float:
 
 FilesArg = Annotated[list[Path], typer.Argument(help="Files to import (CSV, .csv.gz, a .zip of one CSV, Parquet), "
                                                      "all of one market.", show_default=False, exists=True,
-                                                dir_okay=False, readable=True)]
+                                                dir_okay=False, readable=True, metavar="FILE...")]
 LayoutOpt = Annotated[str, typer.Option("--layout", callback=_layout, help="klines, bookTicker, aggTrades (the "
                                         "Binance archive), generic (a column mapping), or auto (told by the "
                                         "header, else by the column count).")]
@@ -177,11 +177,14 @@ def import_command(
 
     `liqwatch import BTCUSDT-1m-2025-10.csv --venue binance --symbol BTCUSDT-PERP --out btc.jsonl`
 
-    `liqwatch import BTCUSDT-bookTicker-2025-10-10.zip --venue binance --symbol BTCUSDT-PERP --from 2025-10-10T20:00:00Z`
+    `liqwatch import BTCUSDT-bookTicker-2025-10-10.zip --venue binance --symbol BTCUSDT-PERP
+    --from 2025-10-10T20:00:00Z --to 2025-10-10T23:00:00Z`
 
-    `liqwatch import usde_minute_binance.parquet --venue binance --symbol USDe/USDT --reference USDe:USD:1.0 --merge btc.jsonl --out real.jsonl`
+    `liqwatch import usde_minute_binance.parquet --venue binance --symbol USDe/USDT
+    --reference USDe:USD:1.0 --merge btc.jsonl --out real.jsonl`
 
-    `liqwatch import uniswap_usde.parquet --venue uniswap --symbol USDe/USDT --ts-column timestamp --price-column token1Price`
+    `liqwatch import uniswap_usde.parquet --venue uniswap --symbol USDe/USDT
+    --ts-column timestamp --price-column token1Price`
     """
     spec = ImportSpec(
         venue=venue, symbol=symbol, layout=layout,
@@ -270,7 +273,8 @@ def calibrate_command(
 
     `liqwatch calibrate BTC=BTCUSDT-1m-2025-10-07.csv SOL=SOLUSDT-1m-2025-10-07.csv`
 
-    `liqwatch calibrate USDe=usde_minute_binance.parquet --from 2025-10-10T20:30:00Z --to 2025-10-10T22:30:00Z --json`
+    `liqwatch calibrate USDe=usde_minute_binance.parquet --from 2025-10-10T20:30:00Z
+    --to 2025-10-10T22:30:00Z --json`
     """
     size = _amount(reference_size, "--reference-size")
     spec_mapping = _mapping(mapping, ts=ts_column, time_unit=time_unit, interval=interval, volume=volume_column,

@@ -3,17 +3,18 @@
     spec = ImportSpec(venue="binance", symbol="BTCUSDT-PERP")
     with open("btc.jsonl", "wb") as out:
         report = import_files([Path("BTCUSDT-1m-2025-10-10.csv")], spec, out)
-    print(report.summary())   # BTCUSDT-1m-2025-10-10.csv: 361 rows (klines, ms, 1m bars) → 1,444 ticks; 0 rejected
+    print(report.summary())   # BTCUSDT-1m-2025-10-10.csv: 361 rows (klines, ms, 1m bars) → 1,444 ticks; …
 
 Layouts of the Binance public data archive (github.com/binance/binance-public-data), with or without a header row
 (a layout is recognised by its header or, without one, by its column count and content), and a generic reader:
 
-| layout | columns | ticks |
-|---|---|---|
-| `klines` (spot, USDⓈ-M, COIN-M; any interval) | open_time, open, high, low, close, volume, close_time, quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore | 4 per bar: the intra-bar path below |
-| `bookTicker` (futures) | update_id, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty, transaction_time, event_time | bid and ask at transaction_time |
-| `aggTrades` | agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time, is_buyer_maker[, is_best_match] | bid = ask = last = price at transact_time |
-| `generic` (CSV or Parquet) | a column mapping: a time and bid + ask, or a price, or open/high/low/close | as above |
+- `klines` (spot, USDⓈ-M, COIN-M; any interval): open_time, open, high, low, close, volume, close_time,
+  quote_volume, count, taker_buy_volume, taker_buy_quote_volume, ignore → 4 ticks a bar (the intra-bar path below)
+- `bookTicker` (futures): update_id, best_bid_price, best_bid_qty, best_ask_price, best_ask_qty, transaction_time,
+  event_time → a tick of bid and ask at transaction_time
+- `aggTrades`: agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time, is_buyer_maker
+  [, is_best_match (spot)] → a tick of bid = ask = last = price at transact_time
+- `generic` (CSV or Parquet): a column mapping (`Mapping`): a time and bid + ask, or a price, or open/high/low/close
 
 CSV is read with pyarrow.csv (also `.gz`, and a `.zip` holding one CSV, as the archive ships them), Parquet with
 pyarrow.parquet. Times: milliseconds, except the archive's spot files from 1 January 2025 (microseconds): the unit of
@@ -385,7 +386,8 @@ def _csv_batches(path: Path, kind: str, names: tuple[str, ...], header: bool, re
             raise ImportFailed(f"{path}: not a CSV file liqwatch can read ({str(e).splitlines()[0]})") from None
 
 
-def _parquet_batches(path: Path, tick: Optional[Callable[[int], None]]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+def _parquet_batches(path: Path,
+                     tick: Optional[Callable[[int], None]]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:

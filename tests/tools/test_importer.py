@@ -47,7 +47,8 @@ def ticks_at(events, ts):
 
 def test_real_klines_crash_window():
     events, report = run([BTC_CRASH])
-    assert (report.files[0].layout, report.files[0].time_unit, report.files[0].interval_ms) == ("klines", "ms", 60_000)
+    f = report.files[0]
+    assert (f.layout, f.time_unit, f.interval_ms) == ("klines", "ms", 60_000)
     assert report.files[0].read == 361 and report.rejects == 0
     assert len(events) == 4 * 361 == report.ticks
     ts = [e["ts"] for e in events]
@@ -56,7 +57,8 @@ def test_real_klines_crash_window():
     # the 18:30 bar, an up bar (open 117560.0, high 117623.0, low 117559.7, close 117572.8): open → low → high → close
     assert [(e["ts"] - T1830, e["bid"]) for e in events[:4]] == [
         (0, 117560.0), (15_000, 117559.7), (30_000, 117623.0), (45_000, 117572.8)]
-    # the 21:19 bar, a down bar (open 108888.0, high 109568.2, low 102193.6, close 103441.3): open → high → low → close
+    # the 21:19 bar, a down bar (open 108888.0, high 109568.2, low 102193.6, close 103441.3):
+    # open → high → low → close
     t = 1760131140000
     assert [e["bid"] for e in events if t <= e["ts"] < t + 60_000] == [108888.0, 109568.2, 102193.6, 103441.3]
     # the evening's low: 101,516.5 in the 21:20 bar
