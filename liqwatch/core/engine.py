@@ -211,4 +211,6 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
         "round_accounts": list(res.round_accounts),
         "round_notional": [float(x) for x in res.round_notional],
         "fees_usd": float(res.liquidated_notional * engine.cfg.liquidation.fee_rate),
+        # assets whose impact model took a round's price to the floor (1% of it): a depth to calibrate
+        "impact_floor": [lay.assets[a] for a in sorted(res.floored)],
     }

@@ -100,6 +100,7 @@ class CascadeResult:
     round_accounts: list[int] = field(default_factory=list)
     round_notional: list[float] = field(default_factory=list)
     liquidated_round: list[np.ndarray] = field(default_factory=list)  # per shard: round each account fell (0 = no)
+    floored: list[int] = field(default_factory=list)  # assets whose impact hit MIN_PRICE_FACTOR in some round
 
 
 @dataclass
@@ -156,6 +157,8 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
         res.round_notional.append(got.notional)
         res.net_sold += got.net_sold
         impact_factors(got.net_sold, impact, factor)
+        # the floor binding is the impact model speaking, not the market: an uncalibrated depth
+        res.floored.extend(a for a in np.flatnonzero(factor <= MIN_PRICE_FACTOR).tolist() if a not in res.floored)
         apply_impact(factor, quotes.base, quotes.venue, liquidation_venue, mid, last)
     res.final_index = index.copy()
     res.final_mid = mid

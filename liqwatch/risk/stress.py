@@ -7,6 +7,7 @@ its cascade alerts with the very code the live leader uses."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import numpy as np
 from liqwatch.core.engine import cascade_dict
 from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.health import exposure_summary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class StressRuns(ABC):
         self.exposures: list[dict] = []
         self.last_results: dict[tuple[str, float], dict] = {}
         self.total_usd = 0.0
+        self._floor_warned: set[str] = set()
 
     @abstractmethod
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
@@ -105,6 +109,13 @@ class StressRuns(ABC):
             m.cascade_rounds.labels(**labels).set(result["rounds"])
             m.cascade_runaway.labels(**labels).set(float(result["runaway"]))
             self.last_results[(result["scenario"], result["severity"])] = result
+            for asset in result.get("impact_floor", ()):
+                if asset not in self._floor_warned:  # once per asset and process, not at every boundary
+                    self._floor_warned.add(asset)
+                    log.warning("the impact model of %s takes its price to the floor (1%% of it in one round) in the "
+                                "%s cascade at severity %g: its depth is probably not calibrated (liqwatch "
+                                "calibrate derives it from recorded volume and volatility)", asset,
+                                result["scenario"], result["severity"])
             if self.emit is not None:
                 await self.emit(result)
         exposure = None

@@ -116,3 +116,18 @@ def test_cascade_one_account_linear_impact(small_config):
     assert r["final_prices"]["binance:BTC/USDT"] == pytest.approx(90_000 * (1 - 0.01 * 990_000 / 50e6), rel=1e-12)
     assert r["final_prices"]["okx:BTC/USDT"] == pytest.approx(90_000.0, rel=1e-12)  # only the liquidation venue
     assert r["amplification"] == 1.0 and r["runaway"] is False
+    assert r["impact_floor"] == []
+
+
+def test_an_uncalibrated_depth_is_reported_when_impact_hits_the_floor():
+    # the same account and cascade with a BTC depth of $5k per 1%: 1 − 0.01 × 990,000 / 5,000 = −0.98, so the
+    # round's factor is the floor 0.01 and the binance books end at 1% of the shocked 90,000
+    data = yaml.safe_load((DATA / "small.yaml").read_text())
+    data["assets"]["BTC"]["impact"] = {"model": "linear", "depth_usd_per_pct": 5_000}
+    acct = {"type": "account", "account": "a", "ts": T, "collateral": {"BTC": 1, "USDT": 10_000}, "borrowed": {},
+            "positions": [{"instrument": "BTCUSDT-PERP", "qty": 10, "entry": 100_000}]}
+    e = run_engine(parse_config(data), [tick("BTC/USDT", 100_000), tick("BTC/USDT", 100_000, "okx"),
+                                        tick("BTC/USD", 100_000, "coinbase"), acct])
+    r = e.cascade("risk_off", 0.10)
+    assert r["impact_floor"] == ["BTC"]
+    assert r["final_prices"]["binance:BTC/USDT"] == pytest.approx(900.0, rel=1e-12)
