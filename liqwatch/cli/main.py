@@ -147,7 +147,8 @@ def cascade(
     newly liquidatable accounts; move the liquidation venue's books by the net forced sells (impact model).
     Result: `rounds`, `liquidated_accounts`, `liquidated_notional`, `net_sold`, `final_index`, `final_prices`,
     `amplification` (total / round-1 notional), `runaway` (still liquidating after `max_rounds`), plus
-    `round_accounts`, `round_notional` and `fees_usd`.
+    `round_accounts`, `round_notional`, `fees_usd` and `impact_floor` (assets whose impact model took a round's
+    price to its 1% floor — warned on stderr: calibrate that depth, `liqwatch calibrate`).
 
     Example: `liqwatch cascade -c oct-2025-prefix.yaml --scenario risk_off --severity 0.12 events.jsonl`
     """
@@ -164,6 +165,9 @@ def cascade(
     cfg, engine = _load(cfg, events, deadletter, until_ms)
     result = engine.cascade(scenario, severity, at_ms)
     sys.stdout.write(json_line(result) + "\n")
+    if result["impact_floor"]:
+        sys.stderr.write(f"warning: the impact model of {', '.join(result['impact_floor'])} takes the price to its "
+                         "floor (1% of it in one round): its depth is probably not calibrated (liqwatch calibrate)\n")
 
 
 @app.command()
