@@ -131,7 +131,7 @@ def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral
         total += v
         if state[o] == 1:
             liquidatable += v
-        else:
+        elif state[o] == 2:
             cluster += v
     for j in range(accounts.coll_owner.shape[0]):
         o = accounts.coll_owner[j]

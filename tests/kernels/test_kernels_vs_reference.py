@@ -123,3 +123,38 @@ def test_replaced_and_closed_snapshots_match_reference(rich_config):
         for f in ("equity", "maintenance", "health"):
             assert close(rows[aid][f], want[f]), (aid, f)
     assert engine.accounts.pos.used < 3 * engine.accounts.pos.live + 1024  # compaction ran
+
+
+def test_exposure_summary_matches(world):
+    """What the alerts read across the accounts (liquidatable, margin cluster, total notional, collateral per
+    asset), summed account by account from the reference's health rows."""
+    from liqwatch.kernels.health import exposure_summary
+
+    cfg, engine, market, accounts, t = world
+    index, marks = market.prices(t)
+    want = {"liquidatable": 0.0, "cluster": 0.0, "total": 0.0}
+    by_asset: dict[str, float] = {}
+    for acct in accounts.values():
+        row = ref.health_row(cfg, acct, index, marks)
+        notional = sum(abs(p["qty"]) * marks[p["instrument"]] for p in acct.get("positions", []))
+        for asset, qty in acct.get("collateral", {}).items():
+            v = qty * ref.price(cfg, asset, index)
+            notional += v
+            by_asset[asset] = by_asset.get(asset, 0.0) + v
+        want["total"] += notional
+        if row["liquidatable"]:
+            want["liquidatable"] += notional
+        elif row["health"] is not None and 1.0 <= row["health"] < 1.2:
+            want["cluster"] += notional
+    pv = engine.prices()
+    lay = engine.layout
+    view = engine.accounts.view()
+    n = view.active.shape[0]
+    got_by_asset = np.zeros(len(lay.assets))
+    liq, cluster, total = exposure_summary(pv.index, pv.mark, view, lay.risk_params, 1.2, got_by_asset,
+                                           np.empty(n), np.empty(n))
+    assert 0 < want["cluster"] < want["total"] and 0 < want["liquidatable"] < want["total"]
+    for name, got in (("liquidatable", liq), ("cluster", cluster), ("total", total)):
+        assert math.isclose(got, want[name], rel_tol=1e-9), (name, got, want[name])
+    for asset, v in by_asset.items():
+        assert math.isclose(got_by_asset[lay.asset_id[asset]], v, rel_tol=1e-9, abs_tol=1e-6), asset
