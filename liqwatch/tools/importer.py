@@ -591,8 +591,8 @@ def read_rows(path: Path, layout: str = "auto", mapping: Mapping = Mapping(), st
         first = _first_line(path, kind)
         if not first:
             raise ImportFailed(f"{path}: empty file")
-        fields = first.split(",")
-        header = not _is_number(fields[0])
+        fields = [f.strip().strip('"') for f in first.split(",")]
+        header = not any(_is_number(f) for f in fields)  # a data row has a number somewhere; a header has none
         layout, names = _sniff_layout(path, fields, header, layout)
         if layout == "generic":
             roles = _generic_roles(path, names, None, mapping)

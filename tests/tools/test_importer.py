@@ -190,11 +190,16 @@ def test_generic_parquet_of_the_uniswap_pool_by_price_column():
     assert 0.9995 < min(window) < max(window) < 1.0
 
 
-def test_generic_csv_with_iso_times_and_a_mapping_file(tmp_path):
-    csv = "when,b,a\n2025-10-10T21:20:00Z,1.0,1.1\n2025-10-10 21:20:01,2.0,2.5\n"
-    events, _ = run([_write(tmp_path / "g.csv", csv)],
+def test_generic_csv_with_iso_times_with_and_without_a_header(tmp_path):
+    body = "2025-10-10T21:20:00Z,1.0,1.1\n2025-10-10 21:20:01,2.0,2.5\n"
+    want = [(1760131200000, 1.0, 1.1), (1760131201000, 2.0, 2.5)]
+    events, _ = run([_write(tmp_path / "g.csv", "when,b,a\n" + body)],
                     mapping=Mapping(ts="when", time_unit="iso", bid="b", ask="a"))
-    assert [(e["ts"], e["bid"], e["ask"]) for e in events] == [(1760131200000, 1.0, 1.1), (1760131201000, 2.0, 2.5)]
+    assert [(e["ts"], e["bid"], e["ask"]) for e in events] == want
+    # without a header the columns are numbered from 1
+    events, _ = run([_write(tmp_path / "h.csv", body)], layout="generic",
+                    mapping=Mapping(ts="1", time_unit="iso", bid="2", ask="3"))
+    assert [(e["ts"], e["bid"], e["ask"]) for e in events] == want
 
 
 # -- references and merges ----------------------------------------------------------------------------------------
@@ -346,3 +351,16 @@ def test_read_rows_reports_the_klines_volume_for_calibrate():
     rows = read_rows(BTC_CRASH)
     assert rows.kind == "bars" and len(rows) == 361
     assert rows.values["quote_volume"][0] == 11328823.5962
+
+
+def test_cli_mapping_file_and_rejects_on_stderr(tmp_path):
+    mapping = _write(tmp_path / "uniswap.yaml", "ts: timestamp\ntime_unit: s\nprice: token1Price\n")
+    r = CliRunner().invoke(app, ["import", str(UNISWAP), "--venue", "uniswap", "--symbol", "USDe/USDT",
+                                 "--mapping", str(mapping), "--to", "2025-10-10T18:31:00Z"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["ts"] for x in r.stdout.splitlines()] == [1760121011000, 1760121023000, 1760121035000,
+                                                                    1760121047000, 1760121059000]
+    r = CliRunner().invoke(app, ["import", str(_damaged(tmp_path)), "--venue", "binance", "--symbol", "X",
+                                 "--skip-bad"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 4 * 358
+    assert r.stderr.count("rejected: ") == 3 and "line 100, column high: 'abc' is not a number" in r.stderr
