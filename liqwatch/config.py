@@ -265,6 +265,19 @@ class Levels(Timing):
     critical: PositiveFloat
 
 
+class MarketLevels(Levels):
+    """depeg, venue_divergence: read at every evaluation, where one bad tick would open an episode."""
+
+    for_s: Seconds = 30.0
+    keep_firing_for_s: Seconds = 300.0
+
+
+class StaleLevels(Levels):
+    """stale_source: fires at its age level at once (the age is its own duration), keeps firing 5 minutes."""
+
+    keep_firing_for_s: Seconds = 300.0
+
+
 class MarginClusterAlert(Timing):
     health_below: Annotated[float, Field(strict=True, gt=1, allow_inf_nan=False)] = 1.2
     notional_usd: Levels = Levels(warning=5e7, critical=2e8)
@@ -308,11 +321,11 @@ class AlertsSpec(_Frozen):
 
     clear_ratio: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.8
     # |index / reference value − 1|
-    depeg: Levels = Levels(warning=0.02, critical=0.05, for_s=30, keep_firing_for_s=300)
-    # |book / consensus of the other books and the reference value − 1|
-    venue_divergence: Levels = Levels(warning=0.03, critical=0.10, for_s=30, keep_firing_for_s=300)
+    depeg: MarketLevels = MarketLevels(warning=0.02, critical=0.05)
+    # |book / the nearer of (the other books' median, the redemption value) − 1|
+    venue_divergence: MarketLevels = MarketLevels(warning=0.03, critical=0.10)
     # seconds of event time without a quote (a source's own freshness limit, if longer, is its warning level)
-    stale_source: Levels = Levels(warning=30, critical=120, keep_firing_for_s=300)
+    stale_source: StaleLevels = StaleLevels(warning=30, critical=120)
     margin_cluster: MarginClusterAlert = MarginClusterAlert()
     liquidations: Levels = Levels(warning=1e6, critical=5e7)             # liquidatable notional now, USD
     cascade_risk: CascadeRiskAlert = CascadeRiskAlert()

@@ -55,7 +55,9 @@ class WorkerSettings:
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
     resume_pause_s: float = 1.0         # input silent this long, then records again (start, broker restart):
-    resume_grace_s: float = 3.0         # every topic bounds the merge this long, whatever it delivered
+    resume_grace_s: float = 10.0        # every topic bounds the merge this long, whatever it delivered (3 s was
+                                        # too short once: after a broker restart on a loaded machine a producer
+                                        # resumed one partition later, and every book of it looked stale)
     session_timeout_s: float = 6.0      # a worker silent this long is out of the group (a dead leader is replaced)
     heartbeat_s: float = 1.5
     cascade_retry_s: float = 60.0       # a boundary's cascades are retried this long for shards to answer

@@ -27,7 +27,7 @@ def config(edit=None):
     data["assets"]["USDe"] = {"index": {"constituents": [{"source": "binance:USDe/USDT", "weight": 0.5},
                                                          {"source": "redemption:USDe", "in": "USD", "weight": 0.5}]},
                               "books": ["uniswap:USDe/USDT"]}
-    data["alerts"] = {"venue_divergence": {"warning": 0.03, "critical": 0.10}}  # no pending: one reading decides
+    data["alerts"] = {"venue_divergence": {"warning": 0.03, "critical": 0.10, "for_s": 0}}  # one reading decides
     if edit:
         edit(data)
     return parse_config(data)
