@@ -172,7 +172,8 @@ def cascade(
 
 @app.command()
 def scenario(
-    name: Annotated[str, typer.Argument(help="oct-2025 or calm.", show_default=False, metavar="NAME")],
+    name: Annotated[str, typer.Argument(help="oct-2025 or calm (synthetic prices), real-2025-10-10 or "
+                                             "real-2025-10-07 (recorded prices).", show_default=False, metavar="NAME")],
     accounts: Annotated[
         int, typer.Option(help="Number of accounts (total equity is fixed; this sets granularity).", min=1,
                           max=MAX_ACCOUNTS)
@@ -197,24 +198,37 @@ def scenario(
     `oct-2025` replays 20:00–23:00 UTC of 10 October 2025: the tariff post, the cascade, Binance's USDe, WBETH
     and BNSOL books depegging while redemption values hold. `calm` is the same population on a quiet day.
 
+    `real-2025-10-10` is the recorded evening (18:30–00:30 UTC: Binance BTC and SOL perpetual and USDe spot
+    minute bars, the Uniswap USDe pool; USDe redeeming at 1.00 is stated, not recorded) with the same kind of
+    synthetic accounts opened at its first prices; `real-2025-10-07` the same hours of a calm evening. Their
+    configs read BTC and SOL from the perpetual's book (README "Real market data").
+
     Example: `liqwatch scenario oct-2025 --accounts 5000 --out ev.jsonl --config-out cfg.yaml`
+
+    Example: `liqwatch scenario real-2025-10-10 --accounts 5000 --out real.jsonl --config-out real.yaml`, then
+    `liqwatch replay --events real.jsonl --from 2025-10-10T20:30:00Z --to 2025-10-10T22:30:00Z -c real.yaml`
     """
     from liqwatch import scenarios as sc
+    from liqwatch.tools import real
 
-    if name not in sc.SCENARIOS:
-        _fail(f"NAME: unknown scenario '{name}' (choose from {', '.join(sc.SCENARIOS)})")
+    if name not in sc.SCENARIOS and name not in real.DAYS:
+        _fail(f"NAME: unknown scenario '{name}' (choose from {', '.join((*sc.SCENARIOS, *real.DAYS))})")
     if index not in ("prefix", "fixed"):
         _fail(f"--index: must be prefix or fixed (got '{index}')")
     if no_events and config_out is None:
         _fail("--no-events: nothing to write without --config-out FILE")
     if config_out is not None:
-        config_out.write_text(sc.config_path(name, index).read_text())
+        path = real.config_path(name, index) if name in real.DAYS else sc.config_path(name, index)
+        config_out.write_text(path.read_text())
         err.print(f"config ({index} index) written to {config_out}", highlight=False)
     if no_events:
         return
     from liqwatch.scenarios.write import write_events
 
-    n = write_events(name, accounts, seed, out)
+    if name in real.DAYS:
+        n = write_events(name, accounts, seed, out, events=real.generate(name, accounts, seed), total=accounts)
+    else:
+        n = write_events(name, accounts, seed, out)
     if out is not None:
         err.print(f"{n:,} events written to {out}", highlight=False)
 

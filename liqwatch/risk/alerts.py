@@ -39,6 +39,7 @@ class Episode:
     severity: str
     since: int
     clearing: int | None = None  # event time since which the signal is under its clear level
+    calming: int | None = None   # event time since which a critical episode's signal is under critical's margin
 
 
 def _pct(x: float) -> str:
@@ -108,8 +109,15 @@ class AlertEngine:
         severity = "critical" if x >= crit else "warning" if x >= warn else None
         key = (kind, subject)
         ep = self.open.get(key)
-        if ep is not None and ep.severity == "critical" and severity == "warning" and x >= crit * self.spec.clear_ratio:
-            severity = "critical"
+        if ep is not None and ep.severity == "critical" and severity == "warning":
+            if x >= crit * self.spec.clear_ratio:
+                severity, ep.calming = "critical", None  # inside critical's hysteresis margin
+            else:  # steps down only once calm for keep_firing_for (a crash's minute bars swing back and forth)
+                ep.calming = t if ep.calming is None else ep.calming
+                if t - ep.calming < timing.keep_firing_for_s * 1000.0:
+                    severity = "critical"
+        elif ep is not None and severity == "critical":
+            ep.calming = None
         out = []
         if ep is None:
             if severity is None:

@@ -123,3 +123,12 @@ def test_a_signal_back_within_keep_firing_for_continues_the_episode_instead_of_r
 def test_without_timing_an_episode_fires_and_resolves_at_once():
     assert states(readings(engine(), [(0, 0.03), (10, 0.0)], LEVELS)) == [("firing", "warning"),
                                                                          ("resolved", "warning")]
+
+
+def test_a_critical_episode_steps_down_only_once_calm_for_keep_firing_for():
+    # critical at 30 s; a dip to warning level at 40 s and back at 100 s does not step down; a dip that lasts
+    # keep_firing_for (300 s) does, once
+    e = engine()
+    out = readings(e, [(0, 0.06), (30, 0.06), (40, 0.03), (100, 0.06), (110, 0.03), (300, 0.03)])
+    assert states(out) == [("firing", "critical")]
+    assert states(readings(e, [(410, 0.03)])) == [("firing", "warning")]
