@@ -235,15 +235,19 @@ def scenario(
 
 @app.command()
 def demo(
-    accounts: Annotated[int, typer.Option(help="Accounts in the oct-2025 population.", min=100,
+    accounts: Annotated[int, typer.Option(help="Accounts in the scenario's synthetic population.", min=100,
                                           max=MAX_ACCOUNTS)] = 100_000,
-    speed: Annotated[float, typer.Option(help="Event time per wall time: 72 plays 20:00–23:00 in 2.5 minutes.",
+    speed: Annotated[float, typer.Option(help="Event time per wall time: 72 plays oct-2025's 20:00–23:00 in 2.5 "
+                                              "minutes, a recorded evening's 20:30–22:30 in 100 s.",
                                          min=1.0)] = 72.0,
     no_stack: Annotated[bool, typer.Option("--no-stack", help="Use the running local stack (`liqwatch stack up`) "
                                                               "instead of starting and stopping one.")] = False,
     state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir.", file_okay=False)] = None,
-    scenario_name: Annotated[str, typer.Option("--scenario", help="oct-2025, or calm for the false-alarm check.")]
-    = "oct-2025",
+    scenario_name: Annotated[str, typer.Option("--scenario", help=(
+        "oct-2025, or calm for the false-alarm check (synthetic prices, 20:00–23:00 UTC); real-2025-10-10 (the "
+        "recorded crash) or real-2025-10-07 (a calm evening): 20:30–22:30 UTC of that day's recorded prices — the "
+        "minutes before are skipped (every indexed book opens a minute bar at 20:30), the synthetic accounts join "
+        "at 20:30:00.5, the index designs are compared from 21:10 at risk_off 0.12."))] = "oct-2025",
     partitions: Annotated[int, typer.Option(help="Account partitions shared by the two workers.", min=2,
                                             max=MAX_PARTITIONS)] = 8,
     report: Annotated[Optional[Path], typer.Option(help="Also write the post-mortem report of the run (as "
@@ -257,14 +261,19 @@ def demo(
     band, liquidatable notional, cascade amplification and critical severity, and alerts as they fire and resolve.
     Ends with the first alert of each kind, the first forced-liquidation wave, the lead time of the first critical
     cascade_risk before it, and the fixed index design side by side. Ctrl-C stops everything it started.
+    `--scenario real-2025-10-10` plays the recorded prices of that evening (Binance BTC and SOL perpetuals, USDe
+    spot, the Uniswap USDe pool) under synthetic accounts; the post-mortem and the printed `liqwatch replay`
+    command cover the window played.
 
-    Example: `liqwatch demo --accounts 20000 --speed 120`
+    Example: `liqwatch demo --accounts 20000 --speed 120`, `liqwatch demo --scenario real-2025-10-10`
     """
     from liqwatch import scenarios as sc
+    from liqwatch.tools import real
     from liqwatch.tools.demo import run_demo
 
-    if scenario_name not in sc.SCENARIOS:
-        _fail(f"--scenario: unknown scenario '{scenario_name}' (choose from {', '.join(sc.SCENARIOS)})")
+    names = (*sc.SCENARIOS, *real.DAYS)
+    if scenario_name not in names:
+        _fail(f"--scenario: unknown scenario '{scenario_name}' (choose from {', '.join(names)})")
     if not math.isfinite(speed):
         _fail(f"--speed: must be a finite number >= 1 (got {speed})")
     try:

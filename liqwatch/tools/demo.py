@@ -2,11 +2,21 @@
 
 Starts (unless --no-stack) the local stack, a signed webhook receiver on the stack's receiver port (127.0.0.1:8099
 unless the stack says otherwise; it takes the stack's Alertmanager token) and two workers on fresh
-topics; generates `oct-2025` with the index as it was; plays it into Kafka at `speed`× event time; shows the event
-clock, indices against redemption values, accounts by health band, liquidatable notional, cascade amplification
-and critical severity, and alerts as they fire and resolve. At the end: the first alert of each kind, the first
-forced-liquidation wave, the lead time of the first critical `cascade_risk` before it, and the fixed index
-design side by side. Ctrl-C stops everything it started.
+topics; generates a scenario (`oct-2025` by default) with the index as it was; plays it into Kafka at `speed`× event
+time; shows the event clock, indices against redemption values, accounts by health band, liquidatable notional,
+cascade amplification and critical severity, and alerts as they fire and resolve. At the end: the first alert of
+each kind, the first forced-liquidation wave, the lead time of the first critical `cascade_risk` before it, and the
+fixed index design side by side. Ctrl-C stops everything it started.
+
+    sc = demo_scenario("real-2025-10-10")   # the recorded 20:30–22:30 UTC; 21:10 and risk_off 0.12 compared
+    run_demo(3000, 300.0, no_stack=True, state_dir=None, scenario="real-2025-10-10")
+
+What each scenario plays (`DemoScenario`): `oct-2025` and `calm` the whole synthetic evening (20:00–23:00 UTC);
+`real-2025-10-10` and `real-2025-10-07` the recorded 20:30–22:30 UTC of that day (liqwatch.tools.real) — the
+minutes before are skipped to keep the demo short (every indexed book opens a minute bar at 20:30:00 and the
+redemption statement is every 30 s, so every index is priced by the first record), and the synthetic accounts
+join half a second in, as the synthetic evening's do. The post-mortem and the printed `liqwatch replay` command
+read exactly that window, so they see what the workers saw.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -35,6 +47,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from liqwatch import scenarios
+from liqwatch.tools import real
 from liqwatch.tools import stack
 from liqwatch.tools import transport
 from liqwatch.replay.batch import load_events
@@ -45,6 +58,79 @@ ASSETS = ("BTC", "ETH", "SOL", "USDe", "WBETH", "BNSOL")
 SECRET_ENV = "LIQWATCH_DEMO_WEBHOOK_SECRET"
 RECEIVER_PORT = stack.StackPorts().receiver  # a default stack's; run_demo uses its stack's
 PRE_CRASH = scenarios.T0 + 45 * 60_000
+REAL_ASSETS = ("BTC", "SOL", "USDe")  # what the recorded evenings price (no minute data of the others)
+ACCOUNTS_AFTER_MS = 500  # the accounts join this long after the first market record (as oct-2025's at T0 + 500)
+
+
+@dataclass(frozen=True)
+class DemoScenario:
+    """A scenario as the demo plays it: its events, its two configs, and the event times the demo reads."""
+
+    name: str
+    events: Callable[[int], Iterable[dict]]  # number of accounts → every event played, in event-time order
+    prefix_config: Path     # the index as it was: the workers run it
+    fixed_config: Path      # the index as fixed: the comparison and the post-mortem's second config
+    start_ms: int           # the window played, both ends inclusive: the post-mortem and the replay command read it
+    end_ms: int
+    pre_crash_ms: int       # the state the two index designs are compared from (batch engine)
+    severity: float         # the risk_off move they are compared at
+    date: str               # the live view's date, "10 Oct 2025"
+    assets: tuple[str, ...] = ASSETS  # the live view's indices
+
+
+DEMO_SCENARIOS = (*scenarios.SCENARIOS, *real.DAYS)
+
+
+def _at(day: str, hhmm_utc: str) -> int:
+    return int(datetime.fromisoformat(f"{day}T{hhmm_utc}:00+00:00").timestamp() * 1000)
+
+
+def demo_scenario(name: str) -> DemoScenario:
+    """oct-2025 and calm: the synthetic evening (liqwatch.scenarios); real-2025-10-10 and real-2025-10-07: the
+    recorded evening (liqwatch.tools.real), 20:30–22:30 UTC as `liqwatch scenario` suggests replaying it."""
+    if name in scenarios.SCENARIOS:
+        return DemoScenario(
+            name, partial(scenarios.generate, name, seed=7), scenarios.config_path(name, "prefix"),
+            scenarios.config_path(name, "fixed"), scenarios.T0,
+            scenarios.T0 + scenarios.DURATION_MIN * 60_000 + 1_000,  # the file's last tick + 1 s
+            PRE_CRASH, scenarios.EVENING_SEVERITY, "10 Oct 2025")
+    if name in real.DAYS:
+        day = real.DAYS[name]
+        start, end = _at(day, "20:30"), _at(day, "22:30")
+        date = datetime.fromisoformat(day)
+        # 21:10 on the 10th: BTC and SOL 2% and 5% below 20:30, no critical signal yet; from there BTC fell 11% to
+        # its 21:20 low and SOL 28% (risk_off moves SOL 1.5× BTC: 0.12 is the grid's move nearest BTC's). The calm
+        # day is compared at the same moment and move
+        return DemoScenario(
+            name, partial(recorded_evening, name, start, end), real.config_path(name, "prefix"),
+            real.config_path(name, "fixed"), start, end, _at(day, "21:10"), 0.12,
+            f"{date.day} {date:%b %Y}", REAL_ASSETS)
+    raise KeyError(name)
+
+
+def recorded_evening(name: str, start: int, end: int, accounts: int, seed: int = 7) -> Iterator[dict]:
+    """`real.generate`'s events from `start` to `end` (inclusive): the market records in that window, with the
+    synthetic accounts re-dated ACCOUNTS_AFTER_MS after `start` (`real.generate` dates them a minute after 18:30):
+    the producer paces by event time from the file's first line, and accounts dated before the first market record
+    would be due at the first evaluation, which a replay makes with them and a live worker possibly before it has
+    read them."""
+    at = start + ACCOUNTS_AFTER_MS
+    held: list[dict] = []
+    joined = False
+    for ev in real.generate(name, accounts, seed):
+        if ev["type"] == "account":
+            held.append({**ev, "ts": at})
+            continue
+        if ev["ts"] < start:
+            continue
+        if ev["ts"] > end:
+            break  # market records come in event-time order
+        if not joined and ev["ts"] > at:
+            yield from held
+            joined = True
+        yield ev
+    if not joined:
+        yield from held
 
 
 def hhmm(ts: int | None) -> str:
@@ -110,14 +196,15 @@ def _get(ms: list[dict], name: str, agg=max, **labels) -> float | None:
     return agg(vals) if vals else None
 
 
-def _screen(ms: list[dict], alerts: list[dict], event_t: int | None, speed: float, urls: list[str]) -> Group:
+def _screen(ms: list[dict], alerts: list[dict], event_t: int | None, speed: float, urls: list[str],
+            sc: DemoScenario) -> Group:
     clock = Table.grid(padding=(0, 2))
-    clock.add_row(f"[bold]event time[/] {hhmm(event_t)} UTC, 10 Oct 2025", f"replayed at {speed:g}×",
+    clock.add_row(f"[bold]event time[/] {hhmm(event_t)} UTC, {sc.date}", f"replayed at {speed:g}×",
                   "  ".join(urls))
     prices = Table(title="index vs redemption value", expand=True)
     for col in ("asset", "index", "redemption value", "gap"):
         prices.add_column(col, justify="right")
-    for a in ASSETS:
+    for a in sc.assets:
         ix = _get(ms, "liqwatch_index_price_usd", asset=a)
         ref = _get(ms, "liqwatch_reference_value_usd", asset=a)
         gap = "" if ix is None or not ref else f"{100 * (ix / ref - 1):+.1f}%"
@@ -166,13 +253,14 @@ def summarize(alerts: list[dict]) -> DemoResult:
     return res
 
 
-def compare_index_designs(events: Path, severity: float = scenarios.EVENING_SEVERITY) -> dict:
-    """The evening's move from the 20:45 state under both index designs (batch engine, same events)."""
+def compare_index_designs(events: Path, sc: DemoScenario) -> dict:
+    """The evening's move from the pre-crash state (20:45 of the synthetic evening, 21:10 of a recorded one) under
+    both index designs (batch engine, same events)."""
     out = {}
-    for variant in ("prefix", "fixed"):
-        cfg = parse_config(yaml.safe_load(scenarios.config_path("oct-2025", variant).read_text()))
-        engine, _ = load_events(cfg, events, until=PRE_CRASH, quiet=True)
-        r = engine.cascade("risk_off", severity)
+    for variant, path in (("prefix", sc.prefix_config), ("fixed", sc.fixed_config)):
+        cfg = parse_config(yaml.safe_load(path.read_text()))
+        engine, _ = load_events(cfg, events, until=sc.pre_crash_ms, quiet=True)
+        r = engine.cascade("risk_off", sc.severity)
         out[variant] = {"liquidated_notional": r["liquidated_notional"], "amplification": r["amplification"],
                         "liquidated_accounts": r["liquidated_accounts"], "rounds": r["rounds"],
                         "usde_index_after": r["final_index"].get("USDe")}
@@ -183,6 +271,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
              console: Console | None = None, partitions: int = 8, live: bool = True,
              report: Path | None = None) -> DemoResult:
     console = console or Console()
+    sc = demo_scenario(scenario)
     t_start = time.monotonic()
     started_stack = None
     procs: list[subprocess.Popen] = []
@@ -208,7 +297,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         # the stack's Alertmanager notifies this receiver too: its port and bearer token
         receiver_thread = ReceiverThread(secret, work / "alerts.jsonl", st.ports.receiver, stack.receiver_token(st))
         receiver = receiver_thread.start()
-        cfg_data = yaml.safe_load(scenarios.config_path(scenario, "prefix").read_text())
+        cfg_data = yaml.safe_load(sc.prefix_config.read_text())
         cfg_data.setdefault("alerts", {})["webhooks"] = [
             {"name": "demo-receiver", "url": f"{stack.receiver_url(st)}/alerts", "secret_env": SECRET_ENV}]
         cfg_path = work / "config.yaml"
@@ -217,7 +306,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         console.print(f"generating the {scenario} scenario with {accounts:,} accounts…")
         last_ts = 0
         with events.open("wb") as f:
-            for ev in scenarios.generate(scenario, accounts, seed=7):
+            for ev in sc.events(accounts):
                 f.write(json.dumps(ev, separators=(",", ":")).encode() + b"\n")
                 last_ts = max(last_ts, ev["ts"])
         prefix = f"demo-{uuid.uuid4().hex[:6]}."
@@ -247,7 +336,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
                 event_t = None if t is None else int(t * 1000)
                 alerts = [r for r in receiver.received if r.get("source") != "alertmanager"]
                 if live:
-                    view.update(_screen(ms, alerts, event_t, speed, urls[:2]))
+                    view.update(_screen(ms, alerts, event_t, speed, urls[:2], sc))
                 for p in procs:
                     if p.poll() is not None:
                         raise RuntimeError(f"a worker exited ({p.returncode}); logs in {work}")
@@ -261,20 +350,19 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
                 time.sleep(0.5)
         result = summarize(sorted(alerts, key=lambda a: (a["ts"], a["kind"])))
         console.print("comparing with the fixed index design (same events, batch engine)…")
-        result.comparison = compare_index_designs(events)
+        result.comparison = compare_index_designs(events, sc)
         result.wall_s = time.monotonic() - t_start
-        _print_summary(console, result)
+        _print_summary(console, result, sc)
         if report is not None:
             console.print(f"writing the post-mortem report of this run to {report}/ (liqwatch replay of the same "
                           "events, as it was vs as fixed)…")
-            write_post_mortem(events, cfg_path, scenario, report)
+            write_post_mortem(events, cfg_path, sc, report)
             console.print(f"post-mortem: {report / 'index.html'}")
-        first = datetime.fromtimestamp(scenarios.T0 / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        last = datetime.fromtimestamp(last_ts / 1000 + 1, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        first = datetime.fromtimestamp(sc.start_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        last = datetime.fromtimestamp(sc.end_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         console.print(f"the run stays in Kafka under the prefix {prefix}; a post-mortem later: "
                       f"`liqwatch replay --topic-prefix {prefix} --from {first} --to {last} "
-                      f"-c {scenarios.config_path(scenario, 'prefix')} --compare "
-                      f"{scenarios.config_path(scenario, 'fixed')} --report pm/`"
+                      f"-c {sc.prefix_config} --compare {sc.fixed_config} --report pm/`"
                       + ("" if no_stack or started_stack is None else " (after `liqwatch stack up`)"), highlight=False)
         shutil.rmtree(work, ignore_errors=True)  # kept on failure: its worker logs say what happened
         return result
@@ -308,17 +396,17 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
                 signal.signal(signal.SIGINT, restore_sigint)
 
 
-def write_post_mortem(events: Path, config: Path, scenario: str, out: Path) -> Path:
-    """`liqwatch replay --events` of the demo's own events: its config (the alerts it raised) vs the fixed one."""
+def write_post_mortem(events: Path, config: Path, sc: DemoScenario, out: Path) -> Path:
+    """`liqwatch replay --events` of the demo's own events over the window it played: its config (the alerts it
+    raised) vs the fixed one."""
     from liqwatch.config import load_config
     from liqwatch.core.layout import Layout
     from liqwatch.risk.limits import liquidity_limits
     from liqwatch.replay.replayer import default_warmup_ms, read_file, replay
     from liqwatch.replay.report import build_summary, write_report
 
-    cfgs = [("as-it-was", load_config(config)), ("as-fixed", load_config(scenarios.config_path(scenario, "fixed")))]
-    window = read_file(events, scenarios.T0, scenarios.T0 + scenarios.DURATION_MIN * 60_000 + 1_000,
-                       max(default_warmup_ms(c) for _, c in cfgs), cfgs[0][1])
+    cfgs = [("as-it-was", load_config(config)), ("as-fixed", load_config(sc.fixed_config))]
+    window = read_file(events, sc.start_ms, sc.end_ms, max(default_warmup_ms(c) for _, c in cfgs), cfgs[0][1])
     runs, limits = [], []
     for name, cfg in cfgs:
         run = replay(cfg, window, name)
@@ -358,7 +446,7 @@ def _wait_workers(ports: list[int], procs: list[subprocess.Popen], timeout: floa
     raise RuntimeError("workers did not get their partitions within 2 minutes")
 
 
-def _print_summary(console: Console, r: DemoResult) -> None:
+def _print_summary(console: Console, r: DemoResult, sc: DemoScenario) -> None:
     t = Table(title="what liqwatch saw")
     t.add_column("first firing of")
     t.add_column("event time (UTC)", justify="right")
@@ -371,7 +459,8 @@ def _print_summary(console: Console, r: DemoResult) -> None:
     t.add_row("alerts fired (critical)", f"{sum(a['state'] == 'firing' for a in r.alerts)} ({r.critical_alerts})")
     t.add_row("wall time of the demo", f"{r.wall_s:.0f} s")
     console.print(t)
-    c = Table(title="the evening's move (risk_off 0.12) from 20:45: index as it was vs as fixed")
+    c = Table(title=f"the evening's move (risk_off {sc.severity:g}) from {hhmm(sc.pre_crash_ms)[:5]}: index as it "
+                    "was vs as fixed")
     for col in ("", "as it was (prefix)", "as fixed"):
         c.add_column(col, justify="right")
     p, f = r.comparison.get("prefix", {}), r.comparison.get("fixed", {})

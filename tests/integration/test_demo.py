@@ -55,3 +55,20 @@ def test_calm_scenario_raises_no_critical_alert(stack, tmp_path):
                  live=False)
     critical = [a for a in r.alerts if a["severity"] == "critical" and a["state"] == "firing"]
     assert critical == [], [(a["kind"], a["subject"], a["summary"]) for a in critical]
+
+
+def test_real_crash_warns_before_the_first_wave(stack, tmp_path):
+    # the recorded 20:30–22:30 UTC of 10 October 2025: 2 h of event time, produced in 24 s at 300×; the leader's
+    # stress cascade every minute of event time (~0.6 s each through Kafka) makes the run ~100 s
+    console = Console(file=(tmp_path / "screen.txt").open("w"), width=140)
+    r = run_demo(3000, 300.0, no_stack=True, state_dir=stack.state_dir, scenario="real-2025-10-10", console=console,
+                 live=False, report=tmp_path / "pm")
+    assert r.first_critical_cascade_risk is not None and r.first_wave is not None, r.first_alert
+    assert r.lead_time_s is not None and r.lead_time_s > 0, (r.first_critical_cascade_risk, r.first_wave)
+    # the Uniswap pool held 0.9995 while Binance's book fell to 0.65: the pool is not the one that diverged
+    uniswap = [a for a in r.alerts if a["kind"] == "venue_divergence" and a["subject"] == "uniswap:USDe/USDT"
+               and a["severity"] == "critical"]
+    assert uniswap == [], [(a["state"], a["summary"]) for a in uniswap]
+    summary = json.loads((tmp_path / "pm" / "summary.json").read_text())
+    only_live, only_replay = compare_alerts(r.alerts, summary["configs"][0]["alerts"])
+    assert (only_live, only_replay) == ([], []), (only_live[:5], only_replay[:5])
