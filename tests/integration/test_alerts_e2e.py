@@ -37,7 +37,8 @@ def depeg_config(path, receiver_url):
 
 def depeg_events(path):
     events = []
-    for s in range(0, 181):
+    # recovered for 6 minutes: the depeg resolves once clear for its keep_firing_for_s (300 s by default)
+    for s in range(0, 481):
         ts = T0 + s * 1000
         if s % 10 == 0:
             events.append({"type": "reference", "asset": "USDe", "ts": ts, "in": "USD", "rate": 1.0})
@@ -87,7 +88,8 @@ def test_depeg_fires_and_resolves_everywhere(stack, tmp_path, monkeypatch):
             while not (worker.status() or {}).get("leader"):
                 assert time.monotonic() < deadline, worker.log_tail()
                 time.sleep(0.5)
-            # paced at 10× event time, so that Prometheus (1 s scrapes) sees the minute-long depeg for ~6 s
+            # paced at 10× event time: Prometheus (1 s scrapes) sees the depeg firing for ~33 s (from 30 s into
+            # it, the pending time, to 5 minutes after it ended)
             asyncio.run(transport.produce_file(events, bootstrap, partitions=1, prefix=prefix, speed=10.0,
                                                progress=False))
             deadline = time.monotonic() + 90
