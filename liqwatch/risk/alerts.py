@@ -127,7 +127,8 @@ class AlertEngine:
             if t - start < timing.for_s * 1000.0:
                 return []  # pending: not yet held for `for_s`
             del self.pending[key]
-            ep = self.open[key] = Episode(f"{kind}:{subject}:{t}", severity, start)
+            # the id is the condition's start (`since`), not the moment its pending time ran out
+            ep = self.open[key] = Episode(f"{kind}:{subject}:{start}", severity, start)
             out.append(self._event(ep, kind, subject, "firing", value, levels, t, summary, lower_is_worse))
         elif severity is not None:
             ep.clearing = None  # back over warning within keep_firing_for: the same episode goes on

@@ -107,7 +107,9 @@ def test_depeg_fires_and_resolves_everywhere(stack, tmp_path, monkeypatch):
     assert [(a["state"], a["severity"], a["subject"]) for a in topic] == [
         ("firing", "critical", "USDe"), ("resolved", "critical", "USDe")]
     assert topic[0]["id"] == topic[1]["id"] == f"depeg:USDe:{topic[0]['since']}"
-    assert T0 + 60_000 <= topic[0]["ts"] <= T0 + 70_000 and T0 + 120_000 <= topic[1]["ts"] <= T0 + 130_000
+    # fires once the depeg has held for_s (30 s), resolves once clear for keep_firing_for_s (300 s)
+    assert T0 + 60_000 <= topic[0]["since"] <= T0 + 70_000 and topic[0]["ts"] - topic[0]["since"] >= 30_000
+    assert T0 + 420_000 <= topic[1]["ts"] <= T0 + 440_000
     assert topic[0]["value"] == pytest.approx(0.10, rel=1e-3) and topic[0]["threshold"] == 0.05
     assert [(h["id"], h["state"]) for h in hooks] == [(a["id"], a["state"]) for a in topic]  # signed, deduped
     assert {r["status"] for r in am} == {"firing", "resolved"}, receiver.received

@@ -104,7 +104,7 @@ def test_a_pending_signal_fires_only_once_it_has_held_for_its_duration():
     # over warning at 0, 10, 20 s: pending; at 30 s it has held 30 s: fires, the episode dated from 0
     out = readings(engine(), [(0, 0.03), (10, 0.03), (20, 0.03), (30, 0.03)])
     assert states(out) == [("firing", "warning")]
-    assert out[0]["ts"] == 30_000 and out[0]["since"] == 0
+    assert out[0]["ts"] == 30_000 and out[0]["since"] == 0 and out[0]["id"] == "depeg:USDe:0"
 
 
 def test_a_blip_shorter_than_the_pending_duration_fires_nothing():
