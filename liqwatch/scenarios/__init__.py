@@ -19,6 +19,7 @@ changes granularity, not the size of the market: the cascade dynamics are simila
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,27 @@ PRICE = {
 PERP_OF = {"BTC": "BTCUSDT-PERP", "ETH": "ETHUSDT-PERP", "SOL": "SOLUSDT-PERP"}
 
 
+@dataclass(frozen=True)
+class Assets:
+    """What a population is built over: prices at opening, which underlyings perpetual traders and spot-margin
+    borrowers pick (with probabilities), the pair market makers hedge, and whether staking-token loops exist
+    (without them, those accounts borrow against BTC/SOL-like collateral like the spot-margin kind)."""
+
+    price: dict[str, float]
+    perp_mix: tuple[tuple[str, float], ...]
+    spot_mix: tuple[tuple[str, float], ...]
+    hedge: tuple[str, str]
+    staking: bool = True
+
+
+OCT_2025 = Assets(PRICE, (("BTC", 0.5), ("ETH", 0.3), ("SOL", 0.2)), (("BTC", 0.5), ("ETH", 0.35), ("SOL", 0.15)),
+                  ("BTC", "ETH"))
+
+
+def _pick(rng: np.random.Generator, mix: tuple[tuple[str, float], ...]) -> str:
+    return mix[rng.choice(len(mix), p=[p for _, p in mix])][0]
+
+
 def _loop_leverage_cap(
     equity: np.ndarray,
     leverage: np.ndarray,
@@ -247,13 +269,15 @@ def _maintenance_rate(notional: float) -> float:
     return 0.05
 
 
-def accounts(n: int, seed: int) -> Iterator[dict]:
+def accounts(n: int, seed: int, assets: Assets = OCT_2025, ts: int = T0 + 500) -> Iterator[dict]:
+    """The population: `n` accounts sharing TOTAL_EQUITY_USD (lognormal sizes), of the KINDS in SHARES, opened
+    at `assets.price` and dated `ts`."""
     rng = np.random.default_rng(seed + 1)
     kind = rng.choice(len(KINDS), size=n, p=SHARES)
     raw = rng.lognormal(0.0, 1.4, n)
     equity = raw / raw.sum() * TOTAL_EQUITY_USD
     width = len(str(n - 1))
-    ts = T0 + 500
+    price = assets.price
     for i in range(n):
         e = float(equity[i])
         k = KINDS[kind[i]]
@@ -273,46 +297,35 @@ def accounts(n: int, seed: int) -> Iterator[dict]:
                     break
                 lev = max(1.0, lev * 0.7)
             for _ in range(npos):
-                u = ("BTC", "ETH", "SOL")[rng.choice(3, p=(0.5, 0.3, 0.2))]
+                u = _pick(rng, assets.perp_mix)
                 side = 1.0 if rng.random() < 0.8 else -1.0
                 notional = e * lev / npos
-                entry = PRICE[u] * (1.0 - side * abs(rng.normal(0.0, 0.002)))  # opened a little in the money
-                pos.append({"instrument": PERP_OF[u], "qty": side * notional / PRICE[u], "entry": entry})
+                entry = price[u] * (1.0 - side * abs(rng.normal(0.0, 0.002)))  # opened a little in the money
+                pos.append({"instrument": PERP_OF[u], "qty": side * notional / price[u], "entry": entry})
         elif k == "usde_loop":
             lev = 2.0 + 7.0 * rng.beta(2.0, 1.5)
             lev = float(_loop_leverage_cap(np.array([e]), np.array([lev]), 0.05, 0.10, 1e7)[0])
             coll["USDe"] = e * lev
             debt["USDT"] = e * (lev - 1.0)
-        elif k == "lst_loop":
+        elif k == "lst_loop" and assets.staking:
             lst = "WBETH" if rng.random() < 0.6 else "BNSOL"
             hc, big, bracket = (0.05, 0.10, 5e6) if lst == "WBETH" else (0.08, 0.15, 5e6)
             lev = float(_loop_leverage_cap(np.array([e]), np.array([rng.uniform(1.5, 4.0)]), hc, big, bracket)[0])
-            coll[lst] = e * lev / PRICE[lst]
+            coll[lst] = e * lev / price[lst]
             debt["USDT"] = e * (lev - 1.0)
             if rng.random() < 0.5:
                 u = "ETH" if lst == "WBETH" else "SOL"
-                pos.append({"instrument": PERP_OF[u], "qty": -0.5 * e * lev / PRICE[u], "entry": PRICE[u]})
+                pos.append({"instrument": PERP_OF[u], "qty": -0.5 * e * lev / price[u], "entry": price[u]})
         elif k == "market_maker":
             coll["USDT"] = e
             gross = e * rng.uniform(3.0, 8.0)
-            pos.append(
-                {
-                    "instrument": "BTCUSDT-PERP",
-                    "qty": 0.5 * gross / PRICE["BTC"],
-                    "entry": PRICE["BTC"] * (1 + rng.normal(0, 0.001)),
-                }
-            )
-            pos.append(
-                {
-                    "instrument": "ETHUSDT-PERP",
-                    "qty": -0.5 * gross / PRICE["ETH"],
-                    "entry": PRICE["ETH"] * (1 + rng.normal(0, 0.001)),
-                }
-            )
-        else:
-            u = ("BTC", "ETH", "SOL")[rng.choice(3, p=(0.5, 0.35, 0.15))]
+            for u, sign in zip(assets.hedge, (0.5, -0.5)):  # long the first, short the second
+                pos.append({"instrument": PERP_OF[u], "qty": sign * gross / price[u],
+                            "entry": price[u] * (1 + rng.normal(0, 0.001))})
+        else:  # spot-margin borrowers (and the staking loops of a population without staking tokens)
+            u = _pick(rng, assets.spot_mix)
             lev = rng.uniform(1.2, 3.0)
-            coll[u] = e * lev / PRICE[u]
+            coll[u] = e * lev / price[u]
             debt["USDT"] = e * (lev - 1.0)
         yield {
             "type": "account",

@@ -22,15 +22,12 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
-from liqwatch.scenarios import KINDS, SHARES, TOTAL_EQUITY_USD, _loop_leverage_cap, _maintenance_rate
+from liqwatch.scenarios import Assets, accounts
 from liqwatch.tools.importer import ImportSpec, Mapping, ReferenceSeries, import_files
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "real"
 CONFIGS = Path(__file__).resolve().parent.parent / "scenarios"
 DAYS = {"real-2025-10-10": "2025-10-10", "real-2025-10-07": "2025-10-07"}
-PERP_OF = {"BTC": "BTCUSDT-PERP", "SOL": "SOLUSDT-PERP"}
 
 
 def config_path(name: str, variant: str = "prefix") -> Path:
@@ -64,56 +61,12 @@ def market_lines(name: str) -> list[bytes]:
     return sorted(lines, key=lambda b: (json.loads(b)["ts"], b'"reference"' not in b[:30]))
 
 
-def accounts(n: int, seed: int, price: dict[str, float], ts: int) -> Iterator[dict]:
-    """The oct-2025 population's kinds over the assets of the real scenario (the staking-token loops of the
-    synthetic evening become BTC and SOL spot-margin loops: no minute data of WBETH or BNSOL exists)."""
-    rng = np.random.default_rng(seed + 1)
-    kind = rng.choice(len(KINDS), size=n, p=SHARES)
-    raw = rng.lognormal(0.0, 1.4, n)
-    equity = raw / raw.sum() * TOTAL_EQUITY_USD
-    width = len(str(n - 1))
-    for i in range(n):
-        e = float(equity[i])
-        k = KINDS[kind[i]]
-        coll: dict[str, float] = {}
-        debt: dict[str, float] = {}
-        pos: list[dict] = []
-        if k == "perp":
-            coll["USDe" if rng.random() < 0.35 else "USDT"] = e
-            lev = float(np.clip(rng.lognormal(np.log(4.0), 0.7), 1.0, 50.0))
-            npos = 1 if rng.random() < 0.6 else 2
-            for _ in range(10):  # no position the venue would liquidate on the spot (see scenarios.accounts)
-                if e >= 1.5 * _maintenance_rate(e * lev / npos) * e * lev:
-                    break
-                lev = max(1.0, lev * 0.7)
-            for _ in range(npos):
-                u = "BTC" if rng.random() < 0.65 else "SOL"
-                side = 1.0 if rng.random() < 0.8 else -1.0
-                entry = price[u] * (1.0 - side * abs(rng.normal(0.0, 0.002)))
-                pos.append({"instrument": PERP_OF[u], "qty": side * e * lev / npos / price[u], "entry": entry})
-        elif k == "usde_loop":
-            lev = 2.0 + 7.0 * rng.beta(2.0, 1.5)
-            lev = float(_loop_leverage_cap(np.array([e]), np.array([lev]), 0.05, 0.10, 1e7)[0])
-            coll["USDe"] = e * lev
-            debt["USDT"] = e * (lev - 1.0)
-        elif k == "market_maker":
-            coll["USDT"] = e
-            gross = e * rng.uniform(3.0, 8.0)
-            pos.append({"instrument": "BTCUSDT-PERP", "qty": 0.5 * gross / price["BTC"],
-                        "entry": price["BTC"] * (1 + rng.normal(0, 0.001))})
-            pos.append({"instrument": "SOLUSDT-PERP", "qty": -0.5 * gross / price["SOL"],
-                        "entry": price["SOL"] * (1 + rng.normal(0, 0.001))})
-        else:  # spot-margin borrowers, and the staking-token loops of the synthetic evening (no WBETH or BNSOL
-            # minute data exists): collateral in the token's underlying instead
-            u = "BTC" if rng.random() < 0.6 else "SOL"
-            lev = rng.uniform(1.2, 3.0)
-            coll[u] = e * lev / price[u]
-            debt["USDT"] = e * (lev - 1.0)
-        yield {"type": "account", "account": f"acct-{i:0{width}d}", "ts": ts,
-               "collateral": {a: round(q, 10) for a, q in coll.items()},
-               "borrowed": {a: round(q, 6) for a, q in debt.items()},
-               "positions": [{"instrument": p["instrument"], "qty": round(p["qty"], 10),
-                              "entry": round(p["entry"], 6)} for p in pos]}
+def population(price: dict[str, float]) -> Assets:
+    """The oct-2025 population's kinds over the assets of the real scenario: perpetual traders and spot-margin
+    borrowers on BTC and SOL, makers long BTC and short SOL; no staking-token loops (no minute data of WBETH or
+    BNSOL exists): those accounts borrow against BTC or SOL instead."""
+    return Assets({**price, "USDe": 1.0, "USDT": 1.0}, (("BTC", 0.65), ("SOL", 0.35)), (("BTC", 0.6), ("SOL", 0.4)),
+                  ("BTC", "SOL"), staking=False)
 
 
 def generate(name: str, accounts_n: int = 5000, seed: int = 7) -> Iterator[dict]:
@@ -129,5 +82,5 @@ def generate(name: str, accounts_n: int = 5000, seed: int = 7) -> Iterator[dict]
     start = market[0]["ts"]
     head = [ev for ev in market if ev["ts"] <= start + 60_000]
     yield from head
-    yield from accounts(accounts_n, seed, first, start + 60_000)
+    yield from accounts(accounts_n, seed, population(first), start + 60_000)
     yield from market[len(head):]
