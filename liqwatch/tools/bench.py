@@ -6,8 +6,16 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
 - stream_ms: one plain summing pass over the same input arrays — the memory-bandwidth floor;
 - health_numpy_ms: the same formulas vectorised with NumPy (gathers + bincount);
 - health_reference_ms: a plain-Python loop over the same data, timed on a sample and scaled;
-- cascade_ms: 50 full cascade rounds (every account re-evaluated each round, as in a runaway);
-- bytes_per_account: the account arrays plus the health outputs.
+- cascade_ms: a 50-round runaway through the real shard path (`Shard.run`, pruned): every round prices the books
+  (index + marks), liquidates whoever is liquidatable (committed: they fall, their flows are summed), and moves the
+  liquidation venue's books by the round's impact and by a steady sell-off of 0.3% × the risk_off direction a round
+  (BTC −0.3%, ETH −0.375%, SOL −0.45% …), so prices move every round and pruning has real work to do;
+- cascade_full_scan_ms: the same 50 rounds with every live account evaluated every round (`Shard(prune=False)`,
+  `liquidate_round`, the method before pruning); both runs must give the same fallen round for every account;
+- cascade_evaluated_share: account evaluations of the pruned run / those of the full scan (the rest were skipped
+  by the bound); cascade_liquidated: accounts fallen in the 50 rounds;
+- bytes_per_account: the account arrays plus the health outputs; cascade_state_bytes_per_account: what a pruned
+  shard keeps per account besides (fallen round, slack, bound scale, call of the last evaluation, scratch row).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import msgspec
 import numpy as np
 from numba import njit
 
-from liqwatch.kernels.cascade import apply_impact, impact_factors, liquidate_round
+from liqwatch.kernels.cascade import RoundRequest, Shard, apply_impact, impact_factors
+from liqwatch.kernels.stress import shock_books
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import AccountArrays
@@ -148,6 +157,10 @@ def health_python(index, mark, accounts, risk, rows):
     return out
 
 
+CASCADE_ROUNDS = 50
+CASCADE_DRIFT = 0.003  # the sell-off of the cascade bench: books move by 0.3% × the risk_off direction a round
+
+
 def _best(fn, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -184,30 +197,36 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     ref_ms = (time.perf_counter() - t0) * 1000.0 * n / sample
     assert np.allclose([v for v, _ in py], eq[:sample], rtol=1e-9)
 
-    # 50 cascade rounds over every account: index + marks, a full liquidation scan, impact
+    # a 50-round runaway: index + marks, a liquidation round on the shard, impact, and a steady sell-off
     q = pv.quotes
-    index = pv.index.copy()
-    mark = pv.mark.copy()
-    stale = np.empty(index.shape[0], dtype=np.bool_)
+    stale = np.empty(pv.index.shape[0], dtype=np.bool_)
     sp = np.empty(lay.index_params.cons_kind.shape[0])
     ss = np.empty(sp.shape[0], dtype=np.int8)
-    fallen = np.zeros(n, dtype=np.int32)
-    factor = np.empty(index.shape[0])
-    mid, last = q.mid.copy(), q.last.copy()
+    factor = np.empty(pv.index.shape[0])
     venue = lay.venue_id[engine.cfg.liquidation.venue]
+    direction = lay.scenario_direction("risk_off")
+    n_assets = pv.index.shape[0]
 
-    def rounds():
-        for r in range(50):
+    def rounds(prune: bool) -> Shard:
+        shard = Shard(accounts, risk, prune)
+        index, mark = pv.index.copy(), pv.mark.copy()
+        mid, last = q.mid.copy(), q.last.copy()
+        for r in range(CASCADE_ROUNDS):
             compute_index(float(pv.t), mid, q.ts, q.ref_rate, q.ref_ts, lay.index_params, index, index, stale, sp, ss)
             compute_marks(float(pv.t), last, q.funding_rate, q.next_funding_ts, q.basis_ma, index, lay.mark_params,
                           mark)
-            flows = np.zeros(index.shape[0])
-            liquidate_round(index, mark, accounts, risk, fallen, r + 1, False, flows, eq, mm)
-            impact_factors(flows, lay.impact_params, factor)
+            got = shard.run(RoundRequest(r + 1, True, index, mark), n_assets)
+            impact_factors(got.net_sold, lay.impact_params, factor)
             apply_impact(factor, q.base, q.venue, venue, mid, last)
+            shock_books(mid, last, q.base, direction, CASCADE_DRIFT, mid, last)
+        return shard
 
-    rounds()
-    cascade_ms = _best(rounds, max(1, repeat // 2))
+    pruned, full = rounds(True), rounds(False)  # warm-up, and the check that pruning changes nothing
+    assert np.array_equal(pruned.fallen, full.fallen)
+    cascade_ms = _best(lambda: rounds(True), max(1, repeat // 2))
+    full_ms = _best(lambda: rounds(False), max(1, repeat // 2))
+    shard_bytes = sum(a.nbytes for a in (pruned.fallen, pruned.work_equity, pruned.work_maintenance, pruned.seen,
+                                         pruned.work_rows))
     account_bytes = sum(a.nbytes for a in accounts)
     out_bytes = eq.nbytes + mm.nbytes + h.nbytes + liq.nbytes
     return {
@@ -223,7 +242,11 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
         "speedup_vs_reference": round(ref_ms / health_ms, 1),
         "speedup_vs_numpy": round(numpy_ms / health_ms, 1),
         "cascade_ms": round(cascade_ms, 3),
-        "cascade_rounds": 50,
+        "cascade_full_scan_ms": round(full_ms, 3),
+        "cascade_rounds": CASCADE_ROUNDS,
+        "cascade_evaluated_share": round(pruned.evaluated / full.evaluated, 4),
+        "cascade_liquidated": int(np.count_nonzero(pruned.fallen)),
         "bytes_per_account": round((account_bytes + out_bytes) / n, 1),
+        "cascade_state_bytes_per_account": round(shard_bytes / n, 1),
         "threads": 1,
     }
