@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.markup import escape
 
 from liqwatch.events import json_line
@@ -377,6 +379,9 @@ def bench_pipeline(
     state_dir: Annotated[Optional[Path], typer.Option(help="Use this running stack (default: start a temporary "
                                                            "one on free ports and stop it after).",
                                                       file_okay=False)] = None,
+    profile: Annotated[Optional[Path], typer.Option(help="Sample the worker with py-spy into this file (collapsed "
+                                                         "stacks; `liqwatch bench top FILE` sums them).",
+                                                    dir_okay=False)] = None,
 ) -> None:
     """Worker throughput vs a raw consumer on the same topic, and tick → mark latency at a live rate.
 
@@ -390,10 +395,32 @@ def bench_pipeline(
     if not math.isfinite(seconds):
         _fail(f"--seconds: must be a finite number >= 1 (got {seconds})")
     try:
-        result = pipeline(accounts, rate, seconds, state_dir)
+        result = pipeline(accounts, rate, seconds, state_dir, profile=profile)
     except stack.StackError as e:
         _fail(str(e), 1)
     sys.stdout.write(json_line(result) + "\n")
+
+
+@bench_app.command("top")
+def bench_top(
+    profile: Annotated[Path, typer.Argument(help="A collapsed-stacks file of `bench pipeline --profile`.",
+                                            exists=True, dir_okay=False)],
+    frames: Annotated[int, typer.Option(help="Frames to list.", min=1)] = 25,
+    thread: Annotated[Optional[str], typer.Option(help="Only the threads whose name contains this.")] = None,
+) -> None:
+    """Where the worker's time goes: the frames of a py-spy profile by share of samples, running (`self`) and on
+    the stack (`inclusive`)."""
+    from liqwatch.tools.bench_pipeline import top_frames
+
+    got = top_frames(profile, frames, thread)
+    table = Table(title=f"{profile.name}: {got['samples']} samples")
+    table.add_column("self %", justify="right")
+    table.add_column("frame (running)")
+    table.add_column("incl. %", justify="right")
+    table.add_column("frame (on the stack)")
+    for (fs, ps), (fi, pi) in itertools.zip_longest(got["self"], got["inclusive"], fillvalue=("", "")):
+        table.add_row(str(ps), fs, str(pi), fi)
+    Console(width=200).print(table)
 
 
 @bench_app.command("kernels")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from liqwatch.kernels.cascade import run_cascade
+from liqwatch.kernels.market import APPLIED, SUPERSEDED
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
@@ -96,6 +97,17 @@ class Engine:
                 out.append(e)
         flush_run()
         return out
+
+    def apply_rows(self, rows: np.ndarray) -> tuple[np.ndarray, dict[int, BadEvent]]:
+        """Apply market rows (liqwatch.core.columns) in order: codes per row and the rejected rows' BadEvents."""
+        codes, rejected = self.market.apply_rows(rows)
+        applied = codes == APPLIED
+        n = int(applied.sum())
+        self.applied += n
+        self.superseded += int((codes == SUPERSEDED).sum())
+        if n:
+            self.max_ts = max(self.max_ts, int(rows["ts"][applied].max()))
+        return codes, rejected
 
     def _apply_account(self, ev: Account) -> bool:
         clock = self.market.clock

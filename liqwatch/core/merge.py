@@ -1,14 +1,14 @@
 """The merge of the market input partitions (references, ticks) into one event-time order, as runs of records.
 
     merge = Merge(["references", "ticks"])          # ties at one time: the earlier partition in this list first
-    merge.push("ticks", records)                    # admitted records of one partition, in offset order
-    run = merge.next_run(caught, stop_at)           # records of one partition that may go now, or None
+    merge.push("ticks", rows)                       # admitted rows of one partition (core.columns.MarketRows)
+    run = merge.next_run(caught, stop_at)           # rows of one partition that may go now, or None
 
 A record may go once no other partition can still deliver an earlier one: a partition with buffered records
 bounds the others by its next record's time; one with nothing buffered bounds them by the last time it delivered,
 unless it is caught up (`caught`: the feed knows it has read to its end, and nothing more arrived for a grace
-time). Records carry their merge time in `timestamp` (liqwatch.core.ingest.PartitionDoor makes it monotone per
-partition). A run stops after the first record that reaches `stop_at` (the next evaluation boundary: the
+time). Rows carry their merge time in `merge_ts` (liqwatch.core.ingest.PartitionDoor makes it monotone per
+partition: a binary search finds where a run ends). A run stops after the first record that reaches `stop_at` (the next evaluation boundary: the
 evaluation then sees exactly the records up to it) or at `max_run` records. The live feed pushes records as they
 arrive; the replay pushes a whole window and says every partition is caught up: both get the same order and the
 same boundaries.
@@ -19,6 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
+import numpy as np
+
+from liqwatch.core.columns import MarketRows
+
 MAX_RUN = 20_000  # records per run: the feed yields to the loop (heartbeats, the accounts agent) between runs
 
 
@@ -26,52 +30,50 @@ class Merge:
     def __init__(self, partitions: Sequence[Hashable], max_run: int = MAX_RUN):
         self.partitions = list(partitions)
         self.max_run = max_run
-        self.buf: dict[Hashable, list] = {p: [] for p in self.partitions}
+        self.buf: dict[Hashable, MarketRows] = {p: MarketRows.empty() for p in self.partitions}
         self.pos: dict[Hashable, int] = {p: 0 for p in self.partitions}
         self.seen: dict[Hashable, int] = {p: -1 for p in self.partitions}  # last merge time pushed
 
-    def push(self, partition: Hashable, records: list) -> None:
-        if records:
-            self.buf[partition].extend(records)
-            self.seen[partition] = records[-1].timestamp
+    def push(self, partition: Hashable, batch: MarketRows) -> None:
+        if len(batch):
+            buf, pos = self.buf[partition], self.pos[partition]
+            self.buf[partition] = MarketRows.concat([buf[pos:], batch]) if pos < len(buf) else batch
+            self.pos[partition] = 0
+            self.seen[partition] = int(batch.merge_ts[-1])
 
     def buffered(self) -> int:
         return sum(len(self.buf[p]) - self.pos[p] for p in self.partitions)
 
-    def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> list | None:
-        """The next run of one partition's records that no other partition can precede, or None for now."""
+    def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> MarketRows | None:
+        """The next run of one partition's rows that no other partition can precede, or None for now."""
         parts, buf, pos = self.partitions, self.buf, self.pos
-        heads = [(buf[p][pos[p]].timestamp, k) for k, p in enumerate(parts) if pos[p] < len(buf[p])]
+        heads = [(int(buf[p].merge_ts[pos[p]]), k) for k, p in enumerate(parts) if pos[p] < len(buf[p])]
         if not heads:
             return None
         _, lead = min(heads)
         p = parts[lead]
-        limit, inclusive = float("inf"), True  # records of p with time < limit (or == limit if inclusive) may go
+        limit, inclusive = None, True  # rows of p with time < limit (or == limit if inclusive) may go
         for k, o in enumerate(parts):
             if k == lead:
                 continue
             if pos[o] < len(buf[o]):
-                bound, incl = buf[o][pos[o]].timestamp, lead < k
+                bound, incl = int(buf[o].merge_ts[pos[o]]), lead < k
             elif caught.get(o, False):
                 continue
             else:
                 bound, incl = self.seen[o], True  # o may still deliver records from seen[o] on
-            if bound < limit or (bound == limit and not incl):
+            if limit is None or bound < limit or (bound == limit and not incl):
                 limit, inclusive = bound, incl
-        recs, start = buf[p], pos[p]
-        end = start
-        while end < len(recs) and (recs[end].timestamp < limit or (inclusive and recs[end].timestamp == limit)):
-            end += 1
-            if recs[end - 1].timestamp >= stop_at or end - start >= self.max_run:
-                break
-        if end == start:
+        times = buf[p].merge_ts
+        start = pos[p]
+        end = len(times) if limit is None else int(np.searchsorted(times, limit, "right" if inclusive else "left"))
+        # the run ends with the first row reaching the boundary (the evaluation then sees exactly the rows up
+        # to it), and after max_run rows
+        end = min(end, start + int(np.searchsorted(times[start:], stop_at, "left")) + 1, start + self.max_run)
+        if end <= start:
             return None
         pos[p] = end
-        run = recs[start:end]
-        if end > 4096 or end == len(recs):  # drop what was handed out, now and then rather than per run
-            del recs[:end]
-            pos[p] = 0
-        return run
+        return buf[p][start:end]
 
 
 class Arrivals:

@@ -24,12 +24,14 @@ import numpy as np
 from aiokafka.partitioner import DefaultPartitioner
 
 from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
+from liqwatch.core.columns import MarketRows, admit_rows
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.kernels.arrays import STATUS_NAMES
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
 from liqwatch.core.engine import SEVERITY_GRID, Engine
-from liqwatch.events import Account, BadEvent, Tick, number
+from liqwatch.events import Account, BadEvent, number
 from liqwatch.sinks.metrics import HEALTH_BANDS, Metrics
 from liqwatch.sinks.kafka import OutputSink
 from liqwatch.sinks.topics import TopicNames
@@ -114,57 +116,41 @@ class Monitor:
         self._retained_rows = -1
 
     # -- input ---------------------------------------------------------------------------------------------
-    async def admit_market(self, door, records: list) -> list:
-        """Records of one market partition in offset order through its door (liqwatch.core.ingest.PartitionDoor):
-        the rejected ones dead-lettered, the others returned with `event` set and `timestamp` set to their merge
-        time."""
-        kept = []
-        for rec in records:
-            try:
-                ev, t = door.admit(rec.value)
-                if ev is None:  # a book the config does not name, ignored by rule
-                    self.metrics.ignored.labels(reason="unknown_source").inc()
-                    continue
-                if type(ev) is Account:
-                    raise BadEvent("unknown_type", f"type: 'account' on the {rec.topic} topic")
-            except BadEvent as e:
-                await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
-                continue
-            rec.event = ev
-            rec.timestamp = t
-            kept.append(rec)
-        return kept
+    async def admit_market(self, door, records: list) -> MarketRows:
+        """Records of one market partition in offset order through its door (liqwatch.core.ingest.PartitionDoor),
+        as rows with their merge times (liqwatch.core.columns); the rejected ones dead-lettered."""
+        m = self.engine.market
+        batch, rejected, ignored = admit_rows(door, records, m.slot, self.engine.layout.asset_id)
+        if ignored:  # books the config does not name, ignored by rule
+            self.metrics.ignored.labels(reason="unknown_source").inc(ignored)
+        for rec, e in rejected:
+            await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+        return batch
 
-    async def on_market(self, records: list) -> None:
-        """A run of admitted ticks and references (`admit_market`) in merged event-time order: apply the run in
-        one kernel call, dead-letter what the market state rejects (out of order, ahead of the market)."""
-        if not records:
+    async def on_market(self, batch: MarketRows) -> None:
+        """A run of admitted rows (`admit_market`) in merged event-time order: applied in one kernel call; what
+        the market state rejects (out of order, ahead of the market) dead-lettered with its record."""
+        if not len(batch):
             return
-        events, kept = [rec.event for rec in records], records
+        rows = batch.rows
         try:
-            results = self.engine.apply_many(events)
+            codes, rejected = self.engine.apply_rows(rows)
         except Exception as e:  # a bug must not stop the stream: keep the records, say what happened
-            log.exception("unexpected error applying %d market events", len(events))
-            results = [BadEvent("internal", f"(internal): {type(e).__name__}: {e}")] * len(events)
-        ticks = references = superseded = 0
-        t = self.market_t
-        for ev, rec, res in zip(events, kept, results):
-            if res is True:
-                if type(ev) is Tick:
-                    ticks += 1
-                else:
-                    references += 1
-                if ev.ts > t:
-                    t = ev.ts
-            elif res is False:
-                superseded += 1
-            else:
-                await self.sink.dead_letter(res, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+            log.exception("unexpected error applying %d market events", len(batch))
+            codes = np.full(len(batch), REJECTED, dtype=np.int8)
+            rejected = dict.fromkeys(range(len(batch)), BadEvent("internal", f"(internal): {type(e).__name__}: {e}"))
+        for j, err in rejected.items():
+            rec = batch.records[j]
+            await self.sink.dead_letter(err, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
+        applied = codes == APPLIED
+        ticks = int((applied & (rows["kind"] == EVENT_TICK)).sum())
         self.metrics.events.labels(topic="ticks").inc(ticks)
-        self.metrics.events.labels(topic="references").inc(references)
+        self.metrics.events.labels(topic="references").inc(int(applied.sum()) - ticks)
+        superseded = int((codes == SUPERSEDED).sum())
         if superseded:
             self.metrics.superseded.labels(topic="ticks/references").inc(superseded)
-        self.market_t = t
+        if applied.any():
+            self.market_t = max(self.market_t, int(rows["ts"][applied].max()))
         self.dirty = True
         self.last_input_wall = time.monotonic()
 

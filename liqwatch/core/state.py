@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK, BasisRings, BookArrays, apply_market_run
+from liqwatch.kernels.market import (APPLIED, EVENT_TICK, OUT_OF_ORDER, REJECTED, STOP_AHEAD, STOP_BASIS_FULL,
+                                     SUPERSEDED, BasisRings, BookArrays, apply_market_run)
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import AccountArrays, Quotes
 from liqwatch.events import Account, BadEvent, Reference, Tick
+from liqwatch.core.columns import MarketRows
 from liqwatch.core.ingest import EventClock
 from liqwatch.core.layout import Layout
 
@@ -99,7 +101,14 @@ class MarketState:
         self.source_status = np.zeros(len(layout.constituents), dtype=np.int8)
         self.mark = np.full(n_instr, np.nan)
         self.t = -1  # event time of the last evaluation
-        self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
+        # out-of-order rule: the last event time of each book and of each asset's reference
+        self.tolerance_ms = layout.cfg.ingest.out_of_order_ms
+        self.tick_last_ts = np.full(n_books, -np.inf)
+        self.ref_last_ts = np.full(n_assets, -np.inf)
+        self.superseded = 0
+        self.keys = [f"{v}:{s}" for v, s in self.books]
+        self.redeems_into = {a: c.in_ for a, spec in layout.cfg.assets.items() if spec.index is not None
+                             for c in spec.index.constituents if c.is_redemption}
         self.clock = EventClock(layout.cfg.ingest.max_ahead_ms, layout.cfg.ingest.jump_keys)
 
     def venue_price(self, k: int) -> float:
@@ -118,22 +127,6 @@ class MarketState:
         return self.basis.average
 
     # -- events ----------------------------------------------------------------------------------------------
-    def _slot_for(self, tick: Tick) -> int:
-        """Books are the config's (liqwatch.core.ingest.Gate turns the others away before they get here): a book first
-        seen in the data would enter the indices' venue set and the alerts, and shift the arrays a cascade reads."""
-        raise BadEvent("unknown_source", f"venue: '{tick.key}' is not a source of this config")
-
-    def _check_reference(self, ref: Reference) -> int:
-        a = self.layout.asset_id.get(ref.asset)
-        if a is None:
-            raise BadEvent("unknown_asset", f"asset: unknown asset '{ref.asset}'")
-        if ref.in_ not in self.layout.asset_id:
-            raise BadEvent("unknown_asset", f"in: unknown asset '{ref.in_}'")
-        expected = self._redeems_into(ref.asset)
-        if expected is not None and ref.in_ != expected:
-            raise BadEvent("unknown_asset", f"in: config says {ref.asset} redeems into {expected}, got '{ref.in_}'")
-        return a
-
     def apply_tick(self, tick: Tick) -> bool:
         """Apply a tick and re-evaluate prices; False when superseded (older, within tolerance)."""
         out = self.apply_many([tick])[0]
@@ -150,86 +143,67 @@ class MarketState:
     def apply_many(self, events: list[Tick | Reference]) -> list[bool | BadEvent]:
         """Apply market events in order (one kernel call for the run); per event: True applied, False superseded
         (older than the last of its key, within tolerance), or the BadEvent that rejected it."""
-        # hot path of every worker: plain lists, one dict lookup per tick, arrays built once at the end
-        kind, ref, ts, bid, ask, last, fr, nft = [], [], [], [], [], [], [], []
-        out: list[bool | BadEvent] = []
-        slot_of = self.slot
-        last_ts = self.ordering.last
-        tolerance = self.ordering.tolerance_ms
-        clock = self.clock
-        nan = float("nan")
-        for ev in events:
-            try:
-                if type(ev) is Tick:
-                    key = ev.venue + ":" + ev.symbol
-                    r = slot_of.get(key)
-                    if r is None:
-                        r = self._slot_for(ev)
-                    if ev.ts > clock.limit:
-                        clock.ahead(key, ev.ts)
-                    okey = "tick:" + key
-                    prev = last_ts.get(okey)
-                    if prev is not None and ev.ts < prev:
-                        if prev - ev.ts > tolerance:
-                            raise BadEvent("out_of_order", f"ts: {prev - ev.ts} ms older than the last event of "
-                                                           f"'{key}' (tolerance {tolerance} ms)")
-                        self.ordering.superseded += 1
-                        out.append(False)
-                        continue
-                    last_ts[okey] = ev.ts
-                    kind.append(EVENT_TICK)
-                    bid.append(ev.bid)
-                    ask.append(ev.ask)
-                    last.append(nan if ev.last is None else ev.last)
-                    if ev.funding_rate is None:
-                        fr.append(nan)
-                        nft.append(nan)
-                    else:
-                        fr.append(ev.funding_rate)
-                        nft.append(ev.next_funding_ts)
-                else:
-                    r = self._check_reference(ev)
-                    if ev.ts > clock.limit:
-                        clock.ahead(ev.asset, ev.ts)
-                    if not self.ordering.admit("reference:" + ev.asset, ev.ts):
-                        out.append(False)
-                        continue
-                    self.ref_in[r] = self.layout.asset_id[ev.in_]
-                    kind.append(EVENT_REFERENCE)
-                    bid.append(ev.rate)
-                    ask.append(nan)
-                    last.append(nan)
-                    fr.append(nan)
-                    nft.append(nan)
-            except BadEvent as e:
-                out.append(e)
-                continue
-            clock.advance(ev.ts)
-            ref.append(r)
-            ts.append(ev.ts)
-            out.append(True)
-        if kind:
-            f64 = np.float64
-            self._apply_run(np.array(kind, dtype=np.int8), np.array(ref, dtype=np.int32), np.array(ts, dtype=f64),
-                         np.array(bid, dtype=f64), np.array(ask, dtype=f64), np.array(last, dtype=f64),
-                         np.array(fr, dtype=f64), np.array(nft, dtype=f64))
+        batch, bad = MarketRows.of(events, self.slot, self.layout.asset_id, self.redeems_into)
+        out: list[bool | BadEvent] = [False] * len(events)
+        for k, e in bad:
+            out[k] = e
+        codes, rejected = self.apply_rows(batch.rows)
+        for j, k in enumerate(batch.records):
+            out[k] = rejected[j] if j in rejected else bool(codes[j] == APPLIED)
         return out
 
-    def _apply_run(self, kind, ref, ts, bid, ask, last, fr, nft) -> None:
-        n = len(self.books)
-        if self.basis.instrument_of_slot.shape[0] < n:
-            self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, n, -1)[:n])
-        book = BookArrays(mid=self.mid[:n], bid=self.bid[:n], ask=self.ask[:n], last=self.last[:n], ts=self.ts[:n],
-                          funding_rate=self.funding_rate[:n], next_funding_ts=self.next_funding_ts[:n],
-                          ref_rate=self.ref_rate, ref_ts=self.ref_ts)
-        start = 0
-        while start < kind.shape[0]:
-            start = apply_market_run(kind, ref, ts, bid, ask, last, fr, nft, book, self.layout.index_params,
-                                  self.layout.mark_params, self.basis, self.index, self.index_stale,
-                                  self.source_price, self.source_status, self.mark, start)
-            if start < kind.shape[0]:
+    def apply_rows(self, rows: np.ndarray) -> tuple[np.ndarray, dict[int, BadEvent]]:
+        """Apply rows of liqwatch.core.columns.ROW in order: per row its code (kernels.market APPLIED,
+        SUPERSEDED, OUT_OF_ORDER, REJECTED), and the BadEvent of each rejected row by position."""
+        n = rows.shape[0]
+        codes = np.full(n, SUPERSEDED, dtype=np.int8)
+        if n == 0:
+            return codes, {}
+        prev = np.zeros(n)
+        rejected: dict[int, BadEvent] = {}
+        nb = len(self.books)
+        if self.basis.instrument_of_slot.shape[0] < nb:
+            self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, nb, -1)[:nb])
+        kind, ref, aux, ts = rows["kind"], rows["ref"], rows["aux"], rows["ts"]
+        bid, ask, last, fr, nft = rows["bid"], rows["ask"], rows["last"], rows["funding_rate"], rows["next_funding_ts"]
+        clock = self.clock
+        state = np.array([float(clock.t), float(clock.limit)])
+        start, force = 0, -1
+        while start < n:
+            book = BookArrays(mid=self.mid[:nb], bid=self.bid[:nb], ask=self.ask[:nb], last=self.last[:nb],
+                              ts=self.ts[:nb], funding_rate=self.funding_rate[:nb],
+                              next_funding_ts=self.next_funding_ts[:nb], ref_rate=self.ref_rate, ref_ts=self.ref_ts)
+            at, stop, applied = apply_market_run(
+                kind, ref, aux, ts, bid, ask, last, fr, nft, book, self.layout.index_params,
+                self.layout.mark_params, self.basis, self.index, self.index_stale, self.source_price,
+                self.source_status, self.mark, self.ref_in, self.tick_last_ts, self.ref_last_ts,
+                float(self.tolerance_ms), float(clock.max_ahead_ms), state, codes, prev, start, force)
+            if applied:
+                clock.run.clear()  # what EventClock.advance does on every applied event
+                clock.t, clock.limit = int(state[0]), state[1]
+            force = -1
+            if stop == STOP_BASIS_FULL:
                 self._grow_basis()
-        self.t = int(ts[-1])
+            elif stop == STOP_AHEAD:
+                key = self.keys[ref[at]] if kind[at] == EVENT_TICK else self.layout.assets[ref[at]]
+                try:
+                    clock.ahead(key, int(ts[at]))
+                    force = at  # a jump of the stream: this event goes through
+                except BadEvent as e:
+                    codes[at] = REJECTED
+                    rejected[at] = e
+                    at += 1
+            start = at
+        for j in np.flatnonzero(codes == OUT_OF_ORDER).tolist():
+            key = self.keys[ref[j]] if kind[j] == EVENT_TICK else self.layout.assets[ref[j]]
+            gap = int(prev[j] - ts[j])
+            rejected[j] = BadEvent("out_of_order", f"ts: {gap} ms older than the last event of '{key}' "
+                                                   f"(tolerance {self.tolerance_ms} ms)")
+        self.superseded += int((codes == SUPERSEDED).sum())
+        applied_ts = ts[codes == APPLIED]
+        if applied_ts.size:
+            self.t = int(applied_ts[-1])
+        return codes, rejected
 
     def _grow_basis(self) -> None:
         b = self.basis
@@ -240,15 +214,6 @@ class MarketState:
             new_ts[i, : b.count[i]] = b.ts[i, order]
             new_v[i, : b.count[i]] = b.value[i, order]
         self.basis = b._replace(ts=new_ts, value=new_v, head=np.zeros(n_instr, dtype=np.int64))
-
-    def _redeems_into(self, asset: str) -> str | None:
-        spec = self.layout.cfg.assets.get(asset)
-        if spec is None or spec.index is None:
-            return None
-        for c in spec.index.constituents:
-            if c.is_redemption:
-                return c.in_
-        return None
 
     # -- prices ----------------------------------------------------------------------------------------------
     def quotes(self) -> Quotes:

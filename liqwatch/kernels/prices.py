@@ -52,11 +52,24 @@ def _sort_pairs(p, w, n):
 @njit(cache=True)
 def compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
                   out_index, out_stale, out_source_price, out_source_status):
-    n_max = 0
+    sp, sw = index_scratch(params)
+    index_into(t, mid, ts, ref_rate, ref_ts, params, prev_index, out_index, out_stale, out_source_price,
+               out_source_status, sp, sw)
+
+
+@njit(cache=True)
+def index_scratch(params):
+    """Scratch for `index_into`: room for the constituents of the largest index."""
+    n_max = 1
     for a in range(params.cons_ptr.shape[0] - 1):
         n_max = max(n_max, params.cons_ptr[a + 1] - params.cons_ptr[a])
-    sp = np.empty(max(n_max, 1))
-    sw = np.empty(max(n_max, 1))
+    return np.empty(n_max), np.empty(n_max)
+
+
+@njit(cache=True, inline="always")
+def index_into(t, mid, ts, ref_rate, ref_ts, params, prev_index,
+               out_index, out_stale, out_source_price, out_source_status, sp, sw):
+    """`compute_index` with its scratch given (`index_scratch`): the per-tick path allocates nothing."""
     for k in range(params.order.shape[0]):
         a = params.order[k]
         if params.fixed_one[a]:
@@ -151,7 +164,12 @@ def compute_index(t, mid, ts, ref_rate, ref_ts, params, prev_index,
 def compute_marks(t, last, funding_rate, next_funding_ts, basis_ma, index, params, out_mark):
     """median3: median of (a) index × (1 + funding × time-to-funding / interval) — or index without a funding
     rate —, (b) index + moving average of (mid − index), (c) last traded price; those present."""
-    v = np.empty(3)
+    marks_into(t, last, funding_rate, next_funding_ts, basis_ma, index, params, out_mark, np.empty(3))
+
+
+@njit(cache=True, inline="always")
+def marks_into(t, last, funding_rate, next_funding_ts, basis_ma, index, params, out_mark, v):
+    """`compute_marks` with its scratch `v` (3 floats) given."""
     for i in range(params.underlying.shape[0]):
         idx = index[params.underlying[i]]
         if params.method[i] == MARK_INDEX or np.isnan(idx):

@@ -37,6 +37,7 @@ from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.config import Config
 from liqwatch.events import BadEvent, number, peek
 from liqwatch.core.ingest import Gate, PartitionDoor
+from liqwatch.core.columns import MarketRows
 from liqwatch.core.merge import Merge
 from liqwatch.core.schedule import Schedule
 from liqwatch.sinks.metrics import Metrics
@@ -390,7 +391,7 @@ class Replayer:
         self.run.last_t = mon.t
         return self.run
 
-    async def _admit(self, w: Window) -> dict[tuple[int, int], list[Record]]:
+    async def _admit(self, w: Window) -> dict[tuple[int, int], MarketRows]:
         """The window's market records through this config's doors, one per partition as in the live feed
         (rejected ones dead-lettered), within the window by merge time: per (topic, partition), in offset
         order; references sort before ticks (the merge's order for ties)."""
@@ -401,8 +402,9 @@ class Replayer:
         admitted = {}
         for key, recs in parts.items():
             door = PartitionDoor(mon.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
-            admitted[key] = [r for r in await mon.admit_market(door, recs)
-                             if w.t_from - w.warmup_ms <= r.timestamp <= w.t_to]
+            batch = await mon.admit_market(door, recs)
+            inside = np.flatnonzero((batch.merge_ts >= w.t_from - w.warmup_ms) & (batch.merge_ts <= w.t_to))
+            admitted[key] = MarketRows(batch.rows[inside], [batch.records[i] for i in inside.tolist()])
         return admitted
 
     async def boundary(self, t: int, cascades: bool, final: bool = False) -> None:

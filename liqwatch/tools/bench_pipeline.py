@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import signal
 import subprocess
@@ -158,8 +159,26 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
     return np.array(latencies)
 
 
+class Profiler:
+    """py-spy attached to the worker for one phase (collapsed stacks, one line per stack with its samples):
+    `liqwatch bench top FILE` sums them into the frames where the time goes."""
+
+    def __init__(self, path: Path | None, pid: int, phase: str):
+        self.proc = None
+        if path is not None:
+            out = path.with_name(f"{path.stem}-{phase}{path.suffix or '.txt'}")
+            self.proc = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                                          "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            self.proc.wait(30)
+
+
 def pipeline(accounts: int = 100_000, rate: int = 50_000, seconds: float = 20.0,
-             state_dir: Path | None = None, ticks: int = 500_000) -> dict:
+             state_dir: Path | None = None, ticks: int = 500_000, profile: Path | None = None) -> dict:
     own_stack = None
     if state_dir is not None:
         cfg = stack.load(state_dir)
@@ -188,20 +207,27 @@ def pipeline(accounts: int = 100_000, rate: int = 50_000, seconds: float = 20.0,
              "--worker-id", "bench-1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + 600
+        spy = None
         while time.monotonic() < deadline:
             n = _metric(port, 'liqwatch_events_processed_total{topic="ticks"}')
             if n is not None:
+                if spy is None and n > 0:
+                    spy = Profiler(profile, worker.pid, "ingest")
                 samples.append((time.perf_counter(), n))
                 if n >= ticks:
                     break
             time.sleep(0.05)
+        if spy is not None:
+            spy.stop()
         arr = np.array(samples)
         t10 = np.interp(0.1 * ticks, arr[:, 1], arr[:, 0])
         t90 = np.interp(0.9 * ticks, arr[:, 1], arr[:, 0])
         worker_rate = 0.8 * ticks / (t90 - t10)
         time.sleep(3.0)  # the idle flush of the replay
         books = _last_mids(events)
+        spy = Profiler(profile, worker.pid, "live")
         lat = asyncio.run(_live_latency(bootstrap, names, books, rate, seconds))
+        spy.stop()
         processed_live = _metric(port, 'liqwatch_events_processed_total{topic="ticks"}') or 0
         raw_rate = ticks / raw_s
         return {
@@ -237,3 +263,31 @@ def _last_mids(path: Path) -> list[tuple[str, str, float]]:
                 ev = json.loads(line)
                 mids[(ev["venue"], ev["symbol"])] = (ev["bid"] + ev["ask"]) / 2
     return [(v, s, m) for (v, s), m in sorted(mids.items())]
+
+
+def top_frames(path: Path, n: int = 25, thread: str | None = None) -> dict:
+    """The frames of a py-spy collapsed-stacks file where the samples are: `self` (the frame was running) and
+    `inclusive` (the frame was on the stack), in % of all samples (of the threads whose name contains `thread`)."""
+    from collections import Counter
+
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    with path.open() as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = [re.sub(r":\d+\)$", ")", fr) for fr in stack.split(";")]  # per function, not per line
+            if thread is not None and thread not in frames[0]:
+                continue
+            k = int(count)
+            total += k
+            own[frames[-1]] += k
+            for fr in set(frames[1:]):
+                incl[fr] += k
+
+    def share(c: Counter) -> list[tuple[str, float]]:
+        return [(fr, round(100.0 * k / total, 1)) for fr, k in c.most_common(n)] if total else []
+
+    return {"samples": total, "self": share(own), "inclusive": share(incl)}

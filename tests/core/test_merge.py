@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
+from liqwatch.core.columns import ROW, MarketRows
 from liqwatch.core.merge import Arrivals, Merge
 
 
-@dataclass
-class R:
-    timestamp: int
-    name: str = ""
+def rows(prefix: str, times: list[int]) -> MarketRows:
+    """Rows with these merge times, named by their records."""
+    r = np.zeros(len(times), ROW)
+    r["merge_ts"] = times
+    return MarketRows(r, [f"{prefix}{t}" for t in times])
 
 
 def drain(m: Merge, caught: dict, stop_at: int = 10**9) -> list[list[str]]:
     runs = []
     while (run := m.next_run(caught, stop_at)) is not None:
-        runs.append([r.name for r in run])
+        runs.append(list(run.records))
     return runs
 
 
 def merge(refs: list[int], ticks: list[int]) -> Merge:
     m = Merge(["refs", "ticks"])
-    m.push("refs", [R(t, f"r{t}") for t in refs])
-    m.push("ticks", [R(t, f"t{t}") for t in ticks])
+    m.push("refs", rows("r", refs))
+    m.push("ticks", rows("t", ticks))
     return m
 
 
@@ -45,7 +47,7 @@ def test_a_run_stops_at_the_first_record_reaching_the_boundary():
 
 def test_runs_are_capped():
     m = Merge(["ticks"], max_run=2)
-    m.push("ticks", [R(t, str(t)) for t in range(5)])
+    m.push("ticks", rows("", list(range(5))))
     assert drain(m, {"ticks": True}) == [["0", "1"], ["2", "3"], ["4"]]
 
 
@@ -53,9 +55,8 @@ def test_order_does_not_depend_on_how_records_arrived():
     whole = drain(merge([1, 4, 8], [2, 4, 7, 9]), {"refs": True, "ticks": True})
     m = Merge(["refs", "ticks"])
     got = []
-    for part, rec in [("ticks", R(2, "t2")), ("refs", R(1, "r1")), ("ticks", R(4, "t4")), ("refs", R(4, "r4")),
-                      ("ticks", R(7, "t7")), ("refs", R(8, "r8")), ("ticks", R(9, "t9"))]:
-        m.push(part, [rec])
+    for part, t in [("ticks", 2), ("refs", 1), ("ticks", 4), ("refs", 4), ("ticks", 7), ("refs", 8), ("ticks", 9)]:
+        m.push(part, rows(part[0], [t]))
         got += drain(m, {"refs": False, "ticks": False})
     got += drain(m, {"refs": True, "ticks": True})
     assert [x for run in got for x in run] == [x for run in whole for x in run]
