@@ -13,20 +13,23 @@ are summed and impact is applied once, so any split of the accounts gives the si
 summation order). The streaming coordinator does the same exchange over Kafka with `Shard.run`.
 
 Pruning (`Shard.run` → `liquidate_round_pruned`): a full scan re-evaluates every live account each round. After an
-account is evaluated at the prices of call s, its slack S = E − M and its gross exposure
-G = Σ|collateral value| + Σ|debt value| + Σ|qty·mark| bound how far later prices can move it. Every term of E − M is
-linear in one price or a continuous piecewise-linear bracket function of it, so with δ the largest relative move
-of any index or mark since call s,
+account is evaluated at the prices of call s, its slack S = E − M and its gross exposures — priced by the index,
+G_I = Σ|collateral value| + Σ|debt value|, and by marks, G_M = Σ|qty·mark| — bound how far later prices can move it.
+Every term of E − M is linear in one price or a continuous piecewise-linear bracket function of it, so
 
-    |Δ(E − M)| ≤ K · G · δ,   K = max(max|1 − haircut rate|, 1 + max|maintenance rate|, 1 + max|borrow rate|)
+    |Δ(E − M)| ≤ K · (G_I · δ_I + G_M · δ_M),   K = max(max|1 − haircut rate|, 1 + max|maintenance rate|,
+                                                       1 + max|borrow rate|)
 
-(collateral moves with slope 1 − haircut rate, a position's PnL with slope 1 and its charge with slope ≤ its rate,
-debt with 1 + its maintenance rate). An account with S − ε > K·G·δ·(1 + 1e-9), ε = 1e-9·(K·G + Σ|PnL terms|) (a
-margin far above the float rounding of E, M and the bracket tables), cannot be liquidatable now and is not
-evaluated; the result is exactly the full scan's: the same accounts fall in the same round, with the same flows
-summed in the same (pool) order. A price that is or becomes non-finite, or a zero reference price, makes δ infinite
-(a price NaN at both calls is left out: an account holding it has a NaN slack and is always evaluated); a
-non-finite S, G or PnL sum is never skipped.
+with δ_I (δ_M) the largest relative move since call s of an index (a mark) the account holds (collateral moves
+with slope 1 − haircut rate, a position's PnL with slope 1 and its charge with slope ≤ its rate, debt with 1 + its
+maintenance rate). What it holds is kept as bits (asset a → bit a % 32: assets sharing a bit share the largest move,
+which only loosens the bound). An account with S − ε > K·(G_I·δ_I + G_M·δ_M)·(1 + 1e-9), ε = 1e-9·(K·(G_I + G_M) +
+Σ|PnL terms|) (far above the float rounding of E, M and the bracket tables; the numbers are kept as float32 rounded
+the safe way by 1e-6), cannot be liquidatable now and is not evaluated; the result is exactly the full scan's: the
+same accounts fall in the same round, with the same flows summed in the same (pool) order. A price that is or
+becomes non-finite, or a zero reference price, makes its move infinite (a price NaN at both calls is left out: an
+account holding it has a NaN slack and is always evaluated); an account with a non-finite S or exposure, or no
+room, is evaluated every round.
 """
 
 from dataclasses import dataclass, field
@@ -80,25 +83,35 @@ def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, o
     return count, notional
 
 
+MASK_BITS = 32  # held assets (instruments) as bits of a uint32: asset a is bit a % 32, so bits may alias (safely)
+
+
 @njit(cache=True, inline="always")
 def account_numbers_bounded(i, index, mark, accounts, risk):
-    """(equity, maintenance, gross exposure G, Σ|qty·(mark − entry)|) of account i: equity and maintenance summed
-    exactly as `margin_numbers` sums them (collateral, debt, positions, each in pool order)."""
+    """Equity and maintenance of account i, summed exactly as `margin_numbers` sums them (collateral, debt,
+    positions, each in pool order), and what the pruning bound needs: the gross exposure priced by the index
+    (Σ|collateral value| + Σ|debt value|) and by marks (Σ|qty·mark|), Σ|qty·(mark − entry)|, and the bits of the
+    assets and of the instruments held."""
     value = 0.0
-    gross = 0.0
+    gross_index = 0.0
+    gross_mark = 0.0
     pnl = 0.0
+    assets = 0
+    instruments = 0
     for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
         a = accounts.coll_asset[j]
         v = accounts.coll_qty[j] * index[a]
         value += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
-        gross += abs(v)
+        gross_index += abs(v)
+        assets |= 1 << (a % MASK_BITS)
     maintenance = 0.0
     for j in range(accounts.debt_start[i], accounts.debt_start[i] + accounts.debt_count[i]):
         a = accounts.debt_asset[j]
         v = accounts.debt_qty[j] * index[a]
         value -= v
         maintenance += v * risk.borrow_rate[a]
-        gross += abs(v)
+        gross_index += abs(v)
+        assets |= 1 << (a % MASK_BITS)
     for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
         ins = accounts.pos_instr[j]
         m = mark[ins]
@@ -107,40 +120,45 @@ def account_numbers_bounded(i, index, mark, accounts, risk):
         value += u
         amount = abs(q) * m
         maintenance += bracket_charge(amount, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
-        gross += abs(amount)
+        gross_mark += abs(amount)
         pnl += abs(u)
-    return value, maintenance, gross, pnl
+        instruments |= 1 << (ins % MASK_BITS)
+    return value, maintenance, gross_index, gross_mark, pnl, assets, instruments
 
 
 PRUNE_EPS = 1e-9  # relative margin of the pruning bound: far above float rounding, far below any price move
+STORE_EPS = 1e-6  # the bound's numbers are kept as float32, rounded by this much the safe way (float32 rounding: 6e-8)
+
+
+@njit(cache=True, inline="always")
+def _item_move(r, p):
+    """|p/r − 1| for one price; 0 for a price NaN at both ends (whoever holds it has a NaN slack and is evaluated);
+    inf when the reference is zero or non-finite or the price becomes non-finite."""
+    if r != r and p != p:
+        return 0.0
+    if r == p and abs(r) < np.inf:
+        return 0.0
+    if not (abs(r) < np.inf) or r == 0.0:
+        return np.inf
+    m = abs(p / r - 1.0)
+    return m if m < np.inf else np.inf  # NaN or inf now: inf
 
 
 @njit(cache=True)
-def _move(ref, now):
-    """Largest |now/ref − 1| over the entries; inf when a reference is zero or non-finite or a price becomes
-    non-finite (entries NaN at both ends are left out: whoever holds them has a NaN slack and is evaluated)."""
-    worst = 0.0
-    for a in range(ref.shape[0]):
-        r = ref[a]
-        p = now[a]
-        if r != r and p != p:
-            continue
-        if r == p and abs(r) < np.inf:
-            continue
-        if not (abs(r) < np.inf) or r == 0.0:
-            return np.inf
-        m = abs(p / r - 1.0)
-        if not (m < np.inf):  # NaN or inf now
-            return np.inf
-        worst = max(worst, m)
-    return worst
-
-
-@njit(cache=True)
-def price_moves(history_index, history_mark, index, mark, out):
-    """out[s] = the largest relative move of any index or mark between call s (rows of the history) and now."""
-    for s in range(out.shape[0]):
-        out[s] = max(_move(history_index[s], index), _move(history_mark[s], mark))
+def price_moves(history_index, history_mark, index, mark, out_index, out_mark, out_index_bits, out_mark_bits):
+    """For every earlier call s (rows of the history): the largest relative move since then of any index
+    (`out_index[s]`), of any mark (`out_mark[s]`), and per mask bit of the assets (instruments) on that bit."""
+    for s in range(out_index.shape[0]):
+        out_index_bits[s, :] = 0.0
+        out_mark_bits[s, :] = 0.0
+        for a in range(index.shape[0]):
+            m = _item_move(history_index[s, a], index[a])
+            out_index_bits[s, a % MASK_BITS] = max(out_index_bits[s, a % MASK_BITS], m)
+        for k in range(mark.shape[0]):
+            m = _item_move(history_mark[s, k], mark[k])
+            out_mark_bits[s, k % MASK_BITS] = max(out_mark_bits[s, k % MASK_BITS], m)
+        out_index[s] = np.max(out_index_bits[s])
+        out_mark[s] = np.max(out_mark_bits[s])
 
 
 def move_factor(risk: RiskParams) -> float:
@@ -187,44 +205,131 @@ def _round_flows(index, mark, accounts, risk, rows, out_net_sold):
     return notional
 
 
+@njit(cache=True, inline="always")
+def _clamped(j, size):
+    return min(max(j, 0), size - 1)
+
+
+@njit(cache=True)
+def _touch(accounts, rows, k0, k1):
+    """Load the slice bounds and the first and last entry of every pool slice of rows[k0:k1], independent loads with
+    no branch between them, so that their cache misses overlap before the accounts are evaluated one by one."""
+    touched = 0.0
+    nc, nd, np_ = accounts.coll_asset.shape[0], accounts.debt_asset.shape[0], accounts.pos_instr.shape[0]
+    for k in range(k0, k1):
+        r = rows[k]
+        touched += accounts.coll_start[r] + accounts.coll_count[r] + accounts.debt_start[r] + accounts.debt_count[r]
+        touched += accounts.pos_start[r] + accounts.pos_count[r]
+    if nc > 0:
+        for k in range(k0, k1):
+            r = rows[k]
+            for j in (_clamped(accounts.coll_start[r], nc), _clamped(accounts.coll_start[r] + accounts.coll_count[r] - 1, nc)):
+                touched += accounts.coll_asset[j] + accounts.coll_qty[j]
+    if nd > 0:
+        for k in range(k0, k1):
+            j = _clamped(accounts.debt_start[rows[k]], nd)
+            touched += accounts.debt_asset[j] + accounts.debt_qty[j]
+    if np_ > 0:
+        for k in range(k0, k1):
+            r = rows[k]
+            for j in (_clamped(accounts.pos_start[r], np_), _clamped(accounts.pos_start[r] + accounts.pos_count[r] - 1, np_)):
+                touched += accounts.pos_instr[j] + accounts.pos_qty[j] + accounts.pos_entry[j]
+    return touched
+
+
+TOUCH_BATCH = 32  # evaluation: accounts whose lines are loaded together before they are evaluated
+DEAD = -2  # `seen` of an account out of the cascade (closed, or fallen)
+NEVER = -1  # `seen` of an account not evaluated yet
+
+
+@njit(cache=True, inline="always")
+def _masked_move(mask, moves_by_bit):
+    worst = 0.0
+    for b in range(MASK_BITS):
+        if mask >> b == 0:
+            break
+        if (mask >> b) & 1:
+            worst = max(worst, moves_by_bit[b])
+    return worst
+
+
+@njit(cache=True, inline="always")
+def _up32(x):
+    """x·K-scaled exposure kept as float32, rounded up; non-finite or too large: inf (never skipped)."""
+    y = x * (1.0 + STORE_EPS)
+    if not (y < 1e38):
+        return np.inf
+    return max(y, 1e-30) if y > 0.0 else 0.0
+
+
 @njit(cache=True, error_model="numpy")
-def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call, moves,
-                           k_factor, seen, slack, scale, work_rows):
+def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call,
+                           move_index, move_mark, move_index_bits, move_mark_bits, k_factor, seen, room,
+                           exposure_index, exposure_mark, held_assets, held_instruments, work_rows):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
-    evaluated, live accounts offered to the round). `call` numbers this evaluation (0, 1, …), `moves[s]` is the
-    price move since call s, and per account `seen` (call of its last evaluation, −1 = none), `slack` (S − ε) and
-    `scale` (K·G·(1 + 1e-9)) carry the bound from call to call. `work_rows`: int32 scratch of the row count."""
-    count = 0
-    evaluated = 0
+    evaluated, live accounts offered to the round).
+
+    `call` numbers this evaluation (0, 1, …); `move_*[s]` are the price moves since call s (`price_moves`). Per
+    account: `seen`, the call of its last evaluation (NEVER = −1: none yet; DEAD = −2: closed or fallen, never
+    evaluated again; a shard starts from −1 for active rows, −2 for the others); float32 `room` = S − ε rounded
+    down, `exposure_index` and `exposure_mark` = K·(gross exposure priced by the index, by marks) rounded up; uint32
+    `held_assets`, `held_instruments`: bits of what it holds. An account is skipped when
+    exposure_index·(move of the assets it holds) + exposure_mark·(move of its instruments) < room.
+    `work_rows`: int32 scratch of the row count."""
+    # 1: the accounts the bound cannot clear: first with the largest moves of all (what most accounts clear),
+    # then with the moves of what the account holds
+    n = accounts.active.shape[0]
+    kept = 0
     live = 0
-    for i in range(accounts.active.shape[0]):
-        if not accounts.active[i] or liquidated[i] != 0:
-            continue
-        live += 1
+    for i in range(n):
         s = seen[i]
-        if s >= 0 and slack[i] > scale[i] * moves[s]:
+        live += s != DEAD
+        if s < 0:
+            if s == NEVER:
+                work_rows[kept] = i
+                kept += 1
             continue
-        evaluated += 1
-        e, m, g, u = account_numbers_bounded(i, index, mark, accounts, risk)
-        seen[i] = call
-        kg = k_factor * g
-        room = (e - m) - PRUNE_EPS * (kg + u)
-        if abs(room) < np.inf and abs(kg) < np.inf:
-            slack[i] = room
-            scale[i] = kg * (1.0 + PRUNE_EPS)
-        else:
-            slack[i] = np.nan  # never skipped
-            scale[i] = np.nan
-        if e < m:
-            work_rows[count] = i
-            count += 1
-            if commit:
-                liquidated[i] = round_no
+        if exposure_index[i] * move_index[s] + exposure_mark[i] * move_mark[s] < room[i]:
+            continue
+        bound = (exposure_index[i] * _masked_move(np.int64(held_assets[i]), move_index_bits[s])
+                 + exposure_mark[i] * _masked_move(np.int64(held_instruments[i]), move_mark_bits[s]))
+        if bound < room[i]:
+            continue
+        work_rows[kept] = i
+        kept += 1
+    # 2: evaluate them, TOUCH_BATCH at a time
+    count = 0
+    touched = 0.0
+    for k0 in range(0, kept, TOUCH_BATCH):
+        k1 = min(k0 + TOUCH_BATCH, kept)
+        touched += _touch(accounts, work_rows, k0, k1)
+        for k in range(k0, k1):
+            i = work_rows[k]
+            if not accounts.active[i] or liquidated[i] != 0:  # (a caller's seen out of date: never evaluate)
+                seen[i] = DEAD
+                continue
+            e, m, g_index, g_mark, u, assets, instruments = account_numbers_bounded(i, index, mark, accounts, risk)
+            seen[i] = call
+            held_assets[i] = assets
+            held_instruments[i] = instruments
+            slack = (e - m) - PRUNE_EPS * (k_factor * (g_index + g_mark) + u)
+            exposure_index[i] = _up32(k_factor * g_index * (1.0 + PRUNE_EPS))
+            exposure_mark[i] = _up32(k_factor * g_mark * (1.0 + PRUNE_EPS))
+            # no room (or under float32 precision), or non-finite numbers: evaluated every round
+            room[i] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
+            if e < m:
+                work_rows[count] = i  # count ≤ k: rows still to evaluate are not overwritten
+                count += 1
+                if commit:
+                    liquidated[i] = round_no
+                    seen[i] = DEAD
+    if touched == -1.0:  # (keeps the touching loads)
+        count += 0
     notional = 0.0
     if not commit or count == 0:
-        return count, notional, evaluated, live
+        return count, notional, kept, live
     notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
-    return count, notional, evaluated, live
+    return count, notional, kept, live
 
 
 @njit(cache=True)
@@ -343,15 +448,28 @@ class Shard:
         self.prune = prune
         n = accounts.active.shape[0]
         self.fallen = np.zeros(n, dtype=np.int32)
-        self.work_equity = np.empty(n)       # full scan: equity; pruned: slack S − ε at the last evaluation
-        self.work_maintenance = np.empty(n)  # full scan: maintenance; pruned: K·G·(1 + 1e-9) at the last evaluation
-        self.seen = np.full(n, -1, dtype=np.int32) if prune else np.zeros(0, dtype=np.int32)
-        self.work_rows = np.empty(n if prune else 0, dtype=np.int32)
+        m = 0 if prune else n
+        self.work_equity = np.empty(m)  # the full scan's scratch
+        self.work_maintenance = np.empty(m)
+        m = n if prune else 0
+        self.seen = np.where(accounts.active, NEVER, DEAD).astype(np.int32) if prune else np.zeros(0, np.int32)
+        self.room = np.zeros(m, dtype=np.float32)
+        self.exposure_index = np.zeros(m, dtype=np.float32)
+        self.exposure_mark = np.zeros(m, dtype=np.float32)
+        self.held_assets = np.zeros(m, dtype=np.uint32)
+        self.held_instruments = np.zeros(m, dtype=np.uint32)
+        self.work_rows = np.empty(m, dtype=np.int32)
         self.k_factor = move_factor(risk)
         self.history_index: list[np.ndarray] = []
         self.history_mark: list[np.ndarray] = []
         self.evaluated = 0  # account evaluations so far
         self.candidates = 0  # live accounts offered to a round so far (what a full scan evaluates)
+
+    def state_bytes(self) -> int:
+        """What the shard keeps besides the accounts (fallen rounds, pruning state, scratch)."""
+        return sum(a.nbytes for a in (self.fallen, self.work_equity, self.work_maintenance, self.seen, self.room,
+                                      self.exposure_index, self.exposure_mark, self.held_assets,
+                                      self.held_instruments, self.work_rows))
 
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
@@ -365,12 +483,14 @@ class Shard:
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         call = len(self.history_index)
-        moves = np.empty(call)
+        moves = (np.zeros(max(call, 1)), np.zeros(max(call, 1)), np.zeros((max(call, 1), MASK_BITS)),
+                 np.zeros((max(call, 1), MASK_BITS)))
         if call:
-            price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, moves)
-        c, n, ev, live = liquidate_round_pruned(index, mark, self.accounts, self.risk, self.fallen, req.round_no,
-                                          req.commit, flows, call, moves, self.k_factor, self.seen,
-                                          self.work_equity, self.work_maintenance, self.work_rows)
+            price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
+        c, n, ev, live = liquidate_round_pruned(
+            index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
+            self.k_factor, self.seen, self.room, self.exposure_index, self.exposure_mark, self.held_assets,
+            self.held_instruments, self.work_rows)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)
