@@ -130,7 +130,8 @@ MAX_TS = (1 << 53) - 1  # ms; beyond this a time is not exact as a float (kernel
 def check(event: Event) -> Event:
     """Number and shape checks that need no config."""
     if type(event) is Tick and 0.0 < event.bid <= event.ask < _INF and event.last is None \
-            and event.funding_rate is None and 0 <= event.ts <= MAX_TS and event.venue and event.symbol:
+            and event.funding_rate is None and event.next_funding_ts is None and 0 <= event.ts <= MAX_TS \
+            and event.venue and event.symbol:
         return event  # the common spot tick, checked in one expression (hot path of every worker)
     if isinstance(event, Tick):
         _positive("bid", event.bid)

@@ -131,20 +131,25 @@ class _Columns:
         return MarketRows(rows, records)
 
 
+def _parse_joined(values: list[bytes]) -> list | None:
+    """One parse of the whole batch, or None when some record is not one valid event (the joined text is used
+    only when it yields exactly one event per record: "a,b" in one record cannot pass for two)."""
+    if not values:
+        return None
+    try:
+        events = _batch.decode(b"[" + b",".join(values) + b"]")
+    except Exception:  # noqa: BLE001 - some record is bad: judged one at a time by the caller
+        return None
+    return events if len(events) == len(values) else None
+
+
 def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
     """Decode a batch of records: one parse of the whole batch when every record is a valid event (the common
     case), else each record on its own (`liqwatch.events.decode`, which names the bad field). Same results as
-    decoding one by one: a joined parse is only used when it yields exactly one event per record."""
+    decoding one by one."""
     from liqwatch.events import decode
 
-    events = None
-    if values:
-        try:
-            events = _batch.decode(b"[" + b",".join(values) + b"]")
-        except Exception:  # noqa: BLE001 - some record is bad: find it below, one at a time
-            events = None
-        if events is not None and len(events) != len(values):
-            events = None
+    events = _parse_joined(values)
     if events is None:
         out: list[Event | BadEvent] = []
         for raw in values:
@@ -164,14 +169,116 @@ def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
 
 def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int]):
     """A market partition's records (offset order) through its door, as rows with their merge times:
-    (MarketRows, [(record, BadEvent)], ignored). The same judgement as `door.admit` record by record."""
+    (MarketRows, [(record, BadEvent)], ignored). The same judgement as `door.admit` record by record
+    (tests/core/test_columns.py): a batch of ticks is judged by array operations, anything else (a reference, a
+    record that fails a check, one far ahead) record by record."""
+    values = [r.value for r in records]
+    events = _parse_joined(values)
+    if events is not None:
+        got = _admit_ticks(door, records, events, slots)
+        if got is not None:
+            return got
+    return _admit_each(door, records, decode_many(values) if events is None else _checked(events), slots, assets)
+
+
+def _checked(events: list) -> list:
+    out = []
+    for ev in events:
+        try:
+            out.append(check(ev))
+        except BadEvent as e:
+            out.append(e)
+    return out
+
+
+_MAX_TS = float((1 << 53) - 1)
+
+
+def _admit_ticks(door, records: list, events: list, slots: dict[str, int]):
+    """The fast path: every record a tick, judged in arrays. Rows failing a check are judged one by one (their
+    exact reason); None when the batch needs the record-by-record path (a reference or account in it, a
+    record far ahead of the partition)."""
+    gate, clock = door.gate, door.clock
+    if any(type(ev) is not Tick for ev in events):
+        return None
+    n = len(events)
+    slot = np.fromiter((slots.get(ev.venue + ":" + ev.symbol, -1) for ev in events), np.int32, n)
+    try:
+        ts = np.fromiter((ev.ts for ev in events), np.int64, n)
+        nft_raw = [ev.next_funding_ts for ev in events]
+    except OverflowError:  # a time beyond int64: the slow path says which
+        return None
+    bid = np.fromiter((ev.bid for ev in events), np.float64, n)
+    ask = np.fromiter((ev.ask for ev in events), np.float64, n)
+    last = np.fromiter((_NAN if ev.last is None else ev.last for ev in events), np.float64, n)
+    fr = np.fromiter((_NAN if ev.funding_rate is None else ev.funding_rate for ev in events), np.float64, n)
+    try:
+        nft = np.array([_NAN if x is None else float(x) for x in nft_raw], np.float64)
+    except OverflowError:
+        return None
+    lo, hi = gate.slot_bounds(slots)
+    s = np.maximum(slot, 0)
+    with np.errstate(invalid="ignore"):
+        ok = ((slot >= 0) & (bid > 0) & (bid <= ask) & (ask < np.inf)
+              & (ts >= max(gate.min_ts, 0)) & (ts <= min(gate.max_ts, (1 << 53) - 1))
+              & (lo[s] <= bid) & (ask <= hi[s])
+              & (np.isnan(last) | ((last > 0) & (last < np.inf) & (lo[s] <= last) & (last <= hi[s])))
+              & (np.isnan(fr) | ((fr >= -1.0) & (fr <= 1.0) & ~np.isnan(nft) & (nft >= 0) & (nft <= _MAX_TS)))
+              & (~np.isnan(fr) | np.isnan(nft) | ((nft >= 0) & (nft <= _MAX_TS))))
+    rejected: list = []
+    ignored = 0
+    keep = ok
+    if not ok.all():
+        keep = ok.copy()
+        for k in np.flatnonzero(~ok).tolist():  # rare: the exact judgement of each, as the door gives it
+            try:
+                ev = gate.check(check(events[k]))
+            except BadEvent as e:
+                rejected.append((records[k], e))
+                continue
+            except Exception as e:  # noqa: BLE001 - as Gate.admit: a check that breaks is the record's problem
+                rejected.append((records[k], BadEvent("bad_field", f"(event): {type(e).__name__}: {e}"[:200])))
+                continue
+            if ev is None:
+                ignored += 1
+                continue
+            return None  # the arrays were stricter than the checks: judge the batch record by record
+    idx = np.flatnonzero(keep)
+    t = ts[idx]
+    # the partition's clock: no kept record may be past its limit (else the slow path judges the jump)
+    if t.size:
+        before = np.maximum.accumulate(np.concatenate(([clock.t], t[:-1])))
+        limit = np.where(before > clock.t, before + clock.max_ahead_ms, clock.limit)
+        if (t > limit).any():
+            return None
+        merge_ts = np.maximum.accumulate(np.maximum(t, clock.t))
+        clock.run.clear()
+        if merge_ts[-1] > clock.t:
+            clock.t = int(merge_ts[-1])
+            clock.limit = clock.t + clock.max_ahead_ms
+    else:
+        merge_ts = t
+    rows = np.empty(idx.size, ROW)
+    rows["kind"] = EVENT_TICK
+    rows["ref"] = slot[idx]
+    rows["aux"] = -1
+    rows["ts"] = t
+    rows["merge_ts"] = merge_ts
+    rows["bid"], rows["ask"], rows["last"] = bid[idx], ask[idx], last[idx]
+    rows["funding_rate"], rows["next_funding_ts"] = fr[idx], nft[idx]
+    # fields the kernel ignores stay as the record said (a tick without funding: NaN next funding time)
+    rows["next_funding_ts"] = np.where(np.isnan(rows["funding_rate"]), np.nan, rows["next_funding_ts"])
+    return MarketRows(rows, [records[k] for k in idx.tolist()]), rejected, ignored
+
+
+def _admit_each(door, records: list, events: list, slots: dict[str, int], assets: dict[str, int]):
     gate, clock = door.gate, door.clock
     cols = _Columns()
     merge_ts: list[int] = []
     kept: list = []
     rejected: list = []
     ignored = 0
-    for rec, ev in zip(records, decode_many([r.value for r in records])):
+    for rec, ev in zip(records, events):
         try:
             if type(ev) is BadEvent:
                 raise ev

@@ -19,8 +19,11 @@ What depends on the order of records (out of order, ahead of the stream) is judg
 
 from __future__ import annotations
 
-from liqwatch.config import Config, SanitySpec
 import logging
+
+import numpy as np
+
+from liqwatch.config import Config, SanitySpec
 
 from liqwatch.events import Account, BadEvent, Event, Reference, Tick, decode
 
@@ -48,6 +51,20 @@ class Gate:
                 self.books[src] = self._prices(cfg.sanity(asset))
         self.redeems_into = {a: c.in_ for a, s in cfg.assets.items() if s.index is not None
                              for c in s.index.constituents if c.is_redemption}
+
+    def slot_bounds(self, slots: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The price bounds of each book slot as arrays (the columnar door checks a batch at once); a slot
+        the gate does not know gets bounds nothing passes."""
+        cached = getattr(self, "_slot_bounds", None)
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        lo = np.full(max(slots.values(), default=-1) + 1, np.inf)
+        hi = np.full(lo.shape[0], -np.inf)
+        for key, k in slots.items():
+            if key in self.books:
+                lo[k], hi[k] = self.books[key]
+        self._slot_bounds = (slots, (lo, hi))
+        return lo, hi
 
     @staticmethod
     def _prices(s: SanitySpec) -> tuple[float, float]:

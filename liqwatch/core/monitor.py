@@ -26,7 +26,6 @@ from aiokafka.partitioner import DefaultPartitioner
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
 from liqwatch.core.columns import MarketRows, admit_rows
-from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.kernels.arrays import STATUS_NAMES
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
@@ -273,14 +272,36 @@ class Monitor:
     def t(self) -> int:
         return max(self.market_t, self.accounts_t)
 
-    async def evaluate(self, full: bool, with_severity: bool) -> int:
-        """Health of this shard at the current event time; emits health events, returns how many."""
+    async def evaluate(self, full: bool, with_severity: bool, prices=None, in_thread: bool = False) -> int:
+        """Health of this shard at the current event time (or at the snapshot `prices`, liqwatch.core.state
+        PriceView); emits health events, returns how many. `in_thread`: the numbers are computed in a thread (the
+        kernels release the GIL) so that the event loop, and the market feed on it, keep running meanwhile; the
+        caller makes sure that the accounts do not change until it returns (worker/evaluations.py)."""
         if self.t < 0:
             return 0
         eng = self.engine
-        eng.max_ts = self.t
+        if prices is None:
+            eng.max_ts = self.t
+            prices = eng.prices()
+        if in_thread:
+            out = await asyncio.to_thread(self._numbers, prices, full, with_severity)
+        else:
+            out = self._numbers(prices, full, with_severity)
+        rows, eq, mm, h, liq, sev = out
+        ids = eng.accounts.ids
+        for k, r in enumerate(rows.tolist()):
+            await self.sink.emit(self.names.HEALTH, {
+                "type": "health", "account": ids[r], "ts": prices.t, "equity": number(eq[r]),
+                "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
+                "liquidation_severity": number(sev[r]), "config_id": self.config_id})
+            if in_thread and k % 2000 == 1999:
+                await asyncio.sleep(0)  # a crash moves many accounts across bands: let the feed run between
+        return int(rows.shape[0])
+
+    def _numbers(self, pv, full: bool, with_severity: bool):
+        """The numeric part of `evaluate`: margin health, severities, which rows changed, the account metrics."""
+        eng = self.engine
         t0 = time.perf_counter()
-        pv = eng.prices()
         accounts = eng.accounts.view()
         n = accounts.active.shape[0]
         eq, mm, h = np.empty(n), np.empty(n), np.empty(n)
@@ -289,36 +310,24 @@ class Monitor:
         self.metrics.kernel_seconds.labels(kernel="margin_health").observe(time.perf_counter() - t0)
         self._grow(n)
         if with_severity:
-            # hundreds of ms for 1e5 accounts: in a thread (the kernel releases the GIL) on copies, so that the
-            # market feed keeps flowing meanwhile
             t1 = time.perf_counter()
             stress = self.cfg.stress
-            quotes = pv.quotes._replace(**{f: np.array(getattr(pv.quotes, f)) for f in pv.quotes._fields})
-            frozen = AccountArrays(*(np.array(a) for a in accounts))
             out = np.empty(n)
-            await asyncio.to_thread(
-                liquidation_severity, float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
-                eng.layout.scenario_direction(stress.primary_scenario), quotes, eng.layout.index_params,
-                eng.layout.mark_params, pv.index, frozen, eng.layout.risk_params, out)
+            liquidation_severity(
+                float(pv.t), float(stress.severities[-1]), SEVERITY_GRID,
+                eng.layout.scenario_direction(stress.primary_scenario), pv.quotes, eng.layout.index_params,
+                eng.layout.mark_params, pv.index, accounts, eng.layout.risk_params, out)
             self.severity[:n] = out
             self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
         sev = self.severity[:n]
         changed = self._changed(n, eq, mm, sev, liq, accounts.active, exact=full)
-        ids = eng.accounts.ids
-        for r in np.flatnonzero(changed):
-            if not accounts.active[r]:
-                continue
-            await self.sink.emit(self.names.HEALTH, {
-                "type": "health", "account": ids[r], "ts": pv.t, "equity": number(eq[r]),
-                "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
-                "liquidation_severity": number(sev[r]), "config_id": self.config_id})
         self.sent_equity[:n] = np.where(changed, eq, self.sent_equity[:n])
         self.sent_maintenance[:n] = np.where(changed, mm, self.sent_maintenance[:n])
         self.sent_severity[:n] = np.where(changed, sev, self.sent_severity[:n])
         self.sent_liquidatable[:n] = np.where(changed, liq, self.sent_liquidatable[:n])
         self.sent_active[:n] = np.where(changed, accounts.active, self.sent_active[:n])
-        self._account_metrics(eq, mm, h, liq, accounts)
-        return int(changed.sum())
+        self._account_metrics(eq, mm, h, liq, accounts, pv)
+        return np.flatnonzero(changed & accounts.active), eq, mm, h, liq, sev.copy()
 
     def _grow(self, n: int) -> None:
         if self.sent_active.shape[0] >= n:
@@ -352,17 +361,13 @@ class Monitor:
             moved |= (np.isnan(sev) != np.isnan(s_old)) | (np.abs(sev - s_old) > 0.005)
         return flips | (active & moved)
 
-    def _account_metrics(self, eq, mm, h, liq, accounts) -> None:
+    def _account_metrics(self, eq, mm, h, liq, accounts, pv) -> None:
         active = accounts.active
         for band, count in band_counts(h, liq, active).items():
             self.metrics.accounts.labels(band=band).set(count)
         self.metrics.liquidatable_accounts.set(int((liq & active).sum()))
         self.metrics.equity_total.set(float(np.nansum(np.where(active, eq, 0.0))))
-        self.metrics.liquidatable_notional.set(float(self._notional(liq & active, accounts)))
-
-    def _notional(self, mask: np.ndarray, accounts) -> float:
-        pv = self.engine.prices()
-        return account_notional(mask, accounts, pv.index, pv.mark)
+        self.metrics.liquidatable_notional.set(account_notional(liq & active, accounts, pv.index, pv.mark))
 
     async def emit_marks(self, leader: bool) -> None:
         """Price metrics (every worker: each is scraped on its own) and, on the leader, index and mark events

@@ -9,7 +9,8 @@ the cascade exchange (worker/cascades.py) are their own modules. Start several w
 Data flow of one worker:
     liqwatch.ticks + liqwatch.references ─▶ market feed (every worker reads all of it, merged in event-time order)
     liqwatch.accounts (its partitions)   ─▶ `accounts` agent ─▶ `accounts` table (changelog: survives restarts)
-    each boundary of cfg.schedule        ─▶ margin_health ─▶ liqwatch.health (changed accounts), metrics
+    each boundary of cfg.schedule        ─▶ (queued, in threads) margin_health ─▶ liqwatch.health (changed
+                                            accounts), metrics; frozen accounts, cascades (leader)
     input idle                          ─▶ exact health + severities, cascades (leader) ─▶ liqwatch.cascades
     bad records                         ─▶ liqwatch.deadletter, liqwatch_deadletter_total{reason}
     GET http://127.0.0.1:<web-port>/metrics
@@ -110,17 +111,27 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
                       lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,
-                      evaluations.at)
+                      evaluations.at, evaluations.release)
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
-    table.on_recover(account_shard.reload)
+    async def reload() -> None:
+        await evaluations.apply_account(account_shard.reload)
+
+    table.on_recover(reload)
 
     @app.agent(accounts_topic)
     async def accounts(stream):
-        """Decode → validate → table + shard accounts. One bad record is dead-lettered, never fatal."""
+        """Decode → validate → table + shard accounts. One bad record is dead-lettered, never fatal. Applied
+        between the boundaries' account work (worker/evaluations.py), never while it reads the accounts."""
         async for event in stream.events():
             msg = event.message
-            got = await monitor.on_account(event.value, Where(msg.topic, msg.partition, msg.offset, msg.key))
+            got = None
+
+            async def apply() -> None:
+                nonlocal got
+                got = await monitor.on_account(event.value, Where(msg.topic, msg.partition, msg.offset, msg.key))
+
+            await evaluations.apply_account(apply)
             if got is None:
                 continue
             ev, applied = got
@@ -142,6 +153,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
             services.start("webhook delivery", delivery.run)
         await coordinator.start()
         services.start("cascade shard", shard.run)
+        services.start("account work", evaluations.run)
         services.start("market feed", feed.run, heartbeat=True)
 
     @app.timer(interval=0.25)

@@ -53,6 +53,13 @@ def _copy(accounts: AccountArrays) -> AccountArrays:
     return AccountArrays(*(np.array(a, copy=True) for a in accounts))
 
 
+def _frozen(accounts: AccountArrays, ts: np.ndarray, t: int) -> AccountArrays:
+    """A copy of the accounts as of event time t: snapshots newer than t left out."""
+    copy = _copy(accounts)
+    copy.active[ts > t] = False
+    return copy
+
+
 class ShardService:
     """Answers round requests with this worker's frozen accounts."""
 
@@ -70,17 +77,19 @@ class ShardService:
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
         self.frozen: dict[int, tuple[AccountArrays, list[int], bool]] = {}
 
-    def freeze(self, t: int, keep: int = 8) -> None:
+    async def freeze(self, t: int, keep: int = 8) -> None:
         """Copy this shard's accounts at the cascade boundary t (every worker crosses the same boundaries: they read
         the same market stream in the same order). The leader's cascade for t may come later, while the feed
         has moved on; it then reads this copy, not a copy that has meanwhile taken newer snapshots. A copy
-        taken before the accounts up to t were all consumed is not kept (the request falls back to filtering)."""
+        taken before the accounts up to t were all consumed is not kept (the request falls back to filtering).
+        The copy is made in a thread (hundreds of MB for a million accounts): the caller keeps the accounts
+        unchanged until it returns (worker/evaluations.py)."""
         self.retain()
         if not self.caught_up(t):
             return
         accounts = self.monitor.engine.accounts
-        copy = _copy(accounts.view())
-        copy.active[accounts.ts[: accounts.n] > t] = False
+        view, ts = accounts.view(), accounts.ts[: accounts.n]
+        copy = await asyncio.to_thread(_frozen, view, ts, t)
         self.frozen[t] = (copy, sorted(self.owned_partitions()), True)
         for old in sorted(self.frozen)[:-keep]:
             del self.frozen[old]
@@ -138,13 +147,16 @@ class ShardService:
             lay = self.monitor.engine.layout
             by_asset = np.zeros(len(lay.assets))
             n = shard.accounts.active.shape[0]
-            liq, cluster, total = exposure_summary(np.asarray(req["base_index"], dtype=np.float64),
-                                                   np.asarray(req["base_mark"], dtype=np.float64), shard.accounts,
-                                                   lay.risk_params, float(req["cluster_health"]), by_asset,
-                                                   np.empty(n), np.empty(n))
+            # in threads (the kernels release the GIL; the frozen copy is this shard's own): the feed keeps going
+            liq, cluster, total = await asyncio.to_thread(
+                exposure_summary, np.asarray(req["base_index"], dtype=np.float64),
+                np.asarray(req["base_mark"], dtype=np.float64), shard.accounts, lay.risk_params,
+                float(req["cluster_health"]), by_asset, np.empty(n), np.empty(n))
             exposure = {"liquidatable": liq, "cluster": cluster, "total": total, "collateral": by_asset.tolist()}
-        res = shard.run(RoundRequest(req["round"], req["commit"], np.asarray(req["index"], dtype=np.float64),
-                                     np.asarray(req["mark"], dtype=np.float64)), len(req["index"]))
+        res = await asyncio.to_thread(shard.run, RoundRequest(req["round"], req["commit"],
+                                                              np.asarray(req["index"], dtype=np.float64),
+                                                              np.asarray(req["mark"], dtype=np.float64)),
+                                      len(req["index"]))
         await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
             "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),

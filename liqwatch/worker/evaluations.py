@@ -1,4 +1,13 @@
-"""What a worker evaluates at each boundary of the schedule, and once its input goes idle (the exact flush)."""
+"""What a worker evaluates at each boundary of the schedule, and once its input goes idle (the exact flush).
+
+The market feed must never wait for account work: at a boundary it only takes what belongs to that moment of the
+market (the price snapshot, the market alerts) and queues the account work — shard health and severities, the
+cascade boundary's frozen accounts, the leader's cascades — to `run`, a service of its own that does the heavy
+parts in threads (the kernels release the GIL). Account snapshots join the shard through the same queue (held
+ones, `release`) or once it is drained (the accounts agent, `settled`), so every boundary's work sees exactly
+the accounts of its event time, in the order the feed crossed them. The queue is short: a worker whose account
+work cannot keep up slows its feed rather than falling ever further behind.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ from liqwatch.worker.cascades import ShardService
 from liqwatch.worker.leader import Leadership
 
 log = logging.getLogger(__name__)
+QUEUE = 4  # boundaries the account work may lag the feed by
 
 
 class Evaluations:
@@ -29,32 +39,77 @@ class Evaluations:
         self.idle_s = idle_s
         self.keep_boundaries = keep_boundaries
         self.worker_id = worker_id
-        self.lock = asyncio.Lock()  # a boundary waits for an idle flush in progress (and back): none is skipped
+        self.lock = asyncio.Lock()  # the shard's accounts: changed or read by one piece of work at a time
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE)
+        self.settled = asyncio.Event()  # nothing queued or in progress
+        self.settled.set()
         self.flushed = True
         self.leader_flushed = False
 
+    # -- on the feed: what belongs to the boundary's moment of the market, then queue the rest ----------------
     async def at(self, b: Boundary) -> None:
-        """One boundary: shard health, market alerts, and at cascade boundaries the shards' frozen accounts and
-        (leader) the cascades."""
+        """One boundary: the market's part now, the accounts' part queued."""
         mon, lead = self.monitor, self.leadership
-        async with self.lock:
-            self.accounts.retain()
-            await mon.evaluate(full=False, with_severity=b.severity)
-            if b.cascade:  # every worker: the shards keep their accounts as of this boundary, and the market snapshot
-                await self.accounts.refresh_offsets()
-                self.shard.freeze(b.t, keep=self.keep_boundaries)
-                lead.keep_snapshot(b.t)
-            await lead.follow(b.t)
-            await lead.market_alerts(b.t)
-            if lead.leading and b.cascade:
-                # on a snapshot of the boundary, beside the feed (shards answer from their frozen accounts); one run
-                # in flight: the next boundary waits for it, so a slow run slows the feed instead of piling up
-                if lead.cascade_task is not None:
-                    await lead.cascade_task
-                lead.start_cascades(mon.snapshot())
-            self.flushed = False
-            self.leader_flushed = False
+        mon.engine.max_ts = mon.t
+        prices = mon.snapshot()  # the boundary's prices, copied: the feed moves on
+        if b.cascade:
+            lead.keep_snapshot(b.t, prices)
+        await lead.follow(b.t)
+        await lead.market_alerts(b.t)
+        await self._put(("boundary", b, prices))
+        self.flushed = False
+        self.leader_flushed = False
 
+    async def release(self, upto: int) -> None:
+        """Held account snapshots up to event time `upto` join the shard, in order with the boundaries."""
+        if self.monitor.pending_accounts:
+            await self._put(("release", upto))
+
+    async def _put(self, work) -> None:
+        self.settled.clear()
+        await self.queue.put(work)
+
+    # -- the account work, a supervised service ---------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            work = await self.queue.get()
+            try:
+                async with self.lock:
+                    if work[0] == "release":
+                        await self.monitor.release_accounts(work[1])
+                    else:
+                        await self._boundary(work[1], work[2])
+            except Exception:  # noqa: BLE001 - one boundary's failure is said, the next boundaries still run
+                log.exception("%s: account work %s failed", self.worker_id, work[:2])
+            finally:
+                self.queue.task_done()
+                if self.queue.empty():
+                    self.settled.set()
+
+    async def _boundary(self, b: Boundary, prices) -> None:
+        """Shard health at the boundary's prices, and at cascade boundaries the shard's frozen accounts and (leader)
+        the cascades on the boundary's snapshot."""
+        mon, lead = self.monitor, self.leadership
+        self.accounts.retain()
+        await mon.evaluate(full=False, with_severity=b.severity, prices=prices, in_thread=True)
+        if b.cascade:  # every worker: the shards keep their accounts as of this boundary
+            await self.accounts.refresh_offsets()
+            await self.shard.freeze(b.t, keep=self.keep_boundaries)
+        if lead.leading and b.cascade:
+            # one run in flight: the next boundary's waits for it (a slow run slows the account work, not the feed)
+            if lead.cascade_task is not None:
+                await lead.cascade_task
+            lead.start_cascades(prices)
+
+    async def apply_account(self, apply) -> None:
+        """The accounts agent's way in: once the queued work is done (a boundary in the queue is evaluated with
+        the accounts of its time), under the lock."""
+        while not self.settled.is_set():
+            await self.settled.wait()
+        async with self.lock:
+            await apply()
+
+    # -- the exact flush ----------------------------------------------------------------------------------------
     async def idle(self) -> None:
         """When input stops: exact health with severities, marks and cascades, so the last events are final."""
         mon, lead = self.monitor, self.leadership
@@ -65,19 +120,22 @@ class Evaluations:
             return
         if time.monotonic() - mon.last_input_wall < self.idle_s or not self.market_caught_up():
             return
-        self.accounts.retain()
+        if not self.settled.is_set():
+            return  # the boundaries' work first
         # a worker elected leader after its last flush still owes the leader's part (marks, alerts, cascades)
         if mon.dirty or not self.flushed or (self.is_leader() and not self.leader_flushed):
             mon.dirty = False
             self.flushed = True
-            await mon.release_accounts(None)  # the market is caught up: every held account joins
             async with self.lock:
-                n = await mon.evaluate(full=True, with_severity=True)
+                self.accounts.retain()
+                await mon.release_accounts(None)  # the market is caught up: every held account joins
+                n = await mon.evaluate(full=True, with_severity=True, in_thread=True)
             await mon.emit_marks(self.is_leader())
             await mon.sink.flush()
             log.info("%s: idle flush at event time %d: %d health events", self.worker_id, mon.t, n)
             await self.accounts.refresh_offsets()
-            lead.keep_snapshot(mon.t)
+            mon.engine.max_ts = mon.t
+            lead.keep_snapshot(mon.t, mon.snapshot())
             await lead.follow(mon.t)
             await lead.market_alerts(mon.t)
             if lead.leading:

@@ -30,7 +30,7 @@ class MarketFeed:
     def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, bootstrap: str,
                  worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float,
                  assigned: Callable[[], bool], is_leader: Callable[[], bool],
-                 on_boundary: Callable[[Boundary], Awaitable[None]]):
+                 on_boundary: Callable[[Boundary], Awaitable[None]], on_release: Callable[[int], Awaitable[None]]):
         self.monitor = monitor
         self.services = services
         self.bootstrap = bootstrap
@@ -38,6 +38,7 @@ class MarketFeed:
         self.assigned = assigned
         self.is_leader = is_leader
         self.on_boundary = on_boundary
+        self.on_release = on_release  # held account snapshots up to an event time may join (worker/evaluations.py)
         self.tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
         self.merge = Merge(self.tps)
         self.schedule = Schedule(cfg.schedule)
@@ -101,7 +102,7 @@ class MarketFeed:
         released = 0
         while (run := self.merge.next_run(caught, self.schedule.next_eval)) is not None:
             await mon.on_market(run)
-            await mon.release_accounts(mon.market_t)
+            await self.on_release(mon.market_t)
             released += len(run)
             boundary = self.schedule.cross(mon.market_t)
             if boundary is not None:

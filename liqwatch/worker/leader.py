@@ -55,10 +55,11 @@ class Leadership:
         self.cascade_task: asyncio.Task | None = None
         self._aborted_logged = False
 
-    def keep_snapshot(self, t: int) -> None:
+    def keep_snapshot(self, t: int, prices=None) -> None:
+        """Keep the market snapshot of boundary t (`prices`, or the monitor's now) for a takeover."""
         if t < 0:
             return  # no event yet: nothing to run a cascade on
-        self.snapshots[t] = self.monitor.snapshot()
+        self.snapshots[t] = prices if prices is not None else self.monitor.snapshot()
         for old in sorted(self.snapshots)[:-self.keep_boundaries]:
             del self.snapshots[old]
 

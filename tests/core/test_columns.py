@@ -33,15 +33,20 @@ class Rec:
     key: bytes | None = None
 
 
-def stream(rng: random.Random, n: int) -> list[bytes]:
+TICKS = [e for e in BASE if e["type"] == "tick"]
+
+
+def stream(rng: random.Random, n: int, ticks_only: bool = False, ahead: bool = True,
+           malformed: float = 0.04) -> list[bytes]:
     """Market records around the scenario's first ones: most in order, some late by a little (superseded) or a
-    lot (out of order), a few far ahead alone or as a jump of several books, some malformed."""
+    lot (out of order), a few far ahead alone or as a jump of several books, some malformed or out of bounds."""
     t = BASE[0]["ts"]
     out = []
+    base = TICKS if ticks_only else BASE
     for k in range(n):
-        ev = dict(BASE[k % len(BASE)])
+        ev = dict(base[k % len(base)])
         t += rng.choice([0, 1, 5, 50])
-        r = rng.random()
+        r = rng.random() if ahead else 1.0
         ts = t
         if r < 0.05:
             ts = t - rng.choice([10, 500, 5_000, 60_000])  # late: within or beyond the 1 s tolerance
@@ -51,8 +56,13 @@ def stream(rng: random.Random, n: int) -> list[bytes]:
             t += CFG.ingest.max_ahead_ms * 2  # the whole stream jumps: several books in a row that far ahead
             ts = t
         ev["ts"] = ts
+        if ev["type"] == "tick" and rng.random() < 0.05:  # numbers the checks refuse, or fields they look at
+            ev.update(rng.choice([{"bid": ev["ask"] * 2}, {"ask": 1e12}, {"last": -1.0}, {"last": ev["bid"]},
+                                  {"funding_rate": 0.0001, "next_funding_ts": ts + 1000}, {"funding_rate": 2.0,
+                                  "next_funding_ts": ts}, {"funding_rate": 0.0001}, {"next_funding_ts": -3},
+                                  {"venue": ""}, {"ts": -1}]))
         raw = json.dumps(ev).encode()
-        if rng.random() < 0.04:
+        if rng.random() < malformed:
             raw = rng.choice([raw[:-3], raw.replace(b'"bid"', b'"bdi"'), b"[1,2]", b"", raw + b",{}",
                               json.dumps({**ev, "venue": "fake"}).encode()])
         out.append(raw)
@@ -101,10 +111,11 @@ def reference_door(raws: list[bytes]) -> list[tuple[int, object, int]]:
     return out
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 300))
-def test_the_door_judges_a_batch_as_it_judges_each_record(seed, n):
-    raws = stream(random.Random(seed), n)
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 300), st.booleans(), st.booleans(), st.sampled_from([0.0, 0.04]))
+def test_the_door_judges_a_batch_as_it_judges_each_record(seed, n, ticks_only, ahead, malformed):
+    """Batches of ticks only, in order, parseable as a whole take the array path; the others the per-record one."""
+    raws = stream(random.Random(seed), n, ticks_only, ahead, malformed)
     want = reference_door(raws)
     door = PartitionDoor(Gate(CFG), CFG.ingest.max_ahead_ms, CFG.ingest.jump_keys)
     eng = Engine(CFG)
