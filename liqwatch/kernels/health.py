@@ -50,55 +50,110 @@ def account_numbers(i, index, mark, accounts, risk):
     return value, maintenance
 
 
+@njit(cache=True, inline="always")
+def _charge(amount, base, upto, rate, cum, width):
+    """`bracket_charge` on tables flattened to 1-D, with `base` = owner × width as an unsigned index (no
+    negative-index wraparound to compute) and the width a compile-time constant where `_width_dispatch` makes it
+    one (the compares unrolled)."""
+    k = 0
+    for j in range(width - 1):
+        k += amount > upto[base + np.uint64(j)]
+    kk = base + np.uint64(k)
+    return amount * rate[kk] - cum[kk]
+
+
+@njit(cache=True, inline="always")
+def _coll_pass(index, owner, asset, qty, upto, rate, cum, out_equity, width):
+    w = np.uint64(width)
+    for j in range(owner.shape[0]):
+        o = owner[j]
+        if o < 0:
+            continue
+        a = np.uint64(asset[j])
+        v = qty[j] * index[a]
+        out_equity[np.uint64(o)] += v - _charge(v, a * w, upto, rate, cum, width)
+
+
+@njit(cache=True, inline="always")
+def _pos_pass(mark, owner, instr, qty, entry, upto, rate, cum, out_equity, out_maintenance, width):
+    w = np.uint64(width)
+    for j in range(owner.shape[0]):
+        o = owner[j]
+        if o < 0:
+            continue
+        ins = np.uint64(instr[j])
+        m = mark[ins]
+        q = qty[j]
+        uo = np.uint64(o)
+        out_equity[uo] += q * (m - entry[j])
+        out_maintenance[uo] += _charge(abs(q) * m, ins * w, upto, rate, cum, width)
+
+
 @njit(cache=True, error_model="numpy")
 def margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance):
     """Equity and maintenance of every account row (closed rows: 0, 0).
 
     Flat passes over the entry pools rather than a loop per account: per-account loops with 1–5 entries
-    mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`)."""
+    mispredict their trip counts, and that cost more than the arithmetic (see `liqwatch bench kernels`). The
+    passes are bound by instruction count, so the bracket tables are read flattened with unsigned indices and the
+    common table widths get a pass of their own with the compares unrolled. Per account the sums run in the same
+    order as `account_numbers` (collateral, debt, positions, each in pool order): the numbers are identical."""
     for i in range(accounts.active.shape[0]):
         out_equity[i] = 0.0
         out_maintenance[i] = 0.0
-    for j in range(accounts.coll_owner.shape[0]):
-        o = accounts.coll_owner[j]
-        if o < 0:
-            continue
-        a = accounts.coll_asset[j]
-        v = accounts.coll_qty[j] * index[a]
-        out_equity[o] += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
+    hu, hr, hc = risk.haircut_upto.ravel(), risk.haircut_rate.ravel(), risk.haircut_cum.ravel()
+    co, ca, cq = accounts.coll_owner, accounts.coll_asset, accounts.coll_qty
+    hw = risk.haircut_upto.shape[1]
+    if hw == 1:
+        _coll_pass(index, co, ca, cq, hu, hr, hc, out_equity, 1)
+    elif hw == 2:
+        _coll_pass(index, co, ca, cq, hu, hr, hc, out_equity, 2)
+    elif hw == 3:
+        _coll_pass(index, co, ca, cq, hu, hr, hc, out_equity, 3)
+    elif hw == 4:
+        _coll_pass(index, co, ca, cq, hu, hr, hc, out_equity, 4)
+    else:
+        _coll_pass(index, co, ca, cq, hu, hr, hc, out_equity, hw)
     for j in range(accounts.debt_owner.shape[0]):
         o = accounts.debt_owner[j]
         if o < 0:
             continue
-        a = accounts.debt_asset[j]
+        a = np.uint64(accounts.debt_asset[j])
+        uo = np.uint64(o)
         v = accounts.debt_qty[j] * index[a]
-        out_equity[o] -= v
-        out_maintenance[o] += v * risk.borrow_rate[a]
-    for j in range(accounts.pos_owner.shape[0]):
-        o = accounts.pos_owner[j]
-        if o < 0:
-            continue
-        ins = accounts.pos_instr[j]
-        m = mark[ins]
-        q = accounts.pos_qty[j]
-        out_equity[o] += q * (m - accounts.pos_entry[j])
-        out_maintenance[o] += bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
+        out_equity[uo] -= v
+        out_maintenance[uo] += v * risk.borrow_rate[a]
+    mu, mr, mc = risk.maint_upto.ravel(), risk.maint_rate.ravel(), risk.maint_cum.ravel()
+    po, pi, pq, pe = accounts.pos_owner, accounts.pos_instr, accounts.pos_qty, accounts.pos_entry
+    mw = risk.maint_upto.shape[1]
+    if mw == 1:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 1)
+    elif mw == 2:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 2)
+    elif mw == 3:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 3)
+    elif mw == 4:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 4)
+    elif mw == 5:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 5)
+    elif mw == 6:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, 6)
+    else:
+        _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, mw)
 
 
 @njit(cache=True, error_model="numpy")
 def margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_health, out_liquidatable):
     margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance)
-    for i in range(accounts.active.shape[0]):
+    for i in range(accounts.active.shape[0]):  # branch-free, so that it vectorises
         e = out_equity[i]
         m = out_maintenance[i]
-        if not accounts.active[i]:
-            out_equity[i] = np.nan
-            out_maintenance[i] = np.nan
-            out_health[i] = np.nan
-            out_liquidatable[i] = False
-            continue
-        out_health[i] = e / m if m > 0.0 else np.nan
-        out_liquidatable[i] = e < m
+        live = accounts.active[i]
+        h = e / m
+        out_health[i] = h if live and m > 0.0 else np.nan
+        out_equity[i] = e if live else np.nan
+        out_maintenance[i] = m if live else np.nan
+        out_liquidatable[i] = live and e < m
 
 
 @njit(cache=True, error_model="numpy")
