@@ -145,20 +145,26 @@ def _item_move(r, p):
 
 
 @njit(cache=True)
-def price_moves(history_index, history_mark, index, mark, out_index, out_mark, out_index_bits, out_mark_bits):
+def price_moves(history_index, history_mark, index, mark, out_index, out_mark, out_index_lut, out_mark_lut):
     """For every earlier call s (rows of the history): the largest relative move since then of any index
-    (`out_index[s]`), of any mark (`out_mark[s]`), and per mask bit of the assets (instruments) on that bit."""
+    (`out_index[s]`) and of any mark (`out_mark[s]`), and lookup tables of the largest move of the held assets
+    (instruments) by byte of their bits: out_index_lut[s, p, v] = the largest move of the assets on the bits set in
+    v << 8p (so the move of a mask is the max of 4 lookups, no loop over its bits)."""
+    bits = np.zeros(MASK_BITS)
     for s in range(out_index.shape[0]):
-        out_index_bits[s, :] = 0.0
-        out_mark_bits[s, :] = 0.0
-        for a in range(index.shape[0]):
-            m = _item_move(history_index[s, a], index[a])
-            out_index_bits[s, a % MASK_BITS] = max(out_index_bits[s, a % MASK_BITS], m)
-        for k in range(mark.shape[0]):
-            m = _item_move(history_mark[s, k], mark[k])
-            out_mark_bits[s, k % MASK_BITS] = max(out_mark_bits[s, k % MASK_BITS], m)
-        out_index[s] = np.max(out_index_bits[s])
-        out_mark[s] = np.max(out_mark_bits[s])
+        for lut, out, ref, now in ((out_index_lut, out_index, history_index[s], index),
+                                   (out_mark_lut, out_mark, history_mark[s], mark)):
+            bits[:] = 0.0
+            for a in range(now.shape[0]):
+                bits[a % MASK_BITS] = max(bits[a % MASK_BITS], _item_move(ref[a], now[a]))
+            out[s] = np.max(bits)
+            for p in range(MASK_BITS // 8):
+                lut[s, p, 0] = 0.0
+                for v in range(1, 256):
+                    top = 7
+                    while not (v >> top) & 1:
+                        top -= 1
+                    lut[s, p, v] = max(lut[s, p, v ^ (1 << top)], bits[8 * p + top])
 
 
 def move_factor(risk: RiskParams) -> float:
@@ -243,14 +249,10 @@ NEVER = -1  # `seen` of an account not evaluated yet
 
 
 @njit(cache=True, inline="always")
-def _masked_move(mask, moves_by_bit):
-    worst = 0.0
-    for b in range(MASK_BITS):
-        if mask >> b == 0:
-            break
-        if (mask >> b) & 1:
-            worst = max(worst, moves_by_bit[b])
-    return worst
+def _masked_move(mask, lut):
+    """The largest move of the items on the bits of `mask`, from one call's lookup table (`price_moves`)."""
+    return max(max(lut[0, mask & 255], lut[1, (mask >> 8) & 255]),
+               max(lut[2, (mask >> 16) & 255], lut[3, (mask >> 24) & 255]))
 
 
 @njit(cache=True, inline="always")
@@ -262,19 +264,24 @@ def _up32(x):
     return max(y, 1e-30) if y > 0.0 else 0.0
 
 
+SEEN, ROOM, EXPOSURE_INDEX, EXPOSURE_MARK, HELD_ASSETS, HELD_INSTRUMENTS = range(6)  # columns of a shard's state
+
+
 @njit(cache=True, error_model="numpy")
 def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call,
-                           move_index, move_mark, move_index_bits, move_mark_bits, k_factor, seen, room,
-                           exposure_index, exposure_mark, held_assets, held_instruments, work_rows):
+                           move_index, move_mark, move_index_lut, move_mark_lut, k_factor, state_i, state_f, state_u,
+                           work_rows):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
     evaluated, live accounts offered to the round).
 
-    `call` numbers this evaluation (0, 1, …); `move_*[s]` are the price moves since call s (`price_moves`). Per
-    account: `seen`, the call of its last evaluation (NEVER = −1: none yet; DEAD = −2: closed or fallen, never
-    evaluated again; a shard starts from −1 for active rows, −2 for the others); float32 `room` = S − ε rounded
-    down, `exposure_index` and `exposure_mark` = K·(gross exposure priced by the index, by marks) rounded up; uint32
-    `held_assets`, `held_instruments`: bits of what it holds. An account is skipped when
-    exposure_index·(move of the assets it holds) + exposure_mark·(move of its instruments) < room.
+    `call` numbers this evaluation (0, 1, …); `move_*[s]` are the price moves since call s (`price_moves`). The
+    state is one 24-byte row per account (one cache miss when it is evaluated), given as int32, float32 and uint32
+    views of the same (n, 6) buffer: SEEN (int32), the call of its last evaluation (NEVER = −1: none yet; DEAD = −2:
+    closed or fallen, never evaluated again; a shard starts from −1 for active rows, −2 for the others — an account
+    not DEAD must be active and not fallen); ROOM (float32) = S − ε rounded down; EXPOSURE_INDEX, EXPOSURE_MARK
+    (float32) = K·(gross exposure priced by the index, by marks) rounded up; HELD_ASSETS, HELD_INSTRUMENTS (uint32):
+    bits of what it holds. An account is skipped when
+    EXPOSURE_INDEX·(move of the assets it holds) + EXPOSURE_MARK·(move of its instruments) < ROOM.
     `work_rows`: int32 scratch of the row count."""
     # 1: the accounts the bound cannot clear: first with the largest moves of all (what most accounts clear),
     # then with the moves of what the account holds
@@ -282,18 +289,21 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
     kept = 0
     live = 0
     for i in range(n):
-        s = seen[i]
+        s = state_i[i, SEEN]
         live += s != DEAD
         if s < 0:
             if s == NEVER:
                 work_rows[kept] = i
                 kept += 1
             continue
-        if exposure_index[i] * move_index[s] + exposure_mark[i] * move_mark[s] < room[i]:
+        room = state_f[i, ROOM]
+        ei = state_f[i, EXPOSURE_INDEX]
+        em = state_f[i, EXPOSURE_MARK]
+        if ei * move_index[s] + em * move_mark[s] < room:
             continue
-        bound = (exposure_index[i] * _masked_move(np.int64(held_assets[i]), move_index_bits[s])
-                 + exposure_mark[i] * _masked_move(np.int64(held_instruments[i]), move_mark_bits[s]))
-        if bound < room[i]:
+        bound = (ei * _masked_move(np.int64(state_u[i, HELD_ASSETS]), move_index_lut[s])
+                 + em * _masked_move(np.int64(state_u[i, HELD_INSTRUMENTS]), move_mark_lut[s]))
+        if bound < room:
             continue
         work_rows[kept] = i
         kept += 1
@@ -305,24 +315,21 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
         touched += _touch(accounts, work_rows, k0, k1)
         for k in range(k0, k1):
             i = work_rows[k]
-            if not accounts.active[i] or liquidated[i] != 0:  # (a caller's seen out of date: never evaluate)
-                seen[i] = DEAD
-                continue
             e, m, g_index, g_mark, u, assets, instruments = account_numbers_bounded(i, index, mark, accounts, risk)
-            seen[i] = call
-            held_assets[i] = assets
-            held_instruments[i] = instruments
+            state_i[i, SEEN] = call
+            state_u[i, HELD_ASSETS] = assets
+            state_u[i, HELD_INSTRUMENTS] = instruments
             slack = (e - m) - PRUNE_EPS * (k_factor * (g_index + g_mark) + u)
-            exposure_index[i] = _up32(k_factor * g_index * (1.0 + PRUNE_EPS))
-            exposure_mark[i] = _up32(k_factor * g_mark * (1.0 + PRUNE_EPS))
+            state_f[i, EXPOSURE_INDEX] = _up32(k_factor * g_index * (1.0 + PRUNE_EPS))
+            state_f[i, EXPOSURE_MARK] = _up32(k_factor * g_mark * (1.0 + PRUNE_EPS))
             # no room (or under float32 precision), or non-finite numbers: evaluated every round
-            room[i] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
+            state_f[i, ROOM] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
             if e < m:
                 work_rows[count] = i  # count ≤ k: rows still to evaluate are not overwritten
                 count += 1
                 if commit:
                     liquidated[i] = round_no
-                    seen[i] = DEAD
+                    state_i[i, SEEN] = DEAD
     if touched == -1.0:  # (keeps the touching loads)
         count += 0
     notional = 0.0
@@ -452,12 +459,9 @@ class Shard:
         self.work_equity = np.empty(m)  # the full scan's scratch
         self.work_maintenance = np.empty(m)
         m = n if prune else 0
-        self.seen = np.where(accounts.active, NEVER, DEAD).astype(np.int32) if prune else np.zeros(0, np.int32)
-        self.room = np.zeros(m, dtype=np.float32)
-        self.exposure_index = np.zeros(m, dtype=np.float32)
-        self.exposure_mark = np.zeros(m, dtype=np.float32)
-        self.held_assets = np.zeros(m, dtype=np.uint32)
-        self.held_instruments = np.zeros(m, dtype=np.uint32)
+        self.state = np.zeros((m, 6), dtype=np.uint32)  # SEEN, ROOM, EXPOSURE_INDEX, EXPOSURE_MARK, HELD_*
+        if prune:
+            self.state.view(np.int32)[:, SEEN] = np.where(accounts.active, NEVER, DEAD)
         self.work_rows = np.empty(m, dtype=np.int32)
         self.k_factor = move_factor(risk)
         self.history_index: list[np.ndarray] = []
@@ -467,9 +471,8 @@ class Shard:
 
     def state_bytes(self) -> int:
         """What the shard keeps besides the accounts (fallen rounds, pruning state, scratch)."""
-        return sum(a.nbytes for a in (self.fallen, self.work_equity, self.work_maintenance, self.seen, self.room,
-                                      self.exposure_index, self.exposure_mark, self.held_assets,
-                                      self.held_instruments, self.work_rows))
+        return sum(a.nbytes for a in (self.fallen, self.work_equity, self.work_maintenance, self.state,
+                                      self.work_rows))
 
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
@@ -483,14 +486,13 @@ class Shard:
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         call = len(self.history_index)
-        moves = (np.zeros(max(call, 1)), np.zeros(max(call, 1)), np.zeros((max(call, 1), MASK_BITS)),
-                 np.zeros((max(call, 1), MASK_BITS)))
+        c = max(call, 1)
+        moves = (np.zeros(c), np.zeros(c), np.zeros((c, MASK_BITS // 8, 256)), np.zeros((c, MASK_BITS // 8, 256)))
         if call:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
         c, n, ev, live = liquidate_round_pruned(
             index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
-            self.k_factor, self.seen, self.room, self.exposure_index, self.exposure_mark, self.held_assets,
-            self.held_instruments, self.work_rows)
+            self.k_factor, self.state.view(np.int32), self.state.view(np.float32), self.state, self.work_rows)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)

@@ -16,7 +16,7 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
   by the bound); cascade_liquidated: accounts fallen in the 50 rounds;
 - bytes_per_account: the account arrays plus the health outputs; cascade_state_bytes_per_account: what a pruned
   shard keeps per account besides (fallen round, call of the last evaluation, room and two exposures as float32,
-  held-asset and held-instrument bits, a scratch row: 32 bytes; the full scan keeps 20).
+  held-asset and held-instrument bits — one 24-byte row —, a scratch row: 32 bytes; the full scan keeps 20).
 """
 
 from __future__ import annotations
