@@ -373,29 +373,41 @@ def worker(
 
 @bench_app.command("pipeline")
 def bench_pipeline(
-    accounts: Annotated[int, typer.Option(help="Accounts loaded before the ticks.", min=1)] = 100_000,
+    accounts: Annotated[list[int], typer.Option(help="Accounts loaded before the ticks; repeat for several runs "
+                                                     "(--accounts 100000 --accounts 1000000).", min=1)] = [100_000],
+    workers: Annotated[list[int], typer.Option(help="Workers of the group; repeat for several runs (--workers 1 "
+                                                    "--workers 2: the scale-out figure).", min=1, max=8)] = [1],
     rate: Annotated[int, typer.Option(help="Live ticks per second for the latency phase.", min=1)] = 50_000,
-    seconds: Annotated[float, typer.Option(help="Length of the latency phase.", min=1)] = 20.0,
+    seconds: Annotated[float, typer.Option(help="Length of the measured latency phase.", min=1)] = 20.0,
+    warmup: Annotated[float, typer.Option(help="Live seconds before the measured ones (after a pause in the "
+                                               "input the merge holds for resume_grace_s, 10 s).", min=0)] = 12.0,
+    ticks: Annotated[int, typer.Option(help="Ticks of the recorded firehose the ingest is measured on.",
+                                       min=10_000)] = 500_000,
     state_dir: Annotated[Optional[Path], typer.Option(help="Use this running stack (default: start a temporary "
                                                            "one on free ports and stop it after).",
                                                       file_okay=False)] = None,
-    profile: Annotated[Optional[Path], typer.Option(help="Sample the worker with py-spy into this file (collapsed "
-                                                         "stacks; `liqwatch bench top FILE` sums them).",
+    profile: Annotated[Optional[Path], typer.Option(help="Sample the first worker with py-spy into FILE-<phase>-… "
+                                                         "(collapsed stacks; `liqwatch bench top` sums them).",
                                                     dir_okay=False)] = None,
 ) -> None:
-    """Worker throughput vs a raw consumer on the same topic, and tick → mark latency at a live rate.
+    """Workers' throughput vs raw consumers on the same topic, and tick → mark latency at a live rate: every
+    --accounts × --workers combination in one run.
 
-    Prints one JSON object: `raw_consume_per_s`, `worker_ticks_per_s`, `worker_vs_raw`, `latency_p50_ms`,
-    `latency_p99_ms`, … Targets: worker ≥ 50% of raw and ≥ 50,000 ticks/s; p99 < 1 s at 50,000 ticks/s with
-    100,000 accounts.
+    Prints one JSON object: per run `raw_consume_per_s` (aiokafka and confluent-kafka), `worker_ticks_per_s`,
+    `cluster_ticks_per_s`, `worker_vs_fastest_raw`, `latency_p50_ms`, `latency_p99_ms`, `all_live_ticks_processed`;
+    and `scale_out` (what a second worker adds) when --workers has 1 and 2. Progress on stderr.
+
+    Example: liqwatch bench pipeline --accounts 100000 --accounts 1000000 --workers 1 --workers 2
     """
     from liqwatch.tools import stack
     from liqwatch.tools.bench_pipeline import pipeline
 
-    if not math.isfinite(seconds):
-        _fail(f"--seconds: must be a finite number >= 1 (got {seconds})")
+    if not math.isfinite(seconds) or not math.isfinite(warmup):
+        _fail(f"--seconds/--warmup: must be finite numbers (got {seconds}, {warmup})")
+    err = Console(stderr=True)
     try:
-        result = pipeline(accounts, rate, seconds, state_dir, profile=profile)
+        result = pipeline(accounts, workers, rate, seconds, state_dir, ticks=ticks, profile=profile,
+                          warmup_s=warmup, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
     except stack.StackError as e:
         _fail(str(e), 1)
     sys.stdout.write(json_line(result) + "\n")

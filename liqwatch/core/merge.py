@@ -17,6 +17,7 @@ same boundaries.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -30,24 +31,28 @@ class Merge:
     def __init__(self, partitions: Sequence[Hashable], max_run: int = MAX_RUN):
         self.partitions = list(partitions)
         self.max_run = max_run
-        self.buf: dict[Hashable, MarketRows] = {p: MarketRows.empty() for p in self.partitions}
-        self.pos: dict[Hashable, int] = {p: 0 for p in self.partitions}
+        # per partition: the batches pushed and not yet handed out (a run never spans two: pushing copies nothing)
+        self.buf: dict[Hashable, deque[MarketRows]] = {p: deque() for p in self.partitions}
+        self.pos: dict[Hashable, int] = {p: 0 for p in self.partitions}  # next row of the first batch
         self.seen: dict[Hashable, int] = {p: -1 for p in self.partitions}  # last merge time pushed
 
     def push(self, partition: Hashable, batch: MarketRows) -> None:
         if len(batch):
-            buf, pos = self.buf[partition], self.pos[partition]
-            self.buf[partition] = MarketRows.concat([buf[pos:], batch]) if pos < len(buf) else batch
-            self.pos[partition] = 0
+            self.buf[partition].append(batch)
             self.seen[partition] = int(batch.merge_ts[-1])
 
     def buffered(self) -> int:
-        return sum(len(self.buf[p]) - self.pos[p] for p in self.partitions)
+        return sum(sum(len(b) for b in self.buf[p]) - self.pos[p] for p in self.partitions)
+
+    def _head(self, p: Hashable) -> int | None:
+        """Merge time of p's next row, or None when p has nothing buffered."""
+        buf = self.buf[p]
+        return int(buf[0].merge_ts[self.pos[p]]) if buf else None
 
     def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> MarketRows | None:
         """The next run of one partition's rows that no other partition can precede, or None for now."""
-        parts, buf, pos = self.partitions, self.buf, self.pos
-        heads = [(int(buf[p].merge_ts[pos[p]]), k) for k, p in enumerate(parts) if pos[p] < len(buf[p])]
+        parts = self.partitions
+        heads = [(t, k) for k, p in enumerate(parts) if (t := self._head(p)) is not None]
         if not heads:
             return None
         _, lead = min(heads)
@@ -56,24 +61,29 @@ class Merge:
         for k, o in enumerate(parts):
             if k == lead:
                 continue
-            if pos[o] < len(buf[o]):
-                bound, incl = int(buf[o].merge_ts[pos[o]]), lead < k
+            head = self._head(o)
+            if head is not None:
+                bound, incl = head, lead < k
             elif caught.get(o, False):
                 continue
             else:
                 bound, incl = self.seen[o], True  # o may still deliver records from seen[o] on
             if limit is None or bound < limit or (bound == limit and not incl):
                 limit, inclusive = bound, incl
-        times = buf[p].merge_ts
-        start = pos[p]
+        batch, start = self.buf[p][0], self.pos[p]
+        times = batch.merge_ts[start:]
         end = len(times) if limit is None else int(np.searchsorted(times, limit, "right" if inclusive else "left"))
         # the run ends with the first row reaching the boundary (the evaluation then sees exactly the rows up
         # to it), and after max_run rows
-        end = min(end, start + int(np.searchsorted(times[start:], stop_at, "left")) + 1, start + self.max_run)
-        if end <= start:
+        end = min(end, int(np.searchsorted(times, stop_at, "left")) + 1, self.max_run)
+        if end <= 0:
             return None
-        pos[p] = end
-        return buf[p][start:end]
+        if start + end == len(batch):
+            self.buf[p].popleft()
+            self.pos[p] = 0
+        else:
+            self.pos[p] = start + end
+        return batch[start:start + end]
 
 
 class Arrivals:

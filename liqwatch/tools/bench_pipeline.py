@@ -1,14 +1,18 @@
-"""`liqwatch bench pipeline`: a worker's throughput and latency on the real broker, side by side in one run.
+"""`liqwatch bench pipeline`: workers' throughput and latency on the real broker, side by side in one run.
 
-1. Load: `accounts` accounts of the oct-2025 population and a crash-day firehose of `ticks` ticks (at `rate`
-   ticks per second of event time) into fresh topics (a prefix of their own) of a local stack — the running one
-   from --state-dir, or a temporary one.
-2. raw_consume_per_s: a plain aiokafka consumer reading the ticks topic end to end (the ceiling).
-3. worker_ticks_per_s: one `liqwatch worker` replaying the same ticks (prices, shard health every 10 s of event
-   time, marks, cascades), measured between 10% and 90% of the ticks processed (start-up excluded).
-4. Latency: ticks produced live at `rate` per second for `seconds`, with event time = wall time; for every
-   `mark` event the worker emits, latency = arrival at a consumer − the newest tick's produce time, plus the gap
-   to the previous mark event (the wait of the oldest tick of that batch): p50 and p99 of that upper bound.
+For every combination of `accounts` × `workers`, on fresh topics (a prefix of their own) of one local stack — the
+running one from --state-dir, or a temporary one:
+1. Load: `accounts` accounts of the calm population and a crash-day firehose of `ticks` ticks (at `rate` ticks
+   per second of event time).
+2. raw_consume_per_s: plain consumers reading the ticks topic end to end, aiokafka and confluent-kafka
+   (librdkafka), each record's value taken: the ceiling of a Python process reading it.
+3. worker_ticks_per_s: each worker replaying the same ticks (prices, shard health every 10 s of event time,
+   marks, cascades), measured between 10% and 90% of the ticks processed (start-up excluded);
+   cluster_ticks_per_s: how fast the workers together get through the stream.
+4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds`;
+   for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
+   plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
+   upper bound; and whether every live tick was processed (by every worker).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from liqwatch import scenarios
 from liqwatch.tools import stack
@@ -75,14 +80,14 @@ def _write_inputs(path: Path, accounts: int, ticks: int, per_second: int) -> int
     return n
 
 
-async def _raw_consume_rate(bootstrap: str, topic: str) -> tuple[int, float]:
+async def _raw_aiokafka(bootstrap: str, topic: str, end: int) -> float:
+    """Seconds for a plain aiokafka consumer to read the topic's partition 0 end to end (best of two)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 << 20)
     await c.start()
     try:
         tp = TopicPartition(topic, 0)
         c.assign([tp])
-        end = (await c.end_offsets([tp]))[tp]
         best = float("inf")
         for _ in range(2):
             c.seek(tp, 0)
@@ -92,7 +97,41 @@ async def _raw_consume_rate(bootstrap: str, topic: str) -> tuple[int, float]:
                 batch = await c.getmany(tp, timeout_ms=500, max_records=50_000)
                 got += sum(len(v) for v in batch.values())
             best = min(best, time.perf_counter() - t0)
-        return end, best
+        return best
+    finally:
+        await c.stop()
+
+
+def _raw_confluent(bootstrap: str, topic: str, end: int) -> float:
+    """The same with confluent-kafka (librdkafka), each record's value taken (best of two)."""
+    import confluent_kafka as ck
+
+    best = float("inf")
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "liqwatch-bench-raw", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 10, "queued.max.messages.kbytes": (1 << 21) - 1,
+                     "max.partition.fetch.bytes": 16 << 20})
+    try:
+        for _ in range(2):
+            c.assign([ck.TopicPartition(topic, 0, 0)])
+            t0 = time.perf_counter()
+            got = 0
+            while got < end:
+                msgs = c.consume(num_messages=50_000, timeout=0.5)
+                _ = [m.value() for m in msgs]
+                got += len(msgs)
+            best = min(best, time.perf_counter() - t0)
+            c.unassign()
+    finally:
+        c.close()
+    return best
+
+
+async def _end(bootstrap: str, topic: str) -> int:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await c.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        return (await c.end_offsets([tp]))[tp]
     finally:
         await c.stop()
 
@@ -109,16 +148,23 @@ def _metric(port: int, name: str) -> float | None:
 
 
 async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str, str, float]], rate: int,
-                        seconds: float) -> np.ndarray:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, max_batch_size=1 << 20)
+                        seconds: float, warmup_s: float) -> tuple[np.ndarray, int]:
+    """Ticks produced at `rate` per second for warmup_s + seconds, event time = wall time at the send; the latency
+    of every mark event after the warm-up (the first seconds after a pause in the input, the merge holds every
+    partition for `resume_grace_s`: a worker's fault tolerance, not its steady state). The load comes from
+    librdkafka (confluent-kafka) in a thread: an aiokafka producer in Python could not keep 50,000 ticks/s on a
+    shared core, and its ticks then carried times older than their sending. Returns (latencies ms, ticks sent)."""
+    import confluent_kafka as ck
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await producer.start()
     await consumer.start()
     tp = TopicPartition(names.MARKS, 0)
     consumer.assign([tp])
     await consumer.seek_to_end(tp)
     latencies: list[float] = []
     stop = asyncio.Event()
+    start_ms = time.time() * 1000
+    measure_from = start_ms + warmup_s * 1000
 
     async def collect() -> None:
         prev = None
@@ -127,36 +173,41 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
             now = time.time() * 1000
             for rec in batch.get(tp, []):
                 ev = json.loads(rec.value)
-                if ev["ts"] < start_ms:
+                if ev["ts"] < measure_from:
                     continue
                 gap = 0.0 if prev is None else max(now - prev, 0.0)
                 latencies.append(now - ev["ts"] + gap)
             if batch:
                 prev = now
 
-    start_ms = time.time() * 1000
+    def produce() -> int:
+        producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1 << 20})
+        rng = np.random.default_rng(3)
+        sent = 0
+        t0 = time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < warmup_s + seconds:
+            due = int(elapsed * rate)
+            noise = rng.normal(0, 1e-4, max(due - sent, 0)).tolist()
+            for k in range(due - sent):
+                venue, symbol, mid = books[(sent + k) % len(books)]
+                ts = int(time.time() * 1000)
+                m = mid * (1 + noise[k])
+                ev = {"type": "tick", "venue": venue, "symbol": symbol, "ts": ts, "bid": m * 0.9999,
+                      "ask": m * 1.0001}
+                producer.produce(names.TICKS, _encode(ev), key=key_of(ev), timestamp=ts)
+            sent = max(sent, due)
+            producer.poll(0)
+            time.sleep(0.005)
+        producer.flush(30)
+        return sent
+
     task = asyncio.get_running_loop().create_task(collect())
-    rng = np.random.default_rng(3)
-    sent = 0
-    t0 = time.perf_counter()
-    step = 0.01  # send in 10 ms slices
-    while time.perf_counter() - t0 < seconds:
-        due = int((time.perf_counter() - t0) * rate)
-        ts = int(time.time() * 1000)
-        while sent < due:
-            venue, symbol, mid = books[sent % len(books)]
-            m = mid * (1 + rng.normal(0, 1e-4))
-            ev = {"type": "tick", "venue": venue, "symbol": symbol, "ts": ts, "bid": m * 0.9999, "ask": m * 1.0001}
-            await producer.send(names.TICKS, _encode(ev), key=key_of(ev), timestamp_ms=ts)
-            sent += 1
-        await asyncio.sleep(step)
-    await producer.flush()
+    sent = await asyncio.to_thread(produce)
     await asyncio.sleep(3.0)
     stop.set()
     await task
-    await producer.stop()
     await consumer.stop()
-    return np.array(latencies)
+    return np.array(latencies), sent
 
 
 class Profiler:
@@ -177,8 +228,11 @@ class Profiler:
             self.proc.wait(30)
 
 
-def pipeline(accounts: int = 100_000, rate: int = 50_000, seconds: float = 20.0,
-             state_dir: Path | None = None, ticks: int = 500_000, profile: Path | None = None) -> dict:
+def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: int = 50_000,
+             seconds: float = 20.0, state_dir: Path | None = None, ticks: int = 500_000,
+             profile: Path | None = None, warmup_s: float = 12.0, progress=None) -> dict:
+    """Every (accounts, workers) combination on fresh topics of one stack, side by side: the raw consumers'
+    rate, the workers' ingest and the live latency."""
     own_stack = None
     if state_dir is not None:
         cfg = stack.load(state_dir)
@@ -189,70 +243,137 @@ def pipeline(accounts: int = 100_000, rate: int = 50_000, seconds: float = 20.0,
         stack.up(cfg)
         own_stack = cfg
     bootstrap = stack.bootstrap_servers(cfg)
+    say = progress or (lambda msg: None)
+    try:
+        runs = []
+        for n_accounts in accounts:
+            for n_workers in workers:
+                say(f"{n_accounts:,} accounts, {n_workers} worker(s)")
+                runs.append(_one(bootstrap, n_accounts, n_workers, rate, seconds, ticks, profile, warmup_s, say))
+        out = {"runs": runs}
+        for n_accounts in accounts:
+            one = [r for r in runs if r["accounts"] == n_accounts and r["workers"] == 1]
+            two = [r for r in runs if r["accounts"] == n_accounts and r["workers"] == 2]
+            if one and two:
+                out.setdefault("scale_out", []).append({
+                    "accounts": n_accounts,
+                    "cluster_ticks_per_s_1": one[0]["cluster_ticks_per_s"],
+                    "cluster_ticks_per_s_2": two[0]["cluster_ticks_per_s"],
+                    "second_worker_adds": round(two[0]["cluster_ticks_per_s"] / one[0]["cluster_ticks_per_s"] - 1, 3),
+                })
+        return out
+    finally:
+        if own_stack is not None:
+            stack.down(own_stack)
+
+
+def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: float, ticks: int,
+         profile: Path | None, warmup_s: float, say) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     names = TopicNames(prefix)
     work = Path(tempfile.mkdtemp(prefix="liqwatch-bench-"))
-    config_path = scenarios.config_path("oct-2025", "prefix")
-    worker = None
+    # the October config, with room for the live phase to continue the recorded firehose a year later (else
+    # its first ticks are "ahead of the stream" and the first few dead-lettered: the jump rule)
+    config_path = work / "config.yaml"
+    spec = yaml.safe_load(scenarios.config_path("oct-2025", "prefix").read_text())
+    spec.setdefault("ingest", {})["max_ahead_ms"] = 3 * 365 * 86_400_000
+    config_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    procs: list[subprocess.Popen] = []
+    ports: list[int] = []
     try:
         events = work / "inputs.jsonl"
         _write_inputs(events, accounts, ticks, per_second=rate)
         asyncio.run(transport.produce_file(events, bootstrap, prefix=prefix, progress=False))
-        ticks, raw_s = asyncio.run(_raw_consume_rate(bootstrap, names.TICKS))  # includes the first second
-        port = _free_port()
-        log = (work / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), "--bootstrap", bootstrap,
-             "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
-             "--worker-id", "bench-1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        samples: list[tuple[float, float]] = []
-        deadline = time.monotonic() + 600
+        end = asyncio.run(_end(bootstrap, names.TICKS))  # includes the first second
+        raw = {"aiokafka": end / asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end))}
+        try:
+            raw["confluent_kafka"] = end / _raw_confluent(bootstrap, names.TICKS, end)
+        except ImportError:  # not installed: the aiokafka figure alone
+            pass
+        fastest = max(raw, key=raw.get)
+        say(f"  raw consumers: {', '.join(f'{k} {v:,.0f}/s' for k, v in raw.items())}")
+        for k in range(n_workers):
+            port = _free_port()
+            log = (work / f"worker-{k}.log").open("wb")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), "--bootstrap", bootstrap,
+                 "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
+                 "--worker-id", f"bench-{k + 1}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            ports.append(port)
+        samples: dict[int, list[tuple[float, float]]] = {p: [] for p in ports}
+        deadline = time.monotonic() + 900
         spy = None
-        while time.monotonic() < deadline:
-            n = _metric(port, 'liqwatch_events_processed_total{topic="ticks"}')
-            if n is not None:
+        done: set[int] = set()
+        while time.monotonic() < deadline and len(done) < len(ports):
+            for port in ports:
+                if port in done:
+                    continue
+                n = _metric(port, 'liqwatch_events_processed_total{topic="ticks"}')
+                if n is None:
+                    continue
                 if spy is None and n > 0:
-                    spy = Profiler(profile, worker.pid, "ingest")
-                samples.append((time.perf_counter(), n))
-                if n >= ticks:
-                    break
+                    spy = Profiler(profile, procs[0].pid, f"ingest-{accounts}-{n_workers}")
+                samples[port].append((time.perf_counter(), n))
+                if n >= end:
+                    done.add(port)
             time.sleep(0.05)
         if spy is not None:
             spy.stop()
-        arr = np.array(samples)
-        t10 = np.interp(0.1 * ticks, arr[:, 1], arr[:, 0])
-        t90 = np.interp(0.9 * ticks, arr[:, 1], arr[:, 0])
-        worker_rate = 0.8 * ticks / (t90 - t10)
+        if len(done) < len(ports):
+            raise RuntimeError(f"workers did not process the {end} ticks in 900 s (logs: {work})")
+        rates = []
+        for port in ports:
+            arr = np.array(samples[port])
+            t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
+            rates.append(0.8 * end / (t90 - t10))
+        # every worker reads every tick: the cluster gets through the stream at its slowest worker's pace
+        cluster = min(rates)
         time.sleep(3.0)  # the idle flush of the replay
-        books = _last_mids(events)
-        spy = Profiler(profile, worker.pid, "live")
-        lat = asyncio.run(_live_latency(bootstrap, names, books, rate, seconds))
+        before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
+        spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
+        lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))
         spy.stop()
-        processed_live = _metric(port, 'liqwatch_events_processed_total{topic="ticks"}') or 0
-        raw_rate = ticks / raw_s
-        return {
+        after = None
+        for _ in range(40):  # until every worker has stopped moving (the merge's grace, the last batches)
+            now = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
+            if now == after:
+                break
+            after = now
+            time.sleep(0.5)
+        processed = min(a - b for a, b in zip(after, before))
+        result = {
             "accounts": accounts,
-            "ticks": ticks,
-            "raw_consume_per_s": round(raw_rate),
-            "worker_ticks_per_s": round(worker_rate),
-            "worker_vs_raw": round(worker_rate / raw_rate, 3),
+            "workers": n_workers,
+            "ticks": end,
+            "raw_consume_per_s": {k: round(v) for k, v in raw.items()},
+            "fastest_raw": fastest,
+            "worker_ticks_per_s": [round(r) for r in rates],
+            "cluster_ticks_per_s": round(cluster),
+            "worker_vs_fastest_raw": round(min(rates) / raw[fastest], 3),
             "live_rate_per_s": rate,
             "live_seconds": seconds,
-            "live_ticks_processed": int(processed_live - ticks),
+            "warmup_seconds": warmup_s,
+            "live_ticks_sent": sent,
+            "live_ticks_processed": int(processed),
+            "all_live_ticks_processed": bool(processed >= sent),
             "mark_events": int(lat.size),
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
             "latency_max_ms": round(float(lat.max()), 1) if lat.size else None,
         }
+        say(f"  ingest {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker "
+            f"({result['worker_vs_fastest_raw']} of {fastest}); live p50 {result['latency_p50_ms']} ms, "
+            f"p99 {result['latency_p99_ms']} ms, {processed:,} of {sent:,} live ticks processed")
+        return result
     finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
+        for w in procs:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+        for w in procs:
             try:
-                worker.wait(30)
+                w.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        if own_stack is not None:
-            stack.down(own_stack)
+                os.killpg(w.pid, signal.SIGKILL)
 
 
 def _last_mids(path: Path) -> list[tuple[str, str, float]]:

@@ -89,3 +89,36 @@ def test_after_a_pause_every_partition_holds_for_the_resume_grace():
     assert a.caught({"refs": True, "ticks": True}) == {"refs": False, "ticks": False}
     clock.now += 0.2
     assert a.caught({"refs": True, "ticks": True}) == {"refs": True, "ticks": True}
+
+
+def test_how_a_partition_was_pushed_does_not_change_the_order_or_the_boundaries():
+    from hypothesis import given, settings, strategies as st
+
+    times = st.lists(st.integers(0, 50), max_size=40).map(sorted)
+
+    @settings(max_examples=200, deadline=None)
+    @given(times, times, st.integers(1, 7), st.integers(0, 50))
+    def check(refs, ticks, chunk, stop_at):
+        def drained(m: Merge) -> tuple[list[str], list[str]]:
+            """The order, and the rows a run ended on because they reached the boundary."""
+            order, stops = [], []
+            while (run := m.next_run({"refs": True, "ticks": True}, stop_at)) is not None:
+                order += list(run.records)
+                if int(run.merge_ts[-1]) >= stop_at and not stops:
+                    stops.append(run.records[-1])
+            return order, stops
+
+        whole = merge(refs, ticks)
+        pieces = Merge(["refs", "ticks"])
+        for name, ts in (("refs", refs), ("ticks", ticks)):
+            for i in range(0, len(ts), chunk):
+                pieces.push(name, rows(name[0], ts[i:i + chunk]))
+        assert drained(pieces) == drained(whole)
+
+    check()
+
+
+def test_a_run_that_starts_at_the_boundary_is_that_one_row():
+    m = merge([], [5, 10, 10, 12])
+    runs = drain(m, {"refs": True, "ticks": True}, stop_at=10)
+    assert runs[:2] == [["t5", "t10"], ["t10"]]
