@@ -45,7 +45,7 @@ from liqwatch.kernels.stress import shock_books
 MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its price
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, work_equity,
                     work_maintenance):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
@@ -267,7 +267,7 @@ def _up32(x):
 SEEN, ROOM, EXPOSURE_INDEX, EXPOSURE_MARK, HELD_ASSETS, HELD_INSTRUMENTS = range(6)  # columns of a shard's state
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call,
                            move_index, move_mark, move_index_lut, move_mark_lut, k_factor, state_i, state_f, state_u,
                            work_rows):

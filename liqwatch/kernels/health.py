@@ -89,7 +89,7 @@ def _pos_pass(mark, owner, instr, qty, entry, upto, rate, cum, out_equity, out_m
         out_maintenance[uo] += _charge(abs(q) * m, ins * w, upto, rate, cum, width)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance):
     """Equity and maintenance of every account row (closed rows: 0, 0).
 
@@ -142,7 +142,7 @@ def margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance):
         _pos_pass(mark, po, pi, pq, pe, mu, mr, mc, out_equity, out_maintenance, mw)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_health, out_liquidatable):
     margin_numbers(index, mark, accounts, risk, out_equity, out_maintenance)
     for i in range(accounts.active.shape[0]):  # branch-free, so that it vectorises
@@ -156,7 +156,7 @@ def margin_health(index, mark, accounts, risk, out_equity, out_maintenance, out_
         out_liquidatable[i] = live and e < m
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def exposure_summary(index, mark, accounts, risk, cluster_health, out_collateral_by_asset, work_equity,
                      work_maintenance):
     """What alerts watch across the accounts: (liquidatable notional, notional of the margin cluster — accounts with
