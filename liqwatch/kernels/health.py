@@ -53,8 +53,8 @@ def account_numbers(i, index, mark, accounts, risk):
 @njit(cache=True, inline="always")
 def _charge(amount, base, upto, rate, cum, width):
     """`bracket_charge` on tables flattened to 1-D, with `base` = owner × width as an unsigned index (no
-    negative-index wraparound to compute) and the width a compile-time constant where `_width_dispatch` makes it
-    one (the compares unrolled)."""
+    negative-index wraparound to compute) and the width a compile-time constant where `margin_numbers` passes one
+    (the compares unrolled)."""
     k = 0
     for j in range(width - 1):
         k += amount > upto[base + np.uint64(j)]
