@@ -109,6 +109,7 @@ def _raw_confluent(bootstrap: str, topic: str, end: int) -> float:
     best = float("inf")
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "liqwatch-bench-raw", "enable.auto.commit": False,
                      "fetch.wait.max.ms": 10, "queued.max.messages.kbytes": (1 << 21) - 1,
+                     "queued.min.messages": 1_000_000,
                      "max.partition.fetch.bytes": 16 << 20})
     try:
         for _ in range(2):
