@@ -95,6 +95,9 @@ class Monitor:
         self.metrics = metrics
         self.names = names
         self.market_t = -1
+        # event time up to which held account snapshots have joined (`release_accounts`): a snapshot later than
+        # this waits, so that work queued for an earlier boundary still sees the accounts of its time
+        self.accounts_upto = -1
         self.accounts_t = -1
         self.dirty = False
         self.last_input_wall = time.monotonic()
@@ -162,9 +165,10 @@ class Monitor:
             if not isinstance(ev, Account):
                 kind = "an ignored tick" if ev is None else f"type: '{type(ev).__name__.lower()}'"
                 raise BadEvent("unknown_type", f"{kind} on the {where.topic} topic")
-            if ev.ts > self.market_t:
-                # by event time: an account snapshot joins the shard once the market has reached its ts, so that
-                # cascades and alerts at event time t see exactly the accounts of t, however fast each consumer ran
+            if ev.ts > self.accounts_upto:
+                # by event time: an account snapshot joins the shard once the market has reached its ts (and the
+                # work of the boundaries before it is done), so that cascades and alerts at event time t see exactly
+                # the accounts of t, however fast each consumer ran
                 if not ev.closed:
                     self.engine.accounts.check(ev)  # reject now, while the original bytes are at hand
                 self.pending_accounts.append((ev, dataclasses.replace(where, raw=raw)))
@@ -189,7 +193,9 @@ class Monitor:
         return ev, applied
 
     async def release_accounts(self, upto: int | None = None) -> int:
-        """Apply the held account events with ts <= upto (all of them when upto is None), in arrival order."""
+        """Apply the held account events with ts <= upto (all of them when upto is None), in arrival order; later
+        ones up to `upto` join directly."""
+        self.accounts_upto = max(self.accounts_upto, self.market_t if upto is None else upto)
         if not self.pending_accounts:
             return 0
         keep, n = [], 0
@@ -247,7 +253,7 @@ class Monitor:
                 ev = self.engine.gate.admit(raw)
                 if not isinstance(ev, Account):
                     raise BadEvent("unknown_type", "(table): not an account snapshot")
-                if ev.ts > self.market_t:
+                if ev.ts > self.accounts_upto:
                     self.pending_accounts.append((ev, where))
                 else:
                     self.engine.accounts.apply(ev)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import TP
 
 from liqwatch.core.monitor import Monitor
 from liqwatch.sinks.topics import TopicNames
@@ -133,11 +134,13 @@ class AccountShard:
                 continue
             log.warning("%s: accounts partition %d has not moved from offset %d for %.0f s with %d records to read: "
                         "resuming it there", self.worker_id, tp.partition, at, now - seen[1], ends[tp] - at)
+            ftp = TP(tp.topic, tp.partition)  # Faust's own type: its fetcher asserts it (an aiokafka one crashed it)
             try:
-                self.app.consumer.resume_partitions({tp})
-                await asyncio.wait_for(self.app.consumer.seek(tp, at), 5)
+                self.app.consumer.resume_partitions({ftp})
+                await asyncio.wait_for(self.app.consumer.seek(ftp, at), 5)
             except Exception as e:  # noqa: BLE001 - tried again after the next STALL_S
-                log.warning("%s: accounts partition %d not resumed: %s", self.worker_id, tp.partition, e)
+                log.warning("%s: accounts partition %d not resumed: %s: %s", self.worker_id, tp.partition,
+                            type(e).__name__, e)
             self._progress[tp.partition] = (at, now)
 
     async def stop(self) -> None:

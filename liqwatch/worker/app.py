@@ -112,6 +112,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       settings.resume_pause_s, settings.resume_grace_s,
                       lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,
                       evaluations.at, evaluations.release)
+    shard.lock = evaluations.lock  # one lock for the shard's accounts
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
     async def reload() -> None:

@@ -75,6 +75,7 @@ class ShardService:
         self.retain = retain
         self.refresh = refresh  # brings the consumed offsets of partitions just taken over up to date
         self.shards: dict[str, tuple[Shard, list[int], bool]] = {}
+        self.lock = asyncio.Lock()  # the shard's accounts (the worker passes its account work's lock)
         self.frozen: dict[int, tuple[AccountArrays, list[int], bool]] = {}
 
     async def freeze(self, t: int, keep: int = 8) -> None:
@@ -128,14 +129,14 @@ class ShardService:
             if frozen is not None:  # the accounts as they were when this worker's feed crossed the boundary t
                 copy, partitions, caught_up = frozen
             else:
-                self.retain()
-                if self.refresh is not None:
-                    await self.refresh()
-                accounts = self.monitor.engine.accounts
-                copy = _copy(accounts.view())
-                # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
-                copy.active[accounts.ts[: accounts.n] > t] = False
-                partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
+                async with self.lock:
+                    self.retain()
+                    if self.refresh is not None:
+                        await self.refresh()
+                    accounts = self.monitor.engine.accounts
+                    # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
+                    copy = _frozen(accounts.view(), accounts.ts[: accounts.n], t)
+                    partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
             # liquidate_round only reads the accounts (the round each account fell is the Shard's own array)
             self.shards[cid] = (Shard(copy, self.monitor.engine.layout.risk_params), partitions, caught_up)
         entry = self.shards.get(cid)

@@ -3,9 +3,9 @@
 The market feed must never wait for account work: at a boundary it only takes what belongs to that moment of the
 market (the price snapshot, the market alerts) and queues the account work — shard health and severities, the
 cascade boundary's frozen accounts, the leader's cascades — to `run`, a service of its own that does the heavy
-parts in threads (the kernels release the GIL). Account snapshots join the shard through the same queue (held
-ones, `release`) or once it is drained (the accounts agent, `settled`), so every boundary's work sees exactly
-the accounts of its event time, in the order the feed crossed them. The queue is short: a worker whose account
+parts in threads (the kernels release the GIL). Account snapshots later than the work has reached are held and
+join through the same queue (`release`), so every boundary's work sees exactly the accounts of its event time,
+in the order the feed crossed them. The queue is short: a worker whose account
 work cannot keep up slows its feed rather than falling ever further behind.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from liqwatch.core.monitor import Monitor
@@ -40,7 +41,8 @@ class Evaluations:
         self.keep_boundaries = keep_boundaries
         self.worker_id = worker_id
         self.lock = asyncio.Lock()  # the shard's accounts: changed or read by one piece of work at a time
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE)
+        self.work: deque[list] = deque()  # ["release", upto] | ["boundary", Boundary, prices], in feed order
+        self.queued = asyncio.Condition()
         self.settled = asyncio.Event()  # nothing queued or in progress
         self.settled.set()
         self.flushed = True
@@ -56,45 +58,62 @@ class Evaluations:
             lead.keep_snapshot(b.t, prices)
         await lead.follow(b.t)
         await lead.market_alerts(b.t)
-        await self._put(("boundary", b, prices))
+        await self._put(["boundary", b, prices])
         self.flushed = False
         self.leader_flushed = False
 
     async def release(self, upto: int) -> None:
-        """Held account snapshots up to event time `upto` join the shard, in order with the boundaries."""
-        if self.monitor.pending_accounts:
-            await self._put(("release", upto))
+        """Held account snapshots up to event time `upto` join the shard, in order with the boundaries (a release
+        behind another one in the queue only moves its time: the feed never queues more than one per boundary)."""
+        if not self.monitor.pending_accounts:
+            return
+        if self.work and self.work[-1][0] == "release":
+            self.work[-1][1] = max(self.work[-1][1], upto)
+            return
+        await self._put(["release", upto])
 
-    async def _put(self, work) -> None:
-        self.settled.clear()
-        await self.queue.put(work)
+    async def _put(self, work: list) -> None:
+        async with self.queued:
+            # a worker whose account work cannot keep up slows its feed, rather than falling ever further behind
+            await self.queued.wait_for(lambda: sum(w[0] == "boundary" for w in self.work) < QUEUE)
+            self.settled.clear()
+            self.work.append(work)
+            self.queued.notify_all()
 
     # -- the account work, a supervised service ---------------------------------------------------------------
     async def run(self) -> None:
         while True:
-            work = await self.queue.get()
+            async with self.queued:
+                await self.queued.wait_for(lambda: bool(self.work))
+                work = self.work.popleft()  # taken out: a later release coalesces into a queued one only
+                self.queued.notify_all()
             try:
                 async with self.lock:
                     if work[0] == "release":
                         await self.monitor.release_accounts(work[1])
                     else:
                         await self._boundary(work[1], work[2])
+                if work[0] == "boundary":
+                    await self._cascades(work[1], work[2])
             except Exception:  # noqa: BLE001 - one boundary's failure is said, the next boundaries still run
                 log.exception("%s: account work %s failed", self.worker_id, work[:2])
             finally:
-                self.queue.task_done()
-                if self.queue.empty():
+                if not self.work:
                     self.settled.set()
 
     async def _boundary(self, b: Boundary, prices) -> None:
-        """Shard health at the boundary's prices, and at cascade boundaries the shard's frozen accounts and (leader)
-        the cascades on the boundary's snapshot."""
-        mon, lead = self.monitor, self.leadership
+        """Shard health at the boundary's prices, and at cascade boundaries the shard's frozen accounts."""
+        mon = self.monitor
         self.accounts.retain()
         await mon.evaluate(full=False, with_severity=b.severity, prices=prices, in_thread=True)
         if b.cascade:  # every worker: the shards keep their accounts as of this boundary
             await self.accounts.refresh_offsets()
             await self.shard.freeze(b.t, keep=self.keep_boundaries)
+
+    async def _cascades(self, b: Boundary, prices) -> None:
+        """The leader's cascades of a cascade boundary, after the run in flight. Outside the accounts' lock: the
+        shards' answers wait for the accounts up to the boundary, which the accounts agent applies under it."""
+        lead = self.leadership
         if lead.leading and b.cascade:
             # one run in flight: the next boundary's waits for it (a slow run slows the account work, not the feed)
             if lead.cascade_task is not None:
@@ -102,10 +121,9 @@ class Evaluations:
             lead.start_cascades(prices)
 
     async def apply_account(self, apply) -> None:
-        """The accounts agent's way in: once the queued work is done (a boundary in the queue is evaluated with
-        the accounts of its time), under the lock."""
-        while not self.settled.is_set():
-            await self.settled.wait()
+        """The accounts agent's way in: under the lock (never while a piece of work reads the accounts). A
+        snapshot later than the boundaries' work has reached is held by the monitor and joins through the queue
+        (`Monitor.accounts_upto`)."""
         async with self.lock:
             await apply()
 
