@@ -29,8 +29,7 @@ the safe way by 1e-6), cannot be liquidatable now and is not evaluated; the resu
 same accounts fall in the same round, with the same flows summed in the same (pool) order. A price that is or
 becomes non-finite, or a zero reference price, makes its move infinite (a price NaN at both calls is left out: an
 account holding it has a NaN slack and is always evaluated); an account with a non-finite S or exposure, or no
-room, is evaluated every round. The first call evaluates every live account, by flat passes over the pools
-(`liquidate_first_round`: the same numbers, bit for bit).
+room, is evaluated every round.
 """
 
 from dataclasses import dataclass, field
@@ -340,111 +339,6 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
     return count, notional, kept, live
 
 
-@njit(cache=True, inline="always")
-def _gross_pass(index, owner, asset, qty, work_gross, state_u, column):
-    """Σ|qty·index| per owner into work_gross[:, 0] and the held bits into state_u[:, column], by runs of one owner."""
-    prev = -1
-    g = 0.0
-    bits_ = np.uint32(0)
-    for j in range(owner.shape[0]):
-        o = owner[j]
-        if o < 0:
-            continue
-        if o != prev:
-            if prev >= 0:
-                work_gross[prev, 0] += g
-                state_u[prev, column] |= bits_
-            prev = o
-            g = 0.0
-            bits_ = np.uint32(0)
-        a = asset[j]
-        g += abs(qty[j] * index[np.uint64(a)])
-        bits_ |= np.uint32(1) << np.uint32(a & (MASK_BITS - 1))  # = a % MASK_BITS
-    if prev >= 0:
-        work_gross[prev, 0] += g
-        state_u[prev, column] |= bits_
-
-
-@njit(cache=True, error_model="numpy", nogil=True)
-def liquidate_first_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, k_factor, state_i,
-                          state_f, state_u, work_rows, work_equity, work_maintenance, work_gross):
-    """`liquidate_round_pruned` for call 0, when every live account is NEVER evaluated: equity and maintenance of all
-    rows by the flat passes of `margin_numbers` (the same sums, in the same order, as `account_numbers_bounded`), the
-    bound's gross exposures, |PnL| and held bits by flat passes over the pools (per account in pool order, as
-    `account_numbers_bounded` sums them), then the state of every live account as the evaluation writes it.
-    `work_equity`, `work_maintenance`: float64 scratch of the row count; `work_gross`: (rows, 3) float64 zeros."""
-    margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
-    # each pass sums an account's run of entries in registers and adds it when the owner changes (an account's
-    # entries are one contiguous slice: its sums are those of `account_numbers_bounded`, in the same order)
-    _gross_pass(index, accounts.coll_owner, accounts.coll_asset, accounts.coll_qty, work_gross, state_u, HELD_ASSETS)
-    for j in range(accounts.debt_owner.shape[0]):  # entry by entry: added to the collateral's sum one at a time
-        o = accounts.debt_owner[j]
-        if o < 0:
-            continue
-        a = accounts.debt_asset[j]
-        work_gross[o, 0] += abs(accounts.debt_qty[j] * index[np.uint64(a)])
-        state_u[o, HELD_ASSETS] |= np.uint32(1) << np.uint32(a & (MASK_BITS - 1))
-    prev = -1
-    g = 0.0
-    u = 0.0
-    bits_ = np.uint32(0)
-    for j in range(accounts.pos_owner.shape[0]):
-        o = accounts.pos_owner[j]
-        if o < 0:
-            continue
-        if o != prev:
-            if prev >= 0:
-                work_gross[prev, 1] += g
-                work_gross[prev, 2] += u
-                state_u[prev, HELD_INSTRUMENTS] |= bits_
-            prev = o
-            g = 0.0
-            u = 0.0
-            bits_ = np.uint32(0)
-        ins = accounts.pos_instr[j]
-        m = mark[np.uint64(ins)]
-        q = accounts.pos_qty[j]
-        g += abs(abs(q) * m)
-        u += abs(q * (m - accounts.pos_entry[j]))
-        bits_ |= np.uint32(1) << np.uint32(ins & (MASK_BITS - 1))  # = ins % MASK_BITS
-    if prev >= 0:
-        work_gross[prev, 1] += g
-        work_gross[prev, 2] += u
-        state_u[prev, HELD_INSTRUMENTS] |= bits_
-    n = accounts.active.shape[0]
-    kept = 0
-    live = 0
-    count = 0
-    for i in range(n):
-        s = state_i[i, SEEN]
-        if s == DEAD:
-            state_u[i, HELD_ASSETS] = 0
-            state_u[i, HELD_INSTRUMENTS] = 0
-            continue
-        live += 1
-        kept += 1
-        e = work_equity[i]
-        m = work_maintenance[i]
-        g_index = work_gross[i, 0]
-        g_mark = work_gross[i, 1]
-        state_i[i, SEEN] = 0
-        slack = (e - m) - PRUNE_EPS * (k_factor * (g_index + g_mark) + work_gross[i, 2])
-        state_f[i, EXPOSURE_INDEX] = _up32(k_factor * g_index * (1.0 + PRUNE_EPS))
-        state_f[i, EXPOSURE_MARK] = _up32(k_factor * g_mark * (1.0 + PRUNE_EPS))
-        state_f[i, ROOM] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
-        if e < m:
-            work_rows[count] = i
-            count += 1
-            if commit:
-                liquidated[i] = round_no
-                state_i[i, SEEN] = DEAD
-    notional = 0.0
-    if not commit or count == 0:
-        return count, notional, kept, live
-    notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
-    return count, notional, kept, live
-
-
 @njit(cache=True)
 def impact_factors(net_sold, impact, out_factor):
     for a in range(net_sold.shape[0]):
@@ -570,7 +464,6 @@ class Shard:
             self.state.view(np.int32)[:, SEEN] = np.where(accounts.active, NEVER, DEAD)
         self.work_rows = np.empty(m, dtype=np.int32)
         self.k_factor = move_factor(risk)
-        self.first_flat = True  # call 0 by `liquidate_first_round` (False: one account at a time)
         self.history_index: list[np.ndarray] = []
         self.history_mark: list[np.ndarray] = []
         self.evaluated = 0  # account evaluations so far
@@ -597,16 +490,9 @@ class Shard:
         moves = (np.zeros(c), np.zeros(c), np.zeros((c, MASK_BITS // 8, 256)), np.zeros((c, MASK_BITS // 8, 256)))
         if call:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
-        views = (self.state.view(np.int32), self.state.view(np.float32), self.state)
-        if call == 0 and self.first_flat:  # every live account is evaluated: by flat passes (`liquidate_first_round`)
-            n_rows = self.state.shape[0]
-            c, n, ev, live = liquidate_first_round(
-                index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, self.k_factor,
-                *views, self.work_rows, np.empty(n_rows), np.empty(n_rows), np.zeros((n_rows, 3)))
-        else:
-            c, n, ev, live = liquidate_round_pruned(
-                index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
-                self.k_factor, *views, self.work_rows)
+        c, n, ev, live = liquidate_round_pruned(
+            index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
+            self.k_factor, self.state.view(np.int32), self.state.view(np.float32), self.state, self.work_rows)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)

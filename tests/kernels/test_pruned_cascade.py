@@ -191,26 +191,3 @@ def test_run_cascade_pruned_equals_full_scan(rich_config, seed, s, scenario):
     assert bits(a.round_notional) == bits(b.round_notional) and bits(a.net_sold) == bits(b.net_sold)
     assert bits(a.final_index) == bits(b.final_index)
     assert all(np.array_equal(x, y) for x, y in zip(a.liquidated_round, b.liquidated_round))
-
-
-@FAST
-@given(seed=st.integers(0, 2**31), n=st.integers(1, 300), specials=st.booleans(), commit=st.booleans())
-def test_flat_first_round_equals_evaluating_one_at_a_time(seed, n, specials, commit):
-    """Call 0 by flat passes (`liquidate_first_round`) leaves the pruning state bit for bit as evaluating every
-    account one at a time (`liquidate_round_pruned`) does, with the same fallen accounts and flows."""
-    rsk = risk()
-    rng = np.random.default_rng(seed)
-    n_assets, n_instr = rsk.haircut_upto.shape[0], rsk.maint_upto.shape[0]
-    base_index = np.exp(rng.normal(3, 2, n_assets))
-    base_mark = np.exp(rng.normal(5, 2, n_instr))
-    book = random_book(rng, n, n_assets, n_instr, base_index, base_mark)
-    (ix, mk), = price_path(rng, 1, base_index, base_mark, 0.02, 0.03, specials)
-    flat, one = Shard(book, rsk), Shard(book, rsk)
-    one.first_flat = False
-    req = RoundRequest(1, commit, ix, mk)
-    a, b = flat.run(req, n_assets), one.run(req, n_assets)
-    assert a.count == b.count and bits(a.notional) == bits(b.notional) and bits(a.net_sold) == bits(b.net_sold)
-    assert np.array_equal(flat.fallen, one.fallen)
-    live = book.active
-    assert np.array_equal(flat.state[live], one.state[live])
-    assert (flat.evaluated, flat.candidates) == (one.evaluated, one.candidates)
