@@ -334,12 +334,11 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
         lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))
         spy.stop()
-        after = None
-        for _ in range(40):  # until every worker has stopped moving (the merge's grace, the last batches)
-            now = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
-            if now == after:
+        waited = time.monotonic()
+        while True:  # every worker has every live tick, or a minute passed (the count then says what is missing)
+            after = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
+            if min(a - b for a, b in zip(after, before)) >= sent or time.monotonic() - waited > 60:
                 break
-            after = now
             time.sleep(0.5)
         processed = min(a - b for a, b in zip(after, before))
         result = {
