@@ -9,7 +9,7 @@ running one from --state-dir, or a temporary one:
 3. worker_ticks_per_s: each worker replaying the same ticks (prices, shard health every 10 s of event time,
    marks, cascades), measured between 10% and 90% of the ticks processed (start-up excluded);
    cluster_ticks_per_s: how fast the workers together get through the stream.
-4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds`;
+4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds` (once the first exact flush has emitted every account's health);
    for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
    plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
    upper bound; and whether every live tick was processed (by every worker).
@@ -151,8 +151,7 @@ def _metric(port: int, name: str) -> float | None:
 async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str, str, float]], rate: int,
                         seconds: float, warmup_s: float) -> tuple[np.ndarray, int]:
     """Ticks produced at `rate` per second for warmup_s + seconds, event time = wall time at the send; the latency
-    of every mark event after the warm-up (the first seconds after a pause in the input, the merge holds every
-    partition for `resume_grace_s`: a worker's fault tolerance, not its steady state). The load comes from
+    of every mark event after the warm-up (the worker's start on a new stream is not its steady state). The load comes from
     librdkafka (confluent-kafka) in a thread: an aiokafka producer in Python could not keep 50,000 ticks/s on a
     shared core, and its ticks then carried times older than their sending. Returns (latencies ms, ticks sent)."""
     import confluent_kafka as ck
@@ -231,7 +230,7 @@ class Profiler:
 
 def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: int = 50_000,
              seconds: float = 20.0, state_dir: Path | None = None, ticks: int = 500_000,
-             profile: Path | None = None, warmup_s: float = 12.0, progress=None) -> dict:
+             profile: Path | None = None, warmup_s: float = 5.0, progress=None) -> dict:
     """Every (accounts, workers) combination on fresh topics of one stack, side by side: the raw consumers'
     rate, the workers' ingest and the live latency."""
     own_stack = None
@@ -299,7 +298,8 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), "--bootstrap", bootstrap,
                  "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
-                 "--worker-id", f"bench-{k + 1}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                 "--worker-id", f"bench-{k + 1}", "--resume-grace-s", "0"],  # one producer, done before: no wait
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             ports.append(port)
         samples: dict[int, list[tuple[float, float]]] = {p: [] for p in ports}
         deadline = time.monotonic() + 900
@@ -329,7 +329,14 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             rates.append(0.8 * end / (t90 - t10))
         # every worker reads every tick: the cluster gets through the stream at its slowest worker's pace
         cluster = min(rates)
-        time.sleep(3.0)  # the idle flush of the replay
+        # the first exact flush emits every account's health once: the live phase measures the steady state
+        waited = time.monotonic()
+        while time.monotonic() - waited < 600:
+            emitted = sum(_metric(p, 'liqwatch_events_emitted_total{topic="health"}') or 0 for p in ports)
+            if emitted >= accounts:
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
         lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))

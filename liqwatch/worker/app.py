@@ -19,9 +19,12 @@ Data flow of one worker:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,7 @@ from liqwatch.worker.supervise import Quieter, Supervisor
 from liqwatch.worker.warm import warm_kernels
 
 log = logging.getLogger(__name__)
+BACKGROUND_NICE = 10  # the account work's threads, below the feed's event loop
 
 
 @dataclass
@@ -146,6 +150,10 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     @app.task
     async def start_services() -> None:
         Quieter.install()  # logging is configured by now (Faust's worker)
+        # the threads that compute the account work (health, severities, frozen copies, shard rounds) run at a
+        # lower CPU priority than the event loop: on a busy machine the feed gets the cores first
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="liqwatch-account-work", initializer=_background_priority))
         await sink.start()
         if webhooks is not None:
             await webhooks.start()
@@ -222,6 +230,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         log.info("%s: stopped cleanly", settings.worker_id)
 
     return app, monitor
+
+
+def _background_priority() -> None:
+    """Lower this thread's CPU priority (Linux: each thread has its own nice value); elsewhere a no-op."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") -> None:

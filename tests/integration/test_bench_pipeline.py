@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_bench_pipeline_runs_one_and_two_workers(stack):
     out = subprocess.run(
         [sys.executable, "-m", "liqwatch", "bench", "pipeline", "--accounts", "2000", "--workers", "1", "--workers",
-         "2", "--ticks", "20000", "--rate", "2000", "--seconds", "3", "--warmup", "11",
+         "2", "--ticks", "20000", "--rate", "2000", "--seconds", "3", "--warmup", "3",
          "--state-dir", str(stack.state_dir)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout)
