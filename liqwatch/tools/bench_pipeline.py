@@ -330,11 +330,13 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         # every worker reads every tick: the cluster gets through the stream at its slowest worker's pace
         cluster = min(rates)
         # the first exact flush emits every account's health once: the live phase measures the steady state
-        waited = time.monotonic()
+        waited, last, still = time.monotonic(), -1.0, 0
         while time.monotonic() - waited < 600:
             emitted = sum(_metric(p, 'liqwatch_events_emitted_total{topic="health"}') or 0 for p in ports)
-            if emitted >= accounts:
+            still = still + 1 if emitted == last and emitted > 0 else 0
+            if emitted >= accounts or still >= 6:  # every account, or no more for 3 s (closed ones emit none)
                 break
+            last = emitted
             time.sleep(0.5)
         time.sleep(2.0)
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
