@@ -158,13 +158,7 @@ def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
             except BadEvent as e:
                 out.append(e)
         return out
-    out = []
-    for ev in events:
-        try:
-            out.append(check(ev))
-        except BadEvent as e:
-            out.append(e)
-    return out
+    return _checked(events)
 
 
 def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int]):
