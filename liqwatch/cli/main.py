@@ -315,6 +315,11 @@ def worker(
         help="After a pause in the input (start, broker restart) every input topic holds the event-time merge "
              "this long: producers resume in no particular order. 0 when every input was written before the "
              "workers start (a benchmark on recorded topics).", min=0)] = 10.0,
+    market_stage: Annotated[bool, typer.Option(
+        "--market-stage/--no-market-stage",
+        help="Run a market stage beside this worker (a child process, `liqwatch market-stage`): the stages of "
+             "all workers share the tick partitions and decode each tick once for the cluster; the worker reads "
+             "their admitted rows. Give every worker of a group the same setting.")] = False,
 ) -> None:
     """Run one Faust worker of the monitor; start several (each with its own --web-port) to scale out.
 
@@ -361,7 +366,8 @@ def worker(
     except TransportError as e:
         _fail(str(e), 1)
     settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
-                              topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s, resume_grace_s=resume_grace_s)
+                              topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s, resume_grace_s=resume_grace_s,
+                              market_stage=market_stage, config_path=config.resolve())
     if worker_id:
         settings.worker_id = worker_id
     if state is not None:
@@ -373,6 +379,47 @@ def worker(
     finally:
         if state is not None:
             stack.unregister_scrape_target(state, settings.worker_id)
+
+
+@app.command("market-stage")
+def market_stage(
+    config: ConfigOpt,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap (default: the local stack's, from "
+                                                          "--state-dir).")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir (default ~/.cache/liqwatch/state"
+                                                           "; env LIQWATCH_STATE_DIR).", file_okay=False)] = None,
+    topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic name (side-by-side deployments).",
+                                              callback=topic_name)] = "",
+    group: Annotated[str, typer.Option(help="Consumer group of the stages: they share the tick partitions.",
+                                       callback=_app_id)] = "liqwatch-market-stage",
+    stage_id: Annotated[str, typer.Option(help="Name in logs and Kafka client ids.")] = "market-stage",
+) -> None:
+    """Decode and judge the ticks once for the whole cluster: read some partitions of liqwatch.ticks (a consumer
+    group shares them), put each partition's records through its door, and publish the admitted rows, with the
+    dead letters, to liqwatch.market, which the workers started with `--market-stage` read.
+
+    `liqwatch worker --market-stage` runs one beside each worker; run more alone to add market capacity (up to
+    one per tick partition). Stops on SIGTERM or Ctrl-C.
+    """
+    from liqwatch.sinks.topics import TopicNames, create_topics
+    from liqwatch.tools import stack
+    from liqwatch.tools.transport import TransportError
+    from liqwatch.worker.stage import run_stage
+
+    cfg = _config(config)
+    if bootstrap is None:
+        try:
+            bootstrap = stack.bootstrap_servers(stack.load(state_dir))
+        except stack.StackError as e:
+            _fail(f"--bootstrap: not given and {e}")
+    else:
+        check_bootstrap(bootstrap)
+    try:
+        asyncio.run(probe_kafka(bootstrap))
+        asyncio.run(create_topics(bootstrap, prefix=topic_prefix))
+    except TransportError as e:
+        _fail(str(e), 1)
+    run_stage(cfg, TopicNames(topic_prefix), bootstrap, group, stage_id)
 
 
 @bench_app.command("pipeline")
@@ -393,6 +440,11 @@ def bench_pipeline(
     profile: Annotated[Optional[Path], typer.Option(help="Sample the first worker with py-spy into FILE-<phase>-… "
                                                          "(collapsed stacks; `liqwatch bench top` sums them).",
                                                     dir_okay=False)] = None,
+    tick_partitions: Annotated[int, typer.Option(help="Partitions of the ticks topic (books spread over them).",
+                                                 min=1, max=64)] = 1,
+    market_stage: Annotated[bool, typer.Option(
+        "--market-stage/--no-market-stage", help="Workers run with --market-stage: the ticks are decoded by the "
+                                                 "stages, once for the cluster.")] = False,
 ) -> None:
     """Workers' throughput vs raw consumers on the same topic, and tick → mark latency at a live rate: every
     --accounts × --workers combination in one run.
@@ -402,6 +454,8 @@ def bench_pipeline(
     and `scale_out` (what a second worker adds) when --workers has 1 and 2. Progress on stderr.
 
     Example: liqwatch bench pipeline --accounts 100000 --accounts 1000000 --workers 1 --workers 2
+
+    Scale-out of the market path: liqwatch bench pipeline --workers 1 --workers 2 --tick-partitions 4 --market-stage
     """
     from liqwatch.tools import stack
     from liqwatch.tools.bench_pipeline import pipeline
@@ -411,7 +465,8 @@ def bench_pipeline(
     err = Console(stderr=True)
     try:
         result = pipeline(accounts, workers, rate, seconds, state_dir, ticks=ticks, profile=profile,
-                          warmup_s=warmup, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"))
+                          warmup_s=warmup, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/]"),
+                          tick_partitions=tick_partitions, market_stage=market_stage)
     except stack.StackError as e:
         _fail(str(e), 1)
     sys.stdout.write(json_line(result) + "\n")

@@ -172,6 +172,10 @@ def produce(
     partitions: Annotated[int, typer.Option(
         min=1, max=10_000,
         help="Partitions of liqwatch.accounts (and the other sharded topics) when they are created.")] = 8,
+    tick_partitions: Annotated[int, typer.Option(
+        min=1, max=10_000,
+        help="Partitions of liqwatch.ticks when it is created (a book's ticks stay in one): more than one lets "
+             "the workers' market stages share the decoding (`liqwatch worker --market-stage`).")] = 1,
     rate: Annotated[Optional[float], typer.Option(
         help="Send at most this many events per second of wall time. [default: as fast as possible]",
         show_default=False)] = None,
@@ -201,7 +205,7 @@ def produce(
     if rate is not None and speed is not None:
         _fail("--rate and --speed: choose one")
     servers = _bootstrap(bootstrap, state_dir)
-    report = _run(produce_file(file, servers, partitions=partitions, prefix=topic_prefix,
+    report = _run(produce_file(file, servers, partitions=partitions, tick_partitions=tick_partitions, prefix=topic_prefix,
                                unknown_to=unknown_to, rate=rate, speed=speed, console=err))
     err.print(report.summary(), highlight=False)
     for warning in report.warnings:

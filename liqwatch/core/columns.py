@@ -161,18 +161,22 @@ def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
     return _checked(events)
 
 
-def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int]):
+def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int], values: list | None = None,
+               topic: str | None = None):
     """A market partition's records (offset order) through its door, as rows with their merge times:
     (MarketRows, [(record, BadEvent)], ignored). The same judgement as `door.admit` record by record
     (tests/core/test_columns.py): a batch of ticks is judged by array operations, anything else (a reference, a
-    record that fails a check, one far ahead) record by record."""
-    values = [r.value for r in records]
+    record that fails a check, one far ahead) record by record. Records are Kafka records, or any objects with
+    their `values` and `topic` given apart (the market stage passes positions in its batch)."""
+    if values is None:
+        values = [r.value for r in records]
     events = _parse_joined(values)
     if events is not None:
         got = _admit_ticks(door, records, events, slots)
         if got is not None:
             return got
-    return _admit_each(door, records, decode_many(values) if events is None else _checked(events), slots, assets)
+    return _admit_each(door, records, decode_many(values) if events is None else _checked(events), slots, assets,
+                       topic)
 
 
 def _checked(events: list) -> list:
@@ -265,7 +269,8 @@ def _admit_ticks(door, records: list, events: list, slots: dict[str, int]):
     return MarketRows(rows, [records[k] for k in idx.tolist()]), rejected, ignored
 
 
-def _admit_each(door, records: list, events: list, slots: dict[str, int], assets: dict[str, int]):
+def _admit_each(door, records: list, events: list, slots: dict[str, int], assets: dict[str, int],
+                topic: str | None = None):
     gate, clock = door.gate, door.clock
     cols = _Columns()
     merge_ts: list[int] = []
@@ -281,7 +286,7 @@ def _admit_each(door, records: list, events: list, slots: dict[str, int], assets
                 ignored += 1
                 continue
             if type(ev) is Account:
-                raise BadEvent("unknown_type", f"type: 'account' on the {rec.topic} topic")
+                raise BadEvent("unknown_type", f"type: 'account' on the {topic or rec.topic} topic")
             if ev.ts > clock.limit:
                 clock.ahead(ev.key, ev.ts)
             cols.add(ev, slots, assets)

@@ -26,6 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
 from liqwatch.core.columns import MarketRows, admit_rows
+from liqwatch.core.staged import Staged, rules_id
 from liqwatch.kernels.arrays import STATUS_NAMES
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
@@ -86,11 +87,16 @@ class Where:
 
 
 
+class StageMismatch(RuntimeError):
+    """A staged record of another config than this worker's (its book slots are not this config's)."""
+
+
 class Monitor:
     def __init__(self, cfg: Config, sink: OutputSink, metrics: Metrics, names: TopicNames):
         self.cfg = cfg
         self.config_id = cfg.config_id
         self.engine = Engine(cfg)
+        self.rules = rules_id(cfg, self.engine.gate, self.engine.market.slot, self.engine.layout.asset_id)
         self.sink = sink
         self.metrics = metrics
         self.names = names
@@ -128,6 +134,23 @@ class Monitor:
         for rec, e in rejected:
             await self.sink.dead_letter(e, rec.topic, rec.partition, rec.offset, rec.value, rec.key)
         return batch
+
+    async def admit_staged(self, staged: Staged, topic: str, after: int) -> MarketRows:
+        """A market stage's record of a tick partition (liqwatch.core.staged): its rows and the dead letters of
+        the records its door rejected, only those with an offset above `after` (a record staged twice)."""
+        if staged.rules != self.rules:
+            raise StageMismatch(f"{topic}[{staged.partition}] was staged under other market rules ({staged.rules}; "
+                                f"this worker: {self.rules}): books, assets and ingest must be the same in the "
+                                "market stages' and the workers' configs")
+        if staged.last <= after:
+            return MarketRows.empty()
+        if staged.ignored and after < staged.first:
+            self.metrics.ignored.labels(reason="unknown_source").inc(staged.ignored)
+        for r in staged.rejected:
+            if r.offset > after:
+                await self.sink.dead_letter(BadEvent(r.kind, r.reason), topic, staged.partition, r.offset, r.value,
+                                            r.key)
+        return staged.market_rows(topic, after)
 
     async def on_market(self, batch: MarketRows) -> None:
         """A run of admitted rows (`admit_market`) in merged event-time order: applied in one kernel call; what

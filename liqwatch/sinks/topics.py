@@ -4,12 +4,15 @@
     key_of({"type": "tick", "venue": "binance", "symbol": "BTC/USDT", ...})   # b"binance:BTC/USDT"
 
 Inputs:
-- liqwatch.ticks       key venue:symbol   1 partition: every worker reads every tick (prices are global) and
-- liqwatch.references  key asset          1 partition  must apply them in one order, the order a batch run uses
+- liqwatch.ticks       key venue:symbol   1 partition, or T (`tick_partitions`: a book's ticks stay ordered in
+                                          one); every worker applies every tick (prices are global), all
+                                          partitions merged in one event-time order, the order a batch run uses
+- liqwatch.references  key asset          1 partition
 - liqwatch.accounts    key account        N partitions: accounts are sharded across workers by key, so one
                                           account's snapshots stay ordered
 Outputs: liqwatch.marks, liqwatch.health, liqwatch.cascades, liqwatch.alerts, liqwatch.deadletter.
-Internal: liqwatch.cascade-rounds (coordinator → shards), liqwatch.cascade-flows (shards → coordinator).
+Internal: liqwatch.cascade-rounds (coordinator → shards), liqwatch.cascade-flows (shards → coordinator),
+liqwatch.market (the market stage's admitted ticks, partition for partition of liqwatch.ticks: liqwatch.core.staged).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ ALERTS = "liqwatch.alerts"
 DEADLETTER = "liqwatch.deadletter"
 CASCADE_ROUNDS = "liqwatch.cascade-rounds"
 CASCADE_FLOWS = "liqwatch.cascade-flows"
+MARKET = "liqwatch.market"
+MARKET_MAX_BYTES = 64 << 20  # a staged record holds a batch of ticks with their source bytes
 
 INPUT_OF_TYPE = {"tick": TICKS, "reference": REFERENCES, "account": ACCOUNTS}
 
@@ -55,12 +60,15 @@ class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
+    max_bytes: int | None = None
 
 
-def topic_specs(partitions: int = 8, prefix: str = "") -> list[TopicSpec]:
-    """Every topic with its partition count; `partitions` applies to the sharded ones."""
+def topic_specs(partitions: int = 8, prefix: str = "", tick_partitions: int = 1) -> list[TopicSpec]:
+    """Every topic with its partition count; `partitions` applies to the sharded ones, `tick_partitions` to the
+    ticks and the market stage's output."""
     specs = [
-        TopicSpec(TICKS, 1),
+        TopicSpec(TICKS, tick_partitions),
+        TopicSpec(MARKET, tick_partitions, max_bytes=MARKET_MAX_BYTES),
         TopicSpec(REFERENCES, 1),
         TopicSpec(ACCOUNTS, partitions),
         TopicSpec(MARKS, 1),
@@ -71,7 +79,7 @@ def topic_specs(partitions: int = 8, prefix: str = "") -> list[TopicSpec]:
         TopicSpec(CASCADE_ROUNDS, 1),
         TopicSpec(CASCADE_FLOWS, 1),
     ]
-    return [TopicSpec(prefix + s.name, s.partitions, s.compacted) for s in specs]
+    return [TopicSpec(prefix + s.name, s.partitions, s.compacted, s.max_bytes) for s in specs]
 
 
 def key_of(event: dict) -> bytes | None:
@@ -92,20 +100,25 @@ def key_of(event: dict) -> bytes | None:
     return None
 
 
-async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "") -> list[str]:
-    """Create the missing topics; returns the names created. Existing topics are left as they are."""
+async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "", tick_partitions: int = 1) -> list[str]:
+    """Create the missing topics; returns the names created. Existing topics are left as they are (the market
+    stage's topic gets as many partitions as an existing ticks topic has)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        if prefix + TICKS in existing:
+            (desc,) = await admin.describe_topics([prefix + TICKS])
+            tick_partitions = len(desc["partitions"])
         # Messages carry event time as their timestamp (replays seek by it); time-based retention would delete
         # a recorded crash day on arrival, so our topics keep everything until an operator says otherwise.
         new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
                         topic_configs={"retention.ms": "-1", "retention.bytes": "-1",
-                                       **({"cleanup.policy": "compact"} if s.compacted else {})})
-               for s in topic_specs(partitions, prefix) if s.name not in existing]
+                                       **({"cleanup.policy": "compact"} if s.compacted else {}),
+                                       **({"max.message.bytes": str(s.max_bytes)} if s.max_bytes else {})})
+               for s in topic_specs(partitions, prefix, tick_partitions) if s.name not in existing]
         if new:
             await admin.create_topics(new)
             log.info("created topics %s", ", ".join(t.name for t in new))

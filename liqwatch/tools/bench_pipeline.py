@@ -80,21 +80,22 @@ def _write_inputs(path: Path, accounts: int, ticks: int, per_second: int) -> int
     return n
 
 
-async def _raw_aiokafka(bootstrap: str, topic: str, end: int) -> float:
-    """Seconds for a plain aiokafka consumer to read the topic's partition 0 end to end (best of two)."""
+async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -> float:
+    """Seconds for a plain aiokafka consumer to read the topic's partitions end to end (best of two)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 << 20)
     await c.start()
     try:
-        tp = TopicPartition(topic, 0)
-        c.assign([tp])
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
         best = float("inf")
         for _ in range(2):
-            c.seek(tp, 0)
+            for tp in tps:
+                c.seek(tp, 0)
             t0 = time.perf_counter()
             got = 0
             while got < end:
-                batch = await c.getmany(tp, timeout_ms=500, max_records=50_000)
+                batch = await c.getmany(*tps, timeout_ms=500, max_records=50_000)
                 got += sum(len(v) for v in batch.values())
             best = min(best, time.perf_counter() - t0)
         return best
@@ -102,7 +103,7 @@ async def _raw_aiokafka(bootstrap: str, topic: str, end: int) -> float:
         await c.stop()
 
 
-def _raw_confluent(bootstrap: str, topic: str, end: int) -> float:
+def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> float:
     """The same with confluent-kafka (librdkafka), each record's value taken (best of two)."""
     import confluent_kafka as ck
 
@@ -113,7 +114,7 @@ def _raw_confluent(bootstrap: str, topic: str, end: int) -> float:
                      "max.partition.fetch.bytes": 16 << 20})
     try:
         for _ in range(2):
-            c.assign([ck.TopicPartition(topic, 0, 0)])
+            c.assign([ck.TopicPartition(topic, p, 0) for p in range(partitions)])
             t0 = time.perf_counter()
             got = 0
             while got < end:
@@ -127,12 +128,12 @@ def _raw_confluent(bootstrap: str, topic: str, end: int) -> float:
     return best
 
 
-async def _end(bootstrap: str, topic: str) -> int:
+async def _end(bootstrap: str, topic: str, partitions: int) -> int:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await c.start()
     try:
-        tp = TopicPartition(topic, 0)
-        return (await c.end_offsets([tp]))[tp]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum((await c.end_offsets(tps)).values())
     finally:
         await c.stop()
 
@@ -181,7 +182,8 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
                 prev = now
 
     def produce() -> int:
-        producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1 << 20})
+        producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1 << 20,
+                                "partitioner": "murmur2_random"})  # `liqwatch produce`'s (Java's) partitions
         rng = np.random.default_rng(3)
         sent = 0
         t0 = time.perf_counter()
@@ -230,7 +232,8 @@ class Profiler:
 
 def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: int = 50_000,
              seconds: float = 20.0, state_dir: Path | None = None, ticks: int = 500_000,
-             profile: Path | None = None, warmup_s: float = 5.0, progress=None) -> dict:
+             profile: Path | None = None, warmup_s: float = 5.0, progress=None, tick_partitions: int = 1,
+             market_stage: bool = False) -> dict:
     """Every (accounts, workers) combination on fresh topics of one stack, side by side: the raw consumers'
     rate, the workers' ingest and the live latency."""
     own_stack = None
@@ -249,7 +252,8 @@ def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: 
         for n_accounts in accounts:
             for n_workers in workers:
                 say(f"{n_accounts:,} accounts, {n_workers} worker(s)")
-                runs.append(_one(bootstrap, n_accounts, n_workers, rate, seconds, ticks, profile, warmup_s, say))
+                runs.append(_one(bootstrap, n_accounts, n_workers, rate, seconds, ticks, profile, warmup_s, say,
+                                 tick_partitions, market_stage))
         out = {"runs": runs}
         for n_accounts in accounts:
             one = [r for r in runs if r["accounts"] == n_accounts and r["workers"] == 1]
@@ -268,7 +272,7 @@ def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: 
 
 
 def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: float, ticks: int,
-         profile: Path | None, warmup_s: float, say) -> dict:
+         profile: Path | None, warmup_s: float, say, tick_partitions: int = 1, market_stage: bool = False) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     names = TopicNames(prefix)
     work = Path(tempfile.mkdtemp(prefix="liqwatch-bench-"))
@@ -283,11 +287,12 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
     try:
         events = work / "inputs.jsonl"
         _write_inputs(events, accounts, ticks, per_second=rate)
-        asyncio.run(transport.produce_file(events, bootstrap, prefix=prefix, progress=False))
-        end = asyncio.run(_end(bootstrap, names.TICKS))  # includes the first second
-        raw = {"aiokafka": end / asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end))}
+        asyncio.run(transport.produce_file(events, bootstrap, prefix=prefix, progress=False,
+                                           tick_partitions=tick_partitions))
+        end = asyncio.run(_end(bootstrap, names.TICKS, tick_partitions))  # includes the first second
+        raw = {"aiokafka": end / asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end, tick_partitions))}
         try:
-            raw["confluent_kafka"] = end / _raw_confluent(bootstrap, names.TICKS, end)
+            raw["confluent_kafka"] = end / _raw_confluent(bootstrap, names.TICKS, end, tick_partitions)
         except ImportError:  # not installed: the aiokafka figure alone
             pass
         fastest = max(raw, key=raw.get)
@@ -298,7 +303,8 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), "--bootstrap", bootstrap,
                  "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
-                 "--worker-id", f"bench-{k + 1}", "--resume-grace-s", "0"],  # one producer, done before: no wait
+                 "--worker-id", f"bench-{k + 1}", "--resume-grace-s", "0",  # one producer, done before: no wait
+                 *(["--market-stage"] if market_stage else [])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             ports.append(port)
         samples: dict[int, list[tuple[float, float]]] = {p: [] for p in ports}
@@ -353,6 +359,8 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         result = {
             "accounts": accounts,
             "workers": n_workers,
+            "tick_partitions": tick_partitions,
+            "market_stage": market_stage,
             "ticks": end,
             "raw_consume_per_s": {k: round(v) for k, v in raw.items()},
             "fastest_raw": fastest,

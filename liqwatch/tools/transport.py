@@ -158,6 +158,7 @@ async def produce_file(
     bootstrap: str,
     *,
     partitions: int = 8,
+    tick_partitions: int = 1,
     prefix: str = "",
     unknown_to: str | None = None,
     rate: float | None = None,
@@ -175,7 +176,7 @@ async def produce_file(
     routes = {t: prefix + name for t, name in T.INPUT_OF_TYPE.items()}
     unknown = unknown_to or routes["account"]
     try:  # the whole layout (under `prefix`), as the workers expect it; --unknown-to may name another topic
-        await T.create_topics(bootstrap, partitions, prefix)
+        await T.create_topics(bootstrap, partitions, prefix, tick_partitions)
     except (KafkaError, OSError) as e:
         raise _reach(bootstrap, e) from None
     await ensure_topics(bootstrap, {unknown: 1})

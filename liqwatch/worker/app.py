@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from liqwatch.worker.cascades import Coordinator, ShardService
 from liqwatch.worker.evaluations import Evaluations
 from liqwatch.worker.feed import MarketFeed
 from liqwatch.worker.leader import Leadership
+from liqwatch.worker.stage import StageChild
 from liqwatch.worker.supervise import Quieter, Supervisor
 from liqwatch.worker.warm import warm_kernels
 
@@ -69,6 +71,8 @@ class WorkerSettings:
     takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
                                         # shards' frozen accounts kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
+    market_stage: bool = False          # run a market stage child (worker/stage.py) and read its staged rows
+    config_path: Path | None = None     # the config the stage child loads
 
 
 def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor]:
@@ -115,7 +119,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
                       lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,
-                      evaluations.at, evaluations.release)
+                      evaluations.at, evaluations.release, staged=settings.market_stage)
     shard.lock = evaluations.lock  # one lock for the shard's accounts
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
 
@@ -244,4 +248,15 @@ def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") ->
     asyncio.run(create_topics(settings.bootstrap, settings.partitions, settings.topic_prefix))
     app, _ = build_app(cfg, settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    stage = None
+    if settings.market_stage:
+        stage = StageChild([sys.executable, "-m", "liqwatch", "market-stage", "--config", str(settings.config_path),
+                            "--bootstrap", settings.bootstrap, "--topic-prefix", settings.topic_prefix,
+                            "--group", f"{settings.app_id}-market-stage", "--stage-id",
+                            f"{settings.worker_id}-stage"], f"{settings.worker_id}: market stage")
+        stage.start()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if stage is not None:
+            stage.stop()

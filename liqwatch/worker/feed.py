@@ -1,7 +1,12 @@
 """The market feed: every tick and reference, read by every worker (prices are global), through the partitions'
 doors, merged by event time (liqwatch.core.merge, as the replay does) into the monitor, with an evaluation at each
 boundary of the schedule (liqwatch.core.schedule). A supervised service: its place in the topics survives a
-restart of the feed (a broker restart, an error), and it resumes there instead of from the beginning."""
+restart of the feed (a broker restart, an error), and it resumes there instead of from the beginning.
+
+With a market stage (worker/stage.py) the feed reads the stage's admitted rows of each tick partition
+(liqwatch.market) instead of the ticks: the same rows with the same merge times, decoded once for the cluster. A
+staged partition is caught up once the stage has staged the tick partition to its end and the feed has read
+that."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -19,7 +25,9 @@ from liqwatch.core.ingest import PartitionDoor
 from liqwatch.core.merge import Arrivals, Merge
 from liqwatch.core.monitor import Monitor
 from liqwatch.core.schedule import Boundary, Schedule
-from liqwatch.sinks.topics import TopicNames
+from liqwatch.core.staged import unpack
+from liqwatch.events import BadEvent
+from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
 from liqwatch.worker.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -30,7 +38,12 @@ class MarketFeed:
     def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, bootstrap: str,
                  worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float,
                  assigned: Callable[[], bool], is_leader: Callable[[], bool],
-                 on_boundary: Callable[[Boundary], Awaitable[None]], on_release: Callable[[int], Awaitable[None]]):
+                 on_boundary: Callable[[Boundary], Awaitable[None]], on_release: Callable[[int], Awaitable[None]],
+                 staged: bool = False):
+        self.cfg = cfg
+        self.names = names
+        self.staged = staged
+        self.grace = (grace_s, pause_s, resume_grace_s)
         self.monitor = monitor
         self.services = services
         self.bootstrap = bootstrap
@@ -39,13 +52,10 @@ class MarketFeed:
         self.is_leader = is_leader
         self.on_boundary = on_boundary
         self.on_release = on_release  # held account snapshots up to an event time may join (worker/evaluations.py)
-        self.tps = [TopicPartition(names.REFERENCES, 0), TopicPartition(names.TICKS, 0)]  # ties: references first
-        self.merge = Merge(self.tps)
+        self.tps: list[TopicPartition] = []  # references, then each tick partition (or its staged rows)
         self.schedule = Schedule(cfg.schedule)
-        self.arrivals = Arrivals(self.tps, grace_s, pause_s, resume_grace_s)
-        self.doors = {tp: PartitionDoor(monitor.engine.gate, cfg.ingest.max_ahead_ms, cfg.ingest.jump_keys)
-                      for tp in self.tps}
         self.resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
+        self.upto: dict[int, int] = {}  # staged: per tick partition, the last source offset taken
         self.lag: dict[str, int] = {}
         self.caught_up = False  # read to the end of both topics and handed everything to the monitor
 
@@ -59,9 +69,13 @@ class MarketFeed:
         log.info("%s: market feed %s (leader: %s, after %.1f s)", self.worker_id,
                  "resumes" if self.resume_at else "starts", self.is_leader(), time.monotonic() - waited)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    client_id=f"{self.worker_id}-market", max_partition_fetch_bytes=8 << 20)
+                                    client_id=f"{self.worker_id}-market",
+                                    max_partition_fetch_bytes=(MARKET_MAX_BYTES if self.staged else 8 << 20),
+                                    fetch_max_bytes=MARKET_MAX_BYTES + (8 << 20))
         await consumer.start()
         try:
+            if not self.tps:
+                await self._partitions(consumer)
             consumer.assign(self.tps)
             for tp in self.tps:
                 if tp in self.resume_at:
@@ -75,13 +89,52 @@ class MarketFeed:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> None:
+        """The input partitions, in the merge's order for ties (the replay's: references, then the tick
+        partitions in order), and their merge, doors and arrival clocks."""
+        names = self.names
+        for _ in range(50):
+            parts = consumer.partitions_for_topic(names.TICKS)
+            if parts:
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"topic {names.TICKS} has no partitions (not created?)")
+        source = names.MARKET if self.staged else names.TICKS
+        self.tps = [TopicPartition(names.REFERENCES, 0)] + [TopicPartition(source, p) for p in sorted(parts)]
+        self.merge = Merge(self.tps)
+        self.arrivals = Arrivals(self.tps, *self.grace)
+        ing = self.cfg.ingest
+        self.doors = {tp: PartitionDoor(self.monitor.engine.gate, ing.max_ahead_ms, ing.jump_keys)
+                      for tp in self.tps if tp.topic != names.MARKET}
+        self.ticks = {tp: TopicPartition(names.TICKS, tp.partition) for tp in self.tps if tp.topic == names.MARKET}
+        log.info("%s: market feed reads %s", self.worker_id, ", ".join(f"{tp.topic}[{tp.partition}]"
+                                                                       for tp in self.tps))
+
+    async def _push(self, tp: TopicPartition, recs: list) -> None:
+        mon = self.monitor
+        if tp.topic != self.names.MARKET:
+            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs))  # bad ones dead-lettered
+            return
+        for rec in recs:
+            try:
+                staged = unpack(rec.value)
+            except msgspec.DecodeError as e:  # nothing of liqwatch's wrote it: keep it, say so, go on
+                await mon.sink.dead_letter(BadEvent("bad_staged", f"(staged record): {e}"[:200]), tp.topic,
+                                           tp.partition, rec.offset, rec.value, rec.key)
+                continue
+            after = self.upto.get(tp.partition, -1)
+            self.merge.push(tp, await mon.admit_staged(staged, self.names.TICKS, after))
+            self.upto[tp.partition] = max(after, staged.last)
+
     async def _step(self, consumer: AIOKafkaConsumer) -> None:
         tps, mon = self.tps, self.monitor
         batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
         self.arrivals.arrived([tp for tp, recs in batch.items() if recs])
         for tp, recs in batch.items():
             self.resume_at[tp] = recs[-1].offset + 1
-            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs))  # bad ones dead-lettered
+            await self._push(tp, recs)
         try:
             end = await consumer.end_offsets(tps) if not batch else None
         except KafkaError:  # the broker is away: not caught up, say so, try again
@@ -93,6 +146,15 @@ class MarketFeed:
             at_end[tp] = hw is not None and at >= hw
             self.lag[tp.topic] = max((hw or 0) - at, 0)
             mon.metrics.lag.labels(topic=tp.topic).set(self.lag[tp.topic])
+        staged_at_end = [tp for tp in self.ticks if at_end[tp]]
+        if staged_at_end:  # and the stage has staged its tick partition to the end
+            try:
+                ticks_end = await consumer.end_offsets([self.ticks[tp] for tp in staged_at_end])
+            except KafkaError:
+                ticks_end = {}
+            for tp in staged_at_end:
+                hw = ticks_end.get(self.ticks[tp])
+                at_end[tp] = hw is not None and self.upto.get(tp.partition, -1) + 1 >= hw
         self.caught_up = all(at_end.values()) and self.merge.buffered() == 0
         await self.release(self.arrivals.caught(at_end))
 
