@@ -338,7 +338,7 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         # the first exact flush emits every account's health once: the live phase measures the steady state
         waited, last, still = time.monotonic(), -1.0, 0
         while time.monotonic() - waited < 600:
-            emitted = sum(_metric(p, 'liqwatch_events_emitted_total{topic="health"}') or 0 for p in ports)
+            emitted = sum(_metric(p, f'liqwatch_events_emitted_total{{topic="{names.HEALTH}"}}') or 0 for p in ports)
             still = still + 1 if emitted == last and emitted > 0 else 0
             if emitted >= accounts or still >= 6:  # every account, or no more for 3 s (closed ones emit none)
                 break
