@@ -54,7 +54,7 @@ class MarketRows:
         if len(parts) == 1:
             return parts[0]
         rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, ROW)
-        records = None if any(p.records is None for p in parts) else [r for p in parts for r in p.records]
+        records = None if any(p.records is None for p in parts) else ChainedRecords([p.records for p in parts])
         return MarketRows(rows, records)
 
     @staticmethod
@@ -80,6 +80,32 @@ class MarketRows:
                 continue
             kept.append(k)
         return cols.rows(cols.ts, kept), bad
+
+
+class ChainedRecords:
+    """Several batches' records as one sequence, without copying them (a run the merge joins from several
+    partitions: its records are read only for the rare dead letter)."""
+
+    __slots__ = ("parts", "ends")
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        i = int(np.searchsorted(self.ends, k, "right"))
+        return self.parts[i][k - (int(self.ends[i - 1]) if i else 0)]
+
+    def __iter__(self):
+        for p in self.parts:
+            yield from p
 
 
 class _Columns:

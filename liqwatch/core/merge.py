@@ -50,6 +50,24 @@ class Merge:
         return int(buf[0].merge_ts[self.pos[p]]) if buf else None
 
     def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> MarketRows | None:
+        """The next rows that no partition's unread rows can precede, or None for now: the runs of one partition
+        each (`_next_run`) joined, up to the boundary or `max_run` rows. Partitions whose books tick at the same
+        times interleave in runs of a few rows; the monitor then gets one batch, not one per run."""
+        parts: list[MarketRows] = []
+        n = 0
+        while n < self.max_run:
+            run = self._next_run(caught, stop_at, self.max_run - n)
+            if run is None:
+                break
+            parts.append(run)
+            n += len(run)
+            if int(run.merge_ts[-1]) >= stop_at:  # the boundary: the evaluation sees exactly the rows up to it
+                break
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else MarketRows.concat(parts)
+
+    def _next_run(self, caught: Mapping[Hashable, bool], stop_at: int, max_run: int) -> MarketRows | None:
         """The next run of one partition's rows that no other partition can precede, or None for now."""
         parts = self.partitions
         heads = [(t, k) for k, p in enumerate(parts) if (t := self._head(p)) is not None]
@@ -75,7 +93,7 @@ class Merge:
         end = len(times) if limit is None else int(np.searchsorted(times, limit, "right" if inclusive else "left"))
         # the run ends with the first row reaching the boundary (the evaluation then sees exactly the rows up
         # to it), and after max_run rows
-        end = min(end, int(np.searchsorted(times, stop_at, "left")) + 1, self.max_run)
+        end = min(end, int(np.searchsorted(times, stop_at, "left")) + 1, max_run)
         if end <= 0:
             return None
         if start + end == len(batch):
