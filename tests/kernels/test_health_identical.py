@@ -106,8 +106,8 @@ def outputs(fn, index, mark, book, risk):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31), n=st.integers(1, 400), haircut_width=st.integers(1, 8),
-       maint_width=st.integers(1, 9), specials=st.booleans())
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 400), haircut_width=st.integers(1, 11),
+       maint_width=st.integers(1, 11), specials=st.booleans())
 def test_margin_health_is_bit_identical_to_the_previous_kernel(seed, n, haircut_width, maint_width, specials):
     rng = np.random.default_rng(seed)
     n_assets, n_instr = int(rng.integers(1, 12)), int(rng.integers(1, 6))
