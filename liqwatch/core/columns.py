@@ -54,7 +54,7 @@ class MarketRows:
         if len(parts) == 1:
             return parts[0]
         rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, ROW)
-        records = None if any(p.records is None for p in parts) else ChainedRecords([p.records for p in parts])
+        records = None if any(p.records is None for p in parts) else PickedRecords.chained([p.records for p in parts])
         return MarketRows(rows, records)
 
     @staticmethod
@@ -82,30 +82,33 @@ class MarketRows:
         return cols.rows(cols.ts, kept), bad
 
 
-class ChainedRecords:
-    """Several batches' records as one sequence, without copying them (a run the merge joins from several
-    partitions: its records are read only for the rare dead letter)."""
+class PickedRecords:
+    """The records of rows picked from several batches (a run the merge sorts from several partitions), found
+    only when one is asked for: row j is `parts[which[j]][at[j]]` (its records are read only for the rare dead
+    letter)."""
 
-    __slots__ = ("parts", "ends")
+    __slots__ = ("parts", "which", "at")
 
-    def __init__(self, parts: list):
-        self.parts = parts
-        self.ends = np.cumsum([len(p) for p in parts])
+    def __init__(self, parts: list, which: np.ndarray, at: np.ndarray):
+        self.parts, self.which, self.at = parts, which, at
+
+    @staticmethod
+    def chained(parts: list) -> "PickedRecords":
+        lens = [len(p) for p in parts]
+        which = np.repeat(np.arange(len(parts)), lens)
+        at = np.concatenate([np.arange(n) for n in lens]) if parts else np.empty(0, np.int64)
+        return PickedRecords(parts, which, at)
 
     def __len__(self) -> int:
-        return int(self.ends[-1]) if len(self.ends) else 0
+        return self.which.shape[0]
 
     def __getitem__(self, k):
         if isinstance(k, slice):
-            return [self[j] for j in range(*k.indices(len(self)))]
-        if k < 0:
-            k += len(self)
-        i = int(np.searchsorted(self.ends, k, "right"))
-        return self.parts[i][k - (int(self.ends[i - 1]) if i else 0)]
+            return PickedRecords(self.parts, self.which[k], self.at[k])
+        return self.parts[int(self.which[k])][int(self.at[k])]
 
     def __iter__(self):
-        for p in self.parts:
-            yield from p
+        return (self[j] for j in range(len(self)))
 
 
 class _Columns:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from liqwatch.core.columns import MarketRows
+from liqwatch.core.columns import ROW, MarketRows, PickedRecords
 
 MAX_RUN = 20_000  # records per run: the feed yields to the loop (heartbeats, the accounts agent) between runs
 
@@ -50,58 +50,77 @@ class Merge:
         return int(buf[0].merge_ts[self.pos[p]]) if buf else None
 
     def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> MarketRows | None:
-        """The next rows that no partition's unread rows can precede, or None for now: the runs of one partition
-        each (`_next_run`) joined, up to the boundary or `max_run` rows. Partitions whose books tick at the same
-        times interleave in runs of a few rows; the monitor then gets one batch, not one per run."""
-        parts: list[MarketRows] = []
-        n = 0
-        while n < self.max_run:
-            run = self._next_run(caught, stop_at, self.max_run - n)
-            if run is None:
-                break
-            parts.append(run)
-            n += len(run)
-            if int(run.merge_ts[-1]) >= stop_at:  # the boundary: the evaluation sees exactly the rows up to it
-                break
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else MarketRows.concat(parts)
-
-    def _next_run(self, caught: Mapping[Hashable, bool], stop_at: int, max_run: int) -> MarketRows | None:
-        """The next run of one partition's rows that no other partition can precede, or None for now."""
+        """The next rows that no partition's unread rows can precede, in (merge time, partition, offset) order, or
+        None for now. Rows come from each partition's first batch; a partition bounds the others by what it can
+        still deliver after that batch: its next batch's first row (ties: the earlier partition first), or, with
+        nothing more buffered, its last merge time (it may still deliver rows from that time on) unless it is
+        caught up. Partitions whose books tick at the same times interleave row by row: this takes them in one
+        sort, as one batch for the monitor."""
         parts = self.partitions
-        heads = [(t, k) for k, p in enumerate(parts) if (t := self._head(p)) is not None]
-        if not heads:
+        live = [k for k, p in enumerate(parts) if self.buf[p]]
+        if not live:
             return None
-        _, lead = min(heads)
-        p = parts[lead]
-        limit, inclusive = None, True  # rows of p with time < limit (or == limit if inclusive) may go
+        # each partition's frontier: (time, ties allowed for every partition, or only for earlier ones)
+        frontier: list[tuple[int, int, bool]] = []
         for k, o in enumerate(parts):
-            if k == lead:
-                continue
-            head = self._head(o)
-            if head is not None:
-                bound, incl = head, lead < k
-            elif caught.get(o, False):
-                continue
-            else:
-                bound, incl = self.seen[o], True  # o may still deliver records from seen[o] on
-            if limit is None or bound < limit or (bound == limit and not incl):
-                limit, inclusive = bound, incl
-        batch, start = self.buf[p][0], self.pos[p]
-        times = batch.merge_ts[start:]
-        end = len(times) if limit is None else int(np.searchsorted(times, limit, "right" if inclusive else "left"))
-        # the run ends with the first row reaching the boundary (the evaluation then sees exactly the rows up
-        # to it), and after max_run rows
-        end = min(end, int(np.searchsorted(times, stop_at, "left")) + 1, max_run)
-        if end <= 0:
+            buf = self.buf[o]
+            if len(buf) > 1:
+                frontier.append((k, int(buf[1].merge_ts[0]), False))
+            elif not caught.get(o, False):
+                frontier.append((k, self.seen[o], True))
+        segs: list[tuple[int, MarketRows, np.ndarray]] = []
+        for q in live:
+            bound, incl = None, True
+            for k, t, any_tie in frontier:
+                if k == q:
+                    continue
+                tie = any_tie or q < k
+                if bound is None or t < bound:
+                    bound, incl = t, tie
+                elif t == bound:
+                    incl = incl and tie
+            p = parts[q]
+            batch, start = self.buf[p][0], self.pos[p]
+            times = batch.merge_ts[start:]
+            end = len(times) if bound is None else int(np.searchsorted(times, bound, "right" if incl else "left"))
+            if end:
+                segs.append((q, batch[start:start + end], times[:end]))
+        if not segs:
             return None
-        if start + end == len(batch):
+        if len(segs) == 1:
+            q, run, times = segs[0]
+            n = min(len(times), int(np.searchsorted(times, stop_at, "left")) + 1, self.max_run)
+            self._advance(parts[q], n)
+            return run[:n]
+        times = np.concatenate([t for _, _, t in segs])
+        order = np.argsort(times, kind="stable")  # ties: partitions in order, each in offset order
+        reach = int(np.searchsorted(times[order], stop_at, "left"))
+        n = min(len(order), reach + 1, self.max_run)
+        chosen = order[:n]
+        lens = np.array([len(t) for _, _, t in segs])
+        seg = np.repeat(np.arange(len(segs)), lens)[chosen]
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        allrows = np.empty(int(lens.sum()), ROW)
+        for i, (_, run, _) in enumerate(segs):  # slice assignment: np.concatenate of structured arrays is slow
+            allrows[starts[i]:starts[i] + len(run)] = run.rows
+        rows = allrows[chosen]
+        counts = np.bincount(seg, minlength=len(segs))
+        records = None
+        if all(run.records is not None for _, run, _ in segs):
+            records = PickedRecords([run.records for _, run, _ in segs], seg, chosen - starts[seg])
+        for i, (q, _, _) in enumerate(segs):
+            if counts[i]:
+                self._advance(parts[q], int(counts[i]))
+        return MarketRows(rows, records)
+
+    def _advance(self, p: Hashable, n: int) -> None:
+        """n rows of p's first batch handed out."""
+        pos = self.pos[p] + n
+        if pos == len(self.buf[p][0]):
             self.buf[p].popleft()
             self.pos[p] = 0
         else:
-            self.pos[p] = start + end
-        return batch[start:start + end]
+            self.pos[p] = pos
 
 
 class Arrivals:

@@ -32,6 +32,7 @@ from liqwatch.worker.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 ASSIGNMENT_WAIT_S = 60
+TICKS_END_EVERY_S = 0.1
 
 
 class MarketFeed:
@@ -56,6 +57,8 @@ class MarketFeed:
         self.schedule = Schedule(cfg.schedule)
         self.resume_at: dict[TopicPartition, int] = {}  # next offset to fetch
         self.upto: dict[int, int] = {}  # staged: per tick partition, the last source offset taken
+        self.ticks_end: dict = {}       # staged: the tick partitions' end offsets, asked at ticks_end_at
+        self.ticks_end_at = -1e9
         self.lag: dict[str, int] = {}
         self.caught_up = False  # read to the end of both topics and handed everything to the monitor
 
@@ -148,12 +151,15 @@ class MarketFeed:
             mon.metrics.lag.labels(topic=tp.topic).set(self.lag[tp.topic])
         staged_at_end = [tp for tp in self.ticks if at_end[tp]]
         if staged_at_end:  # and the stage has staged its tick partition to the end
-            try:
-                ticks_end = await consumer.end_offsets([self.ticks[tp] for tp in staged_at_end])
-            except KafkaError:
-                ticks_end = {}
+            now = time.monotonic()
+            if now - self.ticks_end_at > TICKS_END_EVERY_S:  # as fresh as a fetch's highwater, without a request
+                try:                                         # on every step
+                    self.ticks_end = await consumer.end_offsets(list(self.ticks.values()))
+                    self.ticks_end_at = now
+                except KafkaError:
+                    self.ticks_end = {}
             for tp in staged_at_end:
-                hw = ticks_end.get(self.ticks[tp])
+                hw = self.ticks_end.get(self.ticks[tp])
                 at_end[tp] = hw is not None and self.upto.get(tp.partition, -1) + 1 >= hw
         self.caught_up = all(at_end.values()) and self.merge.buffered() == 0
         await self.release(self.arrivals.caught(at_end))

@@ -39,7 +39,8 @@ from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
 log = logging.getLogger(__name__)
 BATCH_RECORDS = 5_000        # source records per staged record, at most
 BATCH_BYTES = 8 << 20        # and source bytes
-BREAK_S = 0.1                # a poll with nothing waits this long
+GATHER_S = 0.005             # records arriving within this long go in one batch
+BREAK_S = 0.1                # with nothing arriving, a poll waits this long
 
 
 class StageError(RuntimeError):
@@ -133,10 +134,15 @@ class MarketStage:
             while not stop.is_set():
                 if self.failed:  # let the supervisor restart us: we resume after what was delivered
                     raise StageError(f"a staged record was not delivered: {self.failed}")
-                msgs = consumer.consume(BATCH_RECORDS, BREAK_S)
+                # what is there within GATHER_S (a batch's wait is latency: a full batch at 50,000 ticks/s would
+                # take 100 ms); when nothing is, wait for the next record
+                msgs = consumer.consume(BATCH_RECORDS, GATHER_S)
                 producer.poll(0)
                 if not msgs:
-                    continue
+                    msgs = consumer.consume(1, BREAK_S)
+                    if not msgs:
+                        continue
+                    msgs += consumer.consume(BATCH_RECORDS - 1, GATHER_S)
                 by_partition: dict[int, list] = defaultdict(list)
                 for m in msgs:
                     if m.error():
