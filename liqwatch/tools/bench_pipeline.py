@@ -8,7 +8,9 @@ running one from --state-dir, or a temporary one:
    (librdkafka), each record's value taken: the ceiling of a Python process reading it.
 3. worker_ticks_per_s: each worker replaying the same ticks (prices, shard health every 10 s of event time,
    marks, cascades), measured between 10% and 90% of the ticks processed (start-up excluded);
-   cluster_ticks_per_s: how fast the workers together get through the stream.
+   cluster_ticks_per_s: how fast the workers together get through the stream. With --market-stage, first
+   stage_ticks_per_s: as many stages as workers staging the ticks alone (before any worker runs); the workers
+   then read staged rows, and the cluster goes at the slower of the stages and the slowest worker.
 4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds` (once the first exact flush has emitted every account's health);
    for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
    plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
@@ -38,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from liqwatch import scenarios
 from liqwatch.tools import stack
 from liqwatch.tools import transport
-from liqwatch.sinks.topics import TopicNames, key_of
+from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames, key_of
 
 _encode = msgspec.json.Encoder().encode
 
@@ -212,6 +214,64 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
     return np.array(latencies), sent
 
 
+def _staged_upto(bootstrap: str, names: TopicNames, partitions: int, reader) -> int:
+    """Ticks the stages have staged so far: per tick partition, the last staged record's last source offset + 1."""
+    import confluent_kafka as ck
+
+    from liqwatch.core.staged import unpack
+
+    total = 0
+    for p in range(partitions):
+        lo, hi = reader.get_watermark_offsets(ck.TopicPartition(names.MARKET, p), timeout=5)
+        if hi <= lo:
+            continue
+        reader.assign([ck.TopicPartition(names.MARKET, p, hi - 1)])
+        msg = reader.poll(5.0)
+        if msg is not None and not msg.error():
+            total += unpack(msg.value()).last + 1
+    return total
+
+
+def _stage_rate(bootstrap: str, config_path: Path, prefix: str, names: TopicNames, end: int, partitions: int,
+                n_stages: int, work: Path) -> float:
+    """n_stages `liqwatch market-stage` processes (the workers' group) staging the recorded ticks, before any
+    worker runs: ticks per second between 10% and 90% staged. They stop after; the workers' own stages then
+    resume at the end."""
+    import confluent_kafka as ck
+
+
+    procs = []
+    for k in range(n_stages):
+        log = (work / f"stage-{k}.log").open("wb")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "liqwatch", "market-stage", "-c", str(config_path), "--bootstrap", bootstrap,
+             "--topic-prefix", prefix, "--group", f"{prefix.rstrip('.')}-market-stage", "--stage-id",
+             f"bench-stage-{k + 1}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    reader = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}bench-reader",
+                          "enable.auto.commit": False, "fetch.max.bytes": MARKET_MAX_BYTES,
+                          "receive.message.max.bytes": MARKET_MAX_BYTES + (1 << 20)})
+    samples = []
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            n = _staged_upto(bootstrap, names, partitions, reader)
+            samples.append((time.perf_counter(), n))
+            if n >= end:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the market stages did not stage the {end} ticks in 900 s (logs: {work})")
+    finally:
+        reader.close()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    arr = np.array(samples, dtype=float)
+    t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
+    return 0.8 * end / max(t90 - t10, 1e-9)
+
+
 class Profiler:
     """py-spy attached to the worker for one phase (collapsed stacks, one line per stack with its samples):
     `liqwatch bench top FILE` sums them into the frames where the time goes."""
@@ -297,6 +357,10 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             pass
         fastest = max(raw, key=raw.get)
         say(f"  raw consumers: {', '.join(f'{k} {v:,.0f}/s' for k, v in raw.items())}")
+        stage_rate = None
+        if market_stage:  # the stages alone first: their capacity, with the workers' share of the cores idle
+            stage_rate = _stage_rate(bootstrap, config_path, prefix, names, end, tick_partitions, n_workers, work)
+            say(f"  {n_workers} market stage(s) alone: {stage_rate:,.0f} ticks/s")
         for k in range(n_workers):
             port = _free_port()
             log = (work / f"worker-{k}.log").open("wb")
@@ -333,8 +397,9 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             arr = np.array(samples[port])
             t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
             rates.append(0.8 * end / (t90 - t10))
-        # every worker reads every tick: the cluster gets through the stream at its slowest worker's pace
-        cluster = min(rates)
+        # every worker applies every tick: the cluster gets through the stream at its slowest worker's pace, and
+        # with market stages at most at the stages' (the workers above read rows staged before they started)
+        cluster = min(rates) if stage_rate is None else min(min(rates), stage_rate)
         # the first exact flush emits every account's health once: the live phase measures the steady state
         waited, last, still = time.monotonic(), -1.0, 0
         while time.monotonic() - waited < 600:
@@ -364,9 +429,11 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             "ticks": end,
             "raw_consume_per_s": {k: round(v) for k, v in raw.items()},
             "fastest_raw": fastest,
+            "stage_ticks_per_s": None if stage_rate is None else round(stage_rate),
             "worker_ticks_per_s": [round(r) for r in rates],
             "cluster_ticks_per_s": round(cluster),
             "worker_vs_fastest_raw": round(min(rates) / raw[fastest], 3),
+            "cluster_vs_fastest_raw": round(cluster / raw[fastest], 3),
             "live_rate_per_s": rate,
             "live_seconds": seconds,
             "warmup_seconds": warmup_s,
