@@ -13,23 +13,27 @@ are summed and impact is applied once, so any split of the accounts gives the si
 summation order). The streaming coordinator does the same exchange over Kafka with `Shard.run`.
 
 Pruning (`Shard.run` → `liquidate_round_pruned`): a full scan re-evaluates every live account each round. After an
-account is evaluated at the prices of call s, its slack S = E − M and its gross exposures — priced by the index,
-G_I = Σ|collateral value| + Σ|debt value|, and by marks, G_M = Σ|qty·mark| — bound how far later prices can move it.
-Every term of E − M is linear in one price or a continuous piecewise-linear bracket function of it, so
+account is evaluated at the prices of call s, its slack S = E − M and four one-sided exposures bound how far later
+prices can lower it. Every term T of E − M moves with one price p (an index for collateral and debt, a mark for a
+position) and is continuous and piecewise linear in it with a slope dT/dp in a known range [α, β] (collateral:
+qty·(1 − haircut rate) over the asset's brackets; debt: −qty·(1 + borrow rate); a position: qty − |qty|·rate over
+the instrument's maintenance brackets). With p = p_s·(1 + r), a fall (r < 0) lowers T by at most |r|·max(0, α·p_s,
+β·p_s) and a rise by at most r·max(0, −α·p_s, −β·p_s). Summed over the terms priced by indexes (marks), these are the
+exposures F_I, R_I (F_M, R_M): what E − M loses per unit of relative fall, rise, so
 
-    |Δ(E − M)| ≤ K · (G_I · δ_I + G_M · δ_M),   K = max(max|1 − haircut rate|, 1 + max|maintenance rate|,
-                                                       1 + max|borrow rate|)
+    E − M ≥ S − (F_I·φ_I + F_M·φ_M + R_I·ρ_I + R_M·ρ_M)
 
-with δ_I (δ_M) the largest relative move since call s of an index (a mark) the account holds (collateral moves
-with slope 1 − haircut rate, a position's PnL with slope 1 and its charge with slope ≤ its rate, debt with 1 + its
-maintenance rate). What it holds is kept as bits (asset a → bit a % 32: assets sharing a bit share the largest move,
-which only loosens the bound). An account with S − ε > K·(G_I·δ_I + G_M·δ_M)·(1 + 1e-9), ε = 1e-9·(K·(G_I + G_M) +
-Σ|PnL terms|) (far above the float rounding of E, M and the bracket tables; the numbers are kept as float32 rounded
-the safe way by 1e-6), cannot be liquidatable now and is not evaluated; the result is exactly the full scan's: the
-same accounts fall in the same round, with the same flows summed in the same (pool) order. A price that is or
-becomes non-finite, or a zero reference price, makes its move infinite (a price NaN at both calls is left out: an
-account holding it has a NaN slack and is always evaluated); an account with a non-finite S or exposure, or no
-room, is evaluated every round.
+with φ_I (ρ_I) the largest relative fall (rise) since call s of an index the account holds, φ_M, ρ_M of a mark.
+(A long loses only when its mark falls, and by less than its notional — its charge falls too; a short, debt, only
+on a rise: in a one-way market half the bound is zero.) What it holds is kept as bits (asset a → bit a % 16: assets
+sharing a bit share the largest move, which only loosens the bound). An account with S − ε > that bound·(1 + 1e-9),
+ε = 1e-9·(K·(gross exposure) + Σ|PnL terms|), K = max(max|1 − haircut rate|, 1 + max|maintenance rate|, 1 + max|borrow
+rate|) (far above the float rounding of E, M and the bracket tables; the numbers are kept as float32 rounded the
+safe way by 1e-6), cannot be liquidatable now and is not evaluated; the result is exactly the full scan's: the same
+accounts fall in the same round, with the same flows summed in the same (pool) order. A price that is or becomes
+non-finite, or a zero reference price, makes its fall and rise infinite (a price NaN at both calls is left out: an
+account holding it has a NaN slack and is always evaluated); an account with a non-finite S or exposure (a NaN
+rate makes its slope range infinite), or no room, is evaluated every round.
 """
 
 from dataclasses import dataclass, field
@@ -83,35 +87,55 @@ def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, o
     return count, notional
 
 
-MASK_BITS = 32  # held assets (instruments) as bits of a uint32: asset a is bit a % 32, so bits may alias (safely)
+MASK_BITS = 16  # held assets (instruments) as 16 bits: asset a is bit a % 16, so bits may alias (safely)
 
 
 @njit(cache=True, inline="always")
-def account_numbers_bounded(i, index, mark, accounts, risk):
+def _pos(x):
+    """max(x, 0) as a select (NaN: 0 — the caller counts NaNs apart and makes the exposure inf)."""
+    return x if x > 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def account_numbers_bounded(i, index, mark, accounts, risk, coll_slope_lo, coll_slope_hi, maint_lo, maint_hi):
     """Equity and maintenance of account i, summed exactly as `margin_numbers` sums them (collateral, debt,
-    positions, each in pool order), and what the pruning bound needs: the gross exposure priced by the index
-    (Σ|collateral value| + Σ|debt value|) and by marks (Σ|qty·mark|), Σ|qty·(mark − entry)|, and the bits of the
-    assets and of the instruments held."""
+    positions, each in pool order), and what the pruning bound needs: the gross exposure (Σ|collateral value| +
+    Σ|debt value| + Σ|qty·mark|) and Σ|qty·(mark − entry)| for ε, the bits of the assets and of the instruments
+    held, and the four one-sided exposures (module docstring): what E − M loses per unit of relative fall of an
+    index (FI) or a mark (FM), and per unit of relative rise (RI, RM)."""
     value = 0.0
-    gross_index = 0.0
-    gross_mark = 0.0
+    gross = 0.0
     pnl = 0.0
     assets = 0
     instruments = 0
+    fi = 0.0
+    fm = 0.0
+    ri = 0.0
+    rm = 0.0
+    nan = 0
     for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
         a = accounts.coll_asset[j]
         v = accounts.coll_qty[j] * index[a]
         value += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
-        gross_index += abs(v)
+        gross += abs(v)
         assets |= 1 << (a % MASK_BITS)
+        x1 = v * coll_slope_lo[a]
+        x2 = v * coll_slope_hi[a]
+        fi += max(_pos(x1), _pos(x2))
+        ri += max(_pos(-x1), _pos(-x2))
+        nan += (x1 != x1) | (x2 != x2)
     maintenance = 0.0
     for j in range(accounts.debt_start[i], accounts.debt_start[i] + accounts.debt_count[i]):
         a = accounts.debt_asset[j]
         v = accounts.debt_qty[j] * index[a]
         value -= v
         maintenance += v * risk.borrow_rate[a]
-        gross_index += abs(v)
+        gross += abs(v)
         assets |= 1 << (a % MASK_BITS)
+        x = -v * (1.0 + risk.borrow_rate[a])
+        fi += _pos(x)
+        ri += _pos(-x)
+        nan += x != x
     for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
         ins = accounts.pos_instr[j]
         m = mark[ins]
@@ -120,10 +144,18 @@ def account_numbers_bounded(i, index, mark, accounts, risk):
         value += u
         amount = abs(q) * m
         maintenance += bracket_charge(amount, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
-        gross_mark += abs(amount)
+        gross += abs(amount)
         pnl += abs(u)
         instruments |= 1 << (ins % MASK_BITS)
-    return value, maintenance, gross_index, gross_mark, pnl, assets, instruments
+        w = q * m
+        x1 = w - amount * maint_lo[ins]
+        x2 = w - amount * maint_hi[ins]
+        fm += max(_pos(x1), _pos(x2))
+        rm += max(_pos(-x1), _pos(-x2))
+        nan += (x1 != x1) | (x2 != x2)
+    if nan:  # a NaN term bounds nothing
+        fi = fm = ri = rm = np.inf
+    return value, maintenance, gross, pnl, assets, instruments, fi, fm, ri, rm
 
 
 PRUNE_EPS = 1e-9  # relative margin of the pruning bound: far above float rounding, far below any price move
@@ -131,40 +163,54 @@ STORE_EPS = 1e-6  # the bound's numbers are kept as float32, rounded by this muc
 
 
 @njit(cache=True, inline="always")
-def _item_move(r, p):
-    """|p/r − 1| for one price; 0 for a price NaN at both ends (whoever holds it has a NaN slack and is evaluated);
-    inf when the reference is zero or non-finite or the price becomes non-finite."""
+def _fall_rise(r, p):
+    """(relative fall, relative rise) of one price from r to p; 0 for a price NaN at both ends (whoever holds it has
+    a NaN slack and is evaluated every round); inf when the reference is zero or non-finite or the price becomes
+    non-finite."""
     if r != r and p != p:
-        return 0.0
+        return 0.0, 0.0
     if r == p and abs(r) < np.inf:
-        return 0.0
+        return 0.0, 0.0
     if not (abs(r) < np.inf) or r == 0.0:
-        return np.inf
-    m = abs(p / r - 1.0)
-    return m if m < np.inf else np.inf  # NaN or inf now: inf
+        return np.inf, np.inf
+    rel = p / r - 1.0
+    if not (abs(rel) < np.inf):  # NaN or inf now
+        return np.inf, np.inf
+    return max(-rel, 0.0), max(rel, 0.0)
+
+
+FALL_INDEX, FALL_MARK, RISE_INDEX, RISE_MARK = range(4)  # the four move classes (and the four exposures)
+PLANES = MASK_BITS // 8
 
 
 @njit(cache=True)
-def price_moves(history_index, history_mark, index, mark, out_index, out_mark, out_index_lut, out_mark_lut):
-    """For every earlier call s (rows of the history): the largest relative move since then of any index
-    (`out_index[s]`) and of any mark (`out_mark[s]`), and lookup tables of the largest move of the held assets
-    (instruments) by byte of their bits: out_index_lut[s, p, v] = the largest move of the assets on the bits set in
-    v << 8p (so the move of a mask is the max of 4 lookups, no loop over its bits)."""
-    bits = np.zeros(MASK_BITS)
-    for s in range(out_index.shape[0]):
-        for lut, out, ref, now in ((out_index_lut, out_index, history_index[s], index),
-                                   (out_mark_lut, out_mark, history_mark[s], mark)):
-            bits[:] = 0.0
-            for a in range(now.shape[0]):
-                bits[a % MASK_BITS] = max(bits[a % MASK_BITS], _item_move(ref[a], now[a]))
-            out[s] = np.max(bits)
-            for p in range(MASK_BITS // 8):
-                lut[s, p, 0] = 0.0
+def price_moves(history_index, history_mark, index, mark, out_top, out_lut):
+    """For every earlier call s (rows of the history) and move class c (FALL_INDEX … RISE_MARK): the largest
+    relative fall / rise since then of any index / mark (`out_top[s, c]`), and lookup tables of the largest one of
+    the held assets (instruments) by byte of their bits: out_lut[s, c, p, v] = the largest over the bits set in
+    v << 8p (so the move of a mask is the max of PLANES lookups, no loop over its bits)."""
+    bits = np.zeros((4, MASK_BITS))
+    for s in range(out_top.shape[0]):
+        bits[:] = 0.0
+        for a in range(index.shape[0]):
+            f, r = _fall_rise(history_index[s, a], index[a])
+            b = a % MASK_BITS
+            bits[FALL_INDEX, b] = max(bits[FALL_INDEX, b], f)
+            bits[RISE_INDEX, b] = max(bits[RISE_INDEX, b], r)
+        for k in range(mark.shape[0]):
+            f, r = _fall_rise(history_mark[s, k], mark[k])
+            b = k % MASK_BITS
+            bits[FALL_MARK, b] = max(bits[FALL_MARK, b], f)
+            bits[RISE_MARK, b] = max(bits[RISE_MARK, b], r)
+        for c in range(4):
+            out_top[s, c] = np.max(bits[c])
+            for p in range(PLANES):
+                out_lut[s, c, p, 0] = 0.0
                 for v in range(1, 256):
                     top = 7
                     while not (v >> top) & 1:
                         top -= 1
-                    lut[s, p, v] = max(lut[s, p, v ^ (1 << top)], bits[8 * p + top])
+                    out_lut[s, c, p, v] = max(out_lut[s, c, p, v ^ (1 << top)], bits[c, 8 * p + top])
 
 
 def move_factor(risk: RiskParams) -> float:
@@ -177,6 +223,22 @@ def move_factor(risk: RiskParams) -> float:
     if risk.borrow_rate.size:
         k = max(k, 1.0 + float(np.max(np.abs(risk.borrow_rate))))
     return k  # NaN rates make K NaN: nothing is ever skipped
+
+
+def bracket_slopes(risk: RiskParams):
+    """Per asset, the smallest and largest slope of collateral value − haircut in the value (1 − rate over its
+    brackets); per instrument, the smallest and largest maintenance rate. NaN anywhere in an owner's rates: ±inf
+    (its holders' exposures become inf: evaluated every round)."""
+    def lo_hi(x):
+        if x.shape[1] == 0:
+            return np.zeros(x.shape[0]), np.zeros(x.shape[0])
+        bad = np.isnan(x).any(axis=1)
+        lo = np.where(bad, -np.inf, np.min(np.where(np.isnan(x), 0.0, x), axis=1))
+        hi = np.where(bad, np.inf, np.max(np.where(np.isnan(x), 0.0, x), axis=1))
+        return lo.astype(np.float64), hi.astype(np.float64)
+    hc_lo, hc_hi = lo_hi(1.0 - risk.haircut_rate)
+    m_lo, m_hi = lo_hi(risk.maint_rate)
+    return hc_lo, hc_hi, m_lo, m_hi
 
 
 @njit(cache=True)
@@ -244,70 +306,84 @@ def _touch(accounts, rows, k0, k1):
 
 
 TOUCH_BATCH = 32  # evaluation: accounts whose lines are loaded together before they are evaluated
-DEAD = -2  # `seen` of an account out of the cascade (closed, or fallen)
-NEVER = -1  # `seen` of an account not evaluated yet
 
 
 @njit(cache=True, inline="always")
-def _masked_move(mask, lut):
-    """The largest move of the items on the bits of `mask`, from one call's lookup table (`price_moves`)."""
-    return max(max(lut[0, mask & 255], lut[1, (mask >> 8) & 255]),
-               max(lut[2, (mask >> 16) & 255], lut[3, (mask >> 24) & 255]))
+def _masked_move(mask, lut, s, c):
+    """The largest move of class c since call s of the items on the bits of `mask` (`price_moves`)."""
+    return max(lut[s, c, 0, mask & 255], lut[s, c, 1, (mask >> 8) & 255])
 
 
 @njit(cache=True, inline="always")
 def _up32(x):
-    """x·K-scaled exposure kept as float32, rounded up; non-finite or too large: inf (never skipped)."""
+    """An exposure kept as float32, rounded up; non-finite or too large: inf (never skipped)."""
     y = x * (1.0 + STORE_EPS)
     if not (y < 1e38):
         return np.inf
     return max(y, 1e-30) if y > 0.0 else 0.0
 
 
-SEEN, ROOM, EXPOSURE_INDEX, EXPOSURE_MARK, HELD_ASSETS, HELD_INSTRUMENTS = range(6)  # columns of a shard's state
+SEEN, ROOM, HELD = 0, 1, 6  # columns of a shard's state; 2 … 5: the exposures FALL_INDEX … RISE_MARK (+ 2)
+STATE_COLUMNS = 7
+
+
+@njit(cache=True, inline="always")
+def _out(state_i, state_f, i):
+    """Row i leaves the cascade (closed, or fallen): infinite room, no exposure, a valid call — the first test of
+    every round skips it with no branch of its own (an infinite move makes the test NaN: the second test checks)."""
+    state_i[i, SEEN] = 0
+    state_f[i, ROOM] = np.inf
+    for c in range(4):
+        state_f[i, 2 + c] = 0.0
+    state_i[i, HELD] = 0
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call,
-                           move_index, move_mark, move_index_lut, move_mark_lut, k_factor, state_i, state_f, state_u,
-                           work_rows):
+def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call, move_top,
+                           move_lut, k_factor, slopes, state_i, state_f, work_rows):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
-    evaluated, live accounts offered to the round).
+    evaluated).
 
-    `call` numbers this evaluation (0, 1, …); `move_*[s]` are the price moves since call s (`price_moves`). The
-    state is one 24-byte row per account (one cache miss when it is evaluated), given as int32, float32 and uint32
-    views of the same (n, 6) buffer: SEEN (int32), the call of its last evaluation (NEVER = −1: none yet; DEAD = −2:
-    closed or fallen, never evaluated again; a shard starts from −1 for active rows, −2 for the others — an account
-    not DEAD must be active and not fallen); ROOM (float32) = S − ε rounded down; EXPOSURE_INDEX, EXPOSURE_MARK
-    (float32) = K·(gross exposure priced by the index, by marks) rounded up; HELD_ASSETS, HELD_INSTRUMENTS (uint32):
-    bits of what it holds. An account is skipped when
-    EXPOSURE_INDEX·(move of the assets it holds) + EXPOSURE_MARK·(move of its instruments) < ROOM.
+    `call` numbers this evaluation (0, 1, …); `move_top[s]`, `move_lut[s]` are the price moves since call s
+    (`price_moves`). The state is one 28-byte row per account (one cache miss when it is evaluated), given as int32
+    and float32 views of the same (n, 7) buffer: SEEN (int32), the call of its last evaluation (call 0 evaluates
+    every active row not fallen; a row out of the cascade, closed or fallen, is `_out`: never evaluated again — and
+    an active row not fallen must have been evaluated at call 0); ROOM (float32) = S − ε rounded down; the four
+    one-sided exposures FALL_INDEX … RISE_MARK (float32, rounded up, columns 2 … 5); HELD (int32): the bits of the
+    assets it holds << 16 | the bits of its instruments. An account is skipped when
+    Σ_c exposure_c · (largest move of class c among what it holds) < ROOM.
     `work_rows`: int32 scratch of the row count."""
     # 1: the accounts the bound cannot clear: first with the largest moves of all (what most accounts clear),
     # then with the moves of what the account holds
     n = accounts.active.shape[0]
     kept = 0
-    live = 0
-    for i in range(n):
+    for i in range(n if call == 0 else 0):
+        if accounts.active[i] and liquidated[i] == 0:
+            work_rows[kept] = i
+            kept += 1
+    for i in range(n if call > 0 else 0):
         s = state_i[i, SEEN]
-        live += s != DEAD
-        if s < 0:
-            if s == NEVER:
-                work_rows[kept] = i
-                kept += 1
-            continue
         room = state_f[i, ROOM]
-        ei = state_f[i, EXPOSURE_INDEX]
-        em = state_f[i, EXPOSURE_MARK]
-        if ei * move_index[s] + em * move_mark[s] < room:
+        fi = state_f[i, 2 + FALL_INDEX]
+        fm = state_f[i, 2 + FALL_MARK]
+        ri = state_f[i, 2 + RISE_INDEX]
+        rm = state_f[i, 2 + RISE_MARK]
+        if ((fi * move_top[s, FALL_INDEX] + fm * move_top[s, FALL_MARK])
+                + (ri * move_top[s, RISE_INDEX] + rm * move_top[s, RISE_MARK])) < room:
             continue
-        bound = (ei * _masked_move(np.int64(state_u[i, HELD_ASSETS]), move_index_lut[s])
-                 + em * _masked_move(np.int64(state_u[i, HELD_INSTRUMENTS]), move_mark_lut[s]))
-        if bound < room:
+        held = state_i[i, HELD]
+        assets = (held >> 16) & 0xFFFF
+        instruments = held & 0xFFFF
+        bound = ((fi * _masked_move(assets, move_lut, s, FALL_INDEX)
+                  + fm * _masked_move(instruments, move_lut, s, FALL_MARK))
+                 + (ri * _masked_move(assets, move_lut, s, RISE_INDEX)
+                    + rm * _masked_move(instruments, move_lut, s, RISE_MARK)))
+        if bound < room or liquidated[i] != 0 or not accounts.active[i]:
             continue
         work_rows[kept] = i
         kept += 1
     # 2: evaluate them, TOUCH_BATCH at a time
+    coll_lo, coll_hi, maint_lo, maint_hi = slopes
     count = 0
     touched = 0.0
     for k0 in range(0, kept, TOUCH_BATCH):
@@ -315,13 +391,15 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
         touched += _touch(accounts, work_rows, k0, k1)
         for k in range(k0, k1):
             i = work_rows[k]
-            e, m, g_index, g_mark, u, assets, instruments = account_numbers_bounded(i, index, mark, accounts, risk)
+            e, m, gross, u, assets, instruments, fi, fm, ri, rm = account_numbers_bounded(
+                i, index, mark, accounts, risk, coll_lo, coll_hi, maint_lo, maint_hi)
             state_i[i, SEEN] = call
-            state_u[i, HELD_ASSETS] = assets
-            state_u[i, HELD_INSTRUMENTS] = instruments
-            slack = (e - m) - PRUNE_EPS * (k_factor * (g_index + g_mark) + u)
-            state_f[i, EXPOSURE_INDEX] = _up32(k_factor * g_index * (1.0 + PRUNE_EPS))
-            state_f[i, EXPOSURE_MARK] = _up32(k_factor * g_mark * (1.0 + PRUNE_EPS))
+            state_i[i, HELD] = (assets << 16) | instruments
+            slack = (e - m) - PRUNE_EPS * (k_factor * gross + u)
+            state_f[i, 2 + FALL_INDEX] = _up32(fi * (1.0 + PRUNE_EPS))
+            state_f[i, 2 + FALL_MARK] = _up32(fm * (1.0 + PRUNE_EPS))
+            state_f[i, 2 + RISE_INDEX] = _up32(ri * (1.0 + PRUNE_EPS))
+            state_f[i, 2 + RISE_MARK] = _up32(rm * (1.0 + PRUNE_EPS))
             # no room (or under float32 precision), or non-finite numbers: evaluated every round
             state_f[i, ROOM] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
             if e < m:
@@ -329,14 +407,14 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
                 count += 1
                 if commit:
                     liquidated[i] = round_no
-                    state_i[i, SEEN] = DEAD
+                    _out(state_i, state_f, i)
     if touched == -1.0:  # (keeps the touching loads)
         count += 0
     notional = 0.0
     if not commit or count == 0:
-        return count, notional, kept, live
+        return count, notional, kept
     notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
-    return count, notional, kept, live
+    return count, notional, kept
 
 
 @njit(cache=True)
@@ -459,13 +537,16 @@ class Shard:
         self.work_equity = np.empty(m)  # the full scan's scratch
         self.work_maintenance = np.empty(m)
         m = n if prune else 0
-        self.state = np.zeros((m, 6), dtype=np.uint32)  # SEEN, ROOM, EXPOSURE_INDEX, EXPOSURE_MARK, HELD_*
+        self.state = np.zeros((m, STATE_COLUMNS), dtype=np.uint32)  # SEEN, ROOM, the four exposures, HELD
         if prune:
-            self.state.view(np.int32)[:, SEEN] = np.where(accounts.active, NEVER, DEAD)
+            for i in np.flatnonzero(~accounts.active):
+                _out(self.state.view(np.int32), self.state.view(np.float32), i)
         self.work_rows = np.empty(m, dtype=np.int32)
         self.k_factor = move_factor(risk)
+        self.slopes = bracket_slopes(risk)
         self.history_index: list[np.ndarray] = []
         self.history_mark: list[np.ndarray] = []
+        self.live = int(np.count_nonzero(accounts.active))  # active rows not fallen
         self.evaluated = 0  # account evaluations so far
         self.candidates = 0  # live accounts offered to a round so far (what a full scan evaluates)
 
@@ -487,16 +568,18 @@ class Shard:
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         call = len(self.history_index)
         c = max(call, 1)
-        moves = (np.zeros(c), np.zeros(c), np.zeros((c, MASK_BITS // 8, 256)), np.zeros((c, MASK_BITS // 8, 256)))
+        moves = (np.zeros((c, 4)), np.zeros((c, 4, PLANES, 256)))
         if call:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
-        c, n, ev, live = liquidate_round_pruned(
+        c, n, ev = liquidate_round_pruned(
             index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
-            self.k_factor, self.state.view(np.int32), self.state.view(np.float32), self.state, self.work_rows)
+            self.k_factor, self.slopes, self.state.view(np.int32), self.state.view(np.float32), self.work_rows)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)
-        self.candidates += int(live)
+        self.candidates += self.live
+        if req.commit:
+            self.live -= int(c)
         return RoundResult(int(c), float(n), flows)
 
 

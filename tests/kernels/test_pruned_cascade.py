@@ -191,3 +191,29 @@ def test_run_cascade_pruned_equals_full_scan(rich_config, seed, s, scenario):
     assert bits(a.round_notional) == bits(b.round_notional) and bits(a.net_sold) == bits(b.net_sold)
     assert bits(a.final_index) == bits(b.final_index)
     assert all(np.array_equal(x, y) for x, y in zip(a.liquidated_round, b.liquidated_round))
+
+
+class _WeakenedShard(Shard):
+    """A shard whose bound is cut to a quarter after every round: it skips accounts it must not."""
+
+    def run(self, req, n_assets):
+        got = super().run(req, n_assets)
+        self.state.view(np.float32)[:, 2:6] *= 0.25
+        return got
+
+
+def test_a_weakened_bound_is_caught():
+    """The comparison has teeth: with the exposures cut to a quarter, the pruned rounds differ from the full scan."""
+    rsk = risk()
+    rng = np.random.default_rng(7)
+    n_assets, n_instr = rsk.haircut_upto.shape[0], rsk.maint_upto.shape[0]
+    base_index, base_mark = np.exp(rng.normal(3, 2, n_assets)), np.exp(rng.normal(5, 2, n_instr))
+    book = random_book(rng, 3000, n_assets, n_instr, base_index, base_mark)
+    path = price_path(rng, 50, base_index, base_mark, 0.003, 0.0, False)
+    weak, full = _WeakenedShard(book, rsk), Shard(book, rsk, prune=False)
+    differs = False
+    for r, (ix, mk) in enumerate(path):
+        req = RoundRequest(r + 1, True, ix, mk)
+        a, b = weak.run(req, n_assets), full.run(req, n_assets)
+        differs |= a.count != b.count or not np.array_equal(weak.fallen, full.fallen)
+    assert differs
