@@ -400,7 +400,17 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         # every worker applies every tick: the cluster gets through the stream at its slowest worker's pace, and
         # with market stages at most at the stages' (the workers above read rows staged before they started)
         cluster = min(rates) if stage_rate is None else min(min(rates), stage_rate)
-        # the first exact flush emits every account's health once: the live phase measures the steady state
+        # every account loaded (the accounts agent reads them beside the ticks), then the first exact flush, which
+        # emits every account's health once: the live phase measures the steady state
+        waited, loaded = time.monotonic(), 0.0
+        while time.monotonic() - waited < 1800:
+            loaded = sum(_metric(p, 'liqwatch_events_processed_total{topic="accounts"}') or 0 for p in ports)
+            if loaded >= accounts:
+                break
+            time.sleep(1.0)
+        else:
+            raise RuntimeError(f"the workers loaded {loaded:,.0f} of {accounts:,} accounts in 30 minutes (logs: {work})")
+        say(f"  {accounts:,} accounts loaded {time.monotonic() - waited:.0f} s after the ticks")
         waited, last, still = time.monotonic(), -1.0, 0
         while time.monotonic() - waited < 600:
             emitted = sum(_metric(p, f'liqwatch_events_emitted_total{{topic="{names.HEALTH}"}}') or 0 for p in ports)

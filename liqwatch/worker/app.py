@@ -216,6 +216,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         """A clean stop: the feed and the cascade services first, then what is queued is delivered (the output
         topics, then the webhooks, whose offsets are committed as they are delivered), then every client."""
         await services.stop([n for n in services.services if n != "webhook delivery"])
+        await leadership.stop()
         try:
             await asyncio.wait_for(sink.flush(), timeout=30)
         except Exception as e:  # noqa: BLE001 - say what could not be delivered, stop anyway

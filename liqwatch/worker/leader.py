@@ -10,6 +10,7 @@ alerts topic ends as a replay of the same events would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -133,6 +134,16 @@ class Leadership:
     def idle(self) -> bool:
         """No cascade run in progress or waiting."""
         return not self.cascading.locked() and (self.cascade_task is None or self.cascade_task.done())
+
+    async def stop(self) -> None:
+        """At shutdown: a boundary's cascades still running are cancelled before the output sink closes (the
+        next leader runs that boundary again: takeover)."""
+        task = self.cascade_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            log.info("%s: cascades at shutdown cancelled; the next leader runs them again", self.worker_id)
 
     async def run_cascades(self, pv) -> None:
         """Stress cascades on the market snapshot `pv`, then the alerts that read them. A boundary waits for a
