@@ -12,6 +12,7 @@ import random
 import re
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -20,11 +21,16 @@ from liqwatch.tools import stack as lwstack
 from liqwatch.tools import transport
 from tests.integration.pipeline import (Worker, batch_results, metric_sum, produce_paced, read_topic, settle,
                                         wait_converged)
-from tests.integration.test_pipeline import CONFIG, PARTITIONS, prefix, write  # noqa: F401 - the fixture
+from tests.integration.test_pipeline import CONFIG, PARTITIONS, write
 from tests.populations import population
 
 pytestmark = pytest.mark.integration
 TICK_PARTITIONS = 3
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}."
 
 
 def staged_workers(n, bootstrap, prefix, tmp_path) -> list[Worker]:
