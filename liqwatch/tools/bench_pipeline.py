@@ -140,6 +140,16 @@ async def _end(bootstrap: str, topic: str, partitions: int) -> int:
         await c.stop()
 
 
+def _status(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return json.loads(r.read())
+    except OSError as e:
+        if hasattr(e, "read"):  # 503: the body is the status all the same
+            return json.loads(e.read())
+        return None
+
+
 def _metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
@@ -411,15 +421,19 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         else:
             raise RuntimeError(f"the workers loaded {loaded:,.0f} of {accounts:,} accounts in 30 minutes (logs: {work})")
         say(f"  {accounts:,} accounts loaded {time.monotonic() - waited:.0f} s after the ticks")
-        waited, last, still = time.monotonic(), -1.0, 0
-        while time.monotonic() - waited < 600:
+        # the first exact flush (the input idle for a second) emits every active account's health once
+        active = sum((_status(p) or {}).get("accounts", 0) for p in ports)
+        waited, emitted = time.monotonic(), 0.0
+        while time.monotonic() - waited < 900:
             emitted = sum(_metric(p, f'liqwatch_events_emitted_total{{topic="{names.HEALTH}"}}') or 0 for p in ports)
-            still = still + 1 if emitted == last and emitted > 0 else 0
-            if emitted >= accounts or still >= 6:  # every account, or no more for 3 s (closed ones emit none)
+            if emitted >= active:
                 break
-            last = emitted
             time.sleep(0.5)
-        time.sleep(2.0)
+        else:
+            raise RuntimeError(f"the first exact flush emitted {emitted:,.0f} of {active:,} health events in 15 "
+                               f"minutes (logs: {work})")
+        say(f"  first exact flush: {emitted:,.0f} health events, {time.monotonic() - waited:.0f} s")
+        time.sleep(5.0)  # delivered, and the flush's cascades done
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
         lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))
