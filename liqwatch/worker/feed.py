@@ -143,12 +143,15 @@ class MarketFeed:
         except KafkaError:  # the broker is away: not caught up, say so, try again
             end = {tp: None for tp in tps}
         at_end = {}
+        lag: dict[str, int] = {}
         for tp in tps:
             hw = consumer.highwater(tp) if end is None else end[tp]
             at = self.resume_at.get(tp, 0)
             at_end[tp] = hw is not None and at >= hw
-            self.lag[tp.topic] = max((hw or 0) - at, 0)
-            mon.metrics.lag.labels(topic=tp.topic).set(self.lag[tp.topic])
+            lag[tp.topic] = lag.get(tp.topic, 0) + max((hw or 0) - at, 0)  # summed over a topic's partitions
+        for topic, n in lag.items():
+            mon.metrics.lag.labels(topic=topic).set(n)
+        self.lag = lag
         staged_at_end = [tp for tp in self.ticks if at_end[tp]]
         if staged_at_end:  # and the stage has staged its tick partition to the end
             now = time.monotonic()
