@@ -136,8 +136,8 @@ class MarketFeed:
         batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
         self.arrivals.arrived([tp for tp, recs in batch.items() if recs])
         for tp, recs in batch.items():
+            await self._push(tp, recs)  # a staged record that is refused (StageMismatch) is read again at restart
             self.resume_at[tp] = recs[-1].offset + 1
-            await self._push(tp, recs)
         try:
             end = await consumer.end_offsets(tps) if not batch else None
         except KafkaError:  # the broker is away: not caught up, say so, try again
