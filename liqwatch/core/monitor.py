@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from aiokafka.partitioner import DefaultPartitioner
 
 from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.keys import partitions_of
 from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
 from liqwatch.core.columns import MarketRows, admit_rows
 from liqwatch.core.staged import Staged, rules_id
@@ -37,7 +37,6 @@ from liqwatch.sinks.kafka import OutputSink
 from liqwatch.sinks.topics import TopicNames
 
 log = logging.getLogger(__name__)
-_partitioner = DefaultPartitioner()
 _BAND_EDGES = np.array([hi for _, _, hi in HEALTH_BANDS if hi is not None])
 
 
@@ -70,11 +69,6 @@ def account_notional(mask: np.ndarray, accounts, index: np.ndarray, mark: np.nda
     clive = cown >= 0
     coll = accounts.coll_qty[clive] * index[accounts.coll_asset[clive]]
     return float(np.nansum(pos[mask[own[live]]]) + np.nansum(coll[mask[cown[clive]]]))
-
-
-def partition_of(account: str, partitions: int) -> int:
-    key = account.encode()
-    return _partitioner(key, list(range(partitions)), list(range(partitions)))
 
 
 @dataclass
@@ -251,7 +245,7 @@ class Monitor:
         self._retained_for, self._retained_rows = set(owned), accounts.n
         known = self.row_partition.shape[0]
         if known < accounts.n:  # rows are never reused, so each row's partition is computed once
-            fresh = np.array([partition_of(a, partitions) for a in accounts.ids[known: accounts.n]], dtype=np.int32)
+            fresh = partitions_of(accounts.ids[known: accounts.n], partitions)
             self.row_partition = np.concatenate([self.row_partition, fresh])
         foreign = accounts.active[: accounts.n] & ~np.isin(self.row_partition[: accounts.n], list(owned))
         rows = np.flatnonzero(foreign)

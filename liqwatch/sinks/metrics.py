@@ -95,6 +95,9 @@ class Metrics:
         self.kernel_seconds = Histogram("liqwatch_kernel_seconds", "Time of one kernel call over a batch.",
                                         ["kernel"], buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1, 5),
                                         registry=r)
+        self.loop_stall_seconds = Histogram(
+            "liqwatch_loop_stall_seconds", "Event-loop stalls longer than half a second (the feed waits behind them).",
+            buckets=(0.5, 1, 2, 5, 10, 30), registry=r)
         self.emitted = Counter("liqwatch_events_emitted_total", "Output events produced, by topic.", ["topic"],
                                registry=r)
 

@@ -44,6 +44,7 @@ from liqwatch.worker.evaluations import Evaluations
 from liqwatch.worker.feed import MarketFeed
 from liqwatch.worker.leader import Leadership
 from liqwatch.worker.stage import StageChild
+from liqwatch.worker.stall import StallWatch
 from liqwatch.worker.supervise import Quieter, Supervisor
 from liqwatch.worker.warm import warm_kernels
 
@@ -154,6 +155,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     @app.task
     async def start_services() -> None:
         Quieter.install()  # logging is configured by now (Faust's worker)
+        StallWatch(metrics.loop_stall_seconds.observe, worker_id=settings.worker_id).start(asyncio.get_running_loop())
         # the threads that compute the account work (health, severities, frozen copies, shard rounds) run at a
         # lower CPU priority than the event loop: on a busy machine the feed gets the cores first
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(

@@ -17,6 +17,7 @@ import msgspec
 from liqwatch.config import Config
 from liqwatch.core.engine import Engine
 from liqwatch.events import BadEvent, decode
+from liqwatch.kernels.keys import partitions_of
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.sinks.metrics import Metrics
 
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def warm_kernels(cfg: Config) -> float:
-    """Run every kernel the worker uses once (market, index and marks, health, severity, cascade, exposure);
-    returns the seconds it took."""
+    """Run every kernel the worker uses once (market, index and marks, health, severity, cascade, exposure, key
+    partitions); returns the seconds it took."""
     t0 = time.monotonic()
     eng = Engine(cfg)
     ts = 1_000_000
@@ -39,4 +40,5 @@ def warm_kernels(cfg: Config) -> float:
     pv = eng.prices()
     stress = LocalStressRuns(eng, cfg, Metrics(), cfg.config_id)
     asyncio.run(stress.run_one(pv, cfg.stress.primary_scenario, max(cfg.stress.severities), with_exposure=True))
+    partitions_of(["warm"], 1)  # the accounts' partitions, after a rebalance
     return time.monotonic() - t0
