@@ -295,7 +295,8 @@ def _admit_ticks(door, records: list, events: list, slots: dict[str, int]):
     rows["funding_rate"], rows["next_funding_ts"] = fr[idx], nft[idx]
     # fields the kernel ignores stay as the record said (a tick without funding: NaN next funding time)
     rows["next_funding_ts"] = np.where(np.isnan(rows["funding_rate"]), np.nan, rows["next_funding_ts"])
-    return MarketRows(rows, [records[k] for k in idx.tolist()]), rejected, ignored
+    # the kept rows' records, found only when one is asked for (a dead letter)
+    return MarketRows(rows, PickedRecords([records], np.zeros(idx.size, np.int64), idx)), rejected, ignored
 
 
 def _admit_each(door, records: list, events: list, slots: dict[str, int], assets: dict[str, int],

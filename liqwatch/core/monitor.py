@@ -118,11 +118,12 @@ class Monitor:
         self._retained_rows = -1
 
     # -- input ---------------------------------------------------------------------------------------------
-    async def admit_market(self, door, records: list) -> MarketRows:
+    async def admit_market(self, door, records: list, values: list | None = None) -> MarketRows:
         """Records of one market partition in offset order through its door (liqwatch.core.ingest.PartitionDoor),
-        as rows with their merge times (liqwatch.core.columns); the rejected ones dead-lettered."""
+        as rows with their merge times (liqwatch.core.columns); the rejected ones dead-lettered. `values`: the
+        records' values, when the reader has them apart."""
         m = self.engine.market
-        batch, rejected, ignored = admit_rows(door, records, m.slot, self.engine.layout.asset_id)
+        batch, rejected, ignored = admit_rows(door, records, m.slot, self.engine.layout.asset_id, values=values)
         if ignored:  # books the config does not name, ignored by rule
             self.metrics.ignored.labels(reason="unknown_source").inc(ignored)
         for rec, e in rejected:

@@ -17,8 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
 from liqwatch.config import Config
 from liqwatch.core.ingest import PartitionDoor
@@ -28,6 +27,7 @@ from liqwatch.core.schedule import Boundary, Schedule
 from liqwatch.core.staged import unpack
 from liqwatch.events import BadEvent
 from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
+from liqwatch.worker.reader import Reader, ReaderError
 from liqwatch.worker.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -71,36 +71,26 @@ class MarketFeed:
             await asyncio.sleep(0.1)
         log.info("%s: market feed %s (leader: %s, after %.1f s)", self.worker_id,
                  "resumes" if self.resume_at else "starts", self.is_leader(), time.monotonic() - waited)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    client_id=f"{self.worker_id}-market",
-                                    max_partition_fetch_bytes=(MARKET_MAX_BYTES if self.staged else 8 << 20),
-                                    fetch_max_bytes=MARKET_MAX_BYTES + (8 << 20))
-        await consumer.start()
+        reader = Reader(self.bootstrap, f"{self.worker_id}-market", MARKET_MAX_BYTES if self.staged else 8 << 20)
         try:
             if not self.tps:
-                await self._partitions(consumer)
-            consumer.assign(self.tps)
-            for tp in self.tps:
-                if tp in self.resume_at:
-                    consumer.seek(tp, self.resume_at[tp])
-                else:
-                    await consumer.seek_to_beginning(tp)
+                await self._partitions(reader)
+            reader.assign({tp: self.resume_at.get(tp) for tp in self.tps})  # None: from the beginning
             while True:
                 self.services.beat("market feed")
-                await self._step(consumer)
+                await self._step(reader)
         finally:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                reader.close()
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> None:
+    async def _partitions(self, reader: Reader) -> None:
         """The input partitions, in the merge's order for ties (the replay's: references, then the tick
         partitions in order), and their merge, doors and arrival clocks."""
         names = self.names
         for _ in range(50):
-            parts = consumer.partitions_for_topic(names.TICKS)
+            parts = await reader.partitions(names.TICKS)
             if parts:
                 break
-            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError(f"topic {names.TICKS} has no partitions (not created?)")
@@ -118,7 +108,7 @@ class MarketFeed:
     async def _push(self, tp: TopicPartition, recs: list) -> None:
         mon = self.monitor
         if tp.topic != self.names.MARKET:
-            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs))  # bad ones dead-lettered
+            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs, recs.values()))  # bad: dead-lettered
             return
         for rec in recs:
             try:
@@ -131,21 +121,21 @@ class MarketFeed:
             self.merge.push(tp, await mon.admit_staged(staged, self.names.TICKS, after))
             self.upto[tp.partition] = max(after, staged.last)
 
-    async def _step(self, consumer: AIOKafkaConsumer) -> None:
+    async def _step(self, reader: Reader) -> None:
         tps, mon = self.tps, self.monitor
-        batch = await consumer.getmany(*tps, timeout_ms=100, max_records=20_000)
+        batch = await reader.fetch(20_000, wait_s=0.1)
         self.arrivals.arrived([tp for tp, recs in batch.items() if recs])
         for tp, recs in batch.items():
             await self._push(tp, recs)  # a staged record that is refused (StageMismatch) is read again at restart
             self.resume_at[tp] = recs[-1].offset + 1
         try:
-            end = await consumer.end_offsets(tps) if not batch else None
-        except KafkaError:  # the broker is away: not caught up, say so, try again
+            end = await reader.ends(tps) if not batch else None
+        except ReaderError:  # the broker is away: not caught up, try again
             end = {tp: None for tp in tps}
         at_end = {}
         lag: dict[str, int] = {}
         for tp in tps:
-            hw = consumer.highwater(tp) if end is None else end[tp]
+            hw = reader.highwater(tp) if end is None else end[tp]
             at = self.resume_at.get(tp, 0)
             at_end[tp] = hw is not None and at >= hw
             lag[tp.topic] = lag.get(tp.topic, 0) + max((hw or 0) - at, 0)  # summed over a topic's partitions
@@ -157,9 +147,9 @@ class MarketFeed:
             now = time.monotonic()
             if now - self.ticks_end_at > TICKS_END_EVERY_S:  # as fresh as a fetch's highwater, without a request
                 try:                                         # on every step
-                    self.ticks_end = await consumer.end_offsets(list(self.ticks.values()))
+                    self.ticks_end = await reader.ends(list(self.ticks.values()))
                     self.ticks_end_at = now
-                except KafkaError:
+                except ReaderError:
                     self.ticks_end = {}
             for tp in staged_at_end:
                 hw = self.ticks_end.get(self.ticks[tp])
