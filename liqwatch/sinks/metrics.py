@@ -98,6 +98,9 @@ class Metrics:
         self.loop_stall_seconds = Histogram(
             "liqwatch_loop_stall_seconds", "Event-loop stalls longer than half a second (the feed waits behind them).",
             buckets=(0.5, 1, 2, 5, 10, 30), registry=r)
+        self.feed_held_seconds = Counter(
+            "liqwatch_feed_held_seconds", "Time the market feed waited for queued account work (health, severities, "
+            "cascades) to catch up.", registry=r)
         self.emitted = Counter("liqwatch_events_emitted_total", "Output events produced, by topic.", ["topic"],
                                registry=r)
 

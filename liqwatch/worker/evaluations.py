@@ -47,6 +47,7 @@ class Evaluations:
         self.settled.set()
         self.flushed = True
         self.leader_flushed = False
+        self.held_s, self.held_since, self.held_said = 0.0, None, -1e9  # the feed's waits for the account work
 
     # -- on the feed: what belongs to the boundary's moment of the market, then queue the rest ----------------
     async def at(self, b: Boundary) -> None:
@@ -75,10 +76,27 @@ class Evaluations:
     async def _put(self, work: list) -> None:
         async with self.queued:
             # a worker whose account work cannot keep up slows its feed, rather than falling ever further behind
-            await self.queued.wait_for(lambda: sum(w[0] == "boundary" for w in self.work) < QUEUE)
+            full = lambda: sum(w[0] == "boundary" for w in self.work) >= QUEUE  # noqa: E731
+            if full():
+                waited = time.monotonic()
+                await self.queued.wait_for(lambda: not full())
+                self._held(time.monotonic() - waited)
             self.settled.clear()
             self.work.append(work)
             self.queued.notify_all()
+
+    def _held(self, seconds: float) -> None:
+        """The feed waited for the account work: counted, and said at most once a minute (the time summed)."""
+        self.monitor.metrics.feed_held_seconds.inc(seconds)
+        now = time.monotonic()
+        self.held_s += seconds
+        if self.held_since is None:
+            self.held_since = now - seconds
+        if now - self.held_said >= 60.0:
+            log.warning("%s: the market feed waited %.1f s of the last %.0f s for the account work (%d boundaries "
+                        "queued: health, severities and cascades run slower than the market's event time)",
+                        self.worker_id, self.held_s, now - self.held_since, QUEUE)
+            self.held_s, self.held_since, self.held_said = 0.0, None, now
 
     # -- the account work, a supervised service ---------------------------------------------------------------
     async def run(self) -> None:
