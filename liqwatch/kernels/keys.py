@@ -20,7 +20,8 @@ def murmur2_partitions(buf, offsets, partitions, out):
         h = (0x9747B28C ^ n) & mask
         for i in range(n // 4):
             p = lo + 4 * i
-            w = np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 3]) << 24)
+            w = (np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16)
+                 | (np.int64(buf[p + 3]) << 24))
             w = (w * m) & mask
             w ^= w >> 24
             w = (w * m) & mask

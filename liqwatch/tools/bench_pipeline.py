@@ -14,7 +14,8 @@ running one from --state-dir, or a temporary one:
 4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds` (once the first exact flush has emitted every account's health);
    for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
    plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
-   upper bound; and whether every live tick was processed (by every worker).
+   upper bound; whether every live tick was processed (by every worker); and what the feed waited for meanwhile:
+   queued account work (feed_held_s) and event-loop stalls over half a second (loop_stalls, loop_stalled_s).
 """
 
 from __future__ import annotations
@@ -435,6 +436,7 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         say(f"  first exact flush: {emitted:,.0f} health events, {time.monotonic() - waited:.0f} s")
         time.sleep(5.0)  # delivered, and the flush's cascades done
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
+        waits_before = [_waits(p) for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
         lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))
         spy.stop()
@@ -445,6 +447,9 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
                 break
             time.sleep(0.5)
         processed = min(a - b for a, b in zip(after, before))
+        # what the feed waited for during the live phase: the account work's queue, and event-loop stalls
+        waits = [tuple(None if x is None or y is None else round(x - y, 2) for x, y in zip(_waits(p), w))
+                 for p, w in zip(ports, waits_before)]
         result = {
             "accounts": accounts,
             "workers": n_workers,
@@ -468,10 +473,15 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
             "latency_max_ms": round(float(lat.max()), 1) if lat.size else None,
+            "feed_held_s": [w[0] for w in waits],       # per worker: waits for queued account work
+            "loop_stalls": [None if w[1] is None else int(w[1]) for w in waits],  # event-loop stalls over 0.5 s, and
+            "loop_stalled_s": [w[2] for w in waits],  # their seconds, per worker (liqwatch/worker/stall.py)
         }
         say(f"  ingest {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker "
             f"({result['worker_vs_fastest_raw']} of {fastest}); live p50 {result['latency_p50_ms']} ms, "
-            f"p99 {result['latency_p99_ms']} ms, {processed:,} of {sent:,} live ticks processed")
+            f"p99 {result['latency_p99_ms']} ms, {processed:,} of {sent:,} live ticks processed; the feed waited "
+            f"{', '.join(str(w[0]) for w in waits)} s for account work; loop stalls over 0.5 s "
+            f"{', '.join(f'{w[1]} ({w[2]} s)' for w in waits)}")
         return result
     finally:
         for w in procs:
@@ -482,6 +492,18 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
                 w.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(w.pid, signal.SIGKILL)
+
+
+def _waits(port: int) -> tuple[float | None, float | None, float | None]:
+    """A worker's feed waits so far: seconds held for account work, loop stalls over 0.5 s and their seconds
+    (None for a metric the worker does not export)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            lines = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines() if not line.startswith("#"))
+    except OSError:
+        return None, None, None
+    names = ("liqwatch_feed_held_seconds_total", "liqwatch_loop_stall_seconds_count", "liqwatch_loop_stall_seconds_sum")
+    return tuple(float(lines[n]) if n in lines else None for n in names)
 
 
 def _last_mids(path: Path) -> list[tuple[str, str, float]]:

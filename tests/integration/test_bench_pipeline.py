@@ -31,5 +31,8 @@ def test_bench_pipeline_runs_one_and_two_workers(stack, staged):
         assert r["all_live_ticks_processed"], r
         assert r["mark_events"] > 0 and r["latency_p50_ms"] is not None
         assert r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["latency_max_ms"]
+        # the feed's waits, read from every worker's metrics (a metric the worker lacks reads as None)
+        for key in ("feed_held_s", "loop_stalls", "loop_stalled_s"):
+            assert len(r[key]) == r["workers"] and all(x is not None and x >= 0 for x in r[key]), (key, r[key])
     (scale,) = got["scale_out"]
     assert scale["cluster_ticks_per_s_1"] > 0 and scale["cluster_ticks_per_s_2"] > 0
