@@ -315,6 +315,11 @@ def worker(
         help="After a pause in the input (start, broker restart) every input topic holds the event-time merge "
              "this long: producers resume in no particular order. 0 when every input was written before the "
              "workers start (a benchmark on recorded topics).", min=0)] = 10.0,
+    account_queue: Annotated[int, typer.Option(
+        help="Boundaries whose account work (shard health, severities, cascades) may wait behind the market feed. "
+             "The feed never waits for account work unless this many are queued; a burst that the account work "
+             "cannot follow is absorbed here and said in the log and in liqwatch_account_work_lag_seconds.",
+        min=1, max=10_000)] = 32,
     market_stage: Annotated[bool, typer.Option(
         "--market-stage/--no-market-stage",
         help="Run a market stage beside this worker (a child process, `liqwatch market-stage`): the stages of "
@@ -367,7 +372,7 @@ def worker(
         _fail(str(e), 1)
     settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
                               topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s, resume_grace_s=resume_grace_s,
-                              market_stage=market_stage, config_path=config.resolve())
+                              market_stage=market_stage, config_path=config.resolve(), account_queue=account_queue)
     if worker_id:
         settings.worker_id = worker_id
     if state is not None:

@@ -101,6 +101,9 @@ class Metrics:
         self.feed_held_seconds = Counter(
             "liqwatch_feed_held_seconds", "Time the market feed waited for queued account work (health, severities, "
             "cascades) to catch up.", registry=r)
+        self.account_work_lag = Gauge(
+            "liqwatch_account_work_lag_seconds", "Event time between the market feed and the boundary whose account "
+            "work (shard health, severities, cascades) runs now; 0 when none is queued.", registry=r)
         self.emitted = Counter("liqwatch_events_emitted_total", "Output events produced, by topic.", ["topic"],
                                registry=r)
 

@@ -72,6 +72,7 @@ class WorkerSettings:
     takeover_boundaries: int = 8        # cascade boundaries a new leader can still run for (market snapshots and
                                         # shards' frozen accounts kept per worker)
     data_dir: Path = Path("~/.cache/liqwatch/workers").expanduser()
+    account_queue: int = 32             # boundaries of account work that may wait behind the feed (worker/evaluations.py)
     market_stage: bool = False          # run a market stage child (worker/stage.py) and read its staged rows
     config_path: Path | None = None     # the config the stage child loads
 
@@ -116,7 +117,8 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                             app.is_leader, settings.bootstrap, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
     evaluations = Evaluations(monitor, account_shard, shard, leadership, app.is_leader, lambda: feed.caught_up,
-                              settings.idle_s, settings.takeover_boundaries, settings.worker_id)
+                              settings.idle_s, settings.takeover_boundaries, settings.worker_id,
+                              settings.account_queue)
     feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
                       lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,

@@ -5,8 +5,11 @@ market (the price snapshot, the market alerts) and queues the account work — s
 cascade boundary's frozen accounts, the leader's cascades — to `run`, a service of its own that does the heavy
 parts in threads (the kernels release the GIL). Account snapshots later than the work has reached are held and
 join through the same queue (`release`), so every boundary's work sees exactly the accounts of its event time,
-in the order the feed crossed them. The queue is short: a worker whose account
-work cannot keep up slows its feed rather than falling ever further behind.
+in the order the feed crossed them. The queue is long enough to absorb a burst
+(`queue` boundaries, 32 by default: five minutes of event time at the default schedule), so the feed does not
+wait for account work; a worker whose account work cannot keep up for longer than that slows its feed rather than
+falling ever further behind, and says so. How far the account work is behind the market is a gauge
+(liqwatch_account_work_lag_seconds, in event time).
 """
 
 from __future__ import annotations
@@ -24,13 +27,12 @@ from liqwatch.worker.cascades import ShardService
 from liqwatch.worker.leader import Leadership
 
 log = logging.getLogger(__name__)
-QUEUE = 4  # boundaries the account work may lag the feed by
 
 
 class Evaluations:
     def __init__(self, monitor: Monitor, accounts: AccountShard, shard: ShardService, leadership: Leadership,
                  is_leader: Callable[[], bool], market_caught_up: Callable[[], bool], idle_s: float,
-                 keep_boundaries: int, worker_id: str):
+                 keep_boundaries: int, worker_id: str, queue: int = 32):
         self.monitor = monitor
         self.accounts = accounts
         self.shard = shard
@@ -40,6 +42,7 @@ class Evaluations:
         self.idle_s = idle_s
         self.keep_boundaries = keep_boundaries
         self.worker_id = worker_id
+        self.queue = queue  # boundaries the account work may lag the feed by
         self.lock = asyncio.Lock()  # the shard's accounts: changed or read by one piece of work at a time
         self.work: deque[list] = deque()  # ["release", upto] | ["boundary", Boundary, prices], in feed order
         self.queued = asyncio.Condition()
@@ -76,7 +79,7 @@ class Evaluations:
     async def _put(self, work: list) -> None:
         async with self.queued:
             # a worker whose account work cannot keep up slows its feed, rather than falling ever further behind
-            full = lambda: sum(w[0] == "boundary" for w in self.work) >= QUEUE  # noqa: E731
+            full = lambda: sum(w[0] == "boundary" for w in self.work) >= self.queue  # noqa: E731
             if full():
                 waited = time.monotonic()
                 await self.queued.wait_for(lambda: not full())
@@ -95,7 +98,7 @@ class Evaluations:
         if now - self.held_said >= 60.0:
             log.warning("%s: the market feed waited %.1f s of the last %.0f s for the account work (%d boundaries "
                         "queued: health, severities and cascades run slower than the market's event time)",
-                        self.worker_id, self.held_s, now - self.held_since, QUEUE)
+                        self.worker_id, self.held_s, now - self.held_since, self.queue)
             self.held_s, self.held_since, self.held_said = 0.0, None, now
 
     # -- the account work, a supervised service ---------------------------------------------------------------
@@ -105,6 +108,9 @@ class Evaluations:
                 await self.queued.wait_for(lambda: bool(self.work))
                 work = self.work.popleft()  # taken out: a later release coalesces into a queued one only
                 self.queued.notify_all()
+            lag = self.monitor.metrics.account_work_lag
+            if work[0] == "boundary":
+                lag.set(max(self.monitor.market_t - work[1].t, 0) / 1000.0)
             try:
                 async with self.lock:
                     if work[0] == "release":
@@ -118,6 +124,7 @@ class Evaluations:
             finally:
                 if not self.work:
                     self.settled.set()
+                    lag.set(0.0)
 
     async def _boundary(self, b: Boundary, prices) -> None:
         """Shard health at the boundary's prices, and at cascade boundaries the shard's frozen accounts."""
