@@ -84,23 +84,6 @@ def _charge(amount, o, upto, rate, cum, width):
 
 
 @njit(cache=True, inline="always")
-def _steady_bracket(x, y, o, upto):
-    """The bracket of every amount between x and y (either order) when it is one bracket, else −1. A product with
-    a fixed factor is monotone in the other (rounding too), so the amounts over the grid lie between the products
-    with the grid row's least and greatest price, and an upper above the least but not the greatest would split."""
-    if np.isnan(x) or np.isnan(y):
-        return -1
-    lo = min(x, y)
-    hi = max(x, y)
-    k_lo = 0
-    k_hi = 0
-    for j in range(upto.shape[1] - 1):
-        k_lo += lo > upto[o, j]
-        k_hi += hi > upto[o, j]
-    return k_lo if k_lo == k_hi else -1
-
-
-@njit(cache=True, inline="always")
 def _coll_lanes(q, px, a, risk, eq, width):
     for g in range(eq.shape[0]):
         v = q * px[g]
@@ -116,13 +99,11 @@ def _pos_lanes(q, entry, px, ins, risk, eq, mt, width):
 
 
 @njit(cache=True)
-def _grid_numbers(i, grid_index, grid_mark, index_range, mark_range, accounts, risk, eq, mt):
+def _grid_numbers(i, grid_index, grid_mark, accounts, risk, eq, mt):
     """`account_numbers` of account i at every grid point at once (`grid_index` is asset × grid, `grid_mark`
-    instrument × grid; `*_range` their rows' least and greatest price, NaN when a row has a NaN): per grid point the
-    same operations in the same order. The account's entries are read once and the loops run over the grid, with a
-    fixed trip count (per grid point, the entry loops' varying counts are mispredicted). An entry whose amounts
-    stay in one bracket across the grid (most: the grid moves prices by tens of percent) takes that bracket's rate
-    once; the others pick it per grid point with the bracket widths up to 5 as constants, so that they vectorise."""
+    instrument × grid): per grid point the same operations in the same order. The account's entries are read once
+    and the loops run over the grid, with a fixed trip count (per grid point, the entry loops' varying counts are
+    mispredicted) and the bracket widths up to 5 as constants, so that they vectorise."""
     for g in range(eq.shape[0]):
         eq[g] = 0.0
         mt[g] = 0.0
@@ -131,14 +112,7 @@ def _grid_numbers(i, grid_index, grid_mark, index_range, mark_range, accounts, r
         a = accounts.coll_asset[j]
         q = accounts.coll_qty[j]
         px = grid_index[a]
-        k = _steady_bracket(q * index_range[a, 0], q * index_range[a, 1], a, risk.haircut_upto)
-        if k >= 0:
-            r = risk.haircut_rate[a, k]
-            c = risk.haircut_cum[a, k]
-            for g in range(eq.shape[0]):
-                v = q * px[g]
-                eq[g] += v - (v * r - c)
-        elif hw == 1:
+        if hw == 1:
             _coll_lanes(q, px, a, risk, eq, 1)
         elif hw == 2:
             _coll_lanes(q, px, a, risk, eq, 2)
@@ -165,16 +139,7 @@ def _grid_numbers(i, grid_index, grid_mark, index_range, mark_range, accounts, r
         q = accounts.pos_qty[j]
         entry = accounts.pos_entry[j]
         px = grid_mark[ins]
-        k = _steady_bracket(abs(q) * mark_range[ins, 0], abs(q) * mark_range[ins, 1], ins, risk.maint_upto)
-        if k >= 0:
-            r = risk.maint_rate[ins, k]
-            c = risk.maint_cum[ins, k]
-            for g in range(eq.shape[0]):
-                m = px[g]
-                eq[g] += q * (m - entry)
-                amount = abs(q) * m
-                mt[g] += amount * r - c
-        elif mw == 1:
+        if mw == 1:
             _pos_lanes(q, entry, px, ins, risk, eq, mt, 1)
         elif mw == 2:
             _pos_lanes(q, entry, px, ins, risk, eq, mt, 2)
@@ -186,25 +151,6 @@ def _grid_numbers(i, grid_index, grid_mark, index_range, mark_range, accounts, r
             _pos_lanes(q, entry, px, ins, risk, eq, mt, 5)
         else:
             _pos_lanes(q, entry, px, ins, risk, eq, mt, mw)
-
-
-@njit(cache=True)
-def _row_range(rows):
-    """Each row's least and greatest value; NaN, NaN for a row with a NaN."""
-    out = np.empty((rows.shape[0], 2))
-    for a in range(rows.shape[0]):
-        lo = rows[a, 0]
-        hi = rows[a, 0]
-        for g in range(rows.shape[1]):
-            lo = min(lo, rows[a, g])
-            hi = max(hi, rows[a, g])
-            if np.isnan(rows[a, g]):
-                lo = np.nan
-                hi = np.nan
-                break
-        out[a, 0] = lo
-        out[a, 1] = hi
-    return out
 
 
 @njit(cache=True)
@@ -294,8 +240,6 @@ def liquidation_severity(t, s_max, n_grid, direction, quotes, index_params, mark
                        index, stale, sprice, sstatus, mark, sp, sw, v3)
         grid_index[:, g] = index
         grid_mark[:, g] = mark
-    index_range = _row_range(grid_index)
-    mark_range = _row_range(grid_mark)
 
     # scan: each account's first liquidatable grid point
     first = np.full(n, -1, dtype=np.int32)
@@ -306,14 +250,13 @@ def liquidation_severity(t, s_max, n_grid, direction, quotes, index_params, mark
         out_severity[i] = np.nan
         if not accounts.active[i]:
             continue
-        _grid_numbers(i, grid_index, grid_mark, index_range, mark_range, accounts, risk, eq, mt)
-        f = n_grid
-        for g in range(n_grid):  # the first liquidatable point as a min, which vectorises (a search with a break does not)
-            f = min(f, g if eq[g] < mt[g] else n_grid)
-        if f < n_grid:
-            first[i] = f
-            count[f + 1] += 1
-        if f == 0:
+        _grid_numbers(i, grid_index, grid_mark, accounts, risk, eq, mt)
+        for g in range(n_grid):
+            if eq[g] < mt[g]:
+                first[i] = g
+                count[g + 1] += 1
+                break
+        if first[i] == 0:
             out_severity[i] = 0.0
 
     # the accounts of each cell (first ≥ 1) together, cell by cell
