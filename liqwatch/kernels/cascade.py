@@ -25,7 +25,7 @@ exposures F_I, R_I (F_M, R_M): what E − M loses per unit of relative fall, ris
 
 with φ_I (ρ_I) the largest relative fall (rise) since call s of an index the account holds, φ_M, ρ_M of a mark.
 (A long loses only when its mark falls, and by less than its notional — its charge falls too; a short, debt, only
-on a rise: in a one-way market half the bound is zero.) What it holds is kept as bits (asset a → bit a % 16: assets
+on a rise: in a one-way market half the bound is zero.) What it holds is kept as bits (asset a → bit a % 12: assets
 sharing a bit share the largest move, which only loosens the bound). An account with S − ε > that bound·(1 + 1e-9),
 ε = 1e-9·(K·(gross exposure) + Σ|PnL terms|), K = max(max|1 − haircut rate|, 1 + max|maintenance rate|, 1 + max|borrow
 rate|) (far above the float rounding of E, M and the bracket tables; the numbers are kept as float32 rounded the
@@ -39,7 +39,10 @@ rate makes its slope range infinite), or no room, is evaluated every round.
 from dataclasses import dataclass, field
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from liqwatch.kernels.health import bracket_charge, margin_numbers
 from liqwatch.kernels.prices import compute_index, compute_marks
@@ -87,7 +90,7 @@ def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, o
     return count, notional
 
 
-MASK_BITS = 16  # held assets (instruments) as 16 bits: asset a is bit a % 16, so bits may alias (safely)
+MASK_BITS = 12  # held assets (instruments) as 12 bits: asset a is bit a % 12, so bits may alias (safely)
 
 
 @njit(cache=True, inline="always")
@@ -180,15 +183,16 @@ def _fall_rise(r, p):
 
 
 FALL_INDEX, FALL_MARK, RISE_INDEX, RISE_MARK = range(4)  # the four move classes (and the four exposures)
-PLANES = MASK_BITS // 8
+PLANE_BITS = 6
+PLANES = MASK_BITS // PLANE_BITS  # a mask's move: the max of PLANES lookups in tables of 2**PLANE_BITS
 
 
 @njit(cache=True)
 def price_moves(history_index, history_mark, index, mark, out_top, out_lut):
     """For every earlier call s (rows of the history) and move class c (FALL_INDEX … RISE_MARK): the largest
     relative fall / rise since then of any index / mark (`out_top[s, c]`), and lookup tables of the largest one of
-    the held assets (instruments) by byte of their bits: out_lut[s, c, p, v] = the largest over the bits set in
-    v << 8p (so the move of a mask is the max of PLANES lookups, no loop over its bits)."""
+    the held assets (instruments) by PLANE_BITS of their bits: out_lut[s, c, p, v] = the largest over the bits set
+    in v << (PLANE_BITS·p) (so the move of a mask is the max of PLANES lookups, no loop over its bits)."""
     bits = np.zeros((4, MASK_BITS))
     for s in range(out_top.shape[0]):
         bits[:] = 0.0
@@ -206,11 +210,11 @@ def price_moves(history_index, history_mark, index, mark, out_top, out_lut):
             out_top[s, c] = np.max(bits[c])
             for p in range(PLANES):
                 out_lut[s, c, p, 0] = 0.0
-                for v in range(1, 256):
-                    top = 7
+                for v in range(1, 1 << PLANE_BITS):
+                    top = PLANE_BITS - 1
                     while not (v >> top) & 1:
                         top -= 1
-                    out_lut[s, c, p, v] = max(out_lut[s, c, p, v ^ (1 << top)], bits[c, 8 * p + top])
+                    out_lut[s, c, p, v] = max(out_lut[s, c, p, v ^ (1 << top)], bits[c, PLANE_BITS * p + top])
 
 
 def move_factor(risk: RiskParams) -> float:
@@ -241,6 +245,57 @@ def bracket_slopes(risk: RiskParams):
     return hc_lo, hc_hi, m_lo, m_hi
 
 
+@intrinsic
+def _prefetch(typingctx, array, i):
+    """Ask for the cache line of array.flat[i] (llvm.prefetch: never faults, so i may be out of range)."""
+    sig = types.void(array, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data, j = args
+        ptr = builder.bitcast(builder.gep(context.make_array(signature.args[0])(context, builder, value=data).data, [j]),
+                              ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _prefetch_account(accounts, r):
+    """The slice bounds of account r."""
+    _prefetch(accounts.coll_start, r)
+    _prefetch(accounts.coll_count, r)
+    _prefetch(accounts.debt_start, r)
+    _prefetch(accounts.debt_count, r)
+    _prefetch(accounts.pos_start, r)
+    _prefetch(accounts.pos_count, r)
+    _prefetch(accounts.active, r)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_entries(accounts, r):
+    """The first and last entry of account r's slices (their bounds are in cache by now)."""
+    c = accounts.coll_start[r]
+    _prefetch(accounts.coll_asset, c)
+    _prefetch(accounts.coll_qty, c)
+    _prefetch(accounts.coll_qty, c + accounts.coll_count[r] - 1)
+    d = accounts.debt_start[r]
+    _prefetch(accounts.debt_asset, d)
+    _prefetch(accounts.debt_qty, d)
+    p = accounts.pos_start[r]
+    _prefetch(accounts.pos_instr, p)
+    _prefetch(accounts.pos_qty, p)
+    _prefetch(accounts.pos_entry, p)
+    p += accounts.pos_count[r] - 1
+    _prefetch(accounts.pos_qty, p)
+    _prefetch(accounts.pos_entry, p)
+
+
+PREFETCH_AHEAD = 8  # evaluation: rows ahead whose entries are requested (their bounds: twice as far)
+
+
 @njit(cache=True)
 def _in_pool_order(rows, start):
     """`rows` ordered by their slices' position in a pool (each account's slice is contiguous, so walking the
@@ -254,15 +309,32 @@ def _in_pool_order(rows, start):
 @njit(cache=True)
 def _round_flows(index, mark, accounts, risk, rows, out_net_sold):
     """Flows of the accounts `rows` (those that fell this round), summed in pool order — positions, then
-    collateral — exactly as `liquidate_round`'s flat passes sum them."""
+    collateral — exactly as `liquidate_round`'s flat passes sum them. (Their lines were evicted by the later
+    evaluations of the round: requested PREFETCH_AHEAD accounts on.)"""
     notional = 0.0
-    for i in _in_pool_order(rows, accounts.pos_start):
+    order = _in_pool_order(rows, accounts.pos_start)
+    for k in range(order.shape[0]):
+        _prefetch(accounts.pos_start, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
+        _prefetch(accounts.pos_count, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
+        p = accounts.pos_start[order[min(k + PREFETCH_AHEAD, order.shape[0] - 1)]]
+        _prefetch(accounts.pos_instr, p)
+        _prefetch(accounts.pos_qty, p)
+        _prefetch(accounts.pos_qty, p + 4)
+        i = order[k]
         for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
             ins = accounts.pos_instr[j]
             flow = accounts.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
             out_net_sold[risk.underlying[ins]] += flow
             notional += abs(flow)
-    for i in _in_pool_order(rows, accounts.coll_start):
+    order = _in_pool_order(rows, accounts.coll_start)
+    for k in range(order.shape[0]):
+        _prefetch(accounts.coll_start, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
+        _prefetch(accounts.coll_count, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
+        c = accounts.coll_start[order[min(k + PREFETCH_AHEAD, order.shape[0] - 1)]]
+        _prefetch(accounts.coll_asset, c)
+        _prefetch(accounts.coll_qty, c)
+        _prefetch(accounts.coll_qty, c + 2)
+        i = order[k]
         for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
             a = accounts.coll_asset[j]
             if a == risk.settlement:
@@ -274,44 +346,10 @@ def _round_flows(index, mark, accounts, risk, rows, out_net_sold):
 
 
 @njit(cache=True, inline="always")
-def _clamped(j, size):
-    return min(max(j, 0), size - 1)
-
-
-@njit(cache=True)
-def _touch(accounts, rows, k0, k1):
-    """Load the slice bounds and the first and last entry of every pool slice of rows[k0:k1], independent loads with
-    no branch between them, so that their cache misses overlap before the accounts are evaluated one by one."""
-    touched = 0.0
-    nc, nd, np_ = accounts.coll_asset.shape[0], accounts.debt_asset.shape[0], accounts.pos_instr.shape[0]
-    for k in range(k0, k1):
-        r = rows[k]
-        touched += accounts.coll_start[r] + accounts.coll_count[r] + accounts.debt_start[r] + accounts.debt_count[r]
-        touched += accounts.pos_start[r] + accounts.pos_count[r]
-    if nc > 0:
-        for k in range(k0, k1):
-            r = rows[k]
-            for j in (_clamped(accounts.coll_start[r], nc), _clamped(accounts.coll_start[r] + accounts.coll_count[r] - 1, nc)):
-                touched += accounts.coll_asset[j] + accounts.coll_qty[j]
-    if nd > 0:
-        for k in range(k0, k1):
-            j = _clamped(accounts.debt_start[rows[k]], nd)
-            touched += accounts.debt_asset[j] + accounts.debt_qty[j]
-    if np_ > 0:
-        for k in range(k0, k1):
-            r = rows[k]
-            for j in (_clamped(accounts.pos_start[r], np_), _clamped(accounts.pos_start[r] + accounts.pos_count[r] - 1, np_)):
-                touched += accounts.pos_instr[j] + accounts.pos_qty[j] + accounts.pos_entry[j]
-    return touched
-
-
-TOUCH_BATCH = 32  # evaluation: accounts whose lines are loaded together before they are evaluated
-
-
-@njit(cache=True, inline="always")
 def _masked_move(mask, lut, s, c):
     """The largest move of class c since call s of the items on the bits of `mask` (`price_moves`)."""
-    return max(lut[s, c, 0, mask & 255], lut[s, c, 1, (mask >> 8) & 255])
+    low = (1 << PLANE_BITS) - 1
+    return max(lut[s, c, 0, mask & low], lut[s, c, 1, (mask >> PLANE_BITS) & low])
 
 
 @njit(cache=True, inline="always")
@@ -323,98 +361,143 @@ def _up32(x):
     return max(y, 1e-30) if y > 0.0 else 0.0
 
 
-SEEN, ROOM, HELD = 0, 1, 6  # columns of a shard's state; 2 … 5: the exposures FALL_INDEX … RISE_MARK (+ 2)
-STATE_COLUMNS = 7
+WORD = 4  # state rows: the four reaches (float32) FALL_INDEX … RISE_MARK, then the word (uint32) below
+SEEN_SHIFT = 2 * MASK_BITS  # the word: call of the last evaluation << 24 | held-asset bits << 12 | instrument bits
+SEEN_LIMIT = 255  # calls are numbered in the word's 8 bits; the shard starts over (call 0: everyone evaluated) after
+STATE_COLUMNS = 5
 
 
 @njit(cache=True, inline="always")
-def _out(state_i, state_f, i):
-    """Row i leaves the cascade (closed, or fallen): infinite room, no exposure, a valid call — the first test of
-    every round skips it with no branch of its own (an infinite move makes the test NaN: the second test checks)."""
-    state_i[i, SEEN] = 0
-    state_f[i, ROOM] = np.inf
+def _out(state, reach, i):
+    """Row i leaves the cascade (closed, or fallen): no reach, a valid call — the first test of every round skips it
+    with no branch of its own (an infinite move makes the test NaN: the second test checks)."""
+    state[WORD, i] = 0
     for c in range(4):
-        state_f[i, 2 + c] = 0.0
-    state_i[i, HELD] = 0
+        reach[c, i] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _per_room(slack):
+    """What an exposure is multiplied by to become a reach: 1 / room, with the room S − ε (`slack`) rounded down
+    (one division per account, not four; its rounding is far below STORE_EPS); no room (or under float32 precision)
+    or non-finite: inf (reach inf or NaN: evaluated every round)."""
+    if not (slack > 1e-30 and slack < 1e38):
+        return np.inf
+    return (1.0 + PRUNE_EPS) / (slack * (1.0 - STORE_EPS))
+
+
+SCAN_CHUNK = 2048  # the scan's first test appends the rows it cannot clear to a buffer of this many
+
+
+@njit(cache=True, inline="always")
+def _up32_move(x):
+    """A move as float32 rounded up (inf stays inf)."""
+    return np.float32(x * (1.0 + STORE_EPS))
+
+
+FIRST_TEST_BELOW = np.float32(1.0 - 1e-6)  # float32 sums of four products err by < 4e-7: an exact sum < 1 below this
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call, move_top,
-                           move_lut, k_factor, slopes, state_i, state_f, work_rows):
+                           move_lut, k_factor, slopes, state, reach, work_rows):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
     evaluated).
 
     `call` numbers this evaluation (0, 1, …); `move_top[s]`, `move_lut[s]` are the price moves since call s
-    (`price_moves`). The state is one 28-byte row per account (one cache miss when it is evaluated), given as int32
-    and float32 views of the same (n, 7) buffer: SEEN (int32), the call of its last evaluation (call 0 evaluates
-    every active row not fallen; a row out of the cascade, closed or fallen, is `_out`: never evaluated again — and
-    an active row not fallen must have been evaluated at call 0); ROOM (float32) = S − ε rounded down; the four
-    one-sided exposures FALL_INDEX … RISE_MARK (float32, rounded up, columns 2 … 5); HELD (int32): the bits of the
-    assets it holds << 16 | the bits of its instruments. An account is skipped when
-    Σ_c exposure_c · (largest move of class c among what it holds) < ROOM.
+    (`price_moves`). The state is five uint32 rows of one entry per account (float32 `reach` is a view of the first
+    four): the four one-sided exposures FALL_INDEX … RISE_MARK divided by the room S − ε, rounded up (inf when there
+    is no room), then the word: the call of its last evaluation (call 0 evaluates every active row not fallen; a row
+    out of the cascade, closed or fallen, is `_out`: never evaluated again — and an active row not fallen must have
+    been evaluated at call 0), the bits of the assets and of the instruments it holds. An account is skipped when
+    Σ_c reach_c · (largest move of class c among what it holds) < 1.
     `work_rows`: int32 scratch of the row count."""
     # 1: the accounts the bound cannot clear: first with the largest moves of all (what most accounts clear),
     # then with the moves of what the account holds
     n = accounts.active.shape[0]
     kept = 0
     for i in range(n if call == 0 else 0):
-        if accounts.active[i] and liquidated[i] == 0:
-            work_rows[kept] = i
-            kept += 1
-    for i in range(n if call > 0 else 0):
-        s = state_i[i, SEEN]
-        room = state_f[i, ROOM]
-        fi = state_f[i, 2 + FALL_INDEX]
-        fm = state_f[i, 2 + FALL_MARK]
-        ri = state_f[i, 2 + RISE_INDEX]
-        rm = state_f[i, 2 + RISE_MARK]
-        if ((fi * move_top[s, FALL_INDEX] + fm * move_top[s, FALL_MARK])
-                + (ri * move_top[s, RISE_INDEX] + rm * move_top[s, RISE_MARK])) < room:
-            continue
-        held = state_i[i, HELD]
-        assets = (held >> 16) & 0xFFFF
-        instruments = held & 0xFFFF
-        bound = ((fi * _masked_move(assets, move_lut, s, FALL_INDEX)
-                  + fm * _masked_move(instruments, move_lut, s, FALL_MARK))
-                 + (ri * _masked_move(assets, move_lut, s, RISE_INDEX)
-                    + rm * _masked_move(instruments, move_lut, s, RISE_MARK)))
-        if bound < room or liquidated[i] != 0 or not accounts.active[i]:
-            continue
         work_rows[kept] = i
-        kept += 1
-    # 2: evaluate them, TOUCH_BATCH at a time
+        kept += accounts.active[i] and liquidated[i] == 0
+    test = np.empty(SCAN_CHUNK, dtype=np.float32)
+    left = np.empty(SCAN_CHUNK, dtype=np.int32)
+    mask = (1 << MASK_BITS) - 1
+    # the first test: float32 over contiguous rows with no gather (it vectorises), so with the moves since call 0;
+    # a row evaluated since is left to the second (a blend with the largest moves since later calls paid nothing)
+    fi0, fm0 = _up32_move(move_top[0, FALL_INDEX]), _up32_move(move_top[0, FALL_MARK])
+    ri0, rm0 = _up32_move(move_top[0, RISE_INDEX]), _up32_move(move_top[0, RISE_MARK])
+    fi_reach, fm_reach, ri_reach, rm_reach = reach[FALL_INDEX], reach[FALL_MARK], reach[RISE_INDEX], reach[RISE_MARK]
+    word = state[WORD]
+    for i0 in range(0, n if call > 0 else 0, SCAN_CHUNK):
+        i1 = min(i0 + SCAN_CHUNK, n)
+        for i in range(i0, i1):
+            t = (fi_reach[i] * fi0 + fm_reach[i] * fm0) + (ri_reach[i] * ri0 + rm_reach[i] * rm0)
+            test[i - i0] = t if word[i] >> SEEN_SHIFT == 0 else np.float32(np.inf)
+        # the rows it leaves, appended with no branch (a mispredicted branch per row left cost more) …
+        n_left = 0
+        for i in range(i0, i1):
+            left[n_left] = i
+            n_left += not (test[i - i0] < FIRST_TEST_BELOW)
+        # … tested with the largest moves since their call (those left kept in place, again with no branch) …
+        n_kept = 0
+        for k in range(n_left):
+            i = left[k]
+            s = word[i] >> SEEN_SHIFT
+            left[n_kept] = i  # n_kept ≤ k
+            n_kept += not (((fi_reach[i] * move_top[s, FALL_INDEX] + fm_reach[i] * move_top[s, FALL_MARK])
+                            + (ri_reach[i] * move_top[s, RISE_INDEX] + rm_reach[i] * move_top[s, RISE_MARK])) < 1.0)
+        # … then with those of what they hold
+        for k in range(n_kept):
+            i = left[k]
+            w = word[i]
+            s = w >> SEEN_SHIFT
+            assets = (w >> MASK_BITS) & mask
+            instruments = w & mask
+            bound = ((fi_reach[i] * _masked_move(assets, move_lut, s, FALL_INDEX)
+                      + fm_reach[i] * _masked_move(instruments, move_lut, s, FALL_MARK))
+                     + (ri_reach[i] * _masked_move(assets, move_lut, s, RISE_INDEX)
+                        + rm_reach[i] * _masked_move(instruments, move_lut, s, RISE_MARK)))
+            work_rows[kept] = i  # kept ≤ i: no row still to test is overwritten
+            kept += not (bound < 1.0)
+    # 2: evaluate them, the lines of the account PREFETCH_AHEAD rows on requested now, those of its slices' entries
+    # when their bounds have come (rows are far apart: every account is a few cache misses)
     coll_lo, coll_hi, maint_lo, maint_hi = slopes
     count = 0
-    touched = 0.0
-    for k0 in range(0, kept, TOUCH_BATCH):
-        k1 = min(k0 + TOUCH_BATCH, kept)
-        touched += _touch(accounts, work_rows, k0, k1)
-        for k in range(k0, k1):
-            i = work_rows[k]
-            e, m, gross, u, assets, instruments, fi, fm, ri, rm = account_numbers_bounded(
-                i, index, mark, accounts, risk, coll_lo, coll_hi, maint_lo, maint_hi)
-            state_i[i, SEEN] = call
-            state_i[i, HELD] = (assets << 16) | instruments
-            slack = (e - m) - PRUNE_EPS * (k_factor * gross + u)
-            state_f[i, 2 + FALL_INDEX] = _up32(fi * (1.0 + PRUNE_EPS))
-            state_f[i, 2 + FALL_MARK] = _up32(fm * (1.0 + PRUNE_EPS))
-            state_f[i, 2 + RISE_INDEX] = _up32(ri * (1.0 + PRUNE_EPS))
-            state_f[i, 2 + RISE_MARK] = _up32(rm * (1.0 + PRUNE_EPS))
-            # no room (or under float32 precision), or non-finite numbers: evaluated every round
-            state_f[i, ROOM] = slack * (1.0 - STORE_EPS) if slack > 1e-30 and slack < 1e38 else 0.0
-            if e < m:
-                work_rows[count] = i  # count ≤ k: rows still to evaluate are not overwritten
-                count += 1
-                if commit:
-                    liquidated[i] = round_no
-                    _out(state_i, state_f, i)
-    if touched == -1.0:  # (keeps the touching loads)
-        count += 0
+    evaluated = 0
+    ahead = PREFETCH_AHEAD if call > 0 else kept  # call 0: every row in order, which the hardware prefetches
+    for k in range(kept):
+        if k + 2 * ahead < kept:
+            _prefetch_account(accounts, work_rows[k + 2 * ahead])
+            _prefetch(liquidated, work_rows[k + 2 * ahead])
+        if k + ahead < kept:
+            r = work_rows[k + ahead]
+            _prefetch_entries(accounts, r)
+            for c in range(STATE_COLUMNS):
+                _prefetch(state, c * n + r)
+        i = work_rows[k]
+        if liquidated[i] != 0 or not accounts.active[i]:  # out, and an infinite move (a NaN bound)
+            continue
+        evaluated += 1
+        e, m, gross, u, assets, instruments, fi, fm, ri, rm = account_numbers_bounded(
+            i, index, mark, accounts, risk, coll_lo, coll_hi, maint_lo, maint_hi)
+        state[WORD, i] = (call << SEEN_SHIFT) | (assets << MASK_BITS) | instruments
+        slack = (e - m) - PRUNE_EPS * (k_factor * gross + u)
+        per_room = _per_room(slack)
+        reach[FALL_INDEX, i] = _up32(fi * per_room)
+        reach[FALL_MARK, i] = _up32(fm * per_room)
+        reach[RISE_INDEX, i] = _up32(ri * per_room)
+        reach[RISE_MARK, i] = _up32(rm * per_room)
+        if e < m:
+            work_rows[count] = i  # count ≤ k: rows still to evaluate are not overwritten
+            count += 1
+            if commit:
+                liquidated[i] = round_no
+                _out(state, reach, i)
     notional = 0.0
     if not commit or count == 0:
-        return count, notional, kept
+        return count, notional, evaluated
     notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
-    return count, notional, kept
+    return count, notional, evaluated
 
 
 @njit(cache=True)
@@ -537,10 +620,8 @@ class Shard:
         self.work_equity = np.empty(m)  # the full scan's scratch
         self.work_maintenance = np.empty(m)
         m = n if prune else 0
-        self.state = np.zeros((m, STATE_COLUMNS), dtype=np.uint32)  # SEEN, ROOM, the four exposures, HELD
-        if prune:
-            for i in np.flatnonzero(~accounts.active):
-                _out(self.state.view(np.int32), self.state.view(np.float32), i)
+        self.state = np.zeros((STATE_COLUMNS, m), dtype=np.uint32)  # all 0: out (`liquidate_round_pruned`)
+        self.reach = self.state.view(np.float32)[:4]  # the four exposures per unit of room
         self.work_rows = np.empty(m, dtype=np.int32)
         self.k_factor = move_factor(risk)
         self.slopes = bracket_slopes(risk)
@@ -566,14 +647,17 @@ class Shard:
             return RoundResult(int(c), float(n), flows)
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
+        if len(self.history_index) > SEEN_LIMIT:  # calls no longer fit `seen`: start over, everyone evaluated
+            self.history_index.clear()
+            self.history_mark.clear()
         call = len(self.history_index)
         c = max(call, 1)
-        moves = (np.zeros((c, 4)), np.zeros((c, 4, PLANES, 256)))
+        moves = (np.zeros((c, 4)), np.zeros((c, 4, PLANES, 1 << PLANE_BITS)))
         if call:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
         c, n, ev = liquidate_round_pruned(
             index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
-            self.k_factor, self.slopes, self.state.view(np.int32), self.state.view(np.float32), self.work_rows)
+            self.k_factor, self.slopes, self.state, self.state.view(np.float32), self.work_rows)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)

@@ -15,9 +15,9 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
 - cascade_evaluated_share: account evaluations of the pruned run / those of the full scan (the rest were skipped
   by the bound); cascade_liquidated: accounts fallen in the 50 rounds;
 - bytes_per_account: the account arrays plus the health outputs; cascade_state_bytes_per_account: what a pruned
-  shard keeps per account besides (fallen round, call of the last evaluation, room and four one-sided exposures
-  as float32, held-asset and held-instrument bits — one 28-byte row —, a scratch row: 36 bytes; the full scan
-  keeps 20).
+  shard keeps per account besides (fallen round; the four one-sided exposures per unit of room as float32 and a
+  word of the call of the last evaluation and the held-asset and held-instrument bits — 20 bytes —; a scratch row:
+  28 bytes; the full scan keeps 20).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from liqwatch.config import load_config
 from liqwatch.core.layout import Layout
 from liqwatch.kernels.arrays import AccountArrays
-from liqwatch.kernels.cascade import RoundRequest, Shard, run_cascade
+from liqwatch.kernels.cascade import SEEN_LIMIT, SEEN_SHIFT, WORD, RoundRequest, Shard, run_cascade
 from liqwatch.scenarios import config_path
 from tests.conftest import run_engine
 from tests.populations import population
@@ -204,7 +204,7 @@ class _WeakenedShard(Shard):
 
     def run(self, req, n_assets):
         got = super().run(req, n_assets)
-        self.state.view(np.float32)[:, 2:6] *= 0.25
+        self.reach *= 0.25
         return got
 
 
@@ -218,3 +218,37 @@ def test_a_weakened_bound_is_caught():
         a, b = weak.run(req, n_assets), full.run(req, n_assets)
         differs |= a.count != b.count or not np.array_equal(weak.fallen, full.fallen)
     assert differs
+
+
+class _ForgetfulShard(Shard):
+    """A shard whose rows forget what they hold after every round (the word keeps only the call): the held items'
+    largest move becomes 0, so every row the first tests leave is cleared by the second."""
+
+    def run(self, req, n_assets):
+        got = super().run(req, n_assets)
+        self.state[WORD] &= np.uint32(0xFF << SEEN_SHIFT)
+        return got
+
+
+def test_forgotten_holdings_are_caught():
+    """The test with the moves of what an account holds has teeth too."""
+    rsk, book, path, n_assets = _slow_drift()
+    weak, full = _ForgetfulShard(book, rsk), Shard(book, rsk, prune=False)
+    differs = False
+    for r, (ix, mk) in enumerate(path):
+        req = RoundRequest(r + 1, True, ix, mk)
+        a, b = weak.run(req, n_assets), full.run(req, n_assets)
+        differs |= a.count != b.count or not np.array_equal(weak.fallen, full.fallen)
+    assert differs
+
+
+def test_calls_beyond_the_word_start_over():
+    """More calls than the word's 8 bits can number: the shard starts over (everyone evaluated), still exact."""
+    rsk = risk()
+    rng = np.random.default_rng(11)
+    n_assets, n_instr = rsk.haircut_upto.shape[0], rsk.maint_upto.shape[0]
+    base_index, base_mark = np.exp(rng.normal(3, 2, n_assets)), np.exp(rng.normal(5, 2, n_instr))
+    book = random_book(rng, 200, n_assets, n_instr, base_index, base_mark)
+    path = price_path(rng, SEEN_LIMIT + 40, base_index, base_mark, 0.0005, 0.002, False)
+    pruned, full = assert_same_rounds(book, rsk, path, n_assets)
+    assert len(pruned.history_index) < SEEN_LIMIT + 1 and pruned.evaluated < full.evaluated
