@@ -280,8 +280,10 @@ def _prefetch_entries(accounts, r):
     c = accounts.coll_start[r]
     _prefetch(accounts.coll_asset, c)
     _prefetch(accounts.coll_qty, c)
-    _prefetch(accounts.coll_qty, c + accounts.coll_count[r] - 1)
-    d = accounts.debt_start[r]
+    c += accounts.coll_count[r] - 1
+    _prefetch(accounts.coll_asset, c)
+    _prefetch(accounts.coll_qty, c)
+    d = accounts.debt_start[r] if accounts.debt_count[r] > 0 else 0  # most borrow nothing: their line is no use
     _prefetch(accounts.debt_asset, d)
     _prefetch(accounts.debt_qty, d)
     p = accounts.pos_start[r]
@@ -289,6 +291,7 @@ def _prefetch_entries(accounts, r):
     _prefetch(accounts.pos_qty, p)
     _prefetch(accounts.pos_entry, p)
     p += accounts.pos_count[r] - 1
+    _prefetch(accounts.pos_instr, p)
     _prefetch(accounts.pos_qty, p)
     _prefetch(accounts.pos_entry, p)
 
@@ -464,16 +467,9 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
             for k in range(8):
                 left[n_left + k] = i0 + 8 * g + FLAGGED_ROWS[m, k]
             n_left += FLAGGED_COUNT[m]
-        # … tested with the largest moves since their call (those left kept in place, again with no branch) …
-        n_kept = 0
+        # … tested with the moves since their call of what they hold (a test with the largest moves since their call
+        # in between paid less than it cost)
         for k in range(n_left):
-            i = left[k]
-            s = word[i] >> SEEN_SHIFT
-            left[n_kept] = i  # n_kept ≤ k
-            n_kept += not (((fi_reach[i] * move_top[s, FALL_INDEX] + fm_reach[i] * move_top[s, FALL_MARK])
-                            + (ri_reach[i] * move_top[s, RISE_INDEX] + rm_reach[i] * move_top[s, RISE_MARK])) < 1.0)
-        # … then with those of what they hold
-        for k in range(n_kept):
             i = left[k]
             w = word[i]
             s = w >> SEEN_SHIFT
