@@ -182,7 +182,7 @@ def _fall_rise(r, p):
     return max(-rel, 0.0), max(rel, 0.0)
 
 
-FALL_INDEX, FALL_MARK, RISE_INDEX, RISE_MARK = range(4)  # the four move classes (and the four exposures)
+FALL_INDEX, RISE_INDEX, FALL_MARK, RISE_MARK = range(4)  # the four move classes (and the four exposures)
 PLANE_BITS = 6
 PLANES = MASK_BITS // PLANE_BITS  # a mask's move: the max of PLANES lookups in tables of 2**PLANE_BITS
 
@@ -191,8 +191,9 @@ PLANES = MASK_BITS // PLANE_BITS  # a mask's move: the max of PLANES lookups in 
 def price_moves(history_index, history_mark, index, mark, out_top, out_lut):
     """For every earlier call s (rows of the history) and move class c (FALL_INDEX … RISE_MARK): the largest
     relative fall / rise since then of any index / mark (`out_top[s, c]`), and lookup tables of the largest one of
-    the held assets (instruments) by PLANE_BITS of their bits: out_lut[s, c, p, v] = the largest over the bits set
-    in v << (PLANE_BITS·p) (so the move of a mask is the max of PLANES lookups, no loop over its bits)."""
+    the held assets (instruments) by PLANE_BITS of their bits: out_lut[s, c // 2, p, v, c % 2] = the largest over the
+    bits set in v << (PLANE_BITS·p) (so the move of a mask is the max of PLANES lookups, no loop over its bits; a
+    fall and a rise of the same items side by side, one line)."""
     bits = np.zeros((4, MASK_BITS))
     for s in range(out_top.shape[0]):
         bits[:] = 0.0
@@ -209,12 +210,13 @@ def price_moves(history_index, history_mark, index, mark, out_top, out_lut):
         for c in range(4):
             out_top[s, c] = np.max(bits[c])
             for p in range(PLANES):
-                out_lut[s, c, p, 0] = 0.0
+                out_lut[s, c // 2, p, 0, c % 2] = 0.0
                 for v in range(1, 1 << PLANE_BITS):
                     top = PLANE_BITS - 1
                     while not (v >> top) & 1:
                         top -= 1
-                    out_lut[s, c, p, v] = max(out_lut[s, c, p, v ^ (1 << top)], bits[c, PLANE_BITS * p + top])
+                    out_lut[s, c // 2, p, v, c % 2] = max(out_lut[s, c // 2, p, v ^ (1 << top), c % 2],
+                                                          bits[c, PLANE_BITS * p + top])
 
 
 def move_factor(risk: RiskParams) -> float:
@@ -349,10 +351,12 @@ def _round_flows(index, mark, accounts, risk, rows, out_net_sold):
 
 
 @njit(cache=True, inline="always")
-def _masked_move(mask, lut, s, c):
-    """The largest move of class c since call s of the items on the bits of `mask` (`price_moves`)."""
+def _masked_moves(mask, lut, s, kind):
+    """The largest fall and rise since call s of the indexes (kind 0) or marks (1) on the bits of `mask`
+    (`price_moves`)."""
     low = (1 << PLANE_BITS) - 1
-    return max(lut[s, c, 0, mask & low], lut[s, c, 1, (mask >> PLANE_BITS) & low])
+    a, b = mask & low, (mask >> PLANE_BITS) & low
+    return max(lut[s, kind, 0, a, 0], lut[s, kind, 1, b, 0]), max(lut[s, kind, 0, a, 1], lut[s, kind, 1, b, 1])
 
 
 @njit(cache=True, inline="always")
@@ -475,10 +479,9 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
             s = w >> SEEN_SHIFT
             assets = (w >> MASK_BITS) & mask
             instruments = w & mask
-            bound = ((fi_reach[i] * _masked_move(assets, move_lut, s, FALL_INDEX)
-                      + fm_reach[i] * _masked_move(instruments, move_lut, s, FALL_MARK))
-                     + (ri_reach[i] * _masked_move(assets, move_lut, s, RISE_INDEX)
-                        + rm_reach[i] * _masked_move(instruments, move_lut, s, RISE_MARK)))
+            fall_i, rise_i = _masked_moves(assets, move_lut, s, 0)
+            fall_m, rise_m = _masked_moves(instruments, move_lut, s, 1)
+            bound = ((fi_reach[i] * fall_i + fm_reach[i] * fall_m) + (ri_reach[i] * rise_i + rm_reach[i] * rise_m))
             work_rows[kept] = i  # kept ≤ i: no row still to test is overwritten
             kept += not (bound < 1.0)
     # 2: evaluate them, the lines of the account PREFETCH_AHEAD rows on requested now, those of its slices' entries
@@ -674,7 +677,7 @@ class Shard:
             self.history_mark.clear()
         call = len(self.history_index)
         c = max(call, 1)
-        moves = (np.zeros((c, 4)), np.zeros((c, 4, PLANES, 1 << PLANE_BITS)))
+        moves = (np.zeros((c, 4)), np.zeros((c, 2, PLANES, 1 << PLANE_BITS, 2)))
         if call:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
         c, n, ev = liquidate_round_pruned(
