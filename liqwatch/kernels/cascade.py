@@ -312,12 +312,12 @@ def _in_pool_order(rows, start):
 
 
 @njit(cache=True)
-def _round_flows(index, mark, accounts, risk, rows, out_net_sold):
+def _round_flows(index, mark, accounts, risk, rows, out_net_sold, positions=True, notional=0.0):
     """Flows of the accounts `rows` (those that fell this round), summed in pool order — positions, then
-    collateral — exactly as `liquidate_round`'s flat passes sum them. (Their lines were evicted by the later
+    collateral — exactly as `liquidate_round`'s flat passes sum them; with positions=False only the collateral's,
+    added to the positions' already summed (`out_net_sold`, `notional`). (Their lines were evicted by the later
     evaluations of the round: requested PREFETCH_AHEAD accounts on.)"""
-    notional = 0.0
-    order = _in_pool_order(rows, accounts.pos_start)
+    order = _in_pool_order(rows, accounts.pos_start) if positions else rows[:0]
     for k in range(order.shape[0]):
         _prefetch(accounts.pos_start, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
         _prefetch(accounts.pos_count, order[min(k + 2 * PREFETCH_AHEAD, order.shape[0] - 1)])
@@ -489,6 +489,11 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
     coll_lo, coll_hi, maint_lo, maint_hi = slopes
     count = 0
     evaluated = 0
+    # the positions' flows are summed as their accounts fall (lines in cache), valid if the slices come in pool order
+    pos_net_sold = out_net_sold.copy()
+    pos_notional = 0.0
+    pos_in_order = True
+    last_start = -1
     ahead = PREFETCH_AHEAD if call > 0 else kept  # call 0: every row in order, which the hardware prefetches
     for k in range(kept):
         if k + 2 * ahead < kept:
@@ -518,10 +523,22 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
             if commit:
                 liquidated[i] = round_no
                 _out(state, reach, i)
+                start = accounts.pos_start[i]
+                pos_in_order &= start >= last_start
+                last_start = start
+                for j in range(start, start + accounts.pos_count[i]):
+                    ins = accounts.pos_instr[j]
+                    flow = accounts.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
+                    pos_net_sold[risk.underlying[ins]] += flow
+                    pos_notional += abs(flow)
     notional = 0.0
     if not commit or count == 0:
         return count, notional, evaluated
-    notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
+    if pos_in_order:
+        out_net_sold[:] = pos_net_sold
+        notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold, False, pos_notional)
+    else:
+        notional = _round_flows(index, mark, accounts, risk, work_rows[:count], out_net_sold)
     return count, notional, evaluated
 
 

@@ -35,13 +35,15 @@ def risk():
     return RISK
 
 
-def random_book(rng: np.random.Generator, n: int, n_assets: int, n_instr: int, base_index, base_mark) -> AccountArrays:
-    """n accounts whose slices sit in random order in pools strewn with garbage (owner −1), some accounts empty or
-    closed, some quantities zero; collateral worth 2–60% of the positions' notional so that prices that move a few
-    percent per round liquidate accounts round after round."""
+def random_book(rng: np.random.Generator, n: int, n_assets: int, n_instr: int, base_index, base_mark,
+                shuffled: bool = True) -> AccountArrays:
+    """n accounts whose slices sit in random order (`shuffled`; else in account order) in pools strewn with garbage
+    (owner −1), some accounts empty or closed, some quantities zero; collateral worth 2–60% of the positions' notional
+    so that prices that move a few percent per round liquidate accounts round after round."""
     def pool(counts, make):
         rows = [(i, c) for i, c in enumerate(counts)]
-        rng.shuffle(rows)
+        if shuffled:
+            rng.shuffle(rows)
         start = np.zeros(n, dtype=np.int32)
         owner, fields = [], []
         for i, c in rows:
@@ -252,3 +254,16 @@ def test_calls_beyond_the_word_start_over():
     path = price_path(rng, SEEN_LIMIT + 40, base_index, base_mark, 0.0005, 0.002, False)
     pruned, full = assert_same_rounds(book, rsk, path, n_assets)
     assert len(pruned.history_index) < SEEN_LIMIT + 1 and pruned.evaluated < full.evaluated
+
+
+@FAST
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 300), drift=st.floats(0.0, 0.08), rounds=st.integers(1, 30))
+def test_pruned_rounds_equal_the_full_scan_on_pools_in_account_order(seed, n, drift, rounds):
+    """Slices in account order (the positions' flows are then summed as their accounts fall, not in a later pass)."""
+    rsk = risk()
+    rng = np.random.default_rng(seed)
+    n_assets, n_instr = rsk.haircut_upto.shape[0], rsk.maint_upto.shape[0]
+    base_index, base_mark = np.exp(rng.normal(3, 2, n_assets)), np.exp(rng.normal(5, 2, n_instr))
+    book = random_book(rng, n, n_assets, n_instr, base_index, base_mark, shuffled=False)
+    path = price_path(rng, rounds, base_index, base_mark, drift, 0.02, False)
+    assert_same_rounds(book, rsk, path, n_assets)
