@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from aiokafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException
+from confluent_kafka import TopicPartition as CTP
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.002  # between polls of an empty queue: the latency a tick can gain when the feed is idle
@@ -64,8 +66,6 @@ class Records:
 
 class Reader:
     def __init__(self, bootstrap: str, client_id: str, partition_bytes: int):
-        from confluent_kafka import Consumer
-
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "client.id": client_id,
             "group.id": f"{client_id}-unused",  # required by librdkafka; partitions are assigned, nothing committed
@@ -78,8 +78,6 @@ class Reader:
         self.asking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liqwatch-feed-ask")
 
     async def _ask(self, fn, *args):
-        from confluent_kafka import KafkaException
-
         try:
             return await asyncio.get_running_loop().run_in_executor(self.asking, fn, *args)
         except KafkaException as e:
@@ -93,8 +91,6 @@ class Reader:
         return sorted(t.partitions)
 
     def assign(self, offsets: dict[TopicPartition, int | None]) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition as CTP
-
         self.consumer.assign([CTP(tp.topic, tp.partition, OFFSET_BEGINNING if at is None else at)
                               for tp, at in offsets.items()])
 
@@ -124,8 +120,6 @@ class Reader:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as of the last fetch response; None before one."""
-        from confluent_kafka import TopicPartition as CTP
-
         try:
             _, high = self.consumer.get_watermark_offsets(CTP(tp.topic, tp.partition), cached=True)
         except Exception:  # noqa: BLE001 - not known yet
@@ -133,8 +127,6 @@ class Reader:
         return high if high >= 0 else None
 
     async def ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        from confluent_kafka import TopicPartition as CTP
-
         def ask() -> dict:
             return {tp: self.consumer.get_watermark_offsets(CTP(tp.topic, tp.partition), timeout=5)[1]
                     for tp in tps}
