@@ -164,8 +164,10 @@ class MarketState:
         nb = len(self.books)
         if self.basis.instrument_of_slot.shape[0] < nb:
             self.basis = self.basis._replace(instrument_of_slot=_grow(self.basis.instrument_of_slot, nb, -1)[:nb])
-        kind, ref, aux, ts = rows["kind"], rows["ref"], rows["aux"], rows["ts"]
-        bid, ask, last, fr, nft = rows["bid"], rows["ask"], rows["last"], rows["funding_rate"], rows["next_funding_ts"]
+        # contiguous columns: one compiled signature whatever the batch (a field of a structured array is strided,
+        # except in a batch of one row, and each layout would compile its own kernel on the event loop)
+        kind, ref, aux, ts, bid, ask, last, fr, nft = (np.ascontiguousarray(rows[f]) for f in (
+            "kind", "ref", "aux", "ts", "bid", "ask", "last", "funding_rate", "next_funding_ts"))
         clock = self.clock
         state = np.array([float(clock.t), float(clock.limit)])
         start, force = 0, -1

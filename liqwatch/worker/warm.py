@@ -9,14 +9,17 @@ connects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 import msgspec
+import numpy as np
 
 from liqwatch.config import Config
 from liqwatch.core.engine import Engine
 from liqwatch.events import BadEvent, decode
+from liqwatch.kernels.cascade import RoundResult, Shard, cascade_rounds
 from liqwatch.kernels.keys import partitions_of
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.sinks.metrics import Metrics
@@ -40,5 +43,22 @@ def warm_kernels(cfg: Config) -> float:
     pv = eng.prices()
     stress = LocalStressRuns(eng, cfg, Metrics(), cfg.config_id)
     asyncio.run(stress.run_one(pv, cfg.stress.primary_scenario, max(cfg.stress.severities), with_exposure=True))
+    _drive_cascade(eng, cfg, pv)
     partitions_of(["warm"], 1)  # the accounts' partitions, after a rebalance
     return time.monotonic() - t0
+
+
+def _drive_cascade(eng: Engine, cfg: Config, pv) -> None:
+    """The tiny market liquidates nobody, so its cascade stops after round 1: drive the rounds of the distributed
+    cascade with a pretend liquidation each round, so that the impact and the later rounds' kernels compile too."""
+    lay = eng.layout
+    n_assets = len(lay.assets)
+    rounds = cascade_rounds(float(pv.t), 0.1, lay.scenario_direction(cfg.stress.primary_scenario), pv.quotes,
+                            lay.index_params, lay.mark_params, pv.index, lay.impact_params,
+                            lay.venue_id[cfg.liquidation.venue], 2)
+    shard = Shard(eng.accounts.view(), lay.risk_params)
+    req = next(rounds)
+    with contextlib.suppress(StopIteration):
+        while True:
+            shard.run(req, n_assets)
+            req = rounds.send(RoundResult(1, 1.0, np.zeros(n_assets)))
