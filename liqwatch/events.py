@@ -31,7 +31,7 @@ class BadEvent(ValueError):
         super().__init__(reason)
 
 
-class Tick(msgspec.Struct, tag_field="type", tag="tick", kw_only=True):
+class Tick(msgspec.Struct, tag_field="type", tag="tick", kw_only=True, gc=False):  # scalars only: no cycles to track
     venue: str
     symbol: str
     ts: int
@@ -46,7 +46,7 @@ class Tick(msgspec.Struct, tag_field="type", tag="tick", kw_only=True):
         return f"{self.venue}:{self.symbol}"
 
 
-class Reference(msgspec.Struct, tag_field="type", tag="reference", kw_only=True):
+class Reference(msgspec.Struct, tag_field="type", tag="reference", kw_only=True, gc=False):
     asset: str
     ts: int
     in_: str = msgspec.field(name="in")

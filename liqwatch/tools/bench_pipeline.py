@@ -99,7 +99,9 @@ async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -
             got = 0
             while got < end:
                 batch = await c.getmany(*tps, timeout_ms=500, max_records=50_000)
-                got += sum(len(v) for v in batch.values())
+                for records in batch.values():
+                    _ = [r.value for r in records]  # as the confluent-kafka consumer: each record's value taken
+                    got += len(records)
             best = min(best, time.perf_counter() - t0)
         return best
     finally:
