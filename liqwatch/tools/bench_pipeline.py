@@ -4,8 +4,9 @@ For every combination of `accounts` × `workers`, on fresh topics (a prefix of t
 running one from --state-dir, or a temporary one:
 1. Load: `accounts` accounts of the calm population and a crash-day firehose of `ticks` ticks (at `rate` ticks
    per second of event time).
-2. raw_consume_per_s: plain consumers reading the ticks topic end to end, aiokafka and confluent-kafka
-   (librdkafka), each record's value taken: the ceiling of a Python process reading it.
+2. raw_consume_per_s: plain consumers reading the ticks topic, aiokafka and confluent-kafka (librdkafka), each
+   record's value taken, measured like the workers between 10% and 90% of the records (start-up excluded): the
+   ceiling of a Python process reading it.
 3. worker_ticks_per_s: each worker replaying the same ticks (prices, shard health every 10 s of event time,
    marks, cascades), measured between 10% and 90% of the ticks processed (start-up excluded);
    cluster_ticks_per_s: how fast the workers together get through the stream. With --market-stage, first
@@ -83,36 +84,49 @@ def _write_inputs(path: Path, accounts: int, ticks: int, per_second: int) -> int
     return n
 
 
+def _steady_rate(samples: list[tuple[float, float]], end: int) -> float:
+    """Records per second between 10% and 90% of `end` records read, from (time, records read so far) samples:
+    start-up (connecting, the first fetch) excluded, for the raw consumers as for the workers."""
+    arr = np.array(samples)
+    t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
+    return 0.8 * end / max(t90 - t10, 1e-9)
+
+
+RAW_BATCH = 10_000  # records a raw consumer takes per call: the worker's order of batch, fine enough to time by
+
+
 async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -> float:
-    """Seconds for a plain aiokafka consumer to read the topic's partitions end to end (best of two)."""
+    """Records per second of a plain aiokafka consumer reading the topic's partitions, each record's value taken
+    (`_steady_rate`, best of two)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 << 20)
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         c.assign(tps)
-        best = float("inf")
+        best = 0.0
         for _ in range(2):
             for tp in tps:
                 c.seek(tp, 0)
-            t0 = time.perf_counter()
             got = 0
+            samples = [(time.perf_counter(), 0)]
             while got < end:
-                batch = await c.getmany(*tps, timeout_ms=500, max_records=50_000)
+                batch = await c.getmany(*tps, timeout_ms=500, max_records=RAW_BATCH)
                 for records in batch.values():
-                    _ = [r.value for r in records]  # as the confluent-kafka consumer: each record's value taken
+                    _ = [r.value for r in records]
                     got += len(records)
-            best = min(best, time.perf_counter() - t0)
+                samples.append((time.perf_counter(), got))
+            best = max(best, _steady_rate(samples, end))
         return best
     finally:
         await c.stop()
 
 
 def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> float:
-    """The same with confluent-kafka (librdkafka), each record's value taken (best of two)."""
+    """The same with confluent-kafka (librdkafka)."""
     import confluent_kafka as ck
 
-    best = float("inf")
+    best = 0.0
     c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "liqwatch-bench-raw", "enable.auto.commit": False,
                      "fetch.wait.max.ms": 10, "queued.max.messages.kbytes": (1 << 21) - 1,
                      "queued.min.messages": 1_000_000,
@@ -120,13 +134,14 @@ def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> flo
     try:
         for _ in range(2):
             c.assign([ck.TopicPartition(topic, p, 0) for p in range(partitions)])
-            t0 = time.perf_counter()
             got = 0
+            samples = [(time.perf_counter(), 0)]
             while got < end:
-                msgs = c.consume(num_messages=50_000, timeout=0.5)
+                msgs = c.consume(num_messages=RAW_BATCH, timeout=0.5)
                 _ = [m.value() for m in msgs]
                 got += len(msgs)
-            best = min(best, time.perf_counter() - t0)
+                samples.append((time.perf_counter(), got))
+            best = max(best, _steady_rate(samples, end))
             c.unassign()
     finally:
         c.close()
@@ -280,9 +295,7 @@ def _stage_rate(bootstrap: str, config_path: Path, prefix: str, names: TopicName
             proc.terminate()
         for proc in procs:
             proc.wait(30)
-    arr = np.array(samples, dtype=float)
-    t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
-    return 0.8 * end / max(t90 - t10, 1e-9)
+    return _steady_rate(samples, end)
 
 
 class Profiler:
@@ -363,9 +376,9 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         asyncio.run(transport.produce_file(events, bootstrap, prefix=prefix, progress=False,
                                            tick_partitions=tick_partitions))
         end = asyncio.run(_end(bootstrap, names.TICKS, tick_partitions))  # includes the first second
-        raw = {"aiokafka": end / asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end, tick_partitions))}
+        raw = {"aiokafka": asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end, tick_partitions))}
         try:
-            raw["confluent_kafka"] = end / _raw_confluent(bootstrap, names.TICKS, end, tick_partitions)
+            raw["confluent_kafka"] = _raw_confluent(bootstrap, names.TICKS, end, tick_partitions)
         except ImportError:  # not installed: the aiokafka figure alone
             pass
         fastest = max(raw, key=raw.get)
@@ -405,11 +418,7 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             spy.stop()
         if len(done) < len(ports):
             raise RuntimeError(f"workers did not process the {end} ticks in 900 s (logs: {work})")
-        rates = []
-        for port in ports:
-            arr = np.array(samples[port])
-            t10, t90 = np.interp(0.1 * end, arr[:, 1], arr[:, 0]), np.interp(0.9 * end, arr[:, 1], arr[:, 0])
-            rates.append(0.8 * end / (t90 - t10))
+        rates = [_steady_rate(samples[port], end) for port in ports]
         # every worker applies every tick: the cluster gets through the stream at its slowest worker's pace, and
         # with market stages at most at the stages' (the workers above read rows staged before they started)
         cluster = min(rates) if stage_rate is None else min(min(rates), stage_rate)
