@@ -46,7 +46,7 @@ from liqwatch.worker.leader import Leadership
 from liqwatch.worker.stage import StageChild
 from liqwatch.worker.stall import StallWatch
 from liqwatch.worker.supervise import Quieter, Supervisor
-from liqwatch.worker.warm import warm_kernels
+from liqwatch.worker.warm import settle_heap, warm_kernels
 
 log = logging.getLogger(__name__)
 BACKGROUND_NICE = 10  # the account work's threads, below the feed's event loop
@@ -253,6 +253,7 @@ def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") ->
     asyncio.run(create_topics(settings.bootstrap, settings.partitions, settings.topic_prefix))
     app, _ = build_app(cfg, settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    settle_heap()
     stage = None
     if settings.market_stage:
         stage = StageChild([sys.executable, "-m", "liqwatch", "market-stage", "--config", str(settings.config_path),

@@ -35,6 +35,7 @@ from liqwatch.core.engine import Engine
 from liqwatch.core.ingest import PartitionDoor
 from liqwatch.core.staged import Rejected, pack, restore_clock, rules_id, unpack
 from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
+from liqwatch.worker.warm import settle_heap
 
 log = logging.getLogger(__name__)
 BATCH_RECORDS = 5_000        # source records per staged record, at most
@@ -199,6 +200,7 @@ def run_stage(cfg: Config, names: TopicNames, bootstrap: str, group: str, client
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stage = MarketStage(cfg, names, bootstrap, group, client_id)
+    settle_heap()
     log.info("market stage %s: reading %s for group %s at %s", client_id, names.TICKS, group, bootstrap)
     stage.run(stop)
     log.info("market stage %s: stopped (%s records staged)", client_id, sum(stage.staged.values()))
