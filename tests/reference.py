@@ -369,3 +369,55 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         "amplification": total / first if rounds > 1 and first > 0 else 1.0,
         "runaway": runaway,
     }
+
+
+def position_prices(cfg: Config, acct: dict, index: dict[str, float], marks: dict[str, float]) -> list[tuple]:
+    """[(liquidation price, bankruptcy price)] of each position in order (None where none): the mark at which
+    E − M (resp. E) reaches 0 when the position's underlying moves — its marks, its index and the assets that
+    redeem into it, by one factor — found by a scan along the move from the current mark (nearest sign change
+    first, on the side that hurts the position, or the other side when E − M is already below 0) and bisection."""
+    follows = {a: c.in_ for a, s in cfg.assets.items() if s.index is not None
+               for c in s.index.constituents if c.is_redemption}
+    out = []
+    for p in acct["positions"]:
+        u = cfg.instruments[p["instrument"]].underlying
+        m0 = marks[p["instrument"]]
+        if p["qty"] == 0 or not (m0 > 0 and math.isfinite(m0)):
+            out.append((None, None))
+            continue
+        assets = {a for a in index if a == u or follows.get(a) == u}
+        instruments = {n for n, ins in cfg.instruments.items() if ins.underlying == u or follows.get(ins.underlying) == u}
+
+        def gap(f: float, wm: float) -> float:
+            e, m = account_numbers(cfg, acct, {a: v * f if a in assets else v for a, v in index.items()},
+                                   {n: v * f if n in instruments else v for n, v in marks.items()})
+            return e - wm * m
+
+        out.append(tuple(None if (f := _first_root(lambda x: gap(x, wm), p["qty"] > 0)) is None else m0 * f
+                         for wm in (1.0, 0.0)))
+    return out
+
+
+def _first_root(g, long: bool, steps: int = 4000) -> float | None:
+    g1 = g(1.0)
+    if is_nan(g1):
+        return None
+    if g1 == 0:
+        return 1.0
+    down = long if g1 > 0 else not long
+    sign = 1.0 if g1 > 0 else -1.0
+    grid = [1 - k / steps for k in range(1, steps)] + [1e-12] if down else [1 / (1 - k / steps) for k in range(1, steps)]
+    a = 1.0
+    for b in grid:
+        if sign * g(b) <= 0:
+            for _ in range(200):  # bisection to the last representable step
+                mid = 0.5 * (a + b)
+                if mid in (a, b):
+                    break
+                if sign * g(mid) <= 0:
+                    b = mid
+                else:
+                    a = mid
+            return b
+        a = b
+    return None

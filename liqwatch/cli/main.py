@@ -110,12 +110,21 @@ DeadOpt = Annotated[
 
 @app.command()
 def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilOpt = None,
-           deadletter: DeadOpt = None) -> None:
+           deadletter: DeadOpt = None,
+           positions: Annotated[bool, typer.Option(
+               "--positions", help="One line per position instead: its liquidation and bankruptcy price.")] = False,
+           ) -> None:
     """Margin health of every account: one JSON line per account, sorted by account.
 
     Fields: `account`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable` (E < M),
     `liquidation_severity` (smallest shock severity of the primary stress scenario at which the account is
     liquidatable without any cascade; 0 if it already is, null beyond the largest configured severity).
+
+    With --positions, one line per position: `account`, `instrument`, `qty`, `mark`, `liquidation_price` (the
+    mark at which the account's health reaches 1) and `bankruptcy_price` (its equity reaches 0), in cross
+    margin: the position's underlying moves — every mark on it, its index and the assets that redeem into it
+    (WBETH with ETH) — and everything else is held; null where no such price exists. An account already below
+    health 1 gets the price it would have to recover to.
 
     Every event is applied in file order (a later snapshot of an account replaces an earlier one); numbers are
     evaluated at the largest `ts` (or `--at`).
@@ -125,7 +134,7 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilO
     cfg = _config(config)
     at_ms, until_ms = _parse_time(at, "--at"), _parse_time(until, "--until")
     cfg, engine = _load(cfg, events, deadletter, until_ms)
-    rows = engine.health_rows(at_ms)
+    rows = engine.position_rows(at_ms) if positions else engine.health_rows(at_ms)
     out = sys.stdout
     for row in rows:
         out.write(json_line(row) + "\n")

@@ -18,6 +18,7 @@ import numpy as np
 from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.market import APPLIED, SUPERSEDED
 from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.positions import position_prices
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
 from liqwatch.events import Account, BadEvent, Event, Reference, Tick, number
@@ -174,6 +175,31 @@ class Engine:
                     "liquidation_severity": number(hs.severity[r]) if hs.severity is not None else None,
                 }
             )
+        return rows
+
+    def position_prices(self, at: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mark, liquidation price, bankruptcy price) of every entry of the position pool (NaN where none)."""
+        pv = self.prices(at)
+        accounts = self.accounts.view()
+        n = accounts.pos_qty.shape[0]
+        liq, bank = np.empty(n), np.empty(n)
+        position_prices(pv.index, pv.mark, accounts, self.layout.risk_params, self.layout.follows, liq, bank)
+        return pv.mark[accounts.pos_instr] if n else np.empty(0), liq, bank
+
+    def position_rows(self, at: int | None = None) -> list[dict]:
+        """One row per position, accounts sorted, positions in snapshot order: `account`, `instrument`, `qty`,
+        `mark`, `liquidation_price`, `bankruptcy_price` (null where no such price exists)."""
+        mark, liq, bank = self.position_prices(at)
+        accounts = self.accounts.view()
+        names = self.layout.instruments
+        rows = []
+        for r in sorted(range(self.accounts.n), key=self.accounts.ids.__getitem__):
+            if not self.accounts.active[r]:
+                continue
+            for p in range(accounts.pos_start[r], accounts.pos_start[r] + accounts.pos_count[r]):
+                rows.append({"account": self.accounts.ids[r], "instrument": names[accounts.pos_instr[p]],
+                             "qty": float(accounts.pos_qty[p]), "mark": number(mark[p]),
+                             "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p])})
         return rows
 
     def cascade(self, scenario: str, severity: float, at: int | None = None) -> dict:

@@ -64,6 +64,14 @@ class Layout:
             spec = cfg.assets.get(a)
             for src in spec.books if spec is not None else ():
                 self._register_book(src)
+        # the asset each asset redeems into (its index has a `redemption:` source into it), -1 if none: a
+        # position's liquidation price moves it with that asset (liqwatch.kernels.positions)
+        self.follows = np.full(len(self.assets), -1, dtype=np.int32)
+        for a in self.assets:
+            spec = cfg.assets.get(a)
+            for c in spec.index.constituents if spec is not None and spec.index is not None else ():
+                if c.is_redemption and c.in_ in self.asset_id and self.follows[self.asset_id[a]] < 0:
+                    self.follows[self.asset_id[a]] = self.asset_id[c.in_]
         self.index_params = self._index_params()
         self.mark_params = self._mark_params()
         self.risk_params = self._risk_params()

@@ -82,6 +82,24 @@ def test_health_cli_fields_and_order(oct_events, tmp_path):
     assert sev and all(0 <= s <= 0.2 for s in sev)
 
 
+def test_health_positions_cli(oct_events, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg))
+    out = run("health", "--config", str(cfg), "--until", "2025-10-10T20:45:00Z", "--positions", str(oct_events)).stdout
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert set(rows[0]) == {"account", "instrument", "qty", "mark", "liquidation_price", "bankruptcy_price"}
+    assert [r["account"] for r in rows] == sorted(r["account"] for r in rows)
+    engine, _ = load_events(load_config(cfg), oct_events, until=PRE_CRASH)
+    assert rows == json.loads(json.dumps(engine.position_rows()))
+    # the October books: leveraged longs, so most positions have a liquidation price below their mark, and the
+    # bankruptcy price of a long lies below its liquidation price
+    longs = [r for r in rows if r["qty"] > 0 and r["liquidation_price"] is not None]
+    assert len(longs) > 1000
+    below = [r for r in longs if r["liquidation_price"] < r["mark"]]
+    assert len(below) > 0.9 * len(longs)
+    assert all(r["bankruptcy_price"] is None or r["bankruptcy_price"] < r["liquidation_price"] for r in below)
+
+
 def test_cascade_cli_matches_engine(oct_events, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg), "--index", "fixed")

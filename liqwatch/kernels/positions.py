@@ -1,0 +1,190 @@
+"""Liquidation and bankruptcy price of every position (cross margin).
+
+    position_prices(index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy)
+
+A position's liquidation price is the mark of its instrument at which its account's health reaches 1 (E = M),
+its bankruptcy price the mark at which the account's equity reaches 0, when the position's underlying u moves and
+everything else is held. What moves with u, by the same factor f = price / mark:
+- the mark of every instrument on u (a BTCUSDT and a BTCUSDC perpetual move together);
+- the index of u and of every asset that redeems into u (`follows[a] == u`: WBETH collateral moves with an ETH
+  short, one for one), as collateral and as debt.
+Held: every other index and mark (the settlement asset, other underlyings), the entries, the haircut and
+maintenance tables.
+
+E(f) − M(f) is piecewise linear in f: each moving entry's amount is its amount now × f, and a bracketed charge
+is linear inside a bracket. So the root is exact: walk the brackets' breakpoints from f = 1 in the direction
+that hurts the position (down for a long, up for a short) and solve the segment's line where the sign changes.
+An account already below (E < M) gets the price at which it would be back at 1, the other way. NaN where no such
+price exists (a long whose account survives any fall; a short hedged by collateral that rises with it).
+
+Binance's one-way-mode formula and Hyperliquid's are this root for an account whose only exposure to the
+underlying is the position (`tests/kernels/test_positions.py`); they hold other positions on the same underlying
+fixed, this moves them.
+"""
+
+import numpy as np
+from numba import njit
+
+from liqwatch.kernels.health import account_numbers, bracket_charge
+
+
+@njit(cache=True, inline="always")
+def _moves(a, u, follows):
+    return a == u or follows[a] == u
+
+
+@njit(cache=True, inline="always")
+def _bracket(amount, owner, upto):
+    k = 0
+    for j in range(upto.shape[1] - 1):
+        k += amount > upto[owner, j]
+    return k
+
+
+@njit(cache=True)
+def _held(i, u, index, mark, accounts, risk, follows, wm):
+    """The part of E − wm·M that does not move with u (its value now)."""
+    held = 0.0
+    for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
+        a = accounts.coll_asset[j]
+        if not _moves(a, u, follows):
+            v = accounts.coll_qty[j] * index[a]
+            held += v - bracket_charge(v, a, risk.haircut_upto, risk.haircut_rate, risk.haircut_cum)
+    for j in range(accounts.debt_start[i], accounts.debt_start[i] + accounts.debt_count[i]):
+        a = accounts.debt_asset[j]
+        if not _moves(a, u, follows):
+            v = accounts.debt_qty[j] * index[a]
+            held -= v + wm * v * risk.borrow_rate[a]
+    for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        ins = accounts.pos_instr[j]
+        if not _moves(risk.underlying[ins], u, follows):
+            m = mark[ins]
+            q = accounts.pos_qty[j]
+            held += q * (m - accounts.pos_entry[j])
+            held -= wm * bracket_charge(abs(q) * m, ins, risk.maint_upto, risk.maint_rate, risk.maint_cum)
+    return held
+
+
+@njit(cache=True)
+def _line(i, u, f, held, index, mark, accounts, risk, follows, wm):
+    """E − wm·M as alpha + gamma·f on the segment holding f (brackets taken at f)."""
+    alpha, gamma = held, 0.0
+    for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
+        a = accounts.coll_asset[j]
+        if _moves(a, u, follows):
+            amount = accounts.coll_qty[j] * index[a]
+            k = _bracket(amount * f, a, risk.haircut_upto)
+            gamma += amount * (1.0 - risk.haircut_rate[a, k])  # v − (v·rate − cum)
+            alpha += risk.haircut_cum[a, k]
+    for j in range(accounts.debt_start[i], accounts.debt_start[i] + accounts.debt_count[i]):
+        a = accounts.debt_asset[j]
+        if _moves(a, u, follows):
+            gamma -= accounts.debt_qty[j] * index[a] * (1.0 + wm * risk.borrow_rate[a])
+    for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        ins = accounts.pos_instr[j]
+        if _moves(risk.underlying[ins], u, follows):
+            q = accounts.pos_qty[j]
+            m = mark[ins]
+            gamma += q * m
+            alpha -= q * accounts.pos_entry[j]
+            if wm != 0.0:
+                notional = abs(q) * m
+                k = _bracket(notional * f, ins, risk.maint_upto)
+                gamma -= notional * risk.maint_rate[ins, k]
+                alpha += risk.maint_cum[ins, k]
+    return alpha, gamma
+
+
+@njit(cache=True)
+def _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf):
+    """The factors f at which a moving entry crosses a bracket upper, beyond 1 in the direction searched, sorted
+    nearest first; returns how many were written to buf."""
+    k = 0
+    for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
+        a = accounts.coll_asset[j]
+        if _moves(a, u, follows):
+            amount = accounts.coll_qty[j] * index[a]
+            if amount > 0.0:
+                for b in range(risk.haircut_upto.shape[1] - 1):
+                    f = risk.haircut_upto[a, b] / amount
+                    if np.isfinite(f) and ((f < 1.0) if down else (f > 1.0)):
+                        buf[k] = f
+                        k += 1
+    if wm != 0.0:
+        for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            ins = accounts.pos_instr[j]
+            if _moves(risk.underlying[ins], u, follows):
+                notional = abs(accounts.pos_qty[j]) * mark[ins]
+                if notional > 0.0:
+                    for b in range(risk.maint_upto.shape[1] - 1):
+                        f = risk.maint_upto[ins, b] / notional
+                        if np.isfinite(f) and ((f < 1.0) if down else (f > 1.0)):
+                            buf[k] = f
+                            k += 1
+    s = np.sort(buf[:k])
+    for j in range(k):
+        buf[j] = s[k - 1 - j] if down else s[j]
+    return k
+
+
+@njit(cache=True)
+def root_factor(i, u, long, index, mark, accounts, risk, follows, wm, buf):
+    """The factor f of u's prices at which E − wm·M of account i reaches 0 (wm = 1: health 1; wm = 0: equity 0),
+    nearest 1 on the side that hurts a long (down) or a short (up), or on the other side when it is already below;
+    NaN when there is none at a positive price."""
+    e, m = account_numbers(i, index, mark, accounts, risk)
+    g1 = e - wm * m
+    if not np.isfinite(g1):
+        return np.nan
+    if g1 == 0.0:
+        return 1.0
+    down = long if g1 > 0.0 else not long
+    sign = 1.0 if g1 > 0.0 else -1.0
+    held = _held(i, u, index, mark, accounts, risk, follows, wm)
+    k = _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf)
+    top = 1.0
+    for s in range(k + 1):
+        if down:
+            end = buf[s] if s < k else 0.0
+            inside = 0.5 * (top + end)
+        else:
+            end = buf[s] if s < k else np.inf
+            inside = 0.5 * (top + end) if s < k else 2.0 * top
+        alpha, gamma = _line(i, u, inside, held, index, mark, accounts, risk, follows, wm)
+        if s == k and not down:
+            crossed = sign * gamma < 0.0  # the last segment goes on forever: crossed when it heads to the root
+        else:
+            crossed = sign * (alpha + gamma * end) <= 0.0
+        if crossed and gamma != 0.0:
+            f = -alpha / gamma
+            lo, hi = (end, top) if down else (top, end)
+            f = min(max(f, lo), hi)  # rounding may put the line's root a hair outside its segment
+            return f if f > 0.0 else np.nan
+        top = end
+    return np.nan
+
+
+@njit(cache=True, nogil=True)
+def position_prices(index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy):
+    """Liquidation and bankruptcy price of every position-pool entry (NaN for garbage entries, closed accounts,
+    a position without a mark, and where no such price exists)."""
+    out_liquidation[:] = np.nan
+    out_bankruptcy[:] = np.nan
+    width = max(risk.haircut_upto.shape[1], risk.maint_upto.shape[1])
+    most = 0
+    for i in range(accounts.active.shape[0]):
+        if accounts.active[i]:
+            most = max(most, accounts.coll_count[i] + accounts.pos_count[i])
+    buf = np.empty(max(most * width, 1))
+    for i in range(accounts.active.shape[0]):
+        if not accounts.active[i]:
+            continue
+        for p in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            q = accounts.pos_qty[p]
+            ins = accounts.pos_instr[p]
+            m = mark[ins]
+            if q == 0.0 or not (m > 0.0 and np.isfinite(m)):
+                continue
+            u = risk.underlying[ins]
+            out_liquidation[p] = m * root_factor(i, u, q > 0.0, index, mark, accounts, risk, follows, 1.0, buf)
+            out_bankruptcy[p] = m * root_factor(i, u, q > 0.0, index, mark, accounts, risk, follows, 0.0, buf)
