@@ -96,10 +96,10 @@ def _line(i, u, f, held, index, mark, accounts, risk, follows, wm):
 
 
 @njit(cache=True)
-def _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf):
-    """The factors f at which a moving entry crosses a bracket upper, beyond 1 in the direction searched, sorted
-    nearest first; returns how many were written to buf."""
-    k = 0
+def _next_break(i, u, top, down, index, mark, accounts, risk, follows, wm):
+    """The nearest factor beyond `top` (below it going down, above going up) at which a moving entry crosses a
+    bracket upper; 0 or inf when there is none."""
+    best = 0.0 if down else np.inf
     for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
         a = accounts.coll_asset[j]
         if _moves(a, u, follows):
@@ -107,9 +107,11 @@ def _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf):
             if amount > 0.0:
                 for b in range(risk.haircut_upto.shape[1] - 1):
                     f = risk.haircut_upto[a, b] / amount
-                    if np.isfinite(f) and ((f < 1.0) if down else (f > 1.0)):
-                        buf[k] = f
-                        k += 1
+                    if down:
+                        if best < f < top:
+                            best = f
+                    elif top < f < best:
+                        best = f
     if wm != 0.0:
         for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
             ins = accounts.pos_instr[j]
@@ -118,22 +120,19 @@ def _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf):
                 if notional > 0.0:
                     for b in range(risk.maint_upto.shape[1] - 1):
                         f = risk.maint_upto[ins, b] / notional
-                        if np.isfinite(f) and ((f < 1.0) if down else (f > 1.0)):
-                            buf[k] = f
-                            k += 1
-    s = np.sort(buf[:k])
-    for j in range(k):
-        buf[j] = s[k - 1 - j] if down else s[j]
-    return k
+                        if down:
+                            if best < f < top:
+                                best = f
+                        elif top < f < best:
+                            best = f
+    return best
 
 
 @njit(cache=True)
-def root_factor(i, u, long, index, mark, accounts, risk, follows, wm, buf):
-    """The factor f of u's prices at which E − wm·M of account i reaches 0 (wm = 1: health 1; wm = 0: equity 0),
-    nearest 1 on the side that hurts a long (down) or a short (up), or on the other side when it is already below;
-    NaN when there is none at a positive price."""
-    e, m = account_numbers(i, index, mark, accounts, risk)
-    g1 = e - wm * m
+def root_factor(i, u, long, g1, index, mark, accounts, risk, follows, wm):
+    """The factor f of u's prices at which E − wm·M of account i reaches 0 (wm = 1: health 1; wm = 0: equity 0;
+    g1 its value now), nearest 1 on the side that hurts a long (down) or a short (up), or on the other side when it
+    is already below; NaN when there is none at a positive price."""
     if not np.isfinite(g1):
         return np.nan
     if g1 == 0.0:
@@ -141,17 +140,13 @@ def root_factor(i, u, long, index, mark, accounts, risk, follows, wm, buf):
     down = long if g1 > 0.0 else not long
     sign = 1.0 if g1 > 0.0 else -1.0
     held = _held(i, u, index, mark, accounts, risk, follows, wm)
-    k = _breaks(i, u, down, index, mark, accounts, risk, follows, wm, buf)
     top = 1.0
-    for s in range(k + 1):
-        if down:
-            end = buf[s] if s < k else 0.0
-            inside = 0.5 * (top + end)
-        else:
-            end = buf[s] if s < k else np.inf
-            inside = 0.5 * (top + end) if s < k else 2.0 * top
+    while True:  # segment by segment: between two breakpoints E − wm·M is one line
+        end = _next_break(i, u, top, down, index, mark, accounts, risk, follows, wm)
+        last = end == 0.0 or end == np.inf
+        inside = 2.0 * top if end == np.inf else 0.5 * (top + end)
         alpha, gamma = _line(i, u, inside, held, index, mark, accounts, risk, follows, wm)
-        if s == k and not down:
+        if end == np.inf:
             crossed = sign * gamma < 0.0  # the last segment goes on forever: crossed when it heads to the root
         else:
             crossed = sign * (alpha + gamma * end) <= 0.0
@@ -160,8 +155,9 @@ def root_factor(i, u, long, index, mark, accounts, risk, follows, wm, buf):
             lo, hi = (end, top) if down else (top, end)
             f = min(max(f, lo), hi)  # rounding may put the line's root a hair outside its segment
             return f if f > 0.0 else np.nan
+        if last:
+            return np.nan
         top = end
-    return np.nan
 
 
 @njit(cache=True, nogil=True)
@@ -170,21 +166,28 @@ def position_prices(index, mark, accounts, risk, follows, out_liquidation, out_b
     a position without a mark, and where no such price exists)."""
     out_liquidation[:] = np.nan
     out_bankruptcy[:] = np.nan
-    width = max(risk.haircut_upto.shape[1], risk.maint_upto.shape[1])
-    most = 0
     for i in range(accounts.active.shape[0]):
-        if accounts.active[i]:
-            most = max(most, accounts.coll_count[i] + accounts.pos_count[i])
-    buf = np.empty(max(most * width, 1))
-    for i in range(accounts.active.shape[0]):
-        if not accounts.active[i]:
+        if not accounts.active[i] or accounts.pos_count[i] == 0:
             continue
-        for p in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        e, m = account_numbers(i, index, mark, accounts, risk)
+        start = accounts.pos_start[i]
+        for p in range(start, start + accounts.pos_count[i]):
             q = accounts.pos_qty[p]
             ins = accounts.pos_instr[p]
-            m = mark[ins]
-            if q == 0.0 or not (m > 0.0 and np.isfinite(m)):
+            mp = mark[ins]
+            if q == 0.0 or not (mp > 0.0 and np.isfinite(mp)):
                 continue
             u = risk.underlying[ins]
-            out_liquidation[p] = m * root_factor(i, u, q > 0.0, index, mark, accounts, risk, follows, 1.0, buf)
-            out_bankruptcy[p] = m * root_factor(i, u, q > 0.0, index, mark, accounts, risk, follows, 0.0, buf)
+            same = -1  # an earlier position on the same underlying and side has the same factors
+            for r in range(start, p):
+                if risk.underlying[accounts.pos_instr[r]] == u and (accounts.pos_qty[r] > 0.0) == (q > 0.0) \
+                        and np.isfinite(mark[accounts.pos_instr[r]]) and mark[accounts.pos_instr[r]] > 0.0:
+                    same = r
+                    break
+            if same >= 0:
+                ms = mark[accounts.pos_instr[same]]
+                out_liquidation[p] = mp * (out_liquidation[same] / ms)
+                out_bankruptcy[p] = mp * (out_bankruptcy[same] / ms)
+                continue
+            out_liquidation[p] = mp * root_factor(i, u, q > 0.0, e - m, index, mark, accounts, risk, follows, 1.0)
+            out_bankruptcy[p] = mp * root_factor(i, u, q > 0.0, e, index, mark, accounts, risk, follows, 0.0)

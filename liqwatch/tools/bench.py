@@ -6,6 +6,8 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
 - stream_ms: one plain summing pass over the same input arrays — the memory-bandwidth floor;
 - health_numpy_ms: the same formulas vectorised with NumPy (gathers + bincount);
 - health_reference_ms: a plain-Python loop over the same data, timed on a sample and scaled;
+- position_prices_ms: the liquidation and bankruptcy price of every position (`position_prices`: two exact roots
+  per position; positions_priced_share: those with a liquidation price);
 - cascade_ms: a 50-round runaway through the real shard path (`Shard.run`, pruned): every round prices the books
   (index + marks), liquidates whoever is liquidatable (committed: they fall, their flows are summed), and moves the
   liquidation venue's books by the round's impact and by a steady sell-off of 0.3% × the risk_off direction a round
@@ -31,6 +33,7 @@ from numba import njit
 from liqwatch.kernels.cascade import RoundRequest, Shard, apply_impact, impact_factors
 from liqwatch.kernels.stress import shock_books
 from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.positions import position_prices
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.config import load_config
@@ -199,6 +202,14 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     ref_ms = (time.perf_counter() - t0) * 1000.0 * n / sample
     assert np.allclose([v for v, _ in py], eq[:sample], rtol=1e-9)
 
+    liq_price, bankrupt_price = np.empty(accounts.pos_qty.shape[0]), np.empty(accounts.pos_qty.shape[0])
+
+    def prices_of_positions():
+        position_prices(pv.index, pv.mark, accounts, risk, lay.follows, liq_price, bankrupt_price)
+
+    prices_of_positions()
+    position_prices_ms = _best(prices_of_positions, max(1, repeat // 2))
+
     # a 50-round runaway: index + marks, a liquidation round on the shard, impact, and a steady sell-off
     q = pv.quotes
     stale = np.empty(pv.index.shape[0], dtype=np.bool_)
@@ -242,6 +253,8 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
         "reference_sample": sample,
         "speedup_vs_reference": round(ref_ms / health_ms, 1),
         "speedup_vs_numpy": round(numpy_ms / health_ms, 1),
+        "position_prices_ms": round(position_prices_ms, 3),
+        "positions_priced_share": round(float(np.isfinite(liq_price).mean()), 3),
         "cascade_ms": round(cascade_ms, 3),
         "cascade_full_scan_ms": round(full_ms, 3),
         "cascade_rounds": CASCADE_ROUNDS,
