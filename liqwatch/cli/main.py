@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -138,6 +139,77 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilO
     out = sys.stdout
     for row in rows:
         out.write(json_line(row) + "\n")
+
+
+def _usd(x: float | None) -> str:
+    """Compact dollars for a table cell: 0, 950k, 12.3M, 1.21B."""
+    if x is None:
+        return "—"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+@app.command()
+def liqmap(
+    config: ConfigOpt,
+    events: EventsArg,
+    asset: Annotated[Optional[list[str]], typer.Option(
+        "--asset", help="Underlying to map; repeat for several (default: every underlying of an instrument).")] = None,
+    span: Annotated[float, typer.Option("--range", help="Levels from −RANGE to +RANGE around the current prices "
+                                                        "(0.3 = ±30%).")] = 0.3,
+    step: Annotated[float, typer.Option(help="Distance between levels (0.02 = 2%).")] = 0.02,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per level instead of the table.")] = False,
+    at: AtOpt = None,
+    until: UntilOpt = None,
+    deadletter: DeadOpt = None,
+) -> None:
+    """Liquidation map: per underlying and price level, the notional force-liquidated if its prices moved there.
+
+    A level moves every venue price of the asset by (1 + move), recomputes the indices and marks, and takes the
+    accounts liquidatable there: exactly round 1 of the cascade of that shock, without impact, from the real
+    accounts in cross margin. Per level: `price` (the asset's index there), `accounts`, `long_usd` (longs
+    closed: sold), `short_usd` (shorts closed: bought), `collateral_usd` (collateral sold), `notional_usd`
+    (their sum, what that shock liquidates) and `added_usd` (the accounts that fall at this level and not at the
+    level next nearer to the current price: the heatmap's cell; at move 0, what is liquidatable already).
+
+    Example: `liqwatch liqmap -c oct-2025-prefix.yaml --asset ETH --range 0.2 --step 0.01 events.jsonl`
+    """
+    cfg = _config(config)
+    known = list(dict.fromkeys(ins.underlying for ins in cfg.instruments.values()))
+    for a in asset or ():
+        if a not in cfg.assets or cfg.assets[a].index is None:
+            _fail(f"--asset: '{a}' has no index in the config (underlyings: {', '.join(known)})")
+    if not (math.isfinite(span) and 0 < span < 1):
+        _fail(f"--range: must be between 0 and 1, exclusive (got {span})")
+    if not (math.isfinite(step) and 0 < step <= span):
+        _fail(f"--step: must be > 0 and at most --range (got {step})")
+    at_ms, until_ms = _parse_time(at, "--at"), _parse_time(until, "--until")
+    cfg, engine = _load(cfg, events, deadletter, until_ms)
+    n = int(round(span / step))
+    factors = 1.0 + step * np.arange(-n, n + 1)
+    console = Console()
+    for a in asset or known:
+        rows = engine.liquidation_map(a, factors, at_ms)
+        if as_json:
+            for row in rows:
+                sys.stdout.write(json_line(row) + "\n")
+            continue
+        top = max((r["added_usd"] or 0.0 for r in rows), default=0.0) or 1.0
+        table = Table(title=f"{a}: liquidations if its prices moved to each level (round 1, no impact)",
+                      caption="USD; longs sold, shorts bought, collateral sold by the accounts liquidatable at "
+                              "the level; 'falls': by those not liquidatable at the level nearer the price")
+        for col in ("move", "price", "accts", "longs", "shorts", "coll.", "falls"):
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("", no_wrap=True, min_width=12)
+        for r in reversed(rows):  # highest price on top, as on a chart
+            bar = "█" * int(round(12 * (r["added_usd"] or 0.0) / top))
+            style = "red" if r["move"] < 0 else ("green" if r["move"] > 0 else "bold")
+            table.add_row(f"{r['move']:+.0%}", "—" if r["price"] is None else f"{r['price']:,.4g}",
+                          f"{r['accounts']:,}", _usd(r["long_usd"]), _usd(r["short_usd"]), _usd(r["collateral_usd"]),
+                          _usd(r["added_usd"]), f"[{style}]{bar}[/]")
+        console.print(table)
 
 
 @app.command()

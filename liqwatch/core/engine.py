@@ -18,6 +18,7 @@ import numpy as np
 from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.market import APPLIED, SUPERSEDED
 from liqwatch.kernels.health import margin_health
+from liqwatch.kernels.liqmap import liquidation_map
 from liqwatch.kernels.positions import position_prices
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
@@ -201,6 +202,26 @@ class Engine:
                              "qty": float(accounts.pos_qty[p]), "mark": number(mark[p]),
                              "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p])})
         return rows
+
+    def liquidation_map(self, asset: str, factors, at: int | None = None) -> list[dict]:
+        """Per level, a factor on every venue price of `asset` (ascending, with the current prices, move 0, among
+        them): what round 1 of that shock liquidates (liqwatch.kernels.liqmap). `notional_usd` = long + short +
+        collateral, the §5 round-1 notional; `added_usd`, the heatmap's cell: the notional of the accounts that
+        fall at this level and not at the next level nearer to the current price."""
+        pv = self.prices(at)
+        lay = self.layout
+        levels = np.unique(np.append(np.asarray(factors, dtype=np.float64), 1.0))
+        now = int(np.searchsorted(levels, 1.0))
+        k = levels.shape[0]
+        price, count = np.empty(k), np.empty(k, dtype=np.int64)
+        long_, short, coll, added = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+        liquidation_map(float(pv.t), lay.asset_id[asset], levels, now, pv.quotes, lay.index_params,
+                        lay.mark_params, pv.index, self.accounts.view(), lay.risk_params, price, count, long_,
+                        short, coll, added)
+        return [{"asset": asset, "move": round(float(levels[g]) - 1.0, 12), "price": number(price[g]),
+                 "accounts": int(count[g]), "long_usd": number(long_[g]), "short_usd": number(short[g]),
+                 "collateral_usd": number(coll[g]), "notional_usd": number(long_[g] + short[g] + coll[g]),
+                 "added_usd": number(added[g])} for g in range(k)]
 
     def cascade(self, scenario: str, severity: float, at: int | None = None) -> dict:
         if scenario not in self.cfg.stress.scenarios:

@@ -100,6 +100,21 @@ def test_health_positions_cli(oct_events, tmp_path):
     assert all(r["bankruptcy_price"] is None or r["bankruptcy_price"] < r["liquidation_price"] for r in below)
 
 
+def test_liqmap_cli(oct_events, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg))
+    args = ("liqmap", "-c", str(cfg), "--until", str(PRE_CRASH), "--asset", "ETH", "--range", "0.2", "--step", "0.05")
+    rows = [json.loads(x) for x in run(*args, "--json", str(oct_events)).stdout.splitlines()]
+    assert [r["move"] for r in rows] == pytest.approx([-0.2, -0.15, -0.1, -0.05, 0, 0.05, 0.1, 0.15, 0.2])
+    engine, _ = load_events(load_config(cfg), oct_events, until=PRE_CRASH)
+    assert rows == json.loads(json.dumps(engine.liquidation_map("ETH", [0.8, 0.85, 0.9, 0.95, 1.05, 1.1, 1.15,
+                                                                         1.2])))
+    # the October books are long: a fall liquidates more than a rise
+    assert rows[0]["long_usd"] > 10 * rows[-1]["long_usd"]
+    table = run(*args, str(oct_events)).stdout
+    assert "ETH: liquidations" in table and "-20%" in table and "█" in table
+
+
 def test_cascade_cli_matches_engine(oct_events, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg), "--index", "fixed")
@@ -118,6 +133,9 @@ def test_cascade_cli_matches_engine(oct_events, tmp_path):
     (["health", "-c", "CFG", "--at", "yesterday", "EV"], "--at: 'yesterday' is neither"),
     (["health", "-c", "CFG", "missing.jsonl"], "Invalid value for 'EVENTS': file 'missing.jsonl' does not exist"),
     (["scenario", "nope"], "NAME: unknown scenario 'nope'"),
+    (["liqmap", "-c", "CFG", "--asset", "NOPE", "EV"], "--asset: 'NOPE' has no index"),
+    (["liqmap", "-c", "CFG", "--range", "1.5", "EV"], "--range: must be between 0 and 1"),
+    (["liqmap", "-c", "CFG", "--step", "0", "EV"], "--step: must be > 0"),
     (["health", "-c", "BADCFG", "EV"], "assets.BTC.index.constituents[0].weight: must be > 0"),
 ])
 def test_bad_arguments_name_the_argument(tmp_path, args, needle):
@@ -136,6 +154,6 @@ def test_bad_arguments_name_the_argument(tmp_path, args, needle):
 
 
 def test_help_teaches():
-    for cmd in ("health", "cascade", "scenario"):
+    for cmd in ("health", "cascade", "scenario", "liqmap"):
         out = run(cmd, "--help").stdout
         assert "Example" in out
