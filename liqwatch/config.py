@@ -343,6 +343,21 @@ class ScheduleSpec(_Frozen):
     cascade_every_ms: Annotated[int, Field(strict=True, ge=1)] = 60_000    # stress cascades, the alerts on them
 
 
+class LiqmapSpec(_Frozen):
+    """The liquidation map the workers export (`liqwatch_liquidation_map_usd`, at each severity boundary): levels
+    from −range to +range of each underlying's prices, `step` apart; `assets` (default: every underlying of an
+    instrument) are the ones mapped."""
+
+    range: Annotated[float, Field(strict=True, gt=0, lt=1, allow_inf_nan=False)] = 0.2
+    step: Annotated[float, Field(strict=True, gt=0, lt=1, allow_inf_nan=False)] = 0.02
+    assets: list[str] | None = None
+
+    def levels(self) -> list[float]:
+        """The factors of the levels, ascending, 1 (the current prices) among them."""
+        n = int(round(self.range / self.step))
+        return [1.0 + self.step * k for k in range(-n, n + 1)]
+
+
 class Config(_Frozen):
     settlement: str = "USDT"
     assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
@@ -353,6 +368,13 @@ class Config(_Frozen):
     ingest: IngestSpec = IngestSpec()
     alerts: AlertsSpec = AlertsSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    liqmap: LiqmapSpec = LiqmapSpec()
+
+    def liqmap_assets(self) -> list[str]:
+        """The underlyings the liquidation map covers."""
+        if self.liqmap.assets is not None:
+            return list(self.liqmap.assets)
+        return list(dict.fromkeys(ins.underlying for ins in self.instruments.values()))
 
     def with_schedule(self, **intervals: int | None) -> "Config":
         """This config with some schedule intervals replaced (CLI overrides): a new config, a new config_id."""
@@ -531,6 +553,11 @@ def _semantic_problems(cfg: Config) -> list[str]:
             p.append(f"instruments.{name}.underlying: unknown asset '{ins.underlying}'")
         if ins.mark.source is not None and (":" not in ins.mark.source or "/" in ins.mark.source):
             p.append(f"instruments.{name}.mark.source: '{ins.mark.source}' is not of the form venue:{name}")
+    if cfg.liqmap.step > cfg.liqmap.range:
+        p.append(f"liqmap.step: {cfg.liqmap.step:g} is larger than liqmap.range {cfg.liqmap.range:g}")
+    for i, a in enumerate(cfg.liqmap.assets or ()):
+        if a not in cfg.assets or cfg.assets[a].index is None:
+            p.append(f"liqmap.assets[{i}]: '{a}' is not an asset with an index")
     for name in cfg.borrow:
         if not known(name):
             p.append(f"borrow.{name}: unknown asset '{name}'")

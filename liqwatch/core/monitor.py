@@ -24,6 +24,7 @@ import numpy as np
 
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.keys import partitions_of
+from liqwatch.kernels.liqmap import liquidation_map
 from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
 from liqwatch.core.columns import MarketRows, admit_rows
 from liqwatch.core.staged import Staged, rules_id
@@ -343,6 +344,9 @@ class Monitor:
                 eng.layout.mark_params, pv.index, accounts, eng.layout.risk_params, out)
             self.severity[:n] = out
             self.metrics.kernel_seconds.labels(kernel="liquidation_severity").observe(time.perf_counter() - t1)
+            t2 = time.perf_counter()
+            self._liquidation_map(pv, accounts)
+            self.metrics.kernel_seconds.labels(kernel="liquidation_map").observe(time.perf_counter() - t2)
         sev = self.severity[:n]
         changed = self._changed(n, eq, mm, sev, liq, accounts.active, exact=full)
         self.sent_equity[:n] = np.where(changed, eq, self.sent_equity[:n])
@@ -352,6 +356,23 @@ class Monitor:
         self.sent_active[:n] = np.where(changed, accounts.active, self.sent_active[:n])
         self._account_metrics(eq, mm, h, liq, accounts, pv)
         return np.flatnonzero(changed & accounts.active), eq, mm, h, liq, sev.copy()
+
+    def _liquidation_map(self, pv, accounts) -> None:
+        """This shard's cells of the liquidation map (config `liqmap`), one gauge per underlying and level."""
+        lay = self.engine.layout
+        levels = np.array(self.cfg.liqmap.levels())
+        now = int(np.argmin(np.abs(levels - 1.0)))
+        levels[now] = 1.0
+        k = levels.shape[0]
+        price, count = np.empty(k), np.empty(k, dtype=np.int64)
+        long_, short, coll, added = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
+        for asset in self.cfg.liqmap_assets():
+            liquidation_map(float(pv.t), lay.asset_id[asset], levels, now, pv.quotes, lay.index_params,
+                            lay.mark_params, pv.index, accounts, lay.risk_params, price, count, long_, short, coll,
+                            added)
+            for g in range(k):
+                self.metrics.liquidation_map.labels(underlying=asset, move=f"{levels[g] - 1.0:+.4f}").set(
+                    float(added[g]) if math.isfinite(added[g]) else 0.0)
 
     def _grow(self, n: int) -> None:
         if self.sent_active.shape[0] >= n:

@@ -39,6 +39,11 @@ class Metrics:
         self.liquidatable_notional = Gauge("liqwatch_liquidatable_notional_usd", "Position notional plus collateral "
                                            "value of liquidatable accounts.", registry=r)
         self.equity_total = Gauge("liqwatch_equity_usd", "Sum of account equity in this shard.", registry=r)
+        self.liquidation_map = Gauge("liqwatch_liquidation_map_usd", "Liquidation map cell: notional (positions and "
+                                     "collateral) of this shard's accounts that would be liquidated if the "
+                                     "underlying's prices moved by `move`, and not at the level next nearer to the "
+                                     "current price (move 0: liquidatable now). Round 1 of that shock, no impact.",
+                                     ["underlying", "move"], registry=r)
         # cascades
         self.cascade_notional = Gauge("liqwatch_cascade_liquidated_notional_usd", "Stress cascade: total "
                                       "liquidated notional.", ["scenario", "severity"], registry=r)

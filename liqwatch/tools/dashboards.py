@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (Dashboard, GridPos, Repeat, RowPanel, StateTimeline, Table, Target, Template,
-                             Templating, Time, TimeSeries)
+from grafanalib.core import (Dashboard, GridPos, Heatmap, Repeat, RowPanel, StateTimeline, Table, Target,
+                             Template, Templating, Time, TimeSeries)
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "data" / "dashboards" / "grafana"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioned in grafana/provisioning/datasources
@@ -117,6 +117,17 @@ def overview() -> dict:
                    "price of the collateral itself.",
                    target("max by (asset) (liqwatch_collateral_share_ratio)", "{{asset}}"), unit="percentunit"),
         ]),
+        ("Liquidation map: where the forced selling sits", [
+            Heatmap(title="Liquidation map: $underlying", description="Per price level of the underlying (move from "
+                    "the current prices, the y axis) the notional of the accounts that would be liquidated if its "
+                    "prices moved there and not at the level next nearer to the current price: where forced sells "
+                    "(below, longs) and buys (above, shorts) are waiting. From the real accounts in cross margin, "
+                    "round 1 of the shock without impact (liqwatch liqmap prints the same map).",
+                    dataSource=DATASOURCE, gridPos=GridPos(h=10, w=24, x=0, y=0), dataFormat="tsbuckets",
+                    targets=[target('sum by (move) (liqwatch_liquidation_map_usd{underlying=~"$underlying"})',
+                                    "{{move}}", format="heatmap")],
+                    hideZeroBuckets=True, repeat=Repeat("h", "underlying", 1), maxDataPoints=200),
+        ]),
         ("Stress cascades: what a shock would do now", [
             series("Cascade amplification", "Simulated liquidation cascade per stress scenario and shock severity: "
                    "total ÷ round-1 liquidated notional. 1 = no feedback; 2 = the venue's own forced selling, through "
@@ -152,7 +163,8 @@ def overview() -> dict:
                           "{{kind}} {{state}}"), drawStyle="bars", width=24),
         ]),
     ], [variable("asset", "label_values(liqwatch_index_price_usd, asset)", "Asset"),
-        variable("scenario", "label_values(liqwatch_cascade_amplification_ratio, scenario)", "Scenario")])
+        variable("scenario", "label_values(liqwatch_cascade_amplification_ratio, scenario)", "Scenario"),
+        variable("underlying", "label_values(liqwatch_liquidation_map_usd, underlying)", "Underlying")])
 
 
 def operations() -> dict:

@@ -41,6 +41,8 @@ def warm_kernels(cfg: Config) -> float:
         except BadEvent:  # a book whose sanity bounds exclude 1.0: another book compiles the same kernels
             continue
     eng.health(with_severity=True)
+    for asset in cfg.liqmap_assets()[:1]:
+        eng.liquidation_map(asset, cfg.liqmap.levels())
     pv = eng.prices()
     stress = LocalStressRuns(eng, cfg, Metrics(), cfg.config_id)
     asyncio.run(stress.run_one(pv, cfg.stress.primary_scenario, max(cfg.stress.severities), with_exposure=True))
