@@ -196,6 +196,10 @@ class BorrowSpec(_Frozen):
 class LiquidationSpec(_Frozen):
     venue: str
     fee_rate: Rate = 0.0
+    # USD in the venue's insurance fund when a cascade starts: liquidation fees go in, the deficits of accounts
+    # that end below zero come out, what it cannot cover would be auto-deleveraged (cascade `insurance_fund`);
+    # null: not accounted
+    insurance_fund: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = None
 
 
 class StressSpec(_Frozen):

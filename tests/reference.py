@@ -298,8 +298,14 @@ def liquidation_severity(market: Market, acct: dict, t: float, scenario: str, gr
 
 
 def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, s: float) -> dict:
-    """§5, round by round."""
+    """§5, round by round; with `liquidation.insurance_fund`, the fund's account of each round: the fallen
+    accounts' fees (fee rate × position notional, out of what is left of their equity) come in, the deficits of
+    those below zero go out as far as the fund goes, the rest is spread pro rata over the round's bankrupt
+    accounts, whose positions in that share would be auto-deleveraged."""
     cfg = market.cfg
+    fund = cfg.liquidation.insurance_fund
+    ledger = {"fees": 0.0, "deficit": 0.0, "drawdown": 0.0, "uncovered": 0.0, "adl": 0.0, "fund_start": fund,
+              "round_drawdown": [], "round_uncovered": [], "round_adl": []}
     mids, lasts = market.shocked(scenario, s)
     prev, _ = market.prices(t)
     alive = dict(accounts)
@@ -321,6 +327,25 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
             break
         flows: dict[str, float] = {}
         notional = 0.0
+        fees = deficit = bankrupt_notional = 0.0
+        for a in fallen:
+            e, _ = account_numbers(cfg, alive[a], index, marks)
+            closed = sum(abs(p["qty"] * marks[p["instrument"]]) for p in alive[a]["positions"])
+            if e < 0:
+                deficit += -e
+                bankrupt_notional += closed
+            else:
+                fees += min(cfg.liquidation.fee_rate * closed, e)
+        ledger["fees"] += fees
+        ledger["deficit"] += deficit
+        if fund is not None:
+            covered = min(deficit, fund + fees)
+            fund = fund + fees - covered
+            uncovered = deficit - covered
+            adl = bankrupt_notional * uncovered / deficit if uncovered > 0 else 0.0
+            for key, v in (("drawdown", covered), ("uncovered", uncovered), ("adl", adl)):
+                ledger[key] += v
+                ledger["round_" + key].append(v)
         for a in fallen:
             acct = alive.pop(a)
             for p in acct["positions"]:
@@ -368,6 +393,7 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         "final_prices": mids,
         "amplification": total / first if rounds > 1 and first > 0 else 1.0,
         "runaway": runaway,
+        "fund": {**ledger, "fund_end": fund},
     }
 
 

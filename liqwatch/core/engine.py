@@ -241,6 +241,8 @@ class Engine:
             self.layout.impact_params,
             self.layout.venue_id[self.cfg.liquidation.venue],
             self.cfg.stress.max_rounds,
+            fee_rate=self.cfg.liquidation.fee_rate,
+            insurance_fund=self.cfg.liquidation.insurance_fund,
         )
         return cascade_dict(self, t, scenario, severity, res)
 
@@ -270,6 +272,16 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
         "round_accounts": list(res.round_accounts),
         "round_notional": [float(x) for x in res.round_notional],
         "fees_usd": float(res.liquidated_notional * engine.cfg.liquidation.fee_rate),
+        # what the liquidated accounts' equity could pay of their fees, and the deficit of those that ended below 0
+        "fees_paid_usd": float(res.fees),
+        "deficit_usd": float(res.deficit),
+        "insurance_fund": None if res.fund_start is None else {
+            "start_usd": float(res.fund_start), "end_usd": float(res.fund_end),
+            "drawdown_usd": float(res.fund_drawdown), "uncovered_usd": float(res.uncovered),
+            "adl_notional_usd": float(res.adl_notional),
+            "round_drawdown_usd": [float(x) for x in res.round_fund_drawdown],
+            "round_uncovered_usd": [float(x) for x in res.round_uncovered],
+            "round_adl_notional_usd": [float(x) for x in res.round_adl_notional]},
         # assets whose impact model took a round's price to the floor (1% of it): a depth to calibrate
         "impact_floor": [lay.assets[a] for a in sorted(res.floored)],
     }

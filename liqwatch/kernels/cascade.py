@@ -44,7 +44,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from liqwatch.kernels.health import bracket_charge, margin_numbers
+from liqwatch.kernels.health import account_numbers, bracket_charge, margin_numbers
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import IMPACT_LINEAR, IMPACT_SQRT, AccountArrays, RiskParams
 from liqwatch.kernels.stress import shock_books
@@ -579,6 +579,17 @@ class CascadeResult:
     round_notional: list[float] = field(default_factory=list)
     liquidated_round: list[np.ndarray] = field(default_factory=list)  # per shard: round each account fell (0 = no)
     floored: list[int] = field(default_factory=list)  # assets whose impact hit MIN_PRICE_FACTOR in some round
+    # the insurance fund (cascade_rounds): None when not accounted
+    fees: float = 0.0            # liquidation fees paid by the liquidated accounts
+    deficit: float = 0.0         # −equity of the accounts that fell below zero
+    fund_start: float | None = None
+    fund_end: float | None = None
+    fund_drawdown: float = 0.0   # deficits the fund covered
+    uncovered: float = 0.0       # deficits it could not
+    adl_notional: float = 0.0    # bankrupt positions in the uncovered share: what auto-deleveraging would close
+    round_fund_drawdown: list[float] = field(default_factory=list)
+    round_uncovered: list[float] = field(default_factory=list)
+    round_adl_notional: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -596,13 +607,45 @@ class RoundResult:
     count: int
     notional: float
     net_sold: np.ndarray
+    # the round's losses (`round_losses`), summed over shards like the rest
+    fees: float = 0.0               # liquidation fees paid into the insurance fund
+    deficit: float = 0.0            # −equity of the accounts that fell below zero
+    bankrupt_notional: float = 0.0  # position notional of those accounts
+    bankrupt: int = 0               # those accounts
+
+
+@njit(cache=True, nogil=True)
+def round_losses(index, mark, accounts, risk, rows, fee_rate):
+    """What the accounts `rows`, liquidated at (index, mark), leave to the insurance fund: (fees paid, deficit,
+    position notional of the bankrupt, bankrupt accounts). Closing at the round's prices leaves an account its
+    equity E: the liquidation fee (fee_rate × the position notional closed) is paid out of what is left of it; an
+    account with E < 0 is bankrupt, and its −E is the deficit the fund (or auto-deleveraging) must cover."""
+    fees, deficit, bankrupt_notional, bankrupt = 0.0, 0.0, 0.0, 0
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        e, _ = account_numbers(i, index, mark, accounts, risk)
+        notional = 0.0
+        for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            notional += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
+        if e < 0.0:
+            deficit -= e
+            bankrupt_notional += notional
+            bankrupt += 1
+        else:
+            fees += min(fee_rate * notional, e)
+    return fees, deficit, bankrupt_notional, bankrupt
 
 
 def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact, liquidation_venue,
-                   max_rounds):
+                   max_rounds, insurance_fund=None):
     """The coordinator's side of §5 as a generator: yields a RoundRequest, receives the RoundResult summed over
     all shards, applies impact, and returns the CascadeResult. `run_cascade` drives it with local books; the
-    streaming coordinator drives the same generator with shards answering over Kafka."""
+    streaming coordinator drives the same generator with shards answering over Kafka.
+
+    The insurance fund (`insurance_fund` USD at the start; None: not accounted): each round its fees come in, then
+    it covers the round's deficits as far as it goes; what it cannot cover is spread over the round's bankrupt
+    accounts pro rata (the same whatever the shards), and their positions in that share would go to
+    auto-deleveraging: `adl_notional`."""
     n_assets = base_index.shape[0]
     n_cons = index_params.cons_kind.shape[0]
     mid = np.empty_like(quotes.mid)
@@ -616,6 +659,8 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
     mark = np.empty(mark_params.underlying.shape[0])
     factor = np.empty(n_assets)
     res = CascadeResult(net_sold=np.zeros(n_assets))
+    fund = None if insurance_fund is None else float(insurance_fund)
+    res.fund_start = fund
     for round_no in range(1, max_rounds + 2):
         compute_index(t, mid, quotes.ts, quotes.ref_rate, quotes.ref_ts, index_params, prev,
                       index, stale, sprice, sstatus)
@@ -634,12 +679,27 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
         res.round_accounts.append(got.count)
         res.round_notional.append(got.notional)
         res.net_sold += got.net_sold
+        res.fees += got.fees
+        res.deficit += got.deficit
+        if fund is not None:
+            available = fund + got.fees
+            covered = min(got.deficit, available)
+            fund = available - covered
+            uncovered = got.deficit - covered
+            adl = got.bankrupt_notional * (uncovered / got.deficit) if uncovered > 0.0 else 0.0
+            res.round_fund_drawdown.append(covered)
+            res.round_uncovered.append(uncovered)
+            res.round_adl_notional.append(adl)
+            res.fund_drawdown += covered
+            res.uncovered += uncovered
+            res.adl_notional += adl
         impact_factors(got.net_sold, impact, factor)
         # the floor binding is the impact model speaking, not the market: an uncalibrated depth
         res.floored.extend(a for a in np.flatnonzero(factor <= MIN_PRICE_FACTOR).tolist() if a not in res.floored)
         apply_impact(factor, quotes.base, quotes.venue, liquidation_venue, mid, last)
     res.final_index = index.copy()
     res.final_mid = mid
+    res.fund_end = fund
     if res.rounds > 1 and res.round_notional[0] > 0:
         res.amplification = res.liquidated_notional / res.round_notional[0]
     return res
@@ -652,10 +712,11 @@ class Shard:
     the call of its last evaluation, its slack and its bound's scale. The accounts must not change between calls.
     `prune=False` evaluates every live account every round (`liquidate_round`, the full scan) — same results."""
 
-    def __init__(self, accounts: AccountArrays, risk: RiskParams, prune: bool = True):
+    def __init__(self, accounts: AccountArrays, risk: RiskParams, prune: bool = True, fee_rate: float = 0.0):
         self.accounts = accounts
         self.risk = risk
         self.prune = prune
+        self.fee_rate = float(fee_rate)
         n = accounts.active.shape[0]
         self.fallen = np.zeros(n, dtype=np.int32)
         m = 0 if prune else n
@@ -686,7 +747,8 @@ class Shard:
                                    req.commit, flows, self.work_equity, self.work_maintenance)
             self.evaluated += live
             self.candidates += live
-            return RoundResult(int(c), float(n), flows)
+            rows = np.flatnonzero(self.fallen == req.round_no).astype(np.int32) if req.commit and c else None
+            return self._losses(RoundResult(int(c), float(n), flows), req, rows)
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         if len(self.history_index) > SEEN_LIMIT:  # calls no longer fit `seen`: start over, everyone evaluated
@@ -706,21 +768,38 @@ class Shard:
         self.candidates += self.live
         if req.commit:
             self.live -= int(c)
-        return RoundResult(int(c), float(n), flows)
+        rows = np.sort(self.work_rows[:int(c)]) if req.commit and c else None  # this round's fallen, row order
+        return self._losses(RoundResult(int(c), float(n), flows), req, rows)
+
+    def _losses(self, got: RoundResult, req: RoundRequest, rows) -> RoundResult:
+        if rows is not None:
+            fees, deficit, notional, bankrupt = round_losses(np.ascontiguousarray(req.index, dtype=np.float64),
+                                                             np.ascontiguousarray(req.mark, dtype=np.float64),
+                                                             self.accounts, self.risk, rows, self.fee_rate)
+            got.fees, got.deficit, got.bankrupt_notional, got.bankrupt = fees, deficit, notional, int(bankrupt)
+        return got
+
+
+def sum_results(results: list[RoundResult]) -> RoundResult:
+    """One round's answer of every shard as one (what the coordinator hands `cascade_rounds`)."""
+    return RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
+                       np.sum([r.net_sold for r in results], axis=0), sum(r.fees for r in results),
+                       sum(r.deficit for r in results), sum(r.bankrupt_notional for r in results),
+                       sum(r.bankrupt for r in results))
 
 
 def run_cascade(t, severity, direction, quotes, index_params, mark_params, base_index, books, risk, impact,
-                liquidation_venue, max_rounds, prune: bool = True) -> CascadeResult:
-    shards = [Shard(b, risk, prune) for b in books]
+                liquidation_venue, max_rounds, prune: bool = True, fee_rate: float = 0.0,
+                insurance_fund: float | None = None) -> CascadeResult:
+    shards = [Shard(b, risk, prune, fee_rate) for b in books]
     n_assets = base_index.shape[0]
     rounds = cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact,
-                            liquidation_venue, max_rounds)
+                            liquidation_venue, max_rounds, insurance_fund)
     req = next(rounds)
     try:
         while True:
             results = [s.run(req, n_assets) for s in shards]
-            total = RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
-                                np.sum([r.net_sold for r in results], axis=0))
+            total = sum_results(results)
             req = rounds.send(total)
     except StopIteration as done:
         res = done.value

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from liqwatch.core.engine import cascade_dict
 from liqwatch.core.monitor import Monitor
-from liqwatch.kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds
+from liqwatch.kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds, sum_results
 from liqwatch.kernels.health import exposure_summary
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.risk.stress import StressRuns
@@ -138,7 +138,8 @@ class ShardService:
                     copy = _frozen(accounts.view(), accounts.ts[: accounts.n], t)
                     partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
             # liquidate_round only reads the accounts (the round each account fell is the Shard's own array)
-            self.shards[cid] = (Shard(copy, self.monitor.engine.layout.risk_params), partitions, caught_up)
+            shard = Shard(copy, self.monitor.engine.layout.risk_params, fee_rate=self.monitor.cfg.liquidation.fee_rate)
+            self.shards[cid] = (shard, partitions, caught_up)
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
             return
@@ -161,7 +162,8 @@ class ShardService:
         await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
             "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
-            "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
+            "fees": res.fees, "deficit": res.deficit, "bankrupt_notional": res.bankrupt_notional,
+            "bankrupt": res.bankrupt, "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
 
 
 class Coordinator(StressRuns):
@@ -245,9 +247,11 @@ class Coordinator(StressRuns):
         del self.replies[(cid, req.round_no)]
         if any(r.get("exposure") for r in got):
             self.exposures = [r["exposure"] for r in got if r.get("exposure")]
-        return RoundResult(sum(r["count"] for r in got), sum(r["notional"] for r in got),
-                           np.sum([np.asarray(r["net_sold"]) for r in got], axis=0) if got
-                           else np.zeros(req.index.shape[0]))
+        if not got:
+            return RoundResult(0, 0.0, np.zeros(req.index.shape[0]))
+        return sum_results([RoundResult(r["count"], r["notional"], np.asarray(r["net_sold"]), r.get("fees", 0.0),
+                                        r.get("deficit", 0.0), r.get("bankrupt_notional", 0.0), r.get("bankrupt", 0))
+                            for r in got])
 
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
         """One distributed cascade on the market snapshot `pv` (a PriceView taken at an evaluation boundary),
@@ -264,7 +268,8 @@ class Coordinator(StressRuns):
         lay = eng.layout
         gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes,
                              lay.index_params, lay.mark_params, pv.index, lay.impact_params,
-                             lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds)
+                             lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds,
+                             self.monitor.cfg.liquidation.insurance_fund)
         cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
         extra = None
         if with_exposure:

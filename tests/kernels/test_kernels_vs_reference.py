@@ -158,3 +158,30 @@ def test_exposure_summary_matches(world):
         assert math.isclose(got, want[name], rel_tol=1e-9), (name, got, want[name])
     for asset, v in by_asset.items():
         assert math.isclose(got_by_asset[lay.asset_id[asset]], v, rel_tol=1e-9, abs_tol=1e-6), asset
+
+
+@pytest.mark.parametrize("fund", [0.0, 2e6, 1e12])
+def test_insurance_fund_matches(rich_config, fund):
+    # exhausted at once, drawn down over the rounds, never touched: the kernels' ledger equals the reference's
+    cfg = rich_config.model_copy(update={"liquidation": rich_config.liquidation.model_copy(
+        update={"insurance_fund": fund})})
+    events = population(7, 3000)
+    engine = run_engine(cfg, events)
+    market, accounts, t = run_reference(cfg, events)
+    got = engine.cascade("risk_off", 0.3)
+    want = ref.cascade(market, accounts, t, "risk_off", 0.3)
+    assert got["rounds"] == want["rounds"] > 1
+    ledger, book = got["insurance_fund"], want["fund"]
+    assert close(got["fees_paid_usd"], book["fees"]) and close(got["deficit_usd"], book["deficit"])
+    assert book["deficit"] > 0  # bankrupt accounts: the test exercises the deficit side
+    for mine, theirs in (("drawdown_usd", "drawdown"), ("uncovered_usd", "uncovered"),
+                         ("adl_notional_usd", "adl"), ("end_usd", "fund_end")):
+        assert close(ledger[mine], book[theirs]), (mine, ledger[mine], book[theirs])
+    for mine, theirs in (("round_drawdown_usd", "round_drawdown"), ("round_uncovered_usd", "round_uncovered"),
+                         ("round_adl_notional_usd", "round_adl")):
+        assert len(ledger[mine]) == len(book[theirs]) == got["rounds"]
+        assert all(close(a, b) for a, b in zip(ledger[mine], book[theirs])), mine
+    if fund == 1e12:
+        assert ledger["uncovered_usd"] == 0 and ledger["adl_notional_usd"] == 0
+    else:
+        assert ledger["uncovered_usd"] > 0 and ledger["adl_notional_usd"] > 0

@@ -101,9 +101,13 @@ def test_sharded_cascade_equals_single_run(rich_config, seed, shards, s, scenari
     pv = e.prices()
     args = (float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_params, lay.mark_params, pv.index)
     venue = lay.venue_id[rich_config.liquidation.venue]
-    tail = (lay.risk_params, lay.impact_params, venue, rich_config.stress.max_rounds)
+    tail = (lay.risk_params, lay.impact_params, venue, rich_config.stress.max_rounds, True, 0.0125, 2e5)
     single = run_cascade(*args, [e.accounts.view()], *tail)
     split = run_cascade(*args, [p.view() for p in parts], *tail)
+    # the insurance fund's account is summed over shards like the flows
+    for f in ("fees", "deficit", "fund_drawdown", "uncovered", "adl_notional", "fund_end"):
+        assert close(getattr(split, f), getattr(single, f), rel=1e-9), f
+    assert np.allclose(split.round_adl_notional, single.round_adl_notional, rtol=1e-9, atol=1e-6)
     assert split.rounds == single.rounds and split.liquidated_accounts == single.liquidated_accounts
     assert split.runaway == single.runaway
     assert close(split.liquidated_notional, single.liquidated_notional, rel=1e-9)
