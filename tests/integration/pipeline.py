@@ -124,9 +124,13 @@ def differences(bootstrap: str, prefix: str, health: dict[str, dict], cascades: 
         for f in ("rounds", "liquidated_accounts", "runaway"):
             if got[f] != want[f]:
                 out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
-        for f in ("liquidated_notional", "amplification"):
+        for f in ("liquidated_notional", "amplification", "fees_paid_usd", "deficit_usd"):
             if not close(got[f], want[f], rel=1e-9):
                 out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
+        fund, book = got.get("insurance_fund") or {}, want.get("insurance_fund") or {}
+        for f in ("end_usd", "drawdown_usd", "uncovered_usd", "adl_notional_usd"):
+            if not close(fund.get(f), book.get(f), rel=1e-9, abs_=1e-3):
+                out.append(f"cascade {key}.insurance_fund.{f}: live {fund.get(f)} batch {book.get(f)}")
     return out
 
 
