@@ -424,7 +424,10 @@ class Replayer:
                 "t": pv.t, "critical_severity": critical[primary].severity if primary in critical else None,
                 "cascades": [{"scenario": r["scenario"], "severity": r["severity"],
                               "liquidated_usd": r["liquidated_notional"], "amplification": r["amplification"],
-                              "rounds": r["rounds"], "runaway": r["runaway"]} for r in results]})
+                              "rounds": r["rounds"], "runaway": r["runaway"], "deficit_usd": r["deficit_usd"],
+                              "fund_drawdown_usd": (r["insurance_fund"] or {}).get("drawdown_usd"),
+                              "adl_notional_usd": (r["insurance_fund"] or {}).get("adl_notional_usd")}
+                             for r in results]})
         self.run.alerts += alerts
 
     def _sample(self, t: int, final: bool) -> None:

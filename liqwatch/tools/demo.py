@@ -263,7 +263,8 @@ def compare_index_designs(events: Path, sc: DemoScenario) -> dict:
         r = engine.cascade("risk_off", sc.severity)
         out[variant] = {"liquidated_notional": r["liquidated_notional"], "amplification": r["amplification"],
                         "liquidated_accounts": r["liquidated_accounts"], "rounds": r["rounds"],
-                        "usde_index_after": r["final_index"].get("USDe")}
+                        "usde_index_after": r["final_index"].get("USDe"),
+                        "deficit": r["deficit_usd"], "insurance_fund": r["insurance_fund"]}
     return out
 
 
@@ -469,4 +470,11 @@ def _print_summary(console: Console, r: DemoResult, sc: DemoScenario) -> None:
         c.add_row("amplification", f"{p['amplification']:.2f}", f"{f['amplification']:.2f}")
         c.add_row("accounts liquidated", f"{p['liquidated_accounts']:,}", f"{f['liquidated_accounts']:,}")
         c.add_row("USDe index after", f"{p['usde_index_after']:.3f}", f"{f['usde_index_after']:.3f}")
+        c.add_row("deficit of bankrupt accounts", f"${p['deficit'] / 1e6:,.1f}M", f"${f['deficit'] / 1e6:,.1f}M")
+        pf, ff = p.get("insurance_fund"), f.get("insurance_fund")
+        if pf and ff:
+            c.add_row(f"insurance fund drawdown (of ${pf['start_usd'] / 1e6:,.0f}M)",
+                      f"${pf['drawdown_usd'] / 1e6:,.1f}M", f"${ff['drawdown_usd'] / 1e6:,.1f}M")
+            c.add_row("auto-deleveraging notional", f"${pf['adl_notional_usd'] / 1e6:,.1f}M",
+                      f"${ff['adl_notional_usd'] / 1e6:,.1f}M")
         console.print(c)

@@ -107,6 +107,9 @@ def _config_summary(run: Run, limits: list[dict]) -> dict:
                default=None)
     amp = max(((c["amplification"], x["t"], c["severity"]) for x in cs for c in x["cascades"]
                if c["scenario"] == run.config.stress.primary_scenario), default=None)
+    primary = [c for x in cs for c in x["cascades"] if c["scenario"] == run.config.stress.primary_scenario]
+    drawdown = max((c.get("fund_drawdown_usd") or 0.0 for c in primary), default=None)
+    adl = max((c.get("adl_notional_usd") or 0.0 for c in primary), default=None)
     kinds = sorted({a["kind"] for a in alerts})
     dead_by: dict[str, int] = {}
     for d in run.dead_letters:
@@ -130,6 +133,10 @@ def _config_summary(run: Run, limits: list[dict]) -> dict:
             "max_amplification": None if amp is None else amp[0],
             "max_amplification_at": None if amp is None else amp[1],
             "max_amplification_severity": None if amp is None else amp[2],
+            # the worst stress cascade of the window for the venue's insurance fund (config liquidation.insurance_fund)
+            "insurance_fund_usd": run.config.liquidation.insurance_fund,
+            "max_fund_drawdown_usd": drawdown if run.config.liquidation.insurance_fund is not None else None,
+            "max_adl_notional_usd": adl if run.config.liquidation.insurance_fund is not None else None,
             "alert_events": len(alerts),
             "episodes": len({a["id"] for a in alerts}),
             "critical_episodes": len({a["id"] for a in alerts if a["severity"] == "critical"}),

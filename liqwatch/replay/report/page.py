@@ -131,6 +131,12 @@ def _key_figures(cs: list[dict]) -> list[list[str]]:
         ["highest stress amplification"] + [
             "—" if c["totals"]["max_amplification"] is None else
             f"{c['totals']['max_amplification']:.2f} at {_hm(c['totals']['max_amplification_at'])}" for c in cs],
+        ["largest insurance fund drawdown in a stress cascade (fees included)"] + [
+            "—" if c["totals"]["max_fund_drawdown_usd"] is None else
+            f"{_usd(c['totals']['max_fund_drawdown_usd'])} of {_usd(c['totals']['insurance_fund_usd'])}" for c in cs],
+        ["largest auto-deleveraging notional in a stress cascade"] + [
+            "—" if c["totals"]["max_adl_notional_usd"] is None else _usd(c["totals"]["max_adl_notional_usd"])
+            for c in cs],
         ["alert episodes (critical)"] + [f"{c['totals']['episodes']} ({c['totals']['critical_episodes']})" for c in cs],
         ["dead letters"] + [str(c["totals"]["dead_letters"]) for c in cs],
         ["config id"] + [c["config_id"] for c in cs],
