@@ -200,6 +200,8 @@ class LiquidationSpec(_Frozen):
     # that end below zero come out, what it cannot cover would be auto-deleveraged (cascade `insurance_fund`);
     # null: not accounted
     insurance_fund: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = None
+    # how the venue ranks positions for auto-deleveraging (the ADL-risk rank of `health --positions`)
+    adl: Literal["binance", "hyperliquid"] = "binance"
 
 
 class StressSpec(_Frozen):

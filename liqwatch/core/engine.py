@@ -19,7 +19,7 @@ from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.market import APPLIED, SUPERSEDED
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.liqmap import liquidation_map
-from liqwatch.kernels.positions import position_prices
+from liqwatch.kernels.positions import ADL_BINANCE, ADL_HYPERLIQUID, adl_keys, position_prices
 from liqwatch.kernels.stress import liquidation_severity
 from liqwatch.config import Config
 from liqwatch.events import Account, BadEvent, Event, Reference, Tick, number
@@ -187,10 +187,30 @@ class Engine:
         position_prices(pv.index, pv.mark, accounts, self.layout.risk_params, self.layout.follows, liq, bank)
         return pv.mark[accounts.pos_instr] if n else np.empty(0), liq, bank
 
+    def adl_ranks(self, bankruptcy: np.ndarray, at: int | None = None) -> np.ndarray:
+        """Per position-pool entry, its ADL-risk rank as venues publish it: the share of the positions on the same
+        instrument and side whose queue key (`liquidation.adl` rule, liqwatch.kernels.positions.adl_keys) is at
+        most its own — 1: first to be auto-deleveraged; NaN where there is no key."""
+        pv = self.prices(at)
+        accounts = self.accounts.view()
+        key = np.empty(accounts.pos_qty.shape[0])
+        rule = ADL_HYPERLIQUID if self.cfg.liquidation.adl == "hyperliquid" else ADL_BINANCE
+        adl_keys(pv.mark, accounts, self.layout.risk_params, pv.index, bankruptcy, rule, key)
+        rank = np.full(key.shape[0], np.nan)
+        ok = ~np.isnan(key)
+        group = accounts.pos_instr.astype(np.int64) * 2 + (accounts.pos_qty > 0)
+        for g in np.unique(group[ok]):
+            members = np.flatnonzero(ok & (group == g))
+            k = key[members]
+            # ties share the highest rank of their group (a venue shows them the same light)
+            rank[members] = np.searchsorted(np.sort(k), k, side="right") / members.shape[0]
+        return rank
+
     def position_rows(self, at: int | None = None) -> list[dict]:
         """One row per position, accounts sorted, positions in snapshot order: `account`, `instrument`, `qty`,
-        `mark`, `liquidation_price`, `bankruptcy_price` (null where no such price exists)."""
+        `mark`, `liquidation_price`, `bankruptcy_price` (null where no such price exists), `adl_rank`."""
         mark, liq, bank = self.position_prices(at)
+        adl = self.adl_ranks(bank, at)
         accounts = self.accounts.view()
         names = self.layout.instruments
         rows = []
@@ -200,7 +220,8 @@ class Engine:
             for p in range(accounts.pos_start[r], accounts.pos_start[r] + accounts.pos_count[r]):
                 rows.append({"account": self.accounts.ids[r], "instrument": names[accounts.pos_instr[p]],
                              "qty": float(accounts.pos_qty[p]), "mark": number(mark[p]),
-                             "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p])})
+                             "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p]),
+                             "adl_rank": number(adl[p])})
         return rows
 
     def liquidation_map(self, asset: str, factors, at: int | None = None) -> list[dict]:

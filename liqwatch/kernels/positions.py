@@ -191,3 +191,41 @@ def position_prices(index, mark, accounts, risk, follows, out_liquidation, out_b
                 continue
             out_liquidation[p] = mp * root_factor(i, u, q > 0.0, e - m, index, mark, accounts, risk, follows, 1.0)
             out_bankruptcy[p] = mp * root_factor(i, u, q > 0.0, e, index, mark, accounts, risk, follows, 0.0)
+
+
+ADL_BINANCE = 0
+ADL_HYPERLIQUID = 1
+
+
+@njit(cache=True, nogil=True)
+def adl_keys(mark, accounts, risk, index, bankruptcy, rule, out_key):
+    """Each position's place in its venue's auto-deleveraging queue, as a number to sort by (higher: deleveraged
+    first; NaN for garbage entries and positions without a mark):
+
+    - Binance: PnL% × effective leverage when PnL% > 0, else PnL% / effective leverage, with PnL% = (mark value −
+      entry value) / |entry value| and effective leverage = |mark value| / (mark value − bankruptcy value), the
+      values qty × price. A position that no price bankrupts (`bankruptcy` NaN) has |mark value| / equity.
+    - Hyperliquid: (mark / entry) × (notional / account value) for a long; its mirror (entry / mark) for a short,
+      so that, as the docs say, more profit and more leverage come first.
+    """
+    out_key[:] = np.nan
+    for i in range(accounts.active.shape[0]):
+        if not accounts.active[i] or accounts.pos_count[i] == 0:
+            continue
+        e, _ = account_numbers(i, index, mark, accounts, risk)
+        for p in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            q = accounts.pos_qty[p]
+            m = mark[accounts.pos_instr[p]]
+            entry = accounts.pos_entry[p]
+            if q == 0.0 or not (m > 0.0 and np.isfinite(m)) or not entry > 0.0:
+                continue
+            value = q * m
+            if rule == ADL_HYPERLIQUID:
+                ratio = m / entry if q > 0.0 else entry / m
+                out_key[p] = ratio * abs(value) / e if e > 0.0 else np.inf  # no account value left: first
+                continue
+            pnl = (value - q * entry) / abs(q * entry)
+            b = bankruptcy[p]
+            room = value - q * b if np.isfinite(b) else e
+            lev = abs(value) / room if room > 0.0 else np.inf
+            out_key[p] = pnl * lev if pnl > 0.0 else (pnl / lev if lev > 0.0 else pnl)

@@ -87,7 +87,9 @@ def test_health_positions_cli(oct_events, tmp_path):
     run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg))
     out = run("health", "--config", str(cfg), "--until", "2025-10-10T20:45:00Z", "--positions", str(oct_events)).stdout
     rows = [json.loads(x) for x in out.splitlines()]
-    assert set(rows[0]) == {"account", "instrument", "qty", "mark", "liquidation_price", "bankruptcy_price"}
+    assert set(rows[0]) == {"account", "instrument", "qty", "mark", "liquidation_price", "bankruptcy_price",
+                            "adl_rank"}
+    assert all(r["adl_rank"] is None or 0 < r["adl_rank"] <= 1 for r in rows)
     assert [r["account"] for r in rows] == sorted(r["account"] for r in rows)
     engine, _ = load_events(load_config(cfg), oct_events, until=PRE_CRASH)
     assert rows == json.loads(json.dumps(engine.position_rows()))

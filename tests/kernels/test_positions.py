@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 import yaml
@@ -190,3 +191,53 @@ def test_equal_to_the_plain_python_reference(rich_config, seed):
         assert close(row["bankruptcy_price"], bank, rel=1e-9, abs_=0), (row, bank)
         met += liq is not None
     assert met > 50
+
+
+ADL_CONFIG = VENUE_CONFIG.replace("liquidation: {venue: binance, fee_rate: 0.0125}",
+                                  "liquidation: {venue: binance, fee_rate: 0.0125, adl: RULE}")
+
+
+def _adl_engine(rule: str, accounts: dict[str, tuple[float, float, float]]):
+    """Accounts of USDT and one BTC-HL position each: name → (usdt, qty, entry); BTC marked at 110,000."""
+    cfg = parse_config(yaml.safe_load(ADL_CONFIG.replace("RULE", rule)))
+    evs = [{"type": "tick", "venue": "binance", "symbol": "BTC/USDT", "ts": T, "bid": 110_000, "ask": 110_000}]
+    for name, (usdt, qty, entry) in accounts.items():
+        evs.append({"type": "account", "account": name, "ts": T, "collateral": {"USDT": usdt}, "borrowed": {},
+                    "positions": [{"instrument": "BTC-HL", "qty": qty, "entry": entry}]})
+    return run_engine(cfg, evs)
+
+
+def _keys(engine):
+    from liqwatch.kernels.positions import ADL_BINANCE, ADL_HYPERLIQUID, adl_keys
+
+    pv = engine.prices()
+    acc = engine.accounts.view()
+    _, _, bank = engine.position_prices()
+    key = np.empty(acc.pos_qty.shape[0])
+    rule = ADL_HYPERLIQUID if engine.cfg.liquidation.adl == "hyperliquid" else ADL_BINANCE
+    adl_keys(pv.mark, acc, engine.layout.risk_params, pv.index, bank, rule, key)
+    return {engine.accounts.ids[acc.pos_owner[p]]: key[p] for p in range(key.shape[0])}
+
+
+def test_adl_keys_as_the_venues_define_them():
+    # long 1 BTC from 100,000, marked at 110,000, with 20,000 USDT: equity 30,000, bankrupt at 80,000.
+    # Binance: PnL% = 10,000 / 100,000; effective leverage = |mark value| / (mark value − bankrupt value)
+    # = 110,000 / 30,000 ("ADL ranking" in Binance's Futures FAQ: PnL% × effective leverage when in profit)
+    e = _adl_engine("binance", {"a": (20_000, 1.0, 100_000), "loser": (50_000, 1.0, 120_000)})
+    k = _keys(e)
+    assert k["a"] == pytest.approx(0.1 * 110_000 / 30_000, rel=1e-12)
+    # in loss: PnL% / effective leverage (equity 40,000, bankrupt at 70,000)
+    assert k["loser"] == pytest.approx((-10_000 / 120_000) / (110_000 / 40_000), rel=1e-12)
+    # Hyperliquid docs (Trading › Auto-deleveraging): (mark / entry) × (notional / account value)
+    e = _adl_engine("hyperliquid", {"a": (20_000, 1.0, 100_000), "s": (20_000, -1.0, 120_000)})
+    k = _keys(e)
+    assert k["a"] == pytest.approx(1.1 * 110_000 / 30_000, rel=1e-12)
+    assert k["s"] == pytest.approx((120_000 / 110_000) * 110_000 / 30_000, rel=1e-12)  # a short's mirror
+
+
+def test_adl_rank_is_the_quantile_within_instrument_and_side():
+    # three longs in profit at 1x..5x-ish and a short: the short is ranked among shorts alone
+    e = _adl_engine("binance", {"low": (100_000, 1.0, 100_000), "mid": (20_000, 1.0, 100_000),
+                                "high": (5_000, 1.0, 100_000), "short": (50_000, -1.0, 100_000)})
+    ranks = {r["account"]: r["adl_rank"] for r in e.position_rows()}
+    assert ranks == {"low": pytest.approx(1 / 3), "mid": pytest.approx(2 / 3), "high": 1.0, "short": 1.0}
