@@ -125,7 +125,9 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilO
     mark at which the account's health reaches 1) and `bankruptcy_price` (its equity reaches 0), in cross
     margin: the position's underlying moves — every mark on it, its index and the assets that redeem into it
     (WBETH with ETH) — and everything else is held; null where no such price exists. An account already below
-    health 1 gets the price it would have to recover to.
+    health 1 gets the price it would have to recover to. `adl_rank`: its place in the auto-deleveraging queue
+    as venues publish it (config liquidation.adl: the binance or hyperliquid ranking), the share of the
+    positions on the same instrument and side ranked at or below it — 1: first to be deleveraged.
 
     Every event is applied in file order (a later snapshot of an account replaces an earlier one); numbers are
     evaluated at the largest `ts` (or `--at`).
