@@ -337,6 +337,13 @@ class AlertsSpec(_Frozen):
     cascade_risk: CascadeRiskAlert = CascadeRiskAlert()
     # share of the non-cash collateral value
     collateral_concentration: ConcentrationAlert = ConcentrationAlert(warning=0.4, critical=0.6)
+    # with liquidation.insurance_fund: the smallest move of the primary stress scenario whose cascade exhausts the
+    # fund (insurance_fund), and per instrument the one at which auto-deleveraging starts on it (adl_risk), among
+    # the moves the leader's cascades ran (the cascade_risk grid and stress.severities); lower is worse. The
+    # tested moves are few, so the signal jumps between them as the book changes: an episode goes on while it
+    # comes back within 15 min (on oct-2025 it otherwise resolved and fired again 6 times in 2 hours)
+    insurance_fund: Levels = Levels(warning=0.10, critical=0.05, keep_firing_for_s=900)
+    adl_risk: Levels = Levels(warning=0.10, critical=0.05, keep_firing_for_s=900)
     webhooks: list[Webhook] = Field(default_factory=list)
 
 

@@ -300,6 +300,8 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
             "start_usd": float(res.fund_start), "end_usd": float(res.fund_end),
             "drawdown_usd": float(res.fund_drawdown), "uncovered_usd": float(res.uncovered),
             "adl_notional_usd": float(res.adl_notional),
+            "adl_notional_by_instrument_usd": {lay.instruments[k]: float(v) for k, v in
+                                               enumerate(res.adl_by_instrument) if v > 0.0},
             "round_drawdown_usd": [float(x) for x in res.round_fund_drawdown],
             "round_uncovered_usd": [float(x) for x in res.round_uncovered],
             "round_adl_notional_usd": [float(x) for x in res.round_adl_notional]},

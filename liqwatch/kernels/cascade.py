@@ -587,6 +587,7 @@ class CascadeResult:
     fund_drawdown: float = 0.0   # deficits the fund covered
     uncovered: float = 0.0       # deficits it could not
     adl_notional: float = 0.0    # bankrupt positions in the uncovered share: what auto-deleveraging would close
+    adl_by_instrument: np.ndarray = field(default_factory=lambda: np.zeros(0))  # that, per instrument
     round_fund_drawdown: list[float] = field(default_factory=list)
     round_uncovered: list[float] = field(default_factory=list)
     round_adl_notional: list[float] = field(default_factory=list)
@@ -612,14 +613,16 @@ class RoundResult:
     deficit: float = 0.0            # −equity of the accounts that fell below zero
     bankrupt_notional: float = 0.0  # position notional of those accounts
     bankrupt: int = 0               # those accounts
+    bankrupt_by_instrument: np.ndarray | None = None  # their position notional per instrument
 
 
 @njit(cache=True, nogil=True)
-def round_losses(index, mark, accounts, risk, rows, fee_rate):
+def round_losses(index, mark, accounts, risk, rows, fee_rate, out_by_instrument):
     """What the accounts `rows`, liquidated at (index, mark), leave to the insurance fund: (fees paid, deficit,
-    position notional of the bankrupt, bankrupt accounts). Closing at the round's prices leaves an account its
-    equity E: the liquidation fee (fee_rate × the position notional closed) is paid out of what is left of it; an
-    account with E < 0 is bankrupt, and its −E is the deficit the fund (or auto-deleveraging) must cover."""
+    position notional of the bankrupt, bankrupt accounts), and that notional per instrument added to
+    `out_by_instrument`. Closing at the round's prices leaves an account its equity E: the liquidation fee
+    (fee_rate × the position notional closed) is paid out of what is left of it; an account with E < 0 is bankrupt,
+    and its −E is the deficit the fund (or auto-deleveraging) must cover."""
     fees, deficit, bankrupt_notional, bankrupt = 0.0, 0.0, 0.0, 0
     for k in range(rows.shape[0]):
         i = rows[k]
@@ -631,6 +634,8 @@ def round_losses(index, mark, accounts, risk, rows, fee_rate):
             deficit -= e
             bankrupt_notional += notional
             bankrupt += 1
+            for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+                out_by_instrument[accounts.pos_instr[j]] += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
         else:
             fees += min(fee_rate * notional, e)
     return fees, deficit, bankrupt_notional, bankrupt
@@ -658,7 +663,7 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
     sstatus = np.empty(n_cons, dtype=np.int8)
     mark = np.empty(mark_params.underlying.shape[0])
     factor = np.empty(n_assets)
-    res = CascadeResult(net_sold=np.zeros(n_assets))
+    res = CascadeResult(net_sold=np.zeros(n_assets), adl_by_instrument=np.zeros(mark_params.underlying.shape[0]))
     fund = None if insurance_fund is None else float(insurance_fund)
     res.fund_start = fund
     for round_no in range(1, max_rounds + 2):
@@ -686,7 +691,10 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
             covered = min(got.deficit, available)
             fund = available - covered
             uncovered = got.deficit - covered
-            adl = got.bankrupt_notional * (uncovered / got.deficit) if uncovered > 0.0 else 0.0
+            share = uncovered / got.deficit if uncovered > 0.0 else 0.0
+            adl = got.bankrupt_notional * share
+            if got.bankrupt_by_instrument is not None:
+                res.adl_by_instrument += got.bankrupt_by_instrument * share
             res.round_fund_drawdown.append(covered)
             res.round_uncovered.append(uncovered)
             res.round_adl_notional.append(adl)
@@ -772,20 +780,24 @@ class Shard:
         return self._losses(RoundResult(int(c), float(n), flows), req, rows)
 
     def _losses(self, got: RoundResult, req: RoundRequest, rows) -> RoundResult:
+        by_instrument = np.zeros(np.asarray(req.mark).shape[0])
         if rows is not None:
             fees, deficit, notional, bankrupt = round_losses(np.ascontiguousarray(req.index, dtype=np.float64),
                                                              np.ascontiguousarray(req.mark, dtype=np.float64),
-                                                             self.accounts, self.risk, rows, self.fee_rate)
+                                                             self.accounts, self.risk, rows, self.fee_rate,
+                                                             by_instrument)
             got.fees, got.deficit, got.bankrupt_notional, got.bankrupt = fees, deficit, notional, int(bankrupt)
+        got.bankrupt_by_instrument = by_instrument
         return got
 
 
 def sum_results(results: list[RoundResult]) -> RoundResult:
     """One round's answer of every shard as one (what the coordinator hands `cascade_rounds`)."""
+    by_instrument = [r.bankrupt_by_instrument for r in results if r.bankrupt_by_instrument is not None]
     return RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
                        np.sum([r.net_sold for r in results], axis=0), sum(r.fees for r in results),
                        sum(r.deficit for r in results), sum(r.bankrupt_notional for r in results),
-                       sum(r.bankrupt for r in results))
+                       sum(r.bankrupt for r in results), np.sum(by_instrument, axis=0) if by_instrument else None)
 
 
 def run_cascade(t, severity, direction, quotes, index_params, mark_params, base_index, books, risk, impact,

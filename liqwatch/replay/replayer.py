@@ -416,7 +416,7 @@ class Replayer:
         if cascades:
             pv = mon.snapshot()
             results, critical, exposure = await self.stress.run_all(pv)
-            alerts += self.alerting.cascades(critical, pv.t)
+            alerts += self.alerting.cascades(critical, pv.t, self.stress.solvency)
             if exposure is not None:
                 alerts += self.alerting.accounts(exposure, pv.t)
             primary = self.cfg.stress.primary_scenario

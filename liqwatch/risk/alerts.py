@@ -3,7 +3,7 @@
     engine = AlertEngine(cfg.alerts, cfg.config_id, metrics, cfg.settlement)
     events = engine.market(monitor.engine, t)            # depeg, venue_divergence, stale_source
     events += engine.accounts(exposure, t)                # liquidations, margin_cluster, collateral_concentration
-    events += engine.cascades(critical, t)                # cascade_risk (StressRuns.run_all)
+    events += engine.cascades(critical, t, solvency)      # cascade_risk, insurance_fund, adl_risk (StressRuns)
 
 One episode of one condition (kind, subject) has one `id` (`kind:subject:start`): it fires at warning or
 critical once the signal has held for the kind's `for_s`, may escalate or de-escalate (another `firing` event with
@@ -25,12 +25,13 @@ import numpy as np
 from liqwatch.kernels.arrays import MISSING, SOURCE_BOOK
 from liqwatch.config import AlertsSpec, Levels, Timing
 from liqwatch.core.engine import Engine
-from liqwatch.risk.stress import CriticalMove, Exposure
+from liqwatch.risk.stress import CriticalMove, Exposure, Solvency
 from liqwatch.sinks.metrics import Metrics
 
 SEVERITIES = ("warning", "critical")
 # signals only the leader computes (from its stress runs over every shard); the market ones every worker can
-STRESS_KINDS = frozenset({"liquidations", "margin_cluster", "collateral_concentration", "cascade_risk"})
+STRESS_KINDS = frozenset({"liquidations", "margin_cluster", "collateral_concentration", "cascade_risk",
+                          "insurance_fund", "adl_risk"})
 
 
 @dataclass
@@ -256,9 +257,11 @@ class AlertEngine:
                                 f"${total / 1e6:,.0f}M) is {asset}")
         return out
 
-    def cascades(self, critical: dict[str, CriticalMove], t: int) -> list[dict]:
+    def cascades(self, critical: dict[str, CriticalMove], t: int, solvency: Solvency | None = None) -> list[dict]:
         """cascade_risk: the critical severity of each scenario it was computed for (lower is worse), with what
-        its cascade does: the move, the notional, its share of all accounts' notional, rounds, amplification."""
+        its cascade does: the move, the notional, its share of all accounts' notional, rounds, amplification.
+        With an insurance fund (`solvency`): insurance_fund, the move that exhausts it, and adl_risk per
+        instrument, the move at which auto-deleveraging starts on it."""
         cr = self.spec.cascade_risk
         out: list[dict] = []
         for scenario, c in critical.items():
@@ -266,6 +269,22 @@ class AlertEngine:
             self.metrics.critical_severity.labels(scenario=scenario).set(s)
             out += self.observe("cascade_risk", scenario, s, cr.critical_severity, t, _cascade_summary(scenario, c, cr),
                                 lower_is_worse=True, timing=cr)
+        if solvency is not None:
+            most = _pct(max(solvency.tested))
+            f = solvency.fund_exhausted
+            self.metrics.fund_exhausted_move.labels(scenario=solvency.scenario).set(f)
+            out += self.observe("insurance_fund", solvency.scenario, f, self.spec.insurance_fund, t,
+                                f"a {_pct(f)} {solvency.scenario} move would exhaust the insurance fund: the rest of the "
+                                "bankrupt accounts' deficit goes to auto-deleveraging" if f < 1 else
+                                f"no {solvency.scenario} move up to {most} exhausts the insurance fund",
+                                lower_is_worse=True)
+            for name, a in solvency.adl_starts.items():
+                self.metrics.adl_move.labels(instrument=name).set(a)
+                out += self.observe("adl_risk", name, a, self.spec.adl_risk, t,
+                                    f"a {_pct(a)} {solvency.scenario} move would auto-deleverage {name} positions "
+                                    "on the other side of bankrupt accounts" if a < 1 else
+                                    f"no {solvency.scenario} move up to {most} auto-deleverages {name}",
+                                    lower_is_worse=True)
         return out
 
 

@@ -32,6 +32,31 @@ class Exposure:
 
 
 @dataclass
+class Solvency:
+    """The smallest tested move of the primary scenario whose cascade exhausts the insurance fund, and per
+    instrument the one at which auto-deleveraging starts on it (1.0: none among the moves tested)."""
+
+    scenario: str
+    fund_exhausted: float
+    adl_starts: dict[str, float]
+    tested: list[float]
+
+
+def solvency(scenario: str, results: list[dict], instruments: list[str]) -> Solvency | None:
+    """From cascade results of one scenario at several severities (None without an insurance fund)."""
+    runs = sorted((r for r in results if r["scenario"] == scenario and r.get("insurance_fund") is not None),
+                  key=lambda r: r["severity"])
+    if not runs:
+        return None
+    fund = next((r["severity"] for r in runs if r["insurance_fund"]["uncovered_usd"] > 0), 1.0)
+    adl = {}
+    for name in instruments:
+        adl[name] = next((r["severity"] for r in runs
+                          if r["insurance_fund"]["adl_notional_by_instrument_usd"].get(name, 0.0) > 0), 1.0)
+    return Solvency(scenario, fund, adl, [r["severity"] for r in runs])
+
+
+@dataclass
 class CriticalMove:
     """The smallest shock of a scenario whose cascade is critical (CascadeRiskAlert), and that cascade."""
 
@@ -69,6 +94,7 @@ class StressRuns(ABC):
         self.last_results: dict[tuple[str, float], dict] = {}
         self.total_usd = 0.0
         self._floor_warned: set[str] = set()
+        self.solvency: Solvency | None = None  # of the last run_all
 
     @abstractmethod
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
@@ -141,6 +167,7 @@ class StressRuns(ABC):
             critical[primary] = CriticalMove(1.0, None, self.total_usd)
         else:
             critical[primary] = CriticalMove(*await self._bisect(pv, primary, calm, *bad), self.total_usd)
+        self.solvency = solvency(primary, list(out) + list(scan), list(self.engine.layout.instruments))
         return out, critical, exposure
 
     async def _bisect(self, pv, scenario: str, calm: float, bad: float, at_bad: dict,

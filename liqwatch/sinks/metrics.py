@@ -39,6 +39,11 @@ class Metrics:
         self.liquidatable_notional = Gauge("liqwatch_liquidatable_notional_usd", "Position notional plus collateral "
                                            "value of liquidatable accounts.", registry=r)
         self.equity_total = Gauge("liqwatch_equity_usd", "Sum of account equity in this shard.", registry=r)
+        self.fund_exhausted_move = Gauge("liqwatch_insurance_fund_exhausted_move_ratio", "Smallest tested move of "
+                                         "the scenario whose cascade exhausts the insurance fund (1: none).",
+                                         ["scenario"], registry=r)
+        self.adl_move = Gauge("liqwatch_adl_move_ratio", "Smallest tested move of the primary scenario at which "
+                              "auto-deleveraging starts on the instrument (1: none).", ["instrument"], registry=r)
         self.liquidation_map = Gauge("liqwatch_liquidation_map_usd", "Liquidation map cell: notional (positions and "
                                      "collateral) of this shard's accounts that would be liquidated if the "
                                      "underlying's prices moved by `move`, and not at the level next nearer to the "

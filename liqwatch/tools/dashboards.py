@@ -142,6 +142,14 @@ def overview() -> dict:
                      "maximum number of rounds: at that severity the feedback loop does not settle.",
                      target(f"max by (scenario, severity) (liqwatch_cascade_runaway{s})",
                             "{{scenario}} @ {{severity}}"), mappings=FIRING),
+            series("Insurance fund and auto-deleveraging", "Smallest tested shock of the scenario whose cascade "
+                   "exhausts the venue's insurance fund (liquidation.insurance_fund), and per instrument the one at "
+                   "which auto-deleveraging starts on it: what is left of the bankrupt accounts' deficit falls on "
+                   "the traders on the other side (1 = none up to the largest shock tested). The insurance_fund and "
+                   "adl_risk alerts fire when these fall.",
+                   target(f"min by (scenario) (liqwatch_insurance_fund_exhausted_move_ratio{s})", "fund: {{scenario}}"),
+                   target("min by (instrument) (liqwatch_adl_move_ratio)", "ADL: {{instrument}}", "B"),
+                   unit="percentunit"),
             series("Critical severity", "Smallest shock at which the scenario's cascade runs away or amplifies past "
                    "its limit (1 = none up to the largest shock tested). Falling means the market is getting fragile.",
                    target(f"min by (scenario) (liqwatch_critical_severity_ratio{s})", "{{scenario}}"),

@@ -163,7 +163,8 @@ class ShardService:
             "cascade": cid, "round": req["round"], "worker": self.worker_id, "partitions": partitions,
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
             "fees": res.fees, "deficit": res.deficit, "bankrupt_notional": res.bankrupt_notional,
-            "bankrupt": res.bankrupt, "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
+            "bankrupt": res.bankrupt, "bankrupt_by_instrument": res.bankrupt_by_instrument.tolist(),
+            "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
 
 
 class Coordinator(StressRuns):
@@ -250,7 +251,9 @@ class Coordinator(StressRuns):
         if not got:
             return RoundResult(0, 0.0, np.zeros(req.index.shape[0]))
         return sum_results([RoundResult(r["count"], r["notional"], np.asarray(r["net_sold"]), r.get("fees", 0.0),
-                                        r.get("deficit", 0.0), r.get("bankrupt_notional", 0.0), r.get("bankrupt", 0))
+                                        r.get("deficit", 0.0), r.get("bankrupt_notional", 0.0), r.get("bankrupt", 0),
+                                        np.asarray(r["bankrupt_by_instrument"], dtype=np.float64)
+                                        if r.get("bankrupt_by_instrument") is not None else None)
                             for r in got])
 
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:

@@ -170,7 +170,7 @@ class Leadership:
                         self._aborted_logged = True
                     await asyncio.sleep(1.0)
             self._aborted_logged = False
-            events = self.alerts.cascades(critical, pv.t)
+            events = self.alerts.cascades(critical, pv.t, self.coordinator.solvency)
             if exposure is not None:
                 events += self.alerts.accounts(exposure, pv.t)
             await self.emit_alerts(events)

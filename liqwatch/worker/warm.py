@@ -77,7 +77,7 @@ def _drive_cascade(eng: Engine, cfg: Config, pv) -> None:
     shard = Shard(eng.accounts.view(), lay.risk_params)
     # what a round's fallen accounts leave the insurance fund: only a round that liquidates calls it
     round_losses(np.ascontiguousarray(pv.index, dtype=np.float64), np.ascontiguousarray(pv.mark, dtype=np.float64),
-                 eng.accounts.view(), lay.risk_params, np.zeros(0, dtype=np.int32), 0.0)
+                 eng.accounts.view(), lay.risk_params, np.zeros(0, dtype=np.int32), 0.0, np.zeros(len(lay.instruments)))
     req = next(rounds)
     with contextlib.suppress(StopIteration):
         while True:

@@ -96,3 +96,33 @@ def test_cascade_risk_says_move_notional_share_and_amplification():
     assert (ev["severity"], ev["value"]) == ("critical", 0.0125)
     assert ev["summary"] == ("a 1.2% risk_off move would liquidate $2,500M (25.0% of all accounts' notional): "
                              "1 round, amplification 1.0×")
+
+
+def _fund_result(severity: float, uncovered: float, by_instrument: dict[str, float]) -> dict:
+    return {"scenario": "risk_off", "severity": severity,
+            "insurance_fund": {"uncovered_usd": uncovered, "adl_notional_by_instrument_usd": by_instrument}}
+
+
+def test_insurance_fund_and_adl_risk_take_the_smallest_move_that_exhausts_the_fund():
+    from liqwatch.config import AlertsSpec
+    from liqwatch.risk.stress import solvency
+
+    results = [_fund_result(0.02, 0.0, {}), _fund_result(0.12, 5e7, {"BTCUSDT-PERP": 1e8, "ETHUSDT-PERP": 2e7}),
+               _fund_result(0.04, 1e6, {"ETHUSDT-PERP": 3e6}), _fund_result(0.04, 0.0, {})]
+    results[3]["scenario"] = "squeeze"  # another scenario: not read
+    s = solvency("risk_off", results, ["BTCUSDT-PERP", "ETHUSDT-PERP", "SOLUSDT-PERP"])
+    assert s.fund_exhausted == 0.04 and s.tested == [0.02, 0.04, 0.12]
+    assert s.adl_starts == {"BTCUSDT-PERP": 0.12, "ETHUSDT-PERP": 0.04, "SOLUSDT-PERP": 1.0}
+    assert solvency("risk_off", [{"scenario": "risk_off", "severity": 0.1, "insurance_fund": None}], []) is None
+    metrics = Metrics()
+    events = AlertEngine(AlertsSpec(), "cfg", metrics, "USDT").cascades({}, T, s)
+    got = {(e["kind"], e["subject"]): (e["severity"], e["summary"]) for e in events}
+    # defaults: warning at a 10% move, critical at 5%; lower is worse
+    assert got[("insurance_fund", "risk_off")] == ("critical", "a 4.0% risk_off move would exhaust the insurance "
+                                                   "fund: the rest of the bankrupt accounts' deficit goes to "
+                                                   "auto-deleveraging")
+    assert got[("adl_risk", "ETHUSDT-PERP")][0] == "critical"
+    assert ("adl_risk", "BTCUSDT-PERP") not in got and ("adl_risk", "SOLUSDT-PERP") not in got  # 12%, none
+    page = metrics.exposition().decode() if isinstance(metrics.exposition(), bytes) else metrics.exposition()
+    assert 'liqwatch_adl_move_ratio{instrument="SOLUSDT-PERP"} 1.0' in page
+    assert 'liqwatch_insurance_fund_exhausted_move_ratio{scenario="risk_off"} 0.04' in page
