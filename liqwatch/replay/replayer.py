@@ -329,6 +329,7 @@ class Run:
     liquidated_usd: float = 0.0      # accounts that became liquidatable in the window, each once, at that time
     liquidated_accounts: int = 0
     first_priced: dict | None = None  # market and accounts at the first fully priced boundary (liquidity limits)
+    liqmap: dict | None = None        # the liquidation map at the first cascade boundary with every price known
     last_t: int = -1
     every_ms: dict = field(default_factory=dict)   # evaluation and cascade intervals of event time
 
@@ -415,6 +416,10 @@ class Replayer:
         self._sample(t, final)
         if cascades:
             pv = mon.snapshot()
+            if self.run.liqmap is None and self.run.first_priced is not None:
+                levels = self.cfg.liqmap.levels()
+                self.run.liqmap = {"t": pv.t, "assets": {a: eng.liquidation_map(a, levels)
+                                                         for a in self.cfg.liqmap_assets()}}
             results, critical, exposure = await self.stress.run_all(pv)
             alerts += self.alerting.cascades(critical, pv.t, self.stress.solvency)
             if exposure is not None:

@@ -78,7 +78,7 @@ def test_report_has_every_part_and_the_fix_liquidates_less(report):
     summary = json.loads((report / "summary.json").read_text())
     html = (report / "index.html").read_text()
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == sorted(["alerts.png", "cascades.png", "health.png", "limits.png", "liquidatable.png"] +
+    assert pngs == sorted(["alerts.png", "cascades.png", "health.png", "limits.png", "liquidatable.png", "liqmap.png"] +
                           [f"prices-{a}.png" for a in ("BTC", "ETH", "SOL", "USDe", "WBETH", "BNSOL")])
     for p in pngs:
         _png_has_data(report / p)
@@ -86,6 +86,11 @@ def test_report_has_every_part_and_the_fix_liquidates_less(report):
     pre, fixed = summary["configs"]
     assert (pre["name"], fixed["name"]) == ("oct-2025-prefix", "oct-2025-fixed")
     assert 0 < fixed["totals"]["liquidated_usd"] < pre["totals"]["liquidated_usd"]
+    # the liquidation map of every underlying, with longs waiting below the price; the fund's worst cascade
+    assert set(pre["liqmap"]["assets"]) == {"BTC", "ETH", "SOL"}
+    btc = pre["liqmap"]["assets"]["BTC"]
+    assert sum(v for m, v in zip(btc["move"], btc["added_usd"]) if m < 0) > 0
+    assert pre["totals"]["max_adl_notional_usd"] >= fixed["totals"]["max_adl_notional_usd"]
     cmp = summary["comparisons"][0]
     assert cmp["liquidated_usd_avoided"] == pytest.approx(pre["totals"]["liquidated_usd"] -
                                                           fixed["totals"]["liquidated_usd"])

@@ -142,6 +142,12 @@ def _config_summary(run: Run, limits: list[dict]) -> dict:
             "critical_episodes": len({a["id"] for a in alerts if a["severity"] == "critical"}),
             "dead_letters": len(run.dead_letters),
         },
+        # the liquidation map (config liqmap) at the window's first cascade evaluation with every price known
+        "liqmap": None if run.liqmap is None else {
+            "t": run.liqmap["t"],
+            "assets": {a: {f: [r[f] for r in rows] for f in ("move", "price", "long_usd", "short_usd",
+                                                               "collateral_usd", "added_usd")}
+                       for a, rows in run.liqmap["assets"].items()}},
         "first_wave": None if wave is None else wave["ts"],
         "first_critical_cascade_risk": None if warn is None else warn["ts"],
         "lead_time_s": lead,

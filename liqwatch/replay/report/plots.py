@@ -33,7 +33,41 @@ def write_plots(out: Path, summary: dict) -> dict[str, str]:
         name = f"{key}.png"
         fn(summary, out / name)
         plots[key] = name
+    if plot_liqmap(summary, out / "liqmap.png"):
+        plots["liqmap"] = "liqmap.png"
     return plots
+
+
+def plot_liqmap(summary: dict, path: Path) -> bool:
+    """Per underlying, the notional that falls at each level of its move (the map's cells), one bar per config:
+    below the price longs sold, above it shorts bought. False when no config has a map."""
+    import matplotlib.pyplot as plt
+
+    maps = [(c["name"], c["liqmap"]) for c in summary["configs"] if c.get("liqmap")]
+    if not maps:
+        return False
+    assets = list(maps[0][1]["assets"])
+    fig, axes = plt.subplots(1, len(assets), figsize=(4.2 * len(assets), 4.6), squeeze=False)
+    width = 0.8 / len(maps)
+    for ax, a in zip(axes[0], assets):
+        for k, (name, m) in enumerate(maps):
+            cells = m["assets"].get(a)
+            if cells is None:
+                continue
+            moves = cells["move"]
+            step = min((abs(y - x) for x, y in zip(moves, moves[1:])), default=0.01) or 0.01
+            ys = [100 * (x + (k - (len(maps) - 1) / 2) * width * step) for x in moves]
+            ax.barh(ys, [(v or 0.0) / 1e6 for v in cells["added_usd"]], height=100 * width * step,
+                    color=COLORS[k % len(COLORS)], label=name)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{a} at {_times([maps[0][1]['t']])[0]:%H:%M} UTC", fontsize=10)
+        ax.set_xlabel("USD millions falling at the level")
+        ax.set_ylabel("move of its prices, %")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("liquidation map: who is liquidated at which move (round 1, no impact; below 0: longs sold, "
+                 "above: shorts bought)", fontsize=10)
+    _save(fig, path, rect=(0, 0, 1, 0.94))
+    return True
 
 
 def _times(ts: list[int]):
