@@ -52,13 +52,33 @@ from liqwatch.kernels.stress import shock_books
 MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its price
 
 
+@njit(cache=True)  # a call, not inlined: only fallen accounts take it, and the evaluation loop stays lean
+def _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument):
+    """What account i, liquidated with equity e at the round's marks, leaves to the insurance fund, added to
+    out_losses = [fees paid, deficit, position notional of the bankrupt, bankrupt accounts] and, per instrument,
+    that notional to `out_by_instrument`. Closing at the round's prices leaves the account its equity: the
+    liquidation fee (fee_rate × the position notional closed) is paid out of what is left of it; with e < 0 the
+    account is bankrupt, and −e is the deficit the fund (or auto-deleveraging) must cover."""
+    notional = 0.0
+    for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        notional += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
+    if e < 0.0:
+        out_losses[1] -= e
+        out_losses[2] += notional
+        out_losses[3] += 1.0
+        for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            out_by_instrument[accounts.pos_instr[j]] += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
+    else:
+        out_losses[0] += min(fee_rate * notional, e)
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, work_equity,
-                    work_maintenance):
+                    work_maintenance, fee_rate, out_losses, out_by_instrument):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
-    `out_net_sold` (USD per asset, + sold) and returns (accounts closed, notional closed). With commit=False
-    nothing is marked (the runaway check after the last allowed round). `work_*` are scratch arrays of the
-    row count of `accounts`."""
+    `out_net_sold` (USD per asset, + sold) and its losses to `out_losses`, `out_by_instrument` (`_losses`), and
+    returns (accounts closed, notional closed). With commit=False nothing is marked (the runaway check after the
+    last allowed round). `work_*` are scratch arrays of the row count of `accounts`."""
     margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
     count = 0
     for i in range(accounts.active.shape[0]):
@@ -66,6 +86,7 @@ def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, o
             count += 1
             if commit:
                 liquidated[i] = round_no
+                _losses(i, work_equity[i], mark, accounts, fee_rate, out_losses, out_by_instrument)
     notional = 0.0
     if not commit or count == 0:
         return count, notional
@@ -428,7 +449,8 @@ FIRST_TEST_BELOW = np.float32(1.0 - 1e-6)  # float32 sums of four products err b
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call, move_top,
-                           move_lut, k_factor, slopes, state, reach, work_rows):
+                           move_lut, k_factor, slopes, state, reach, work_rows, fee_rate, out_losses,
+                           out_by_instrument):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
     evaluated).
 
@@ -523,6 +545,7 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
             if commit:
                 liquidated[i] = round_no
                 _out(state, reach, i)
+                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument)
                 start = accounts.pos_start[i]
                 pos_in_order &= start >= last_start
                 last_start = start
@@ -608,37 +631,12 @@ class RoundResult:
     count: int
     notional: float
     net_sold: np.ndarray
-    # the round's losses (`round_losses`), summed over shards like the rest
+    # the round's losses (`_losses`), summed over shards like the rest
     fees: float = 0.0               # liquidation fees paid into the insurance fund
     deficit: float = 0.0            # −equity of the accounts that fell below zero
     bankrupt_notional: float = 0.0  # position notional of those accounts
     bankrupt: int = 0               # those accounts
     bankrupt_by_instrument: np.ndarray | None = None  # their position notional per instrument
-
-
-@njit(cache=True, nogil=True)
-def round_losses(index, mark, accounts, risk, rows, fee_rate, out_by_instrument):
-    """What the accounts `rows`, liquidated at (index, mark), leave to the insurance fund: (fees paid, deficit,
-    position notional of the bankrupt, bankrupt accounts), and that notional per instrument added to
-    `out_by_instrument`. Closing at the round's prices leaves an account its equity E: the liquidation fee
-    (fee_rate × the position notional closed) is paid out of what is left of it; an account with E < 0 is bankrupt,
-    and its −E is the deficit the fund (or auto-deleveraging) must cover."""
-    fees, deficit, bankrupt_notional, bankrupt = 0.0, 0.0, 0.0, 0
-    for k in range(rows.shape[0]):
-        i = rows[k]
-        e, _ = account_numbers(i, index, mark, accounts, risk)
-        notional = 0.0
-        for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
-            notional += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
-        if e < 0.0:
-            deficit -= e
-            bankrupt_notional += notional
-            bankrupt += 1
-            for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
-                out_by_instrument[accounts.pos_instr[j]] += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
-        else:
-            fees += min(fee_rate * notional, e)
-    return fees, deficit, bankrupt_notional, bankrupt
 
 
 def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact, liquidation_venue,
@@ -749,14 +747,15 @@ class Shard:
 
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
+        losses, by_instrument = np.zeros(4), np.zeros(np.asarray(req.mark).shape[0])
         if not self.prune:
             live = int(np.count_nonzero(self.accounts.active & (self.fallen == 0)))
             c, n = liquidate_round(req.index, req.mark, self.accounts, self.risk, self.fallen, req.round_no,
-                                   req.commit, flows, self.work_equity, self.work_maintenance)
+                                   req.commit, flows, self.work_equity, self.work_maintenance, self.fee_rate,
+                                   losses, by_instrument)
             self.evaluated += live
             self.candidates += live
-            rows = np.flatnonzero(self.fallen == req.round_no).astype(np.int32) if req.commit and c else None
-            return self._losses(RoundResult(int(c), float(n), flows), req, rows)
+            return _result(c, n, flows, losses, by_instrument)
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         if len(self.history_index) > SEEN_LIMIT:  # calls no longer fit `seen`: start over, everyone evaluated
@@ -769,26 +768,20 @@ class Shard:
             price_moves(np.array(self.history_index), np.array(self.history_mark), index, mark, *moves)
         c, n, ev = liquidate_round_pruned(
             index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
-            self.k_factor, self.slopes, self.state, self.state.view(np.float32), self.work_rows)
+            self.k_factor, self.slopes, self.state, self.state.view(np.float32), self.work_rows, self.fee_rate,
+            losses, by_instrument)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)
         self.candidates += self.live
         if req.commit:
             self.live -= int(c)
-        rows = np.sort(self.work_rows[:int(c)]) if req.commit and c else None  # this round's fallen, row order
-        return self._losses(RoundResult(int(c), float(n), flows), req, rows)
+        return _result(c, n, flows, losses, by_instrument)
 
-    def _losses(self, got: RoundResult, req: RoundRequest, rows) -> RoundResult:
-        by_instrument = np.zeros(np.asarray(req.mark).shape[0])
-        if rows is not None:
-            fees, deficit, notional, bankrupt = round_losses(np.ascontiguousarray(req.index, dtype=np.float64),
-                                                             np.ascontiguousarray(req.mark, dtype=np.float64),
-                                                             self.accounts, self.risk, rows, self.fee_rate,
-                                                             by_instrument)
-            got.fees, got.deficit, got.bankrupt_notional, got.bankrupt = fees, deficit, notional, int(bankrupt)
-        got.bankrupt_by_instrument = by_instrument
-        return got
+
+def _result(count, notional, flows, losses, by_instrument) -> RoundResult:
+    return RoundResult(int(count), float(notional), flows, float(losses[0]), float(losses[1]), float(losses[2]),
+                       int(losses[3]), by_instrument)
 
 
 def sum_results(results: list[RoundResult]) -> RoundResult:

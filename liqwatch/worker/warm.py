@@ -20,7 +20,7 @@ import numpy as np
 from liqwatch.config import Config
 from liqwatch.core.engine import Engine
 from liqwatch.events import BadEvent, decode
-from liqwatch.kernels.cascade import RoundResult, Shard, cascade_rounds, round_losses
+from liqwatch.kernels.cascade import RoundResult, Shard, cascade_rounds
 from liqwatch.kernels.keys import partitions_of
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.sinks.metrics import Metrics
@@ -75,9 +75,6 @@ def _drive_cascade(eng: Engine, cfg: Config, pv) -> None:
                             lay.index_params, lay.mark_params, pv.index, lay.impact_params,
                             lay.venue_id[cfg.liquidation.venue], 2)
     shard = Shard(eng.accounts.view(), lay.risk_params)
-    # what a round's fallen accounts leave the insurance fund: only a round that liquidates calls it
-    round_losses(np.ascontiguousarray(pv.index, dtype=np.float64), np.ascontiguousarray(pv.mark, dtype=np.float64),
-                 eng.accounts.view(), lay.risk_params, np.zeros(0, dtype=np.int32), 0.0, np.zeros(len(lay.instruments)))
     req = next(rounds)
     with contextlib.suppress(StopIteration):
         while True:

@@ -1,4 +1,4 @@
-"""The insurance fund in the cascade, checked by hand on two accounts (liqwatch.kernels.cascade: round_losses and
+"""The insurance fund in the cascade, checked by hand on two accounts (liqwatch.kernels.cascade: _losses and
 the fund's account in cascade_rounds).
 
 BTC falls 10% to 90,000 (no impact: the cascade stops after round 1). Both accounts are long 1 BTCUSDT-PERP
