@@ -44,7 +44,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from liqwatch.kernels.health import account_numbers, bracket_charge, margin_numbers
+from liqwatch.kernels.health import bracket_charge, margin_numbers
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import IMPACT_LINEAR, IMPACT_SQRT, AccountArrays, RiskParams
 from liqwatch.kernels.stress import shock_books
