@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from liqwatch.config import Config, load_config
+import yaml
+
+from liqwatch.config import Config, load_config, parse_config
 from liqwatch.core.engine import Engine
 from liqwatch.events import decode
 from tests import reference as ref
@@ -45,6 +47,30 @@ def run_reference(cfg: Config, events: list[dict]) -> tuple[ref.Market, dict[str
         else:
             accounts[ev["account"]] = ev
     return market, accounts, t
+
+
+ONE_BOOK = """
+settlement: USDT
+assets:
+  USDT: {}
+  BTC:
+    index: {constituents: [{source: "binance:BTC/USDT", weight: 1}], max_deviation: 1}
+instruments:
+  BTCUSDT-PERP:
+    underlying: BTC
+    mark: {method: index}
+    maintenance: [{upto: null, rate: 0.01}]
+liquidation: LIQUIDATION
+stress:
+  scenarios: {risk_off: {BTC: -1.0}}
+  severities: [0.1]
+"""
+
+
+def one_book_config(liquidation: str) -> Config:
+    """BTC priced by one Binance book, one perpetual on it (1% maintenance, marked at the index): hand-checked
+    cases. `liquidation`: the config's liquidation block, inline YAML."""
+    return parse_config(yaml.safe_load(ONE_BOOK.replace("LIQUIDATION", liquidation)))
 
 
 def close(a, b, rel: float = 1e-9, abs_: float = 1e-6) -> bool:

@@ -224,25 +224,31 @@ class Engine:
                              "adl_rank": number(adl[p])})
         return rows
 
+    def map_cells(self, asset: str, factors, pv, accounts) -> dict[str, np.ndarray]:
+        """The liquidation map of `asset` on the snapshot `pv` and `accounts` (liqwatch.kernels.liqmap), as arrays
+        per level: `levels` (the factors, ascending, 1 among them), `price`, `accounts`, `long`, `short`,
+        `collateral`, `added`. One call for the batch command, the workers' metrics and the replay."""
+        lay = self.layout
+        levels = np.unique(np.append(np.asarray(factors, dtype=np.float64), 1.0))
+        k = levels.shape[0]
+        out = {"levels": levels, "price": np.empty(k), "accounts": np.empty(k, dtype=np.int64), "long": np.empty(k),
+               "short": np.empty(k), "collateral": np.empty(k), "added": np.empty(k)}
+        liquidation_map(float(pv.t), lay.asset_id[asset], levels, int(np.searchsorted(levels, 1.0)), pv.quotes,
+                        lay.index_params, lay.mark_params, pv.index, accounts, lay.risk_params, out["price"],
+                        out["accounts"], out["long"], out["short"], out["collateral"], out["added"])
+        return out
+
     def liquidation_map(self, asset: str, factors, at: int | None = None) -> list[dict]:
         """Per level, a factor on every venue price of `asset` (ascending, with the current prices, move 0, among
         them): what round 1 of that shock liquidates (liqwatch.kernels.liqmap). `notional_usd` = long + short +
         collateral, the §5 round-1 notional; `added_usd`, the heatmap's cell: the notional of the accounts that
         fall at this level and not at the next level nearer to the current price."""
-        pv = self.prices(at)
-        lay = self.layout
-        levels = np.unique(np.append(np.asarray(factors, dtype=np.float64), 1.0))
-        now = int(np.searchsorted(levels, 1.0))
-        k = levels.shape[0]
-        price, count = np.empty(k), np.empty(k, dtype=np.int64)
-        long_, short, coll, added = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
-        liquidation_map(float(pv.t), lay.asset_id[asset], levels, now, pv.quotes, lay.index_params,
-                        lay.mark_params, pv.index, self.accounts.view(), lay.risk_params, price, count, long_,
-                        short, coll, added)
-        return [{"asset": asset, "move": round(float(levels[g]) - 1.0, 12), "price": number(price[g]),
-                 "accounts": int(count[g]), "long_usd": number(long_[g]), "short_usd": number(short[g]),
-                 "collateral_usd": number(coll[g]), "notional_usd": number(long_[g] + short[g] + coll[g]),
-                 "added_usd": number(added[g])} for g in range(k)]
+        c = self.map_cells(asset, factors, self.prices(at), self.accounts.view())
+        return [{"asset": asset, "move": round(float(f) - 1.0, 12), "price": number(c["price"][g]),
+                 "accounts": int(c["accounts"][g]), "long_usd": number(c["long"][g]),
+                 "short_usd": number(c["short"][g]), "collateral_usd": number(c["collateral"][g]),
+                 "notional_usd": number(c["long"][g] + c["short"][g] + c["collateral"][g]),
+                 "added_usd": number(c["added"][g])} for g, f in enumerate(c["levels"])]
 
     def cascade(self, scenario: str, severity: float, at: int | None = None) -> dict:
         if scenario not in self.cfg.stress.scenarios:

@@ -24,7 +24,6 @@ import numpy as np
 
 from liqwatch.kernels.health import margin_health
 from liqwatch.kernels.keys import partitions_of
-from liqwatch.kernels.liqmap import liquidation_map
 from liqwatch.kernels.market import APPLIED, EVENT_TICK, REJECTED, SUPERSEDED
 from liqwatch.core.columns import MarketRows, admit_rows
 from liqwatch.core.staged import Staged, rules_id
@@ -359,20 +358,11 @@ class Monitor:
 
     def _liquidation_map(self, pv, accounts) -> None:
         """This shard's cells of the liquidation map (config `liqmap`), one gauge per underlying and level."""
-        lay = self.engine.layout
-        levels = np.array(self.cfg.liqmap.levels())
-        now = int(np.argmin(np.abs(levels - 1.0)))
-        levels[now] = 1.0
-        k = levels.shape[0]
-        price, count = np.empty(k), np.empty(k, dtype=np.int64)
-        long_, short, coll, added = np.empty(k), np.empty(k), np.empty(k), np.empty(k)
         for asset in self.cfg.liqmap_assets():
-            liquidation_map(float(pv.t), lay.asset_id[asset], levels, now, pv.quotes, lay.index_params,
-                            lay.mark_params, pv.index, accounts, lay.risk_params, price, count, long_, short, coll,
-                            added)
-            for g in range(k):
-                self.metrics.liquidation_map.labels(underlying=asset, move=f"{levels[g] - 1.0:+.4f}").set(
-                    float(added[g]) if math.isfinite(added[g]) else 0.0)
+            c = self.engine.map_cells(asset, self.cfg.liqmap.levels(), pv, accounts)
+            for f, added in zip(c["levels"].tolist(), c["added"].tolist()):
+                self.metrics.liquidation_map.labels(underlying=asset, move=f"{f - 1.0:+.4f}").set(
+                    added if math.isfinite(added) else 0.0)
 
     def _grow(self, n: int) -> None:
         if self.sent_active.shape[0] >= n:

@@ -95,6 +95,14 @@ def _line(i, u, f, held, index, mark, accounts, risk, follows, wm):
     return alpha, gamma
 
 
+@njit(cache=True, inline="always")
+def _nearer(best, f, top, down):
+    """f if it lies between `top` and the best breakpoint so far, in the direction searched; else best."""
+    if down:
+        return f if best < f < top else best
+    return f if top < f < best else best
+
+
 @njit(cache=True)
 def _next_break(i, u, top, down, index, mark, accounts, risk, follows, wm):
     """The nearest factor beyond `top` (below it going down, above going up) at which a moving entry crosses a
@@ -106,12 +114,7 @@ def _next_break(i, u, top, down, index, mark, accounts, risk, follows, wm):
             amount = accounts.coll_qty[j] * index[a]
             if amount > 0.0:
                 for b in range(risk.haircut_upto.shape[1] - 1):
-                    f = risk.haircut_upto[a, b] / amount
-                    if down:
-                        if best < f < top:
-                            best = f
-                    elif top < f < best:
-                        best = f
+                    best = _nearer(best, risk.haircut_upto[a, b] / amount, top, down)
     if wm != 0.0:
         for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
             ins = accounts.pos_instr[j]
@@ -119,12 +122,7 @@ def _next_break(i, u, top, down, index, mark, accounts, risk, follows, wm):
                 notional = abs(accounts.pos_qty[j]) * mark[ins]
                 if notional > 0.0:
                     for b in range(risk.maint_upto.shape[1] - 1):
-                        f = risk.maint_upto[ins, b] / notional
-                        if down:
-                            if best < f < top:
-                                best = f
-                        elif top < f < best:
-                            best = f
+                        best = _nearer(best, risk.maint_upto[ins, b] / notional, top, down)
     return best
 
 

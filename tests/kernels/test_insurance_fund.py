@@ -10,31 +10,12 @@ entered at 100,000 (maintenance 1%, so M = 900 at 90,000):
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from liqwatch.config import parse_config
-from tests.conftest import run_engine
-
-CONFIG = """
-settlement: USDT
-assets:
-  USDT: {}
-  BTC:
-    index: {constituents: [{source: "binance:BTC/USDT", weight: 1}], max_deviation: 1}
-instruments:
-  BTCUSDT-PERP:
-    underlying: BTC
-    mark: {method: index}
-    maintenance: [{upto: null, rate: 0.01}]
-liquidation: {venue: binance, fee_rate: 0.01, insurance_fund: FUND}
-stress:
-  scenarios: {risk_off: {BTC: -1.0}}
-  severities: [0.1]
-"""
+from tests.conftest import one_book_config, run_engine
 
 
 def _cascade(fund: str, accounts: dict[str, float]) -> dict:
-    cfg = parse_config(yaml.safe_load(CONFIG.replace("FUND", fund)))
+    cfg = one_book_config(f"{{venue: binance, fee_rate: 0.01, insurance_fund: {fund}}}")
     t = 1_700_000_000_000
     evs = [{"type": "tick", "venue": "binance", "symbol": "BTC/USDT", "ts": t, "bid": 100_000, "ask": 100_000}]
     for name, usdt in accounts.items():

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 
-from liqwatch.config import parse_config
 from liqwatch.kernels.cascade import run_cascade
-from tests.conftest import run_engine
+from tests.conftest import one_book_config, run_engine
 from tests.populations import population
 
 
@@ -41,26 +39,9 @@ def test_the_map_is_round_one_of_the_shock_to_each_level(rich_config, seed, asse
     assert len(changed) > 3  # the levels differ: the test compares more than one number
 
 
-CONFIG = """
-settlement: USDT
-assets:
-  USDT: {}
-  BTC:
-    index: {constituents: [{source: "binance:BTC/USDT", weight: 1}], max_deviation: 1}
-instruments:
-  BTCUSDT-PERP:
-    underlying: BTC
-    mark: {method: index}
-    maintenance: [{upto: null, rate: 0.01}]
-liquidation: {venue: binance, fee_rate: 0.0125}
-stress:
-  scenarios: {risk_off: {BTC: -1.0}}
-  severities: [0.1]
-"""
-
 
 def test_each_account_lands_in_the_cell_of_its_liquidation_price():
-    cfg = parse_config(yaml.safe_load(CONFIG))
+    cfg = one_book_config("{venue: binance, fee_rate: 0.0125}")
     t = 1_700_000_000_000
     evs = [{"type": "tick", "venue": "binance", "symbol": "BTC/USDT", "ts": t, "bid": 100_000, "ask": 100_000}]
     # longs of 1 BTC with more or less USDT and a 2 BTC short: their liquidation prices (the position kernel) and
