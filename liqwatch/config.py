@@ -193,15 +193,30 @@ class BorrowSpec(_Frozen):
     maintenance_rate: Rate
 
 
+class PartialSpec(_Frozen):
+    # a liquidatable account with more than `above_usd` of positions loses `fraction` of every position and of its
+    # non-settlement collateral in a cascade round (the proceeds and realised PnL become settlement cash), and is
+    # checked again the next round; at or below it, or bankrupt, it is closed in full (Hyperliquid: 20% above
+    # $100k of notional, then a cool-down — here, one round)
+    fraction: Annotated[float, Field(strict=True, gt=0, lt=1, allow_inf_nan=False)]
+    above_usd: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
 class LiquidationSpec(_Frozen):
     venue: str
     fee_rate: Rate = 0.0
+    # null: a liquidatable account is closed in full (every position and every non-settlement collateral asset)
+    partial: PartialSpec | None = None
     # USD in the venue's insurance fund when a cascade starts: liquidation fees go in, the deficits of accounts
     # that end below zero come out, what it cannot cover would be auto-deleveraged (cascade `insurance_fund`);
     # null: not accounted
     insurance_fund: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = None
     # how the venue ranks positions for auto-deleveraging (the ADL-risk rank of `health --positions`)
     adl: Literal["binance", "hyperliquid"] = "binance"
+
+    def partial_step(self) -> tuple[float, float] | None:
+        """(fraction, above USD) of partial liquidation for the cascade kernels; None: closed in full."""
+        return None if self.partial is None else (self.partial.fraction, self.partial.above_usd)
 
 
 class StressSpec(_Frozen):

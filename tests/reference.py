@@ -6,6 +6,7 @@ the kernels are compared against it on seeded random populations.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -301,14 +302,24 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
     """§5, round by round; with `liquidation.insurance_fund`, the fund's account of each round: the fallen
     accounts' fees (fee rate × position notional, out of what is left of their equity) come in, the deficits of
     those below zero go out as far as the fund goes, the rest is spread pro rata over the round's bankrupt
-    accounts, whose positions in that share would be auto-deleveraged."""
+    accounts, whose positions in that share would be auto-deleveraged. With `liquidation.partial`, a liquidatable
+    account not bankrupt with more than `above_usd` of positions loses `fraction` of every position (its PnL) and
+    of every non-settlement collateral asset (sold at the index) into cash, pays the fee on what was closed out of
+    it, and stays in."""
     cfg = market.cfg
+    policy = cfg.liquidation.partial
     fund = cfg.liquidation.insurance_fund
     ledger = {"fees": 0.0, "deficit": 0.0, "drawdown": 0.0, "uncovered": 0.0, "adl": 0.0, "fund_start": fund,
               "round_drawdown": [], "round_uncovered": [], "round_adl": []}
     mids, lasts = market.shocked(scenario, s)
     prev, _ = market.prices(t)
-    alive = dict(accounts)
+    alive = {a: copy.deepcopy(acct) for a, acct in accounts.items()} if policy else dict(accounts)
+    partial_steps = 0
+
+    def numbers(acct):
+        e, m = account_numbers(cfg, acct, index, marks)
+        return e + acct.get("cash", 0.0), m
+
     rounds = 0
     total = 0.0
     count = 0
@@ -319,9 +330,14 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
     for r in range(1, cfg.stress.max_rounds + 2):
         index, marks = market.prices(t, mids, lasts, prev=prev)
         prev = index
-        fallen = [a for a, acct in alive.items() if (lambda em: em[0] < em[1])(account_numbers(cfg, acct, index, marks))]
-        if not fallen:
+        liquidatable = [a for a, acct in alive.items() if (lambda em: em[0] < em[1])(numbers(acct))]
+        if not liquidatable:
             break
+        fallen, partial = [], []
+        for a in liquidatable:
+            e, _ = numbers(alive[a])
+            closed = sum(abs(p["qty"] * marks[p["instrument"]]) for p in alive[a]["positions"])
+            (partial if policy and e >= 0 and closed > policy.above_usd else fallen).append(a)
         if r > cfg.stress.max_rounds:
             runaway = True
             break
@@ -329,13 +345,37 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         notional = 0.0
         fees = deficit = bankrupt_notional = 0.0
         for a in fallen:
-            e, _ = account_numbers(cfg, alive[a], index, marks)
+            e, _ = numbers(alive[a])
             closed = sum(abs(p["qty"] * marks[p["instrument"]]) for p in alive[a]["positions"])
             if e < 0:
                 deficit += -e
                 bankrupt_notional += closed
             else:
                 fees += min(cfg.liquidation.fee_rate * closed, e)
+        for a in partial:
+            acct = alive[a]
+            e, _ = numbers(acct)
+            f = policy.fraction
+            closed = 0.0
+            for p in acct["positions"]:
+                u = cfg.instruments[p["instrument"]].underlying
+                m = marks[p["instrument"]]
+                flows[u] = flows.get(u, 0.0) + f * p["qty"] * m
+                notional += abs(f * p["qty"] * m)
+                closed += abs(f * p["qty"] * m)
+                acct["cash"] = acct.get("cash", 0.0) + f * p["qty"] * (m - p["entry"])
+                p["qty"] -= f * p["qty"]
+            for asset, q in list(acct["collateral"].items()):
+                if asset == cfg.settlement:
+                    continue
+                v = f * q * price(cfg, asset, index)
+                flows[asset] = flows.get(asset, 0.0) + v
+                notional += v
+                acct["cash"] = acct.get("cash", 0.0) + v
+                acct["collateral"][asset] = q - f * q
+            fee = min(cfg.liquidation.fee_rate * closed, e)
+            acct["cash"] -= fee
+            fees += fee  # into the fund before this round's deficits, as the kernels' round does
         ledger["fees"] += fees
         ledger["deficit"] += deficit
         if fund is not None:
@@ -359,6 +399,7 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
                 v = q * price(cfg, asset, index)
                 flows[asset] = flows.get(asset, 0.0) + v
                 notional += v
+        partial_steps += len(partial)
         rounds += 1
         count += len(fallen)
         total += notional
@@ -394,6 +435,7 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         "amplification": total / first if rounds > 1 and first > 0 else 1.0,
         "runaway": runaway,
         "fund": {**ledger, "fund_end": fund},
+        "partial_liquidations": partial_steps,
     }
 
 

@@ -270,6 +270,7 @@ class Engine:
             self.cfg.stress.max_rounds,
             fee_rate=self.cfg.liquidation.fee_rate,
             insurance_fund=self.cfg.liquidation.insurance_fund,
+            partial=self.cfg.liquidation.partial_step(),
         )
         return cascade_dict(self, t, scenario, severity, res)
 
@@ -298,6 +299,9 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
         "runaway": bool(res.runaway),
         "round_accounts": list(res.round_accounts),
         "round_notional": [float(x) for x in res.round_notional],
+        # with liquidation.partial: steps that closed a fraction of an account, which stayed in (per round)
+        "partial_liquidations": int(res.partial_liquidations),
+        "round_partial": list(res.round_partial),
         "fees_usd": float(res.liquidated_notional * engine.cfg.liquidation.fee_rate),
         # what the liquidated accounts' equity could pay of their fees, and the deficit of those that ended below 0
         "fees_paid_usd": float(res.fees),

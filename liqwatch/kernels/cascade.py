@@ -74,41 +74,104 @@ def _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument):
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, work_equity,
-                    work_maintenance, fee_rate, out_losses, out_by_instrument):
+                    work_maintenance, fee_rate, out_losses, out_by_instrument, partial_fraction, partial_above, cash,
+                    closing):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
     `out_net_sold` (USD per asset, + sold) and its losses to `out_losses`, `out_by_instrument` (`_losses`), and
-    returns (accounts closed, notional closed). With commit=False nothing is marked (the runaway check after the
-    last allowed round). `work_*` are scratch arrays of the row count of `accounts`."""
+    returns (accounts closed, notional closed, partial liquidations). With commit=False nothing is marked (the
+    runaway check after the last allowed round). `work_*` are scratch arrays of the row count of `accounts`.
+
+    Partial liquidation (partial_fraction < 1; `cash` and `closing` of the row count, the accounts' pools this
+    shard's own): a liquidatable account not bankrupt with more than `partial_above` of position notional loses
+    that fraction of every position (its realised PnL) and of every non-settlement collateral asset (sold at the
+    index) into `cash` (USD, part of its equity from then on), pays the fee on the notional closed out of it, and
+    stays in; the flows are the fraction's."""
     margin_numbers(index, mark, accounts, risk, work_equity, work_maintenance)
+    partial = cash.shape[0] > 0
+    if partial:
+        for i in range(accounts.active.shape[0]):
+            work_equity[i] += cash[i]
+            closing[i] = 0.0
     count = 0
+    steps = 0
     for i in range(accounts.active.shape[0]):
         if accounts.active[i] and liquidated[i] == 0 and work_equity[i] < work_maintenance[i]:
+            e = work_equity[i]
+            if partial and e >= 0.0 and _notional(i, mark, accounts) > partial_above:
+                steps += 1
+                if commit:
+                    closing[i] = partial_fraction
+                continue
             count += 1
             if commit:
                 liquidated[i] = round_no
-                _losses(i, work_equity[i], mark, accounts, fee_rate, out_losses, out_by_instrument)
+                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument)
+                if partial:
+                    closing[i] = 1.0
     notional = 0.0
-    if not commit or count == 0:
-        return count, notional
+    if not commit or count + steps == 0:
+        return count, notional, steps
     for j in range(accounts.pos_owner.shape[0]):
         o = accounts.pos_owner[j]
-        if o < 0 or liquidated[o] != round_no:
+        if o < 0 or (closing[o] == 0.0 if partial else liquidated[o] != round_no):
             continue
         ins = accounts.pos_instr[j]
         flow = accounts.pos_qty[j] * mark[ins]   # long: sell (+), short: buy (−)
+        if partial:
+            flow *= closing[o]
         out_net_sold[risk.underlying[ins]] += flow
         notional += abs(flow)
     for j in range(accounts.coll_owner.shape[0]):
         o = accounts.coll_owner[j]
-        if o < 0 or liquidated[o] != round_no:
+        if o < 0 or (closing[o] == 0.0 if partial else liquidated[o] != round_no):
             continue
         a = accounts.coll_asset[j]
         if a == risk.settlement:
             continue
         v = accounts.coll_qty[j] * index[a]
+        if partial:
+            v *= closing[o]
         out_net_sold[a] += v
         notional += v
-    return count, notional
+    if steps:
+        _close_fraction(index, mark, accounts, risk, work_equity, closing, fee_rate, cash, out_losses)
+    return count, notional, steps
+
+
+@njit(cache=True, inline="always")
+def _notional(i, mark, accounts):
+    n = 0.0
+    for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+        n += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
+    return n
+
+
+@njit(cache=True)
+def _close_fraction(index, mark, accounts, risk, equity, closing, fee_rate, cash, out_losses):
+    """The partial liquidations of a round (`closing` < 1): the fraction of each position closed at its mark (the
+    realised PnL into cash), of each non-settlement collateral asset sold at its index (into cash), the fee on the
+    closed notional out of cash (at most the equity)."""
+    for i in range(accounts.active.shape[0]):
+        f = closing[i]
+        if not (0.0 < f < 1.0):
+            continue
+        closed = 0.0
+        for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            m = mark[accounts.pos_instr[j]]
+            q = accounts.pos_qty[j] * f
+            closed += abs(q * m)
+            cash[i] += q * (m - accounts.pos_entry[j])
+            accounts.pos_qty[j] -= q
+        for j in range(accounts.coll_start[i], accounts.coll_start[i] + accounts.coll_count[i]):
+            a = accounts.coll_asset[j]
+            if a == risk.settlement:
+                continue
+            q = accounts.coll_qty[j] * f
+            cash[i] += q * index[a]
+            accounts.coll_qty[j] -= q
+        fee = min(fee_rate * closed, equity[i])
+        cash[i] -= fee
+        out_losses[0] += fee
 
 
 MASK_BITS = 12  # held assets (instruments) as 12 bits: asset a is bit a % 12, so bits may alias (safely)
@@ -619,6 +682,8 @@ class CascadeResult:
     round_fund_drawdown: list[float] = field(default_factory=list)
     round_uncovered: list[float] = field(default_factory=list)
     round_adl_notional: list[float] = field(default_factory=list)
+    partial_liquidations: int = 0  # partial steps (`Shard` partial): accounts that lost a fraction and stayed in
+    round_partial: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -642,6 +707,7 @@ class RoundResult:
     bankrupt_notional: float = 0.0  # position notional of those accounts
     bankrupt: int = 0               # those accounts
     bankrupt_by_instrument: np.ndarray | None = None  # their position notional per instrument
+    partial: int = 0                # partial liquidations (accounts that lost a fraction and stay in)
 
 
 def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact, liquidation_venue,
@@ -676,13 +742,15 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
         prev[:] = index
         commit = round_no <= max_rounds
         got: RoundResult = yield RoundRequest(round_no, commit, index.copy(), mark.copy())
-        if got.count == 0:
+        if got.count == 0 and got.partial == 0:
             break
         if not commit:
             res.runaway = True
             break
         res.rounds += 1
         res.liquidated_accounts += got.count
+        res.partial_liquidations += got.partial
+        res.round_partial.append(got.partial)
         res.liquidated_notional += got.notional
         res.round_accounts.append(got.count)
         res.round_notional.append(got.notional)
@@ -721,14 +789,25 @@ class Shard:
 
     Rounds are pruned (module docstring): the shard remembers the prices of each call to `run` and, per account,
     the call of its last evaluation, its slack and its bound's scale. The accounts must not change between calls.
-    `prune=False` evaluates every live account every round (`liquidate_round`, the full scan) — same results."""
+    `prune=False` evaluates every live account every round (`liquidate_round`, the full scan) — same results.
 
-    def __init__(self, accounts: AccountArrays, risk: RiskParams, prune: bool = True, fee_rate: float = 0.0):
+    `partial` = (fraction, above USD): partial liquidation (`liquidate_round`). Accounts then change between
+    rounds, which the pruning bound does not follow: the full scan, on the shard's own copy of the positions'
+    and collateral's quantities, with each account's settlement cash beside them."""
+
+    def __init__(self, accounts: AccountArrays, risk: RiskParams, prune: bool = True, fee_rate: float = 0.0,
+                 partial: tuple[float, float] | None = None):
+        n = accounts.active.shape[0]
+        self.partial = (1.0, np.inf) if partial is None else (float(partial[0]), float(partial[1]))
+        if partial is not None:
+            prune = False
+            accounts = accounts._replace(pos_qty=accounts.pos_qty.copy(), coll_qty=accounts.coll_qty.copy())
+        self.cash = np.zeros(n if partial is not None else 0)
+        self.closing = np.zeros(self.cash.shape[0])
         self.accounts = accounts
         self.risk = risk
         self.prune = prune
         self.fee_rate = float(fee_rate)
-        n = accounts.active.shape[0]
         self.fallen = np.zeros(n, dtype=np.int32)
         m = 0 if prune else n
         self.work_equity = np.empty(m)  # the full scan's scratch
@@ -748,19 +827,19 @@ class Shard:
     def state_bytes(self) -> int:
         """What the shard keeps besides the accounts (fallen rounds, pruning state, scratch)."""
         return sum(a.nbytes for a in (self.fallen, self.work_equity, self.work_maintenance, self.state,
-                                      self.work_rows))
+                                      self.work_rows, self.cash, self.closing))
 
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
         losses, by_instrument = np.zeros(4), np.zeros(np.asarray(req.mark).shape[0])
         if not self.prune:
             live = int(np.count_nonzero(self.accounts.active & (self.fallen == 0)))
-            c, n = liquidate_round(req.index, req.mark, self.accounts, self.risk, self.fallen, req.round_no,
-                                   req.commit, flows, self.work_equity, self.work_maintenance, self.fee_rate,
-                                   losses, by_instrument)
+            c, n, steps = liquidate_round(req.index, req.mark, self.accounts, self.risk, self.fallen, req.round_no,
+                                          req.commit, flows, self.work_equity, self.work_maintenance, self.fee_rate,
+                                          losses, by_instrument, *self.partial, self.cash, self.closing)
             self.evaluated += live
             self.candidates += live
-            return _result(c, n, flows, losses, by_instrument)
+            return _result(c, n, flows, losses, by_instrument, steps)
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         if len(self.history_index) > SEEN_LIMIT:  # calls no longer fit `seen`: start over, everyone evaluated
@@ -784,9 +863,9 @@ class Shard:
         return _result(c, n, flows, losses, by_instrument)
 
 
-def _result(count, notional, flows, losses, by_instrument) -> RoundResult:
+def _result(count, notional, flows, losses, by_instrument, partial=0) -> RoundResult:
     return RoundResult(int(count), float(notional), flows, float(losses[0]), float(losses[1]), float(losses[2]),
-                       int(losses[3]), by_instrument)
+                       int(losses[3]), by_instrument, int(partial))
 
 
 def sum_results(results: list[RoundResult]) -> RoundResult:
@@ -795,13 +874,14 @@ def sum_results(results: list[RoundResult]) -> RoundResult:
     return RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
                        np.sum([r.net_sold for r in results], axis=0), sum(r.fees for r in results),
                        sum(r.deficit for r in results), sum(r.bankrupt_notional for r in results),
-                       sum(r.bankrupt for r in results), np.sum(by_instrument, axis=0) if by_instrument else None)
+                       sum(r.bankrupt for r in results), np.sum(by_instrument, axis=0) if by_instrument else None,
+                       sum(r.partial for r in results))
 
 
 def run_cascade(t, severity, direction, quotes, index_params, mark_params, base_index, books, risk, impact,
                 liquidation_venue, max_rounds, prune: bool = True, fee_rate: float = 0.0,
-                insurance_fund: float | None = None) -> CascadeResult:
-    shards = [Shard(b, risk, prune, fee_rate) for b in books]
+                insurance_fund: float | None = None, partial: tuple[float, float] | None = None) -> CascadeResult:
+    shards = [Shard(b, risk, prune, fee_rate, partial) for b in books]
     n_assets = base_index.shape[0]
     rounds = cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact,
                             liquidation_venue, max_rounds, insurance_fund)

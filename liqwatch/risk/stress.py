@@ -203,5 +203,6 @@ class LocalStressRuns(StressRuns):
         res = run_cascade(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes, lay.index_params,
                           lay.mark_params, pv.index, [accounts], lay.risk_params, lay.impact_params,
                           lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds,
-                          fee_rate=self.cfg.liquidation.fee_rate, insurance_fund=self.cfg.liquidation.insurance_fund)
+                          fee_rate=self.cfg.liquidation.fee_rate, insurance_fund=self.cfg.liquidation.insurance_fund,
+                          partial=self.cfg.liquidation.partial_step())
         return cascade_dict(eng, pv.t, scenario, severity, res)

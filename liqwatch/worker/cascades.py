@@ -137,8 +137,11 @@ class ShardService:
                     # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
                     copy = _frozen(accounts.view(), accounts.ts[: accounts.n], t)
                     partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
-            # liquidate_round only reads the accounts (the round each account fell is the Shard's own array)
-            shard = Shard(copy, self.monitor.engine.layout.risk_params, fee_rate=self.monitor.cfg.liquidation.fee_rate)
+            # liquidate_round only reads the accounts (the round each account fell is the Shard's own array; with
+            # partial liquidation the quantities it changes are its own copy)
+            liq = self.monitor.cfg.liquidation
+            shard = Shard(copy, self.monitor.engine.layout.risk_params, fee_rate=liq.fee_rate,
+                          partial=liq.partial_step())
             self.shards[cid] = (shard, partitions, caught_up)
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
@@ -164,6 +167,7 @@ class ShardService:
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
             "fees": res.fees, "deficit": res.deficit, "bankrupt_notional": res.bankrupt_notional,
             "bankrupt": res.bankrupt, "bankrupt_by_instrument": res.bankrupt_by_instrument.tolist(),
+            "partial": res.partial,
             "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
 
 
@@ -253,7 +257,8 @@ class Coordinator(StressRuns):
         return sum_results([RoundResult(r["count"], r["notional"], np.asarray(r["net_sold"]), r.get("fees", 0.0),
                                         r.get("deficit", 0.0), r.get("bankrupt_notional", 0.0), r.get("bankrupt", 0),
                                         np.asarray(r["bankrupt_by_instrument"], dtype=np.float64)
-                                        if r.get("bankrupt_by_instrument") is not None else None)
+                                        if r.get("bankrupt_by_instrument") is not None else None,
+                                        r.get("partial", 0))
                             for r in got])
 
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:

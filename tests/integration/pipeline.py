@@ -121,7 +121,7 @@ def differences(bootstrap: str, prefix: str, health: dict[str, dict], cascades: 
         if got is None or got["ts"] != want["ts"]:
             out.append(f"cascade {key}: {'none' if got is None else 'ts ' + str(got['ts'])} (batch ts {want['ts']})")
             continue
-        for f in ("rounds", "liquidated_accounts", "runaway"):
+        for f in ("rounds", "liquidated_accounts", "runaway", "partial_liquidations", "round_partial"):
             if got[f] != want[f]:
                 out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
         for f in ("liquidated_notional", "amplification", "fees_paid_usd", "deficit_usd"):

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from liqwatch.tools import stack as lwstack
 from tests.conftest import DATA
@@ -32,16 +33,28 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}."
 
 
-def workers(n, bootstrap, prefix, tmp_path) -> list[Worker]:
-    return [Worker(CONFIG, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp_path).start() for i in range(n)]
+def workers(n, bootstrap, prefix, tmp_path, config: Path = CONFIG) -> list[Worker]:
+    return [Worker(config, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp_path).start() for i in range(n)]
 
 
-@pytest.mark.parametrize("n_workers", [1, 2])
-def test_workers_equal_batch(stack, prefix, tmp_path, n_workers):
+def with_partial_liquidation(tmp_path: Path) -> Path:
+    """rich.yaml with partial liquidation (a quarter at a time above $20,000 of positions)."""
+    doc = yaml.safe_load(CONFIG.read_text())
+    doc["liquidation"]["partial"] = {"fraction": 0.25, "above_usd": 20_000.0}
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("n_workers,partial", [(1, False), (2, False), (2, True)])
+def test_workers_equal_batch(stack, prefix, tmp_path, n_workers, partial):
     bootstrap = lwstack.bootstrap_servers(stack)
     events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60))
-    health, cascades = batch_results(CONFIG, events)
-    ws = workers(n_workers, bootstrap, prefix, tmp_path)
+    config = with_partial_liquidation(tmp_path) if partial else CONFIG
+    health, cascades = batch_results(config, events)
+    if partial:  # the distributed cascade's shards liquidate part of accounts and keep them over rounds
+        assert any(c["partial_liquidations"] > 0 for c in cascades.values())
+    ws = workers(n_workers, bootstrap, prefix, tmp_path, config)
     try:
         # let the group settle first, so that the workers really share the partitions while the data flows
         deadline = time.monotonic() + 90
