@@ -77,6 +77,10 @@ def test_valid_config_loads_with_stable_id():
     (lambda d: d["assets"]["BTC"]["index"].update(max_age_ms=10000.5),
      "assets.BTC.index.max_age_ms: must be a whole number (got 10000.5)"),
     (lambda d: d["liquidation"].update(fee_rate=True), "liquidation.fee_rate: must be a number, not a boolean"),
+    # partial liquidation closes a fraction strictly between nothing and everything, above a notional ≥ 0
+    (lambda d: d["liquidation"].update(partial={"fraction": 1.0, "above_usd": 0}),
+     "liquidation.partial.fraction: must be < 1.0 (got 1.0)"),
+    (lambda d: d["liquidation"].update(partial={"fraction": 0.2}), "liquidation.partial.above_usd: required"),
     (lambda d: d["stress"]["scenarios"]["risk_off"].update(BTC=False),
      "stress.scenarios.risk_off.BTC: must be a number, not a boolean"),
     (lambda d: d["stress"].update(severities=[True]), "stress.severities[0]: must be a number, not a boolean"),
