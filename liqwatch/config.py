@@ -213,6 +213,9 @@ class LiquidationSpec(_Frozen):
     insurance_fund: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = None
     # how the venue ranks positions for auto-deleveraging (the ADL-risk rank of `health --positions`)
     adl: Literal["binance", "hyperliquid"] = "binance"
+    # with an insurance fund: execute auto-deleveraging in the cascade (what the fund cannot cover is taken over by
+    # the opposite positions highest in the `adl` queue, off the books); false: only accounted (`adl_notional_usd`)
+    auto_deleverage: bool = False
 
     def partial_step(self) -> tuple[float, float] | None:
         """(fraction, above USD) of partial liquidation for the cascade kernels; None: closed in full."""

@@ -310,10 +310,12 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
     policy = cfg.liquidation.partial
     fund = cfg.liquidation.insurance_fund
     ledger = {"fees": 0.0, "deficit": 0.0, "drawdown": 0.0, "uncovered": 0.0, "adl": 0.0, "fund_start": fund,
-              "round_drawdown": [], "round_uncovered": [], "round_adl": []}
+              "round_drawdown": [], "round_uncovered": [], "round_adl": [], "adl_closed": 0.0, "deleveraged": 0,
+              "round_adl_closed": [], "round_deleveraged": []}
     mids, lasts = market.shocked(scenario, s)
     prev, _ = market.prices(t)
-    alive = {a: copy.deepcopy(acct) for a, acct in accounts.items()} if policy else dict(accounts)
+    changing = policy or cfg.liquidation.auto_deleverage
+    alive = {a: copy.deepcopy(acct) for a, acct in accounts.items()} if changing else dict(accounts)
     partial_steps = 0
 
     def numbers(acct):
@@ -344,12 +346,17 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         flows: dict[str, float] = {}
         notional = 0.0
         fees = deficit = bankrupt_notional = 0.0
+        bankrupt_sides: dict[tuple[str, str], float] = {}
+        share = 0.0
         for a in fallen:
             e, _ = numbers(alive[a])
             closed = sum(abs(p["qty"] * marks[p["instrument"]]) for p in alive[a]["positions"])
             if e < 0:
                 deficit += -e
                 bankrupt_notional += closed
+                for p in alive[a]["positions"]:
+                    side = ("long" if p["qty"] > 0 else "short", p["instrument"])
+                    bankrupt_sides[side] = bankrupt_sides.get(side, 0.0) + abs(p["qty"] * marks[p["instrument"]])
             else:
                 fees += min(cfg.liquidation.fee_rate * closed, e)
         for a in partial:
@@ -382,6 +389,7 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
             covered = min(deficit, fund + fees)
             fund = fund + fees - covered
             uncovered = deficit - covered
+            share = uncovered / deficit if uncovered > 0 else 0.0
             adl = bankrupt_notional * uncovered / deficit if uncovered > 0 else 0.0
             for key, v in (("drawdown", covered), ("uncovered", uncovered), ("adl", adl)):
                 ledger[key] += v
@@ -399,6 +407,12 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
                 v = q * price(cfg, asset, index)
                 flows[asset] = flows.get(asset, 0.0) + v
                 notional += v
+        if cfg.liquidation.auto_deleverage and fund is not None:
+            taken, who = deleverage(cfg, alive, index, marks, bankrupt_sides, share,
+                                    deficit / bankrupt_notional if bankrupt_notional > 0 else 0.0, flows, numbers)
+            for key, v in (("adl_closed", taken), ("deleveraged", who)):
+                ledger[key] += v
+                ledger["round_" + key].append(v)
         partial_steps += len(partial)
         rounds += 1
         count += len(fallen)
@@ -437,6 +451,65 @@ def cascade(market: Market, accounts: dict[str, dict], t: float, scenario: str, 
         "fund": {**ledger, "fund_end": fund},
         "partial_liquidations": partial_steps,
     }
+
+
+def adl_key(rule: str, q: float, m: float, entry: float, e: float, room: float) -> float:
+    """The venue's ADL queue key of one position (Binance: PnL% × effective leverage, or PnL% ÷ it at a loss;
+    Hyperliquid: mark/entry (entry/mark for a short) × notional / account value)."""
+    value = q * m
+    if rule == "hyperliquid":
+        ratio = m / entry if q > 0 else entry / m
+        return ratio * abs(value) / e if e > 0 else math.inf
+    pnl = (value - q * entry) / abs(q * entry)
+    lev = abs(value) / room if room > 0 else math.inf
+    return pnl * lev if pnl > 0 else (pnl / lev if lev > 0 else pnl)
+
+
+def deleverage(cfg: Config, alive: dict, index, marks, bankrupt_sides: dict, share: float, loss_rate: float,
+               flows: dict, numbers) -> tuple[float, int]:
+    """Auto-deleveraging of one round: the share of the bankrupt accounts' positions the fund could not cover is
+    taken over, per instrument, by the opposite positions highest in the queue (the account's equity as the room
+    of Binance's leverage); ties at the last key share the rest pro rata. Each closes at the mark and pays
+    loss_rate × its closed notional; the notional taken leaves the round's market flows. Returns (notional
+    taken, accounts deleveraged)."""
+    wanted = {("short" if side == "long" else "long", ins): v * share for (side, ins), v in bankrupt_sides.items()
+              if v * share > 0}
+    if not wanted:
+        return 0.0, 0
+    queue: dict[tuple[str, str], list] = {}
+    for name, acct in alive.items():
+        e, _ = numbers(acct)
+        for p in acct["positions"]:
+            group = ("long" if p["qty"] > 0 else "short", p["instrument"])
+            m = marks[p["instrument"]]
+            if p["qty"] == 0 or group not in wanted or not (m > 0 and math.isfinite(m)) or not p["entry"] > 0:
+                continue
+            queue.setdefault(group, []).append((adl_key(cfg.liquidation.adl, p["qty"], m, p["entry"], e, e), p, name))
+    taken, who = 0.0, set()
+    for group, want in wanted.items():
+        left = want
+        by_key: dict[float, list] = {}
+        for k, p, name in queue.get(group, []):
+            by_key.setdefault(k, []).append((p, name))
+        for k in sorted(by_key, reverse=True):
+            if left <= 0:
+                break
+            ps = by_key[k]
+            there = sum(abs(p["qty"] * marks[p["instrument"]]) for p, _ in ps)
+            f = min(left / there, 1.0) if there > 0 else 0.0
+            left -= there
+            for p, owner in ps:
+                m = marks[p["instrument"]]
+                q = p["qty"] * f
+                closed = abs(q * m)
+                alive[owner]["cash"] = alive[owner].get("cash", 0.0) + q * (m - p["entry"]) - loss_rate * closed
+                p["qty"] -= q
+                taken += closed
+                who.add(owner)
+                u = cfg.instruments[p["instrument"]].underlying
+                # a bankrupt long taken by this short was not sold on the books, nor a bankrupt short bought
+                flows[u] = flows.get(u, 0.0) + (closed if group[0] == "long" else -closed)
+    return taken, len(who)
 
 
 def position_prices(cfg: Config, acct: dict, index: dict[str, float], marks: dict[str, float]) -> list[tuple]:

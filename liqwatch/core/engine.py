@@ -194,7 +194,7 @@ class Engine:
         pv = self.prices(at)
         accounts = self.accounts.view()
         key = np.empty(accounts.pos_qty.shape[0])
-        rule = ADL_HYPERLIQUID if self.cfg.liquidation.adl == "hyperliquid" else ADL_BINANCE
+        rule = adl_rule(self.cfg, queue_only=True)
         adl_keys(pv.mark, accounts, self.layout.risk_params, pv.index, bankruptcy, rule, key)
         rank = np.full(key.shape[0], np.nan)
         ok = ~np.isnan(key)
@@ -271,8 +271,17 @@ class Engine:
             fee_rate=self.cfg.liquidation.fee_rate,
             insurance_fund=self.cfg.liquidation.insurance_fund,
             partial=self.cfg.liquidation.partial_step(),
+            adl_rule=adl_rule(self.cfg),
         )
         return cascade_dict(self, t, scenario, severity, res)
+
+
+def adl_rule(cfg: Config, queue_only: bool = False) -> int | None:
+    """The kernels' number for the venue's ADL queue (`liquidation.adl`); None when the cascade is not to execute
+    auto-deleveraging (`liquidation.auto_deleverage` off), unless only the queue is asked for."""
+    if not (queue_only or cfg.liquidation.auto_deleverage):
+        return None
+    return ADL_HYPERLIQUID if cfg.liquidation.adl == "hyperliquid" else ADL_BINANCE
 
 
 def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) -> dict:
@@ -314,7 +323,12 @@ def cascade_dict(engine: Engine, t: int, scenario: str, severity: float, res) ->
                                                enumerate(res.adl_by_instrument) if v > 0.0},
             "round_drawdown_usd": [float(x) for x in res.round_fund_drawdown],
             "round_uncovered_usd": [float(x) for x in res.round_uncovered],
-            "round_adl_notional_usd": [float(x) for x in res.round_adl_notional]},
+            "round_adl_notional_usd": [float(x) for x in res.round_adl_notional],
+            # executed (liquidation.auto_deleverage): the opposite positions taken, and the accounts that held them
+            "adl_closed_notional_usd": float(res.adl_closed_notional),
+            "deleveraged_accounts": int(res.deleveraged_accounts),
+            "round_adl_closed_notional_usd": [float(x) for x in res.round_adl_closed_notional],
+            "round_deleveraged_accounts": list(res.round_deleveraged_accounts)},
         # assets whose impact model took a round's price to the floor (1% of it): a depth to calibrate
         "impact_floor": [lay.assets[a] for a in sorted(res.floored)],
     }

@@ -44,6 +44,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from liqwatch.kernels.adl import adl_plan, adl_queue, deleverage
 from liqwatch.kernels.health import bracket_charge, margin_numbers
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import IMPACT_LINEAR, IMPACT_SQRT, AccountArrays, RiskParams
@@ -53,10 +54,10 @@ MIN_PRICE_FACTOR = 0.01  # one round's impact never takes a book below 1% of its
 
 
 @njit(cache=True)  # a call, not inlined: only fallen accounts take it, and the evaluation loop stays lean
-def _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument):
+def _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_side):
     """What account i, liquidated with equity e at the round's marks, leaves to the insurance fund, added to
-    out_losses = [fees paid, deficit, position notional of the bankrupt, bankrupt accounts] and, per instrument,
-    that notional to `out_by_instrument`. Closing at the round's prices leaves the account its equity: the
+    out_losses = [fees paid, deficit, position notional of the bankrupt, bankrupt accounts] and, per side (1: long)
+    and instrument, that notional to `out_by_side`. Closing at the round's prices leaves the account its equity: the
     liquidation fee (fee_rate × the position notional closed) is paid out of what is left of it; with e < 0 the
     account is bankrupt, and −e is the deficit the fund (or auto-deleveraging) must cover."""
     notional = 0.0
@@ -67,17 +68,18 @@ def _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument):
         out_losses[2] += notional
         out_losses[3] += 1.0
         for j in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
-            out_by_instrument[accounts.pos_instr[j]] += abs(accounts.pos_qty[j] * mark[accounts.pos_instr[j]])
+            q = accounts.pos_qty[j]
+            out_by_side[1 if q > 0.0 else 0, accounts.pos_instr[j]] += abs(q * mark[accounts.pos_instr[j]])
     else:
         out_losses[0] += min(fee_rate * notional, e)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, work_equity,
-                    work_maintenance, fee_rate, out_losses, out_by_instrument, partial_fraction, partial_above, cash,
+                    work_maintenance, fee_rate, out_losses, out_by_side, partial_fraction, partial_above, cash,
                     closing):
     """Close every live account that is liquidatable at (index, mark). Adds each closed account's flows to
-    `out_net_sold` (USD per asset, + sold) and its losses to `out_losses`, `out_by_instrument` (`_losses`), and
+    `out_net_sold` (USD per asset, + sold) and its losses to `out_losses`, `out_by_side` (`_losses`), and
     returns (accounts closed, notional closed, partial liquidations). With commit=False nothing is marked (the
     runaway check after the last allowed round). `work_*` are scratch arrays of the row count of `accounts`.
 
@@ -105,7 +107,7 @@ def liquidate_round(index, mark, accounts, risk, liquidated, round_no, commit, o
             count += 1
             if commit:
                 liquidated[i] = round_no
-                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument)
+                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_side)
                 if partial:
                     closing[i] = 1.0
     notional = 0.0
@@ -514,7 +516,7 @@ FIRST_TEST_BELOW = np.float32(1.0 - 1e-6)  # float32 sums of four products err b
 @njit(cache=True, error_model="numpy", nogil=True)
 def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, commit, out_net_sold, call, move_top,
                            move_lut, k_factor, slopes, state, reach, work_rows, fee_rate, out_losses,
-                           out_by_instrument):
+                           out_by_side):
     """`liquidate_round` with pruning (module docstring): returns (accounts closed, notional closed, accounts
     evaluated).
 
@@ -613,7 +615,7 @@ def liquidate_round_pruned(index, mark, accounts, risk, liquidated, round_no, co
             if commit:
                 liquidated[i] = round_no
                 _out(state, reach, i)
-                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_instrument)
+                _losses(i, e, mark, accounts, fee_rate, out_losses, out_by_side)
                 start = accounts.pos_start[i]
                 pos_in_order &= start >= last_start
                 last_start = start
@@ -684,6 +686,11 @@ class CascadeResult:
     round_adl_notional: list[float] = field(default_factory=list)
     partial_liquidations: int = 0  # partial steps (`Shard` partial): accounts that lost a fraction and stayed in
     round_partial: list[int] = field(default_factory=list)
+    # auto-deleveraging executed (`adl_rule`): positions taken over from the bankrupt, accounts that gave them
+    deleveraged_accounts: int = 0
+    adl_closed_notional: float = 0.0
+    round_deleveraged_accounts: list[int] = field(default_factory=list)
+    round_adl_closed_notional: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -708,10 +715,45 @@ class RoundResult:
     bankrupt: int = 0               # those accounts
     bankrupt_by_instrument: np.ndarray | None = None  # their position notional per instrument
     partial: int = 0                # partial liquidations (accounts that lost a fraction and stay in)
+    bankrupt_by_side: np.ndarray | None = None  # their position notional per side (0 short, 1 long) and instrument
+
+
+@dataclass
+class AdlQueue:
+    """Auto-deleveraging, first step: every shard's queue keys of the groups `need[side, instrument]`."""
+
+    round_no: int
+    index: np.ndarray
+    mark: np.ndarray
+    need: np.ndarray
+
+
+@dataclass
+class AdlQueueResult:
+    groups: np.ndarray     # side × instruments + instrument, per queued position
+    keys: np.ndarray
+    notionals: np.ndarray
+
+
+@dataclass
+class AdlClose:
+    """Second step: close what `adl_plan` took (kernels/adl.py)."""
+
+    round_no: int
+    mark: np.ndarray
+    cutoff: np.ndarray
+    tie: np.ndarray
+    loss_rate: float
+
+
+@dataclass
+class AdlCloseResult:
+    accounts: int
+    closed: np.ndarray     # notional closed per side and instrument (the counterparties' side)
 
 
 def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact, liquidation_venue,
-                   max_rounds, insurance_fund=None):
+                   max_rounds, insurance_fund=None, adl_rule=None):
     """The coordinator's side of §5 as a generator: yields a RoundRequest, receives the RoundResult summed over
     all shards, applies impact, and returns the CascadeResult. `run_cascade` drives it with local books; the
     streaming coordinator drives the same generator with shards answering over Kafka.
@@ -719,7 +761,10 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
     The insurance fund (`insurance_fund` USD at the start; None: not accounted): each round its fees come in, then
     it covers the round's deficits as far as it goes; what it cannot cover is spread over the round's bankrupt
     accounts pro rata (the same whatever the shards), and their positions in that share would go to
-    auto-deleveraging: `adl_notional`."""
+    auto-deleveraging: `adl_notional`. With `adl_rule` (positions.ADL_BINANCE / ADL_HYPERLIQUID) it is executed:
+    two more exchanges with the shards (`AdlQueue`, `AdlClose`; kernels/adl.py) take that notional from the opposite
+    positions highest in the queue, at the bankruptcy price and off the books — the share taken over leaves the
+    round's market flows."""
     n_assets = base_index.shape[0]
     n_cons = index_params.cons_kind.shape[0]
     mid = np.empty_like(quotes.mid)
@@ -754,7 +799,7 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
         res.liquidated_notional += got.notional
         res.round_accounts.append(got.count)
         res.round_notional.append(got.notional)
-        res.net_sold += got.net_sold
+        flows = got.net_sold
         res.fees += got.fees
         res.deficit += got.deficit
         if fund is not None:
@@ -772,7 +817,24 @@ def cascade_rounds(t, severity, direction, quotes, index_params, mark_params, ba
             res.fund_drawdown += covered
             res.uncovered += uncovered
             res.adl_notional += adl
-        impact_factors(got.net_sold, impact, factor)
+            if adl_rule is not None:
+                taken, accounts = 0.0, 0
+                if share > 0.0 and got.bankrupt_notional > 0.0 and got.bankrupt_by_side is not None:
+                    wanted = got.bankrupt_by_side[::-1] * share  # bankrupt longs are taken by shorts, and back
+                    queue: AdlQueueResult = yield AdlQueue(round_no, index.copy(), mark.copy(), wanted > 0.0)
+                    cutoff, tie = adl_plan(queue.groups, queue.keys, queue.notionals, wanted)
+                    done: AdlCloseResult = yield AdlClose(round_no, mark.copy(), cutoff, tie,
+                                                          got.deficit / got.bankrupt_notional)
+                    taken, accounts = float(done.closed.sum()), done.accounts
+                    # taken over off the books: out of the flows (a bankrupt long's sale, a short's purchase)
+                    flows = flows.copy()
+                    np.add.at(flows, mark_params.underlying, done.closed[1] - done.closed[0])
+                res.deleveraged_accounts += accounts
+                res.adl_closed_notional += taken
+                res.round_deleveraged_accounts.append(accounts)
+                res.round_adl_closed_notional.append(taken)
+        res.net_sold += flows
+        impact_factors(flows, impact, factor)
         # the floor binding is the impact model speaking, not the market: an uncalibrated depth
         res.floored.extend(a for a in np.flatnonzero(factor <= MIN_PRICE_FACTOR).tolist() if a not in res.floored)
         apply_impact(factor, quotes.base, quotes.venue, liquidation_venue, mid, last)
@@ -791,18 +853,22 @@ class Shard:
     the call of its last evaluation, its slack and its bound's scale. The accounts must not change between calls.
     `prune=False` evaluates every live account every round (`liquidate_round`, the full scan) — same results.
 
-    `partial` = (fraction, above USD): partial liquidation (`liquidate_round`). Accounts then change between
-    rounds, which the pruning bound does not follow: the full scan, on the shard's own copy of the positions'
-    and collateral's quantities, with each account's settlement cash beside them."""
+    `partial` = (fraction, above USD): partial liquidation (`liquidate_round`); `adl_rule`: auto-deleveraging
+    executed (kernels/adl.py). Accounts then change between rounds, which the pruning bound does not follow: the
+    full scan, on the shard's own copy of the positions' and collateral's quantities, with each account's
+    settlement cash beside them."""
 
     def __init__(self, accounts: AccountArrays, risk: RiskParams, prune: bool = True, fee_rate: float = 0.0,
-                 partial: tuple[float, float] | None = None):
+                 partial: tuple[float, float] | None = None, adl_rule: int | None = None):
         n = accounts.active.shape[0]
         self.partial = (1.0, np.inf) if partial is None else (float(partial[0]), float(partial[1]))
-        if partial is not None:
+        self.adl_rule = adl_rule
+        changing = partial is not None or adl_rule is not None
+        if changing:
             prune = False
             accounts = accounts._replace(pos_qty=accounts.pos_qty.copy(), coll_qty=accounts.coll_qty.copy())
-        self.cash = np.zeros(n if partial is not None else 0)
+        self.cash = np.zeros(n if changing else 0)
+        self.adl_key = np.empty(0)
         self.closing = np.zeros(self.cash.shape[0])
         self.accounts = accounts
         self.risk = risk
@@ -829,17 +895,43 @@ class Shard:
         return sum(a.nbytes for a in (self.fallen, self.work_equity, self.work_maintenance, self.state,
                                       self.work_rows, self.cash, self.closing))
 
+    def answer(self, req, n_assets: int):
+        """The shard's answer to any request of `cascade_rounds`."""
+        if isinstance(req, AdlQueue):
+            return self.queue(req)
+        if isinstance(req, AdlClose):
+            return self.deleverage(req)
+        return self.run(req, n_assets)
+
+    def queue(self, req: AdlQueue) -> AdlQueueResult:
+        acc = self.accounts
+        self.adl_key = np.empty(acc.pos_qty.shape[0])
+        adl_queue(np.asarray(req.index, dtype=np.float64), np.asarray(req.mark, dtype=np.float64), acc, self.risk,
+                  self.fallen, self.cash, self.adl_rule, np.asarray(req.need, dtype=np.bool_), self.adl_key)
+        at = np.flatnonzero(~np.isnan(self.adl_key))
+        n_instr = req.need.shape[1]
+        groups = (acc.pos_qty[at] > 0.0) * n_instr + acc.pos_instr[at]
+        return AdlQueueResult(groups.astype(np.int64), self.adl_key[at],
+                              np.abs(acc.pos_qty[at] * np.asarray(req.mark)[acc.pos_instr[at]]))
+
+    def deleverage(self, req: AdlClose) -> AdlCloseResult:
+        closed, out = np.zeros(np.asarray(req.cutoff).shape), np.zeros(2)
+        deleverage(np.asarray(req.mark, dtype=np.float64), self.accounts, self.adl_key,
+                   np.asarray(req.cutoff, dtype=np.float64), np.asarray(req.tie, dtype=np.float64),
+                   float(req.loss_rate), self.cash, closed, out)
+        return AdlCloseResult(int(out[0]), closed)
+
     def run(self, req: RoundRequest, n_assets: int) -> RoundResult:
         flows = np.zeros(n_assets)
-        losses, by_instrument = np.zeros(4), np.zeros(np.asarray(req.mark).shape[0])
+        losses, by_side = np.zeros(4), np.zeros((2, np.asarray(req.mark).shape[0]))
         if not self.prune:
             live = int(np.count_nonzero(self.accounts.active & (self.fallen == 0)))
             c, n, steps = liquidate_round(req.index, req.mark, self.accounts, self.risk, self.fallen, req.round_no,
                                           req.commit, flows, self.work_equity, self.work_maintenance, self.fee_rate,
-                                          losses, by_instrument, *self.partial, self.cash, self.closing)
+                                          losses, by_side, *self.partial, self.cash, self.closing)
             self.evaluated += live
             self.candidates += live
-            return _result(c, n, flows, losses, by_instrument, steps)
+            return _result(c, n, flows, losses, by_side, steps)
         index = np.ascontiguousarray(req.index, dtype=np.float64)
         mark = np.ascontiguousarray(req.mark, dtype=np.float64)
         if len(self.history_index) > SEEN_LIMIT:  # calls no longer fit `seen`: start over, everyone evaluated
@@ -853,44 +945,54 @@ class Shard:
         c, n, ev = liquidate_round_pruned(
             index, mark, self.accounts, self.risk, self.fallen, req.round_no, req.commit, flows, call, *moves,
             self.k_factor, self.slopes, self.state, self.state.view(np.float32), self.work_rows, self.fee_rate,
-            losses, by_instrument)
+            losses, by_side)
         self.history_index.append(index.copy())
         self.history_mark.append(mark.copy())
         self.evaluated += int(ev)
         self.candidates += self.live
         if req.commit:
             self.live -= int(c)
-        return _result(c, n, flows, losses, by_instrument)
+        return _result(c, n, flows, losses, by_side)
 
 
-def _result(count, notional, flows, losses, by_instrument, partial=0) -> RoundResult:
+def _result(count, notional, flows, losses, by_side, partial=0) -> RoundResult:
     return RoundResult(int(count), float(notional), flows, float(losses[0]), float(losses[1]), float(losses[2]),
-                       int(losses[3]), by_instrument, int(partial))
+                       int(losses[3]), by_side[0] + by_side[1], int(partial), by_side)
 
 
 def sum_results(results: list[RoundResult]) -> RoundResult:
     """One round's answer of every shard as one (what the coordinator hands `cascade_rounds`)."""
     by_instrument = [r.bankrupt_by_instrument for r in results if r.bankrupt_by_instrument is not None]
+    by_side = [r.bankrupt_by_side for r in results if r.bankrupt_by_side is not None]
     return RoundResult(sum(r.count for r in results), sum(r.notional for r in results),
                        np.sum([r.net_sold for r in results], axis=0), sum(r.fees for r in results),
                        sum(r.deficit for r in results), sum(r.bankrupt_notional for r in results),
                        sum(r.bankrupt for r in results), np.sum(by_instrument, axis=0) if by_instrument else None,
-                       sum(r.partial for r in results))
+                       sum(r.partial for r in results), np.sum(by_side, axis=0) if by_side else None)
+
+
+def combine(results: list):
+    """Every shard's answer to one request of `cascade_rounds` as one (what the coordinator sends back to it)."""
+    if isinstance(results[0], AdlQueueResult):
+        return AdlQueueResult(*(np.concatenate([getattr(r, f) for r in results])
+                                for f in ("groups", "keys", "notionals")))
+    if isinstance(results[0], AdlCloseResult):
+        return AdlCloseResult(sum(r.accounts for r in results), np.sum([r.closed for r in results], axis=0))
+    return sum_results(results)
 
 
 def run_cascade(t, severity, direction, quotes, index_params, mark_params, base_index, books, risk, impact,
                 liquidation_venue, max_rounds, prune: bool = True, fee_rate: float = 0.0,
-                insurance_fund: float | None = None, partial: tuple[float, float] | None = None) -> CascadeResult:
-    shards = [Shard(b, risk, prune, fee_rate, partial) for b in books]
+                insurance_fund: float | None = None, partial: tuple[float, float] | None = None,
+                adl_rule: int | None = None) -> CascadeResult:
+    shards = [Shard(b, risk, prune, fee_rate, partial, adl_rule) for b in books]
     n_assets = base_index.shape[0]
     rounds = cascade_rounds(t, severity, direction, quotes, index_params, mark_params, base_index, impact,
-                            liquidation_venue, max_rounds, insurance_fund)
+                            liquidation_venue, max_rounds, insurance_fund, adl_rule)
     req = next(rounds)
     try:
         while True:
-            results = [s.run(req, n_assets) for s in shards]
-            total = sum_results(results)
-            req = rounds.send(total)
+            req = rounds.send(combine([s.answer(req, n_assets) for s in shards]))
     except StopIteration as done:
         res = done.value
     res.liquidated_round = [s.fallen for s in shards]

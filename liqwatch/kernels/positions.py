@@ -195,6 +195,19 @@ ADL_BINANCE = 0
 ADL_HYPERLIQUID = 1
 
 
+@njit(cache=True, inline="always")
+def adl_key(rule, q, m, entry, e, room):
+    """One position's ADL queue key (`adl_keys`): qty q at mark m entered at `entry`, in an account of equity e,
+    with `room` = its mark value − its bankruptcy value (Binance's effective-leverage denominator)."""
+    value = q * m
+    if rule == ADL_HYPERLIQUID:
+        ratio = m / entry if q > 0.0 else entry / m
+        return ratio * abs(value) / e if e > 0.0 else np.inf  # no account value left: first
+    pnl = (value - q * entry) / abs(q * entry)
+    lev = abs(value) / room if room > 0.0 else np.inf
+    return pnl * lev if pnl > 0.0 else (pnl / lev if lev > 0.0 else pnl)
+
+
 @njit(cache=True, nogil=True)
 def adl_keys(mark, accounts, risk, index, bankruptcy, rule, out_key):
     """Each position's place in its venue's auto-deleveraging queue, as a number to sort by (higher: deleveraged
@@ -217,13 +230,5 @@ def adl_keys(mark, accounts, risk, index, bankruptcy, rule, out_key):
             entry = accounts.pos_entry[p]
             if q == 0.0 or not (m > 0.0 and np.isfinite(m)) or not entry > 0.0:
                 continue
-            value = q * m
-            if rule == ADL_HYPERLIQUID:
-                ratio = m / entry if q > 0.0 else entry / m
-                out_key[p] = ratio * abs(value) / e if e > 0.0 else np.inf  # no account value left: first
-                continue
-            pnl = (value - q * entry) / abs(q * entry)
             b = bankruptcy[p]
-            room = value - q * b if np.isfinite(b) else e
-            lev = abs(value) / room if room > 0.0 else np.inf
-            out_key[p] = pnl * lev if pnl > 0.0 else (pnl / lev if lev > 0.0 else pnl)
+            out_key[p] = adl_key(rule, q, m, entry, e, q * m - q * b if np.isfinite(b) else e)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liqwatch.core.engine import cascade_dict
+from liqwatch.core.engine import adl_rule, cascade_dict
 from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.health import exposure_summary
 
@@ -204,5 +204,5 @@ class LocalStressRuns(StressRuns):
                           lay.mark_params, pv.index, [accounts], lay.risk_params, lay.impact_params,
                           lay.venue_id[self.cfg.liquidation.venue], self.cfg.stress.max_rounds,
                           fee_rate=self.cfg.liquidation.fee_rate, insurance_fund=self.cfg.liquidation.insurance_fund,
-                          partial=self.cfg.liquidation.partial_step())
+                          partial=self.cfg.liquidation.partial_step(), adl_rule=adl_rule(self.cfg))
         return cascade_dict(eng, pv.t, scenario, severity, res)

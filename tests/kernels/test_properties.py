@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from liqwatch.kernels.positions import ADL_BINANCE, ADL_HYPERLIQUID
 from liqwatch.kernels.cascade import run_cascade
 from liqwatch.kernels.stress import stressed_prices
 from liqwatch.config import parse_config
@@ -88,8 +89,9 @@ def test_results_do_not_depend_on_account_order(rich_config, seed, perm_seed, s)
 
 @FAST
 @given(seed=st.integers(0, 10_000), shards=st.integers(2, 5), s=st.floats(0.0, 0.3),
-       scenario=st.sampled_from(["risk_off", "squeeze"]), partial=st.sampled_from([None, (0.25, 20_000.0)]))
-def test_sharded_cascade_equals_single_run(rich_config, seed, shards, s, scenario, partial):
+       scenario=st.sampled_from(["risk_off", "squeeze"]), partial=st.sampled_from([None, (0.25, 20_000.0)]),
+       adl=st.sampled_from([None, ADL_BINANCE, ADL_HYPERLIQUID]))
+def test_sharded_cascade_equals_single_run(rich_config, seed, shards, s, scenario, partial, adl):
     evs = population(seed, 400, steps=12)
     e = run_engine(rich_config, evs)
     lay = e.layout
@@ -102,8 +104,11 @@ def test_sharded_cascade_equals_single_run(rich_config, seed, shards, s, scenari
     args = (float(pv.t), s, lay.scenario_direction(scenario), pv.quotes, lay.index_params, lay.mark_params, pv.index)
     venue = lay.venue_id[rich_config.liquidation.venue]
     tail = (lay.risk_params, lay.impact_params, venue, rich_config.stress.max_rounds, True, 0.0125, 2e5)
-    single = run_cascade(*args, [e.accounts.view()], *tail, partial=partial)
-    split = run_cascade(*args, [p.view() for p in parts], *tail, partial=partial)
+    single = run_cascade(*args, [e.accounts.view()], *tail, partial=partial, adl_rule=adl)
+    split = run_cascade(*args, [p.view() for p in parts], *tail, partial=partial, adl_rule=adl)
+    # auto-deleveraging ranks the queue over every shard: the same positions taken
+    assert split.deleveraged_accounts == single.deleveraged_accounts
+    assert close(split.adl_closed_notional, single.adl_closed_notional, rel=1e-9, abs_=1e-6)
     assert split.partial_liquidations == single.partial_liquidations
     assert split.round_partial == single.round_partial
     # the insurance fund's account is summed over shards like the flows
