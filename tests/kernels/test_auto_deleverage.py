@@ -15,7 +15,6 @@ its position. Hyperliquid's key (entry/mark × notional / account value) queues 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from liqwatch.kernels.cascade import Shard, cascade_rounds, combine
