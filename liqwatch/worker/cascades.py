@@ -18,6 +18,7 @@ them — depend on event time only, not on how fast each consumer ran.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -28,9 +29,10 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from liqwatch.core.engine import cascade_dict
+from liqwatch.core.engine import adl_rule, cascade_dict
 from liqwatch.core.monitor import Monitor
-from liqwatch.kernels.cascade import RoundRequest, RoundResult, Shard, cascade_rounds, sum_results
+from liqwatch.kernels.cascade import (AdlClose, AdlCloseResult, AdlQueue, AdlQueueResult, RoundRequest, RoundResult,
+                                      Shard, cascade_rounds, combine, sum_results)
 from liqwatch.kernels.health import exposure_summary
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.risk.stress import StressRuns
@@ -39,6 +41,16 @@ from liqwatch.sinks.topics import TopicNames
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
+
+
+def _pack(a: np.ndarray) -> str:
+    """An array as the base64 of its bytes: JSON has no inf (an ADL queue key, a cutoff) and no NaN."""
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
+
+
+def _unpack(text: str, dtype, shape=None) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
+    return a if shape is None else a.reshape(shape)
 
 
 class CascadeAborted(RuntimeError):
@@ -121,6 +133,9 @@ class ShardService:
         if req.get("done"):
             self.shards.pop(cid, None)
             return
+        if req.get("step"):
+            await self._answer_adl(cid, req)
+            return
         if req["round"] == 1:
             t = int(req["t"])
             frozen = self.frozen.get(t)
@@ -141,7 +156,7 @@ class ShardService:
             # partial liquidation the quantities it changes are its own copy)
             liq = self.monitor.cfg.liquidation
             shard = Shard(copy, self.monitor.engine.layout.risk_params, fee_rate=liq.fee_rate,
-                          partial=liq.partial_step())
+                          partial=liq.partial_step(), adl_rule=adl_rule(self.monitor.cfg))
             self.shards[cid] = (shard, partitions, caught_up)
         entry = self.shards.get(cid)
         if entry is None:  # joined mid-cascade (restart, rebalance): the coordinator will time out and retry
@@ -167,8 +182,30 @@ class ShardService:
             "count": res.count, "notional": res.notional, "net_sold": res.net_sold.tolist(),
             "fees": res.fees, "deficit": res.deficit, "bankrupt_notional": res.bankrupt_notional,
             "bankrupt": res.bankrupt, "bankrupt_by_instrument": res.bankrupt_by_instrument.tolist(),
-            "partial": res.partial,
+            "partial": res.partial, "bankrupt_by_side": res.bankrupt_by_side.tolist(),
             "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
+
+
+    async def _answer_adl(self, cid: str, req: dict) -> None:
+        """Auto-deleveraging's two steps of a round (kernels/adl.py): this shard's queue, then closing its part."""
+        entry = self.shards.get(cid)
+        if entry is None:  # joined mid-cascade: the coordinator times out and retries
+            return
+        shard, partitions, _ = entry
+        groups = (2, int(req["instruments"]))
+        if req["step"] == "adl_queue":
+            got = await asyncio.to_thread(shard.queue, AdlQueue(req["round"], _unpack(req["index"], np.float64),
+                                                                _unpack(req["mark"], np.float64),
+                                                                _unpack(req["need"], np.bool_, groups)))
+            reply = {"groups": _pack(got.groups), "keys": _pack(got.keys), "notionals": _pack(got.notionals)}
+        else:
+            done = await asyncio.to_thread(shard.deleverage, AdlClose(
+                req["round"], _unpack(req["mark"], np.float64), _unpack(req["cutoff"], np.float64, groups),
+                _unpack(req["tie"], np.float64, groups), float(req["loss_rate"])))
+            reply = {"accounts": done.accounts, "closed": _pack(done.closed)}
+        await self.monitor.sink.emit(self.names.CASCADE_FLOWS, {
+            "cascade": cid, "round": req["round"], "step": req["step"], "worker": self.worker_id,
+            "partitions": partitions, **reply}, key=cid.encode())
 
 
 class Coordinator(StressRuns):
@@ -186,7 +223,7 @@ class Coordinator(StressRuns):
         self.partitions = partitions
         self.worker_id = worker_id
         self.round_timeout_s = round_timeout_s
-        self.replies: dict[tuple[str, int], list[dict]] = {}
+        self.replies: dict[tuple[str, int, str], list[dict]] = {}
         self.arrived = asyncio.Event()
         self.provisional = False
         self.services = services
@@ -215,7 +252,7 @@ class Coordinator(StressRuns):
                 for rec in batch.get(tp, []):
                     try:
                         msg = _decode(rec.value)
-                        self.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
+                        self.replies.setdefault((msg["cascade"], msg["round"], msg.get("step", "")), []).append(msg)
                     except Exception as e:  # noqa: BLE001 - a reply we cannot read is no reply: the round retries
                         log.warning("cascade reply at offset %d unreadable: %s", rec.offset, e)
                 if batch:  # wake every waiting round; later waiters take the fresh event
@@ -225,31 +262,57 @@ class Coordinator(StressRuns):
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
+    async def _ask(self, cid: str, req, t: int, extra: dict | None):
+        """One request of `cascade_rounds` to every shard, and their answers as one."""
+        if isinstance(req, RoundRequest):
+            return await self._round(cid, req, t, extra)
+        groups = req.need if isinstance(req, AdlQueue) else req.cutoff
+        step = "adl_queue" if isinstance(req, AdlQueue) else "adl_close"
+        msg = {"cascade": cid, "round": req.round_no, "step": step, "t": t, "instruments": groups.shape[1],
+               "mark": _pack(np.asarray(req.mark, dtype=np.float64))}
+        if isinstance(req, AdlQueue):
+            msg.update(index=_pack(np.asarray(req.index, dtype=np.float64)), need=_pack(req.need.astype(np.bool_)))
+        else:
+            msg.update(cutoff=_pack(req.cutoff), tie=_pack(req.tie), loss_rate=req.loss_rate)
+        await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, msg, key=cid.encode())
+        await self.monitor.sink.flush()
+        got = await self._gather(cid, req.round_no, step)
+        if step == "adl_queue":
+            return combine([AdlQueueResult(_unpack(r["groups"], np.int64), _unpack(r["keys"], np.float64),
+                                           _unpack(r["notionals"], np.float64)) for r in got]
+                           or [AdlQueueResult(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))])
+        return combine([AdlCloseResult(int(r["accounts"]), _unpack(r["closed"], np.float64, groups.shape))
+                        for r in got] or [AdlCloseResult(0, np.zeros(groups.shape))])
+
+    async def _gather(self, cid: str, round_no: int, step: str = "") -> list[dict]:
+        """Every partition's answer to a request (ordered by partition), or CascadeAborted after the timeout."""
+        deadline = time.monotonic() + self.round_timeout_s
+        want = set(range(self.partitions))
+        while True:
+            arrived = self.arrived  # taken before looking: a reply landing meanwhile still wakes this round
+            got = self.replies.get((cid, round_no, step), [])
+            covered = [p for r in got for p in r["partitions"]]
+            if set(covered) == want and len(covered) == len(want):
+                break
+            if time.monotonic() > deadline:
+                raise CascadeAborted(f"round {round_no}{' ' + step if step else ''}: partitions "
+                                     f"{sorted(want - set(covered))} unanswered after {self.round_timeout_s:.0f} s "
+                                     "(rebalance or a worker down)")
+            try:
+                await asyncio.wait_for(arrived.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+        del self.replies[(cid, round_no, step)]
+        return sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
+
     async def _round(self, cid: str, req: RoundRequest, t: int, extra: dict | None = None) -> RoundResult:
         await self.monitor.sink.emit(self.names.CASCADE_ROUNDS, {
             "cascade": cid, "round": req.round_no, "commit": req.commit, "t": t,
             "index": req.index.tolist(), "mark": req.mark.tolist(), **(extra or {})}, key=cid.encode())
         await self.monitor.sink.flush()
-        deadline = time.monotonic() + self.round_timeout_s
-        want = set(range(self.partitions))
-        while True:
-            arrived = self.arrived  # taken before looking: a reply landing meanwhile still wakes this round
-            got = self.replies.get((cid, req.round_no), [])
-            covered = [p for r in got for p in r["partitions"]]
-            if set(covered) == want and len(covered) == len(want):
-                break
-            if time.monotonic() > deadline:
-                raise CascadeAborted(f"round {req.round_no}: partitions {sorted(want - set(covered))} unanswered "
-                                     f"after {self.round_timeout_s:.0f} s (rebalance or a worker down)")
-            try:
-                await asyncio.wait_for(arrived.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
-        got = sorted((r for r in got if r["partitions"]), key=lambda r: min(r["partitions"]))
+        got = await self._gather(cid, req.round_no)
         if req.round_no == 1 and not all(r["caught_up"] for r in got):
-            del self.replies[(cid, req.round_no)]
             raise NotAligned(f"a shard has not applied every account event up to {t} yet")
-        del self.replies[(cid, req.round_no)]
         if any(r.get("exposure") for r in got):
             self.exposures = [r["exposure"] for r in got if r.get("exposure")]
         if not got:
@@ -258,7 +321,9 @@ class Coordinator(StressRuns):
                                         r.get("deficit", 0.0), r.get("bankrupt_notional", 0.0), r.get("bankrupt", 0),
                                         np.asarray(r["bankrupt_by_instrument"], dtype=np.float64)
                                         if r.get("bankrupt_by_instrument") is not None else None,
-                                        r.get("partial", 0))
+                                        r.get("partial", 0),
+                                        np.asarray(r["bankrupt_by_side"], dtype=np.float64)
+                                        if r.get("bankrupt_by_side") is not None else None)
                             for r in got])
 
     async def run_one(self, pv, scenario: str, severity: float, with_exposure: bool = False) -> dict:
@@ -277,7 +342,7 @@ class Coordinator(StressRuns):
         gen = cascade_rounds(float(pv.t), float(severity), lay.scenario_direction(scenario), pv.quotes,
                              lay.index_params, lay.mark_params, pv.index, lay.impact_params,
                              lay.venue_id[self.monitor.cfg.liquidation.venue], self.monitor.cfg.stress.max_rounds,
-                             self.monitor.cfg.liquidation.insurance_fund)
+                             self.monitor.cfg.liquidation.insurance_fund, adl_rule(self.monitor.cfg))
         cid = f"{self.worker_id}-{uuid.uuid4().hex[:10]}"
         extra = None
         if with_exposure:
@@ -286,7 +351,7 @@ class Coordinator(StressRuns):
         req = next(gen)
         try:
             while True:
-                req = gen.send(await self._round(cid, req, pv.t, extra if req.round_no == 1 else None))
+                req = gen.send(await self._ask(cid, req, pv.t, extra if req.round_no == 1 else None))
         except StopIteration as done:
             res = done.value
         finally:

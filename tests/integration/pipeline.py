@@ -128,7 +128,8 @@ def differences(bootstrap: str, prefix: str, health: dict[str, dict], cascades: 
             if not close(got[f], want[f], rel=1e-9):
                 out.append(f"cascade {key}.{f}: live {got[f]} batch {want[f]}")
         fund, book = got.get("insurance_fund") or {}, want.get("insurance_fund") or {}
-        for f in ("end_usd", "drawdown_usd", "uncovered_usd", "adl_notional_usd"):
+        for f in ("end_usd", "drawdown_usd", "uncovered_usd", "adl_notional_usd", "adl_closed_notional_usd",
+                  "deleveraged_accounts"):
             if not close(fund.get(f), book.get(f), rel=1e-9, abs_=1e-3):
                 out.append(f"cascade {key}.insurance_fund.{f}: live {fund.get(f)} batch {book.get(f)}")
     return out

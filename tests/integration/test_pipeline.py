@@ -37,23 +37,27 @@ def workers(n, bootstrap, prefix, tmp_path, config: Path = CONFIG) -> list[Worke
     return [Worker(config, bootstrap, prefix, f"w{i + 1}", PARTITIONS, tmp_path).start() for i in range(n)]
 
 
-def with_partial_liquidation(tmp_path: Path) -> Path:
-    """rich.yaml with partial liquidation (a quarter at a time above $20,000 of positions)."""
+def with_policy(tmp_path: Path) -> Path:
+    """rich.yaml with partial liquidation (a quarter at a time above $20,000 of positions) and auto-deleveraging
+    executed from an empty insurance fund."""
     doc = yaml.safe_load(CONFIG.read_text())
-    doc["liquidation"]["partial"] = {"fraction": 0.25, "above_usd": 20_000.0}
+    doc["liquidation"].update(partial={"fraction": 0.25, "above_usd": 20_000.0}, insurance_fund=0.0,
+                              auto_deleverage=True)
     path = tmp_path / "partial.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-@pytest.mark.parametrize("n_workers,partial", [(1, False), (2, False), (2, True)])
-def test_workers_equal_batch(stack, prefix, tmp_path, n_workers, partial):
+@pytest.mark.parametrize("n_workers,policy", [(1, False), (2, False), (2, True)])
+def test_workers_equal_batch(stack, prefix, tmp_path, n_workers, policy):
     bootstrap = lwstack.bootstrap_servers(stack)
     events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60))
-    config = with_partial_liquidation(tmp_path) if partial else CONFIG
+    config = with_policy(tmp_path) if policy else CONFIG
     health, cascades = batch_results(config, events)
-    if partial:  # the distributed cascade's shards liquidate part of accounts and keep them over rounds
+    if policy:  # the distributed cascade's shards liquidate part of accounts and keep them over rounds, and rank
+        # and take auto-deleveraged positions across both workers' shards
         assert any(c["partial_liquidations"] > 0 for c in cascades.values())
+        assert any(c["insurance_fund"]["deleveraged_accounts"] > 0 for c in cascades.values())
     ws = workers(n_workers, bootstrap, prefix, tmp_path, config)
     try:
         # let the group settle first, so that the workers really share the partitions while the data flows

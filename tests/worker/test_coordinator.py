@@ -8,9 +8,10 @@ import asyncio
 
 import msgspec
 import numpy as np
+import pytest
 
 from liqwatch import scenarios
-from liqwatch.config import load_config
+from liqwatch.config import PartialSpec, load_config
 from liqwatch.core.monitor import Monitor
 from liqwatch.events import decode
 from liqwatch.risk.stress import LocalStressRuns
@@ -19,6 +20,11 @@ from liqwatch.sinks.topics import TopicNames
 from liqwatch.worker.cascades import Coordinator, ShardService
 
 CFG = load_config(scenarios.config_path("oct-2025"))
+# partial liquidation and auto-deleveraging executed from an empty fund: the shards' quantities change over the
+# rounds, and ADL's queue is ranked across both shards (two more exchanges a round)
+POLICY = CFG.model_copy(update={"liquidation": CFG.liquidation.model_copy(update={
+    "insurance_fund": 0.0, "auto_deleverage": True,
+    "partial": PartialSpec(fraction=0.25, above_usd=50_000.0)})})
 NAMES = TopicNames()
 EVENTS = [decode(msgspec.json.encode(e)) for e in scenarios.generate("oct-2025", 300, seed=11)]
 T_CRASH = scenarios.T0 + 75 * 60_000  # 21:15, inside the wave: cascades that do something
@@ -40,7 +46,7 @@ class Exchange:
                 await shard._answer(msg)
         elif topic == NAMES.CASCADE_FLOWS:
             c = self.coordinator
-            c.replies.setdefault((msg["cascade"], msg["round"]), []).append(msg)
+            c.replies.setdefault((msg["cascade"], msg["round"], msg.get("step", "")), []).append(msg)
             arrived, c.arrived = c.arrived, asyncio.Event()
             arrived.set()
         else:
@@ -53,8 +59,8 @@ class Exchange:
         raise AssertionError("no record of the scenario is bad")
 
 
-def loaded(sink, keep_account) -> Monitor:
-    mon = Monitor(CFG, sink, Metrics(), NAMES)
+def loaded(sink, keep_account, cfg=CFG) -> Monitor:
+    mon = Monitor(cfg, sink, Metrics(), NAMES)
     k = 0
     for ev in EVENTS:
         if ev.ts > T_CRASH:
@@ -68,19 +74,20 @@ def loaded(sink, keep_account) -> Monitor:
     return mon
 
 
-def test_the_distributed_cascade_equals_the_single_process_one():
+@pytest.mark.parametrize("cfg", [CFG, POLICY], ids=["closed-in-full", "partial-and-adl"])
+def test_the_distributed_cascade_equals_the_single_process_one(cfg):
     async def go():
         exchange = Exchange()
-        shards = [loaded(exchange, lambda k, p=p: k % 2 == p) for p in (0, 1)]
+        shards = [loaded(exchange, lambda k, p=p: k % 2 == p, cfg) for p in (0, 1)]
         for p, mon in enumerate(shards):
             exchange.shards.append(ShardService(mon, NAMES, "", f"w{p}", lambda p=p: [p], lambda t: True,
                                                 lambda: None))
-        leader = loaded(exchange, lambda k: False)
+        leader = loaded(exchange, lambda k: False, cfg)
         exchange.coordinator = Coordinator(leader, NAMES, "", partitions=2, worker_id="w0")
-        whole = loaded(exchange, lambda k: True)
+        whole = loaded(exchange, lambda k: True, cfg)
         pv = whole.snapshot()
         distributed = await exchange.coordinator.run_all(pv)
-        local = await LocalStressRuns(whole.engine, CFG, Metrics(), whole.config_id).run_all(pv)
+        local = await LocalStressRuns(whole.engine, cfg, Metrics(), whole.config_id).run_all(pv)
         return distributed, local, exchange.other
 
     (d_out, d_crit, d_exp), (l_out, l_crit, l_exp), emitted = asyncio.run(go())
@@ -91,6 +98,13 @@ def test_the_distributed_cascade_equals_the_single_process_one():
             (l["scenario"], l["severity"], l["rounds"], l["liquidated_accounts"], l["round_accounts"])
         # sums over two shards vs one book: equal up to the order of float additions
         assert np.isclose(d["liquidated_notional"], l["liquidated_notional"], rtol=1e-12)
+        assert (d["partial_liquidations"], d["round_partial"]) == (l["partial_liquidations"], l["round_partial"])
+        df, lf = d["insurance_fund"], l["insurance_fund"]
+        assert df["deleveraged_accounts"] == lf["deleveraged_accounts"]
+        assert np.isclose(df["adl_closed_notional_usd"], lf["adl_closed_notional_usd"], rtol=1e-9)
+    if cfg is POLICY:
+        assert sum(r["partial_liquidations"] for r in l_out) > 0
+        assert sum(r["insurance_fund"]["deleveraged_accounts"] for r in l_out) > 0
     assert {k: c.severity for k, c in d_crit.items()} == {k: c.severity for k, c in l_crit.items()}
     assert np.isclose(d_exp.total_usd, l_exp.total_usd, rtol=1e-12) and d_exp.total_usd > 0
     assert np.isclose(d_exp.cluster_usd, l_exp.cluster_usd, rtol=1e-12)
