@@ -16,6 +16,11 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
   `liquidate_round`, the method before pruning); both runs must give the same fallen round for every account;
 - cascade_evaluated_share: account evaluations of the pruned run / those of the full scan (the rest were skipped
   by the bound); cascade_liquidated: accounts fallen in the 50 rounds;
+- cascade_stress_ms / cascade_policy_ms: one stress cascade through the coordinator (`run_cascade`, risk_off 10%,
+  impact only), side by side: every liquidated account closed in full (pruned), and with the liquidation policy of
+  a venue — partial liquidation (a fifth above $100k), a 0.5% fee and an empty insurance fund, so auto-deleveraging
+  takes the deficits' share from the top of Binance's queue (full scan: accounts change over the rounds); with
+  their rounds, accounts closed, partial steps and accounts deleveraged;
 - bytes_per_account: the account arrays plus the health outputs; cascade_state_bytes_per_account: what a pruned
   shard keeps per account besides (fallen round; the four one-sided exposures per unit of room as float32 and a
   word of the call of the last evaluation and the held-asset and held-instrument bits — 20 bytes —; a scratch row:
@@ -30,10 +35,10 @@ import msgspec
 import numpy as np
 from numba import njit
 
-from liqwatch.kernels.cascade import RoundRequest, Shard, apply_impact, impact_factors
+from liqwatch.kernels.cascade import RoundRequest, Shard, apply_impact, impact_factors, run_cascade
 from liqwatch.kernels.stress import shock_books
 from liqwatch.kernels.health import margin_health
-from liqwatch.kernels.positions import position_prices
+from liqwatch.kernels.positions import ADL_BINANCE, position_prices
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.config import load_config
@@ -163,6 +168,8 @@ def health_python(index, mark, accounts, risk, rows):
 
 
 CASCADE_ROUNDS = 50
+POLICY_SEVERITY = 0.1
+POLICY = {"partial": (0.2, 100_000.0), "fee_rate": 0.005, "insurance_fund": 0.0, "adl_rule": ADL_BINANCE}
 CASCADE_DRIFT = 0.003  # the sell-off of the cascade bench: books move by 0.3% × the risk_off direction a round
 
 
@@ -239,6 +246,15 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     cascade_ms = _best(lambda: rounds(True), max(1, repeat // 2))
     full_ms = _best(lambda: rounds(False), max(1, repeat // 2))
     shard_bytes = pruned.state_bytes()
+
+    def stress(policy: dict):
+        return run_cascade(float(pv.t), POLICY_SEVERITY, lay.scenario_direction("risk_off"), q, lay.index_params,
+                           lay.mark_params, pv.index, [accounts], risk, lay.impact_params, venue, CASCADE_ROUNDS,
+                           **policy)
+
+    stressed, policed = stress({}), stress(POLICY)
+    stress_ms = _best(lambda: stress({}), max(1, repeat // 2))
+    policy_ms = _best(lambda: stress(POLICY), max(1, repeat // 2))
     account_bytes = sum(a.nbytes for a in accounts)
     out_bytes = eq.nbytes + mm.nbytes + h.nbytes + liq.nbytes
     return {
@@ -260,6 +276,11 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
         "cascade_rounds": CASCADE_ROUNDS,
         "cascade_evaluated_share": round(pruned.evaluated / full.evaluated, 4),
         "cascade_liquidated": int(np.count_nonzero(pruned.fallen)),
+        "cascade_stress_ms": round(stress_ms, 3),
+        "cascade_policy_ms": round(policy_ms, 3),
+        "cascade_stress": {"rounds": stressed.rounds, "liquidated": stressed.liquidated_accounts},
+        "cascade_policy": {"rounds": policed.rounds, "liquidated": policed.liquidated_accounts,
+                           "partial": policed.partial_liquidations, "deleveraged": policed.deleveraged_accounts},
         "bytes_per_account": round((account_bytes + out_bytes) / n, 1),
         "cascade_state_bytes_per_account": round(shard_bytes / n, 1),
         "threads": 1,

@@ -10,3 +10,6 @@ def test_bench_kernels_runs_on_a_small_population():
     assert 2.5 < out["positions_per_account"] < 3.5 and 1.5 < out["collateral_per_account"] < 2.5
     assert out["reference_sample"] == 300
     assert out["health_ms"] > 0 and out["cascade_ms"] > 0 and out["bytes_per_account"] > 0
+    # the policy run does what it names: partial steps, and deleveraged accounts from the empty fund
+    assert out["cascade_policy"]["partial"] > 0 and out["cascade_policy"]["deleveraged"] > 0
+    assert out["cascade_stress"]["liquidated"] > 0 and out["cascade_policy_ms"] > 0
