@@ -311,13 +311,13 @@ class Monitor:
             out = await asyncio.to_thread(self._numbers, prices, full, with_severity)
         else:
             out = self._numbers(prices, full, with_severity)
-        rows, eq, mm, h, liq, sev = out
+        rows, eq, mm, h, liq, sev, positions = out
         ids = eng.accounts.ids
         for k, r in enumerate(rows.tolist()):
             await self.sink.emit(self.names.HEALTH, {
                 "type": "health", "account": ids[r], "ts": prices.t, "equity": number(eq[r]),
                 "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
-                "liquidation_severity": number(sev[r]), "config_id": self.config_id})
+                "liquidation_severity": number(sev[r]), "positions": positions[k], "config_id": self.config_id})
             if in_thread and k % 2000 == 1999:
                 await asyncio.sleep(0)  # a crash moves many accounts across bands: let the feed run between
         return int(rows.shape[0])
@@ -354,7 +354,11 @@ class Monitor:
         self.sent_liquidatable[:n] = np.where(changed, liq, self.sent_liquidatable[:n])
         self.sent_active[:n] = np.where(changed, accounts.active, self.sent_active[:n])
         self._account_metrics(eq, mm, h, liq, accounts, pv)
-        return np.flatnonzero(changed & accounts.active), eq, mm, h, liq, sev.copy()
+        rows = np.flatnonzero(changed & accounts.active)
+        t3 = time.perf_counter()
+        positions = eng.positions_of(rows, pv, accounts)
+        self.metrics.kernel_seconds.labels(kernel="position_prices").observe(time.perf_counter() - t3)
+        return rows, eq, mm, h, liq, sev.copy(), positions
 
     def _liquidation_map(self, pv, accounts) -> None:
         """This shard's cells of the liquidation map (config `liqmap`), one gauge per underlying and level."""

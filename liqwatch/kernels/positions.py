@@ -165,8 +165,22 @@ def position_prices(index, mark, accounts, risk, follows, out_liquidation, out_b
     out_liquidation[:] = np.nan
     out_bankruptcy[:] = np.nan
     for i in range(accounts.active.shape[0]):
-        if not accounts.active[i] or accounts.pos_count[i] == 0:
-            continue
+        _account_prices(i, index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy)
+
+
+@njit(cache=True, nogil=True)
+def position_prices_of(rows, index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy):
+    """`position_prices` of the accounts `rows` only (the entries of the others are left as they are)."""
+    for i in rows:
+        for p in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
+            out_liquidation[p] = np.nan
+            out_bankruptcy[p] = np.nan
+        _account_prices(i, index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy)
+
+
+@njit(cache=True, inline="always")
+def _account_prices(i, index, mark, accounts, risk, follows, out_liquidation, out_bankruptcy):
+    if accounts.active[i] and accounts.pos_count[i] > 0:
         e, m = account_numbers(i, index, mark, accounts, risk)
         start = accounts.pos_start[i]
         for p in range(start, start + accounts.pos_count[i]):
@@ -221,8 +235,20 @@ def adl_keys(mark, accounts, risk, index, bankruptcy, rule, out_key):
     """
     out_key[:] = np.nan
     for i in range(accounts.active.shape[0]):
-        if not accounts.active[i] or accounts.pos_count[i] == 0:
-            continue
+        _account_keys(i, mark, accounts, risk, index, bankruptcy, rule, out_key)
+
+
+@njit(cache=True, nogil=True)
+def adl_keys_of(rows, mark, accounts, risk, index, bankruptcy, rule, out_key):
+    """`adl_keys` of the accounts `rows` only."""
+    for i in rows:
+        out_key[accounts.pos_start[i]:accounts.pos_start[i] + accounts.pos_count[i]] = np.nan
+        _account_keys(i, mark, accounts, risk, index, bankruptcy, rule, out_key)
+
+
+@njit(cache=True, inline="always")
+def _account_keys(i, mark, accounts, risk, index, bankruptcy, rule, out_key):
+    if accounts.active[i] and accounts.pos_count[i] > 0:
         e, _ = account_numbers(i, index, mark, accounts, risk)
         for p in range(accounts.pos_start[i], accounts.pos_start[i] + accounts.pos_count[i]):
             q = accounts.pos_qty[p]

@@ -90,3 +90,39 @@ def test_evaluation_emits_one_health_event_per_account():
     emitted = asyncio.run(go())
     health = [v for topic, v in emitted if topic == TopicNames().HEALTH]
     assert sorted(h["account"] for h in health) == sorted(a["account"] for a in ACCOUNTS)
+
+
+def test_health_events_carry_each_position_s_liquidation_and_bankruptcy_price_and_queue_key():
+    async def go():
+        mon, sink = monitor()
+        await feed_market(mon, MARKET)
+        for k, a in enumerate(ACCOUNTS):
+            await mon.on_account(json.dumps(a).encode(), Where("accounts", 0, k))
+        await mon.release_accounts(None)
+        await mon.evaluate(full=True, with_severity=False)
+        return mon, [v for topic, v in sink.emitted if topic == TopicNames().HEALTH]
+    mon, health = asyncio.run(go())
+    mon.engine.max_ts = mon.t
+    # the batch command's rows (`liqwatch health --positions`) at the same prices: the same numbers
+    batch = {}
+    for row in mon.engine.position_rows():
+        batch.setdefault(row["account"], []).append(row)
+    priced = 0
+    for h in health:
+        want = batch.get(h["account"], [])
+        assert [(p["instrument"], p["qty"]) for p in h["positions"]] == [(p["instrument"], p["qty"]) for p in want]
+        for got, row in zip(h["positions"], want):
+            assert (got["liquidation_price"], got["bankruptcy_price"]) == \
+                (row["liquidation_price"], row["bankruptcy_price"])
+            priced += got["liquidation_price"] is not None
+    assert priced > 10
+    # the queue key orders each instrument's side as the batch rank does (the rank is its quantile over the book)
+    keyed: dict = {}
+    for h in health:
+        for got, row in zip(h["positions"], batch.get(h["account"], [])):
+            if got["adl_key"] is not None:
+                keyed.setdefault((got["instrument"], got["qty"] > 0), []).append((got["adl_key"], row["adl_rank"]))
+    assert any(len(v) > 3 for v in keyed.values())
+    for pairs in keyed.values():
+        pairs.sort()
+        assert [r for _, r in pairs] == sorted(r for _, r in pairs)
