@@ -315,6 +315,17 @@ class CollectingSink:
         pass
 
 
+NEAREST = 15  # positions in the report's table of those nearest their liquidation price
+
+
+def nearest_liquidation(rows: list[dict], n: int = NEAREST) -> list[dict]:
+    """The n positions (`Engine.position_rows`) whose mark is nearest their liquidation price, with `distance`:
+    the relative move of the mark that liquidates the account (negative: a fall)."""
+    priced = [dict(r, distance=r["liquidation_price"] / r["mark"] - 1.0) for r in rows
+              if r["liquidation_price"] is not None and r["mark"]]
+    return sorted(priced, key=lambda r: (abs(r["distance"]), r["account"], r["instrument"]))[:n]
+
+
 @dataclass
 class Run:
     """Everything one config's replay produced."""
@@ -330,6 +341,7 @@ class Run:
     liquidated_accounts: int = 0
     first_priced: dict | None = None  # market and accounts at the first fully priced boundary (liquidity limits)
     liqmap: dict | None = None        # the liquidation map at the first cascade boundary with every price known
+    nearest: list[dict] | None = None  # at the same time, the positions nearest their liquidation price
     last_t: int = -1
     every_ms: dict = field(default_factory=dict)   # evaluation and cascade intervals of event time
 
@@ -420,6 +432,7 @@ class Replayer:
                 levels = self.cfg.liqmap.levels()
                 self.run.liqmap = {"t": pv.t, "assets": {a: eng.liquidation_map(a, levels)
                                                          for a in self.cfg.liqmap_assets()}}
+                self.run.nearest = nearest_liquidation(eng.position_rows())
             results, critical, exposure = await self.stress.run_all(pv)
             alerts += self.alerting.cascades(critical, pv.t, self.stress.solvency)
             if exposure is not None:

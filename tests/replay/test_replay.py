@@ -91,6 +91,11 @@ def test_report_has_every_part_and_the_fix_liquidates_less(report):
     btc = pre["liqmap"]["assets"]["BTC"]
     assert sum(v for m, v in zip(btc["move"], btc["added_usd"]) if m < 0) > 0
     assert pre["totals"]["max_adl_notional_usd"] >= fixed["totals"]["max_adl_notional_usd"]
+    # the positions nearest liquidation, nearest first, each with its price on the page
+    near = pre["nearest_liquidation"]
+    assert len(near) == 15 and [abs(r["distance"]) for r in near] == sorted(abs(r["distance"]) for r in near)
+    assert all(r["liquidation_price"] == pytest.approx(r["mark"] * (1 + r["distance"])) for r in near)
+    assert "Positions nearest liquidation" in html and near[0]["account"] in html
     cmp = summary["comparisons"][0]
     assert cmp["liquidated_usd_avoided"] == pytest.approx(pre["totals"]["liquidated_usd"] -
                                                           fixed["totals"]["liquidated_usd"])

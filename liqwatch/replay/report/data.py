@@ -148,6 +148,8 @@ def _config_summary(run: Run, limits: list[dict]) -> dict:
             "assets": {a: {f: [r[f] for r in rows] for f in ("move", "price", "long_usd", "short_usd",
                                                                "collateral_usd", "added_usd")}
                        for a, rows in run.liqmap["assets"].items()}},
+        # at the same time: the positions nearest their liquidation price (liqwatch health --positions)
+        "nearest_liquidation": run.nearest,
         "first_wave": None if wave is None else wave["ts"],
         "first_critical_cascade_risk": None if warn is None else warn["ts"],
         "lead_time_s": lead,

@@ -151,6 +151,11 @@ def _config_tables(c: dict) -> dict:
                       ep["summary"]] for ep in c["episodes"]],
         "sources_left_out": [[ep["asset"], ep["source"], ep["reason"], _hm(ep["from"]), _hm(ep["until"])]
                              for ep in c["dropped_sources"] if not _startup_gap(ep, c)],
+        "nearest": [[r["account"], r["instrument"], f"{r['qty']:,.4g}", f"{r['mark']:,.6g}",
+                     f"{r['liquidation_price']:,.6g}", "—" if r["bankruptcy_price"] is None else
+                     f"{r['bankruptcy_price']:,.6g}", f"{100 * r['distance']:+.2f}%",
+                     "—" if r["adl_rank"] is None else f"{r['adl_rank']:.2f}"] for r in c.get("nearest_liquidation")
+                    or []],
         "limits": [[x["asset"], "unbounded" if x["limit_usd"] is None else _usd(x["limit_usd"]),
                     "—" if x["limit_qty"] is None else f"{x['limit_qty']:,.0f}",
                     f"{100 * x['index_drop_per_1m_usd']:.3f}%", _usd(x["largest_usd"]), str(x["accounts_over_limit"]),
