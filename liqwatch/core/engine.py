@@ -225,25 +225,26 @@ class Engine:
                              "adl_rank": number(adl[p])})
         return rows
 
-    def positions_of(self, rows: np.ndarray, pv, accounts) -> list[list[dict]]:
-        """Per account row of `rows`, its positions as the `health` events carry them: `instrument`, `qty`,
-        `liquidation_price`, `bankruptcy_price` (null where none exists) and `adl_key`, its place in the venue's
-        auto-deleveraging queue (`liquidation.adl`; higher: first) — comparable across shards, unlike a rank."""
+    def position_numbers_of(self, rows: np.ndarray, pv, accounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(liquidation price, bankruptcy price, ADL queue key) of the position-pool entries of the accounts
+        `rows` (the kernels only: no Python object per position, so a thread running it leaves the GIL free)."""
         n = accounts.pos_qty.shape[0]
         liq, bank, key = np.empty(n), np.empty(n), np.empty(n)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         risk = self.layout.risk_params
         position_prices_of(rows, pv.index, pv.mark, accounts, risk, self.layout.follows, liq, bank)
         adl_keys_of(rows, pv.mark, accounts, risk, pv.index, bank, adl_rule(self.cfg, queue_only=True), key)
+        return liq, bank, key
+
+    def position_entries(self, r: int, accounts, liq, bank, key) -> list[dict]:
+        """Account row r's positions as the `health` events carry them: `instrument`, `qty`, `liquidation_price`,
+        `bankruptcy_price` (null where none exists) and `adl_key`, its place in the venue's auto-deleveraging
+        queue (`liquidation.adl`; higher: first) — comparable across shards, unlike a rank."""
         names = self.layout.instruments
-        out = []
-        for r in rows.tolist():
-            start = int(accounts.pos_start[r])
-            out.append([{"instrument": names[int(accounts.pos_instr[p])], "qty": float(accounts.pos_qty[p]),
-                         "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p]),
-                         "adl_key": number(key[p])}
-                        for p in range(start, start + int(accounts.pos_count[r]))])
-        return out
+        start = int(accounts.pos_start[r])
+        return [{"instrument": names[int(accounts.pos_instr[p])], "qty": float(accounts.pos_qty[p]),
+                 "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p]), "adl_key": number(key[p])}
+                for p in range(start, start + int(accounts.pos_count[r]))]
 
     def map_cells(self, asset: str, factors, pv, accounts) -> dict[str, np.ndarray]:
         """The liquidation map of `asset` on the snapshot `pv` and `accounts` (liqwatch.kernels.liqmap), as arrays

@@ -313,11 +313,14 @@ class Monitor:
             out = self._numbers(prices, full, with_severity)
         rows, eq, mm, h, liq, sev, positions = out
         ids = eng.accounts.ids
+        accounts = eng.accounts.view()  # unchanged until this returns (the caller's promise, above)
         for k, r in enumerate(rows.tolist()):
             await self.sink.emit(self.names.HEALTH, {
                 "type": "health", "account": ids[r], "ts": prices.t, "equity": number(eq[r]),
                 "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
-                "liquidation_severity": number(sev[r]), "positions": positions[k], "config_id": self.config_id})
+                "liquidation_severity": number(sev[r]),
+                # built here, between the loop's other work, not in the thread: a dict per position holds the GIL
+                "positions": eng.position_entries(r, accounts, *positions), "config_id": self.config_id})
             if in_thread and k % 2000 == 1999:
                 await asyncio.sleep(0)  # a crash moves many accounts across bands: let the feed run between
         return int(rows.shape[0])
@@ -356,7 +359,7 @@ class Monitor:
         self._account_metrics(eq, mm, h, liq, accounts, pv)
         rows = np.flatnonzero(changed & accounts.active)
         t3 = time.perf_counter()
-        positions = eng.positions_of(rows, pv, accounts)
+        positions = eng.position_numbers_of(rows, pv, accounts)
         self.metrics.kernel_seconds.labels(kernel="position_prices").observe(time.perf_counter() - t3)
         return rows, eq, mm, h, liq, sev.copy(), positions
 

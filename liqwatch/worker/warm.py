@@ -20,6 +20,7 @@ import numpy as np
 from liqwatch.config import Config
 from liqwatch.core.engine import Engine
 from liqwatch.events import BadEvent, decode
+from liqwatch.kernels.adl import adl_queue, deleverage
 from liqwatch.kernels.cascade import RoundResult, Shard, cascade_rounds
 from liqwatch.kernels.keys import partitions_of
 from liqwatch.risk.stress import LocalStressRuns
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def warm_kernels(cfg: Config) -> float:
-    """Run every kernel the worker uses once (market, index and marks, health, severity, cascade, exposure, key
-    partitions); returns the seconds it took."""
+    """Run every kernel the worker uses once (market, index and marks, health, severity, liquidation map,
+    positions' prices and ADL keys, cascade, auto-deleveraging, exposure, key partitions); returns the seconds it
+    took."""
     t0 = time.monotonic()
     eng = Engine(cfg)
     ts = 1_000_000
@@ -44,6 +46,15 @@ def warm_kernels(cfg: Config) -> float:
     for asset in cfg.liqmap_assets()[:1]:
         eng.liquidation_map(asset, cfg.liqmap.levels())
     pv = eng.prices()
+    view = eng.accounts.view()
+    eng.position_rows()  # the replay report's positions nearest liquidation
+    eng.position_numbers_of(np.zeros(0, dtype=np.int64), pv, view)  # the health events' positions
+    n_instr = pv.mark.shape[0]
+    key = np.empty(view.pos_qty.shape[0])
+    adl_queue(pv.index, pv.mark, view, eng.layout.risk_params, np.zeros(view.active.shape[0], dtype=np.int32),
+              np.zeros(0), 0, np.zeros((2, n_instr), dtype=np.bool_), key)  # auto-deleveraging's two steps
+    deleverage(pv.mark, view, key, np.full((2, n_instr), np.nan), np.zeros((2, n_instr)), 0.0, np.zeros(0),
+               np.zeros((2, n_instr)), np.zeros(2))
     stress = LocalStressRuns(eng, cfg, Metrics(), cfg.config_id)
     asyncio.run(stress.run_one(pv, cfg.stress.primary_scenario, max(cfg.stress.severities), with_exposure=True))
     _drive_cascade(eng, cfg, pv)
