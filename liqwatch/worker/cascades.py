@@ -185,7 +185,6 @@ class ShardService:
             "partial": res.partial, "bankrupt_by_side": res.bankrupt_by_side.tolist(),
             "caught_up": caught_up, "exposure": exposure}, key=cid.encode())
 
-
     async def _answer_adl(self, cid: str, req: dict) -> None:
         """Auto-deleveraging's two steps of a round (kernels/adl.py): this shard's queue, then closing its part."""
         entry = self.shards.get(cid)

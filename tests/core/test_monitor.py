@@ -78,30 +78,27 @@ def test_a_tick_of_a_book_the_config_does_not_name_never_enters_the_market():
     assert [(d["kind"], d["offset"]) for d in dead] == [("unknown_source", 10)]
 
 
-def test_evaluation_emits_one_health_event_per_account():
+def evaluated(with_severity: bool) -> tuple[Monitor, list[dict]]:
+    """The scenario's market and accounts through the monitor, one exact evaluation: the monitor and its health
+    events."""
     async def go():
         mon, sink = monitor()
         await feed_market(mon, MARKET)
         for k, a in enumerate(ACCOUNTS):
             await mon.on_account(json.dumps(a).encode(), Where("accounts", 0, k))
         await mon.release_accounts(None)
-        await mon.evaluate(full=True, with_severity=True)
-        return sink.emitted
-    emitted = asyncio.run(go())
-    health = [v for topic, v in emitted if topic == TopicNames().HEALTH]
+        await mon.evaluate(full=True, with_severity=with_severity)
+        return mon, [v for topic, v in sink.emitted if topic == TopicNames().HEALTH]
+    return asyncio.run(go())
+
+
+def test_evaluation_emits_one_health_event_per_account():
+    _, health = evaluated(with_severity=True)
     assert sorted(h["account"] for h in health) == sorted(a["account"] for a in ACCOUNTS)
 
 
 def test_health_events_carry_each_position_s_liquidation_and_bankruptcy_price_and_queue_key():
-    async def go():
-        mon, sink = monitor()
-        await feed_market(mon, MARKET)
-        for k, a in enumerate(ACCOUNTS):
-            await mon.on_account(json.dumps(a).encode(), Where("accounts", 0, k))
-        await mon.release_accounts(None)
-        await mon.evaluate(full=True, with_severity=False)
-        return mon, [v for topic, v in sink.emitted if topic == TopicNames().HEALTH]
-    mon, health = asyncio.run(go())
+    mon, health = evaluated(with_severity=False)
     mon.engine.max_ts = mon.t
     # the batch command's rows (`liqwatch health --positions`) at the same prices: the same numbers
     batch = {}
