@@ -237,17 +237,21 @@ class Monitor:
         self.pending_accounts = keep
         return n
 
-    def retain_partitions(self, owned: set[int], partitions: int) -> int:
+    async def retain_partitions(self, owned: set[int], partitions: int) -> int:
         """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
         An account's partition is the one Kafka's default partitioner gives its key."""
         accounts = self.engine.accounts
         if owned == self._retained_for and accounts.n == self._retained_rows:
             return 0  # nothing moved since the last check
-        self._retained_for, self._retained_rows = set(owned), accounts.n
-        known = self.row_partition.shape[0]
-        if known < accounts.n:  # rows are never reused, so each row's partition is computed once
-            fresh = partitions_of(accounts.ids[known: accounts.n], partitions)
+        known, n = self.row_partition.shape[0], accounts.n
+        if known < n:  # rows are never reused, so each row's partition is computed once
+            # in a thread: encoding a million fresh keys is Python work of 0.3-2 s, which stood the event loop
+            # (and the ticks behind it) once the accounts had loaded; with the switch interval the loop runs
+            fresh = await asyncio.to_thread(partitions_of, accounts.ids[known:n], partitions)
+            if self.engine.accounts is not accounts or self.row_partition.shape[0] != known:
+                return 0  # the shard was rebuilt, or another call got there first: the next check retains
             self.row_partition = np.concatenate([self.row_partition, fresh])
+        self._retained_for, self._retained_rows = set(owned), n
         foreign = accounts.active[: accounts.n] & ~np.isin(self.row_partition[: accounts.n], list(owned))
         rows = np.flatnonzero(foreign)
         for r in rows:

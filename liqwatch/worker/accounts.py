@@ -65,10 +65,10 @@ class AccountShard:
                 return False
         return True
 
-    def retain(self) -> None:
+    async def retain(self) -> None:
         """Drop the rows of partitions this worker no longer owns."""
         if self.app.assignor.assigned_actives():
-            self.monitor.retain_partitions(set(self.owned_partitions()), self.partitions)
+            await self.monitor.retain_partitions(set(self.owned_partitions()), self.partitions)
 
     async def refresh_offsets(self) -> None:
         """Partitions taken over from a dead worker may deliver nothing (it had consumed them to the end): their

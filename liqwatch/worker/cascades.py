@@ -77,7 +77,8 @@ class ShardService:
 
     def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
                  owned_partitions: Callable[[], list[int]], caught_up: Callable[[int], bool],
-                 retain: Callable[[], None], refresh: Callable[[], Awaitable[None]] | None = None):
+                 retain: Callable[[], Awaitable[None]],
+                 refresh: Callable[[], Awaitable[None]] | None = None):
         self.monitor = monitor
         self.names = names
         self.bootstrap = bootstrap
@@ -97,7 +98,7 @@ class ShardService:
         taken before the accounts up to t were all consumed is not kept (the request falls back to filtering).
         The copy is made in a thread (hundreds of MB for a million accounts): the caller keeps the accounts
         unchanged until it returns (worker/evaluations.py)."""
-        self.retain()
+        await self.retain()
         if not self.caught_up(t):
             return
         accounts = self.monitor.engine.accounts
@@ -145,12 +146,14 @@ class ShardService:
                 copy, partitions, caught_up = frozen
             else:
                 async with self.lock:
-                    self.retain()
+                    await self.retain()
                     if self.refresh is not None:
                         await self.refresh()
                     accounts = self.monitor.engine.accounts
                     # the cascade's event time: a shard whose market ran ahead leaves out snapshots newer than it
-                    copy = _frozen(accounts.view(), accounts.ts[: accounts.n], t)
+                    # in a thread, like `freeze`: the copy of a million accounts stood the loop 0.6-1.0 s (the
+                    # cascades of an idle flush, whose time is no boundary the feed froze)
+                    copy = await asyncio.to_thread(_frozen, accounts.view(), accounts.ts[: accounts.n], t)
                     partitions, caught_up = sorted(self.owned_partitions()), self.caught_up(t)
             # liquidate_round only reads the accounts (the round each account fell is the Shard's own array; with
             # partial liquidation the quantities it changes are its own copy)

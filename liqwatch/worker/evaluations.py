@@ -129,7 +129,7 @@ class Evaluations:
     async def _boundary(self, b: Boundary, prices) -> None:
         """Shard health at the boundary's prices, and at cascade boundaries the shard's frozen accounts."""
         mon = self.monitor
-        self.accounts.retain()
+        await self.accounts.retain()
         await mon.evaluate(full=False, with_severity=b.severity, prices=prices, in_thread=True)
         if b.cascade:  # every worker: the shards keep their accounts as of this boundary
             await self.accounts.refresh_offsets()
@@ -170,7 +170,7 @@ class Evaluations:
             mon.dirty = False
             self.flushed = True
             async with self.lock:
-                self.accounts.retain()
+                await self.accounts.retain()
                 await mon.release_accounts(None)  # the market is caught up: every held account joins
                 n = await mon.evaluate(full=True, with_severity=True, in_thread=True)
             await mon.emit_marks(self.is_leader())
