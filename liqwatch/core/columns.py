@@ -15,9 +15,9 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from liqwatch.events import Account, BadEvent, Event, Tick, check
-
+from liqwatch.events import Account, BadEvent, Event, Tick, check, decode
 from liqwatch.kernels.market import EVENT_REFERENCE, EVENT_TICK
+from liqwatch.kernels.ticks import scan_ticks
 
 ROW = np.dtype([("kind", np.int8), ("ref", np.int32), ("aux", np.int32), ("ts", np.float64),
                 ("merge_ts", np.int64), ("bid", np.float64), ("ask", np.float64), ("last", np.float64),
@@ -176,8 +176,6 @@ def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
     """Decode a batch of records: one parse of the whole batch when every record is a valid event (the common
     case), else each record on its own (`liqwatch.events.decode`, which names the bad field). Same results as
     decoding one by one."""
-    from liqwatch.events import decode
-
     events = _parse_joined(values)
     if events is None:
         out: list[Event | BadEvent] = []
@@ -199,9 +197,14 @@ def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int
     their `values` and `topic` given apart (the market stage passes positions in its batch)."""
     if values is None:
         values = [r.value for r in records]
+    cols = scan(values, slots)
+    if cols is not None:  # every record a plain tick: read in one compiled pass, judged in arrays
+        got = _admit_ticks(door, records, slots, cols, lambda k: decode(values[k]))
+        if got is not None:
+            return got
     events = _parse_joined(values)
-    if events is not None:
-        got = _admit_ticks(door, records, events, slots)
+    if events is not None and cols is None:  # (scanned, the arrays' judgement would be the same)
+        got = _admit_ticks(door, records, slots, _columns(events, slots), lambda k: check(events[k]))
         if got is not None:
             return got
     return _admit_each(door, records, decode_many(values) if events is None else _checked(events), slots, assets,
@@ -221,28 +224,53 @@ def _checked(events: list) -> list:
 _MAX_TS = float((1 << 53) - 1)
 
 
-def _admit_ticks(door, records: list, events: list, slots: dict[str, int]):
-    """The fast path: every record a tick, judged in arrays. Rows failing a check are judged one by one (their
-    exact reason); None when the batch needs the record-by-record path (a reference or account in it, a
-    record far ahead of the partition)."""
-    gate, clock = door.gate, door.clock
+def scan(values: list[bytes], slots: dict[str, int]) -> tuple | None:
+    """The batch's columns (slot, ts, bid, ask, last, funding_rate, next_funding_ts) read by the tick scanner
+    (liqwatch.kernels.ticks), or None when it declines some record (then msgspec decodes the batch)."""
+    n = len(values)
+    if not n:
+        return None
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, n), out=offsets[1:])
+    buf = np.frombuffer(b"".join(values), np.uint8)
+    keys = [k.encode() for k in slots]
+    key_offsets = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum([len(k) for k in keys], out=key_offsets[1:])
+    key_buf = np.frombuffer(b"".join(keys), np.uint8) if keys else np.zeros(0, np.uint8)
+    cols = (np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n), np.empty(n), np.empty(n), np.empty(n),
+            np.empty(n))
+    if scan_ticks(buf, offsets, key_buf, key_offsets, np.fromiter(slots.values(), np.int32, len(keys)), *cols) >= 0:
+        return None
+    return cols
+
+
+def _columns(events: list, slots: dict[str, int]) -> tuple | None:
+    """The same columns from decoded events; None when the batch is not ticks only (or has a time past int64)."""
     if any(type(ev) is not Tick for ev in events):
         return None
     n = len(events)
     slot = np.fromiter((slots.get(ev.venue + ":" + ev.symbol, -1) for ev in events), np.int32, n)
     try:
         ts = np.fromiter((ev.ts for ev in events), np.int64, n)
-        nft_raw = [ev.next_funding_ts for ev in events]
+        nft = np.array([_NAN if ev.next_funding_ts is None else float(ev.next_funding_ts) for ev in events],
+                       np.float64)
     except OverflowError:  # a time beyond int64: the slow path says which
         return None
     bid = np.fromiter((ev.bid for ev in events), np.float64, n)
     ask = np.fromiter((ev.ask for ev in events), np.float64, n)
     last = np.fromiter((_NAN if ev.last is None else ev.last for ev in events), np.float64, n)
     fr = np.fromiter((_NAN if ev.funding_rate is None else ev.funding_rate for ev in events), np.float64, n)
-    try:
-        nft = np.array([_NAN if x is None else float(x) for x in nft_raw], np.float64)
-    except OverflowError:
+    return slot, ts, bid, ask, last, fr, nft
+
+
+def _admit_ticks(door, records: list, slots: dict[str, int], cols: tuple | None, event_of):
+    """The fast path: every record a tick, its columns judged in arrays. Rows failing a check are judged one by
+    one (their exact reason; `event_of(k)`: record k decoded and checked, or raising its BadEvent); None when the
+    batch needs the record-by-record path (a reference or account in it, a record far ahead of the partition)."""
+    if cols is None:
         return None
+    gate, clock = door.gate, door.clock
+    slot, ts, bid, ask, last, fr, nft = cols
     lo, hi = gate.slot_bounds(slots)
     s = np.maximum(slot, 0)
     with np.errstate(invalid="ignore"):
@@ -259,7 +287,7 @@ def _admit_ticks(door, records: list, events: list, slots: dict[str, int]):
         keep = ok.copy()
         for k in np.flatnonzero(~ok).tolist():  # rare: the exact judgement of each, as the door gives it
             try:
-                ev = gate.check(check(events[k]))
+                ev = gate.check(event_of(k))
             except BadEvent as e:
                 rejected.append((records[k], e))
                 continue

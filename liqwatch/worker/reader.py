@@ -63,7 +63,7 @@ class Records:
         return (self[k] for k in range(len(self.msgs)))
 
     def values(self) -> list:
-        return [m.value() for m in self.msgs]
+        return list(map(Message.value, self.msgs))
 
 
 class Reader:

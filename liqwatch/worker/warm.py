@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 
 from liqwatch.config import Config
+from liqwatch.core.columns import scan
 from liqwatch.core.engine import Engine
 from liqwatch.events import BadEvent, decode
 from liqwatch.kernels.adl import adl_queue, deleverage
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def warm_kernels(cfg: Config) -> float:
-    """Run every kernel the worker uses once (market, index and marks, health, severity, liquidation map,
-    positions' prices and ADL keys, cascade, auto-deleveraging, exposure, key partitions); returns the seconds it
-    took."""
+    """Run every kernel the worker uses once (tick reader, market, index and marks, health, severity, liquidation
+    map, positions' prices and ADL keys, cascade, auto-deleveraging, exposure, key partitions); returns the
+    seconds it took."""
     t0 = time.monotonic()
     eng = Engine(cfg)
     ts = 1_000_000
@@ -42,6 +43,10 @@ def warm_kernels(cfg: Config) -> float:
             eng.apply_many([decode(msgspec.json.encode(tick))])
         except BadEvent:  # a book whose sanity bounds exclude 1.0: another book compiles the same kernels
             continue
+    if eng.layout.books:  # the feed's reader of tick records (liqwatch.core.columns)
+        venue, symbol = eng.layout.books[0]
+        scan([msgspec.json.encode({"type": "tick", "venue": venue, "symbol": symbol, "ts": ts, "bid": 1.5,
+                                   "ask": 1.50000000000000011})], eng.market.slot)
     eng.health(with_severity=True)
     for asset in cfg.liqmap_assets()[:1]:
         eng.liquidation_map(asset, cfg.liqmap.levels())
