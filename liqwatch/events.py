@@ -61,6 +61,8 @@ class Position(msgspec.Struct, kw_only=True):
     instrument: str
     qty: float
     entry: float
+    # isolated margin (settlement asset): the position has its own margin and is liquidated alone; null: cross
+    isolated_margin: float | None = None
 
 
 class Account(msgspec.Struct, tag_field="type", tag="account", kw_only=True):
@@ -162,6 +164,8 @@ def check(event: Event) -> Event:
             if not math.isfinite(p.qty):
                 raise BadEvent("bad_number", f"positions[{i}].qty: must be finite (got {p.qty!r})")
             _positive(f"positions[{i}].entry", p.entry)
+            if p.isolated_margin is not None:
+                _positive(f"positions[{i}].isolated_margin", p.isolated_margin, allow_zero=True)
     if not 0 <= event.ts <= MAX_TS:
         raise BadEvent("bad_ts", f"ts: must be milliseconds since the epoch, 0 to 2^53 (got {event.ts})")
     return event

@@ -56,8 +56,9 @@ def market_events(rng: np.random.Generator, steps: int = 40) -> list[dict]:
     return out
 
 
-def account_events(rng: np.random.Generator, n: int, ts: int) -> list[dict]:
-    """Mixed collateral, borrow, long and short perps, sized so that health spreads around 1."""
+def account_events(rng: np.random.Generator, n: int, ts: int, isolated: float = 0.0) -> list[dict]:
+    """Mixed collateral, borrow, long and short perps, sized so that health spreads around 1; with `isolated`,
+    that share of the accounts hold one position per instrument in isolated margin too (margin for 2–50×)."""
     out = []
     collateral_assets = ["USDT", "USDC", "BTC", "ETH", "WBETH", "USDe"]
     for i in range(n):
@@ -76,13 +77,20 @@ def account_events(rng: np.random.Generator, n: int, ts: int) -> list[dict]:
             qty = rng.choice([-1, 1]) * equity * lev / BASE[INSTRUMENTS[ins]] / 2
             positions.append({"instrument": ins, "qty": float(qty),
                               "entry": BASE[INSTRUMENTS[ins]] * (1 + rng.normal(0, 0.03))})
+        if isolated and rng.random() < isolated:
+            for ins in rng.choice(list(INSTRUMENTS), size=int(rng.integers(1, 3)), replace=False):
+                lev = float(np.exp(rng.uniform(np.log(2), np.log(50))))
+                notional = equity * rng.uniform(0.1, 2.0)
+                price = BASE[INSTRUMENTS[str(ins)]]
+                positions.append({"instrument": str(ins), "qty": float(rng.choice([-1, 1]) * notional / price),
+                                  "entry": price * (1 + rng.normal(0, 0.03)), "isolated_margin": notional / lev})
         out.append({"type": "account", "account": f"a{i:05d}", "ts": ts, "collateral": coll, "borrowed": debt,
                     "positions": positions})
     return out
 
 
-def population(seed: int, n_accounts: int, steps: int = 40) -> list[dict]:
+def population(seed: int, n_accounts: int, steps: int = 40, isolated: float = 0.0) -> list[dict]:
     rng = np.random.default_rng(seed)
     events = market_events(rng, steps)
-    accounts = account_events(rng, n_accounts, events[-1]["ts"])
+    accounts = account_events(rng, n_accounts, events[-1]["ts"], isolated)
     return events + accounts

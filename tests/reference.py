@@ -235,6 +235,21 @@ class Market:
         return mids, lasts
 
 
+def margin_units(cfg: Config, accounts: dict[str, dict]) -> dict[tuple[str, str | None], dict]:
+    """Each account's cross margin, keyed (account, None): its collateral, debt and the positions without an
+    `isolated_margin`; and each isolated position as a margin account of its own, keyed (account, instrument):
+    its margin as settlement-asset collateral and that one position."""
+    units: dict[tuple[str, str | None], dict] = {}
+    for a, acct in accounts.items():
+        cross = [p for p in acct.get("positions", []) if p.get("isolated_margin") is None]
+        units[(a, None)] = {**acct, "positions": cross}
+        for p in acct.get("positions", []):
+            if p.get("isolated_margin") is not None:
+                units[(a, p["instrument"])] = {"collateral": {cfg.settlement: p["isolated_margin"]}, "borrowed": {},
+                                               "positions": [{k: v for k, v in p.items() if k != "isolated_margin"}]}
+    return units
+
+
 def account_numbers(cfg: Config, acct: dict, index: dict[str, float], marks: dict[str, float]):
     """(equity, maintenance) — §4."""
     collateral = 0.0

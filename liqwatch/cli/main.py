@@ -117,14 +117,17 @@ def health(config: ConfigOpt, events: EventsArg, at: AtOpt = None, until: UntilO
            ) -> None:
     """Margin health of every account: one JSON line per account, sorted by account.
 
-    Fields: `account`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable` (E < M),
-    `liquidation_severity` (smallest shock severity of the primary stress scenario at which the account is
-    liquidatable without any cascade; 0 if it already is, null beyond the largest configured severity).
+    Fields: `account`, `isolated`, `equity`, `maintenance`, `health` (E/M, null when M = 0), `liquidatable`
+    (E < M), `liquidation_severity` (smallest shock severity of the primary stress scenario at which the account
+    is liquidatable without any cascade; 0 if it already is, null beyond the largest configured severity).
+    `isolated` is null for the account's cross margin; a position with an `isolated_margin` in the snapshot has a
+    line of its own after it, `isolated` naming its instrument (its own margin, liquidated alone).
 
-    With --positions, one line per position: `account`, `instrument`, `qty`, `mark`, `liquidation_price` (the
-    mark at which the account's health reaches 1) and `bankruptcy_price` (its equity reaches 0), in cross
-    margin: the position's underlying moves — every mark on it, its index and the assets that redeem into it
-    (WBETH with ETH) — and everything else is held; null where no such price exists. An account already below
+    With --positions, one line per position: `account`, `margin` (cross or isolated), `instrument`, `qty`,
+    `mark`, `liquidation_price` (the mark at which the health of its margin — the account's cross margin, or its
+    own isolated margin — reaches 1) and `bankruptcy_price` (that equity reaches 0): the position's underlying
+    moves — every mark on it, its index and the assets that redeem into it (WBETH with ETH, in cross margin) —
+    and everything else is held; null where no such price exists. An account already below
     health 1 gets the price it would have to recover to. `adl_rank`: its place in the auto-deleveraging queue
     as venues publish it (config liquidation.adl: the binance or hyperliquid ranking), the share of the
     positions on the same instrument and side ranked at or below it — 1: first to be deleveraged.

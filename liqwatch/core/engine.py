@@ -164,12 +164,13 @@ class Engine:
     def health_rows(self, at: int | None = None) -> list[dict]:
         hs = self.health(at)
         rows = []
-        for r in sorted(range(self.accounts.n), key=self.accounts.ids.__getitem__):
+        for r in self.accounts.order():
             if not self.accounts.active[r]:
                 continue
             rows.append(
                 {
                     "account": self.accounts.ids[r],
+                    "isolated": self.accounts.isolated_name(r),
                     "equity": number(hs.equity[r]),
                     "maintenance": number(hs.maintenance[r]),
                     "health": number(hs.health[r]),
@@ -208,18 +209,21 @@ class Engine:
         return rank
 
     def position_rows(self, at: int | None = None) -> list[dict]:
-        """One row per position, accounts sorted, positions in snapshot order: `account`, `instrument`, `qty`,
+        """One row per position, accounts sorted (cross positions first, then isolated ones), positions in snapshot
+        order: `account`, `margin` (`cross` or `isolated`), `instrument`, `qty`,
         `mark`, `liquidation_price`, `bankruptcy_price` (null where no such price exists), `adl_rank`."""
         mark, liq, bank = self.position_prices(at)
         adl = self.adl_ranks(bank, at)
         accounts = self.accounts.view()
         names = self.layout.instruments
         rows = []
-        for r in sorted(range(self.accounts.n), key=self.accounts.ids.__getitem__):
+        for r in self.accounts.order():
             if not self.accounts.active[r]:
                 continue
+            margin = "cross" if self.accounts.isolated[r] < 0 else "isolated"
             for p in range(accounts.pos_start[r], accounts.pos_start[r] + accounts.pos_count[r]):
-                rows.append({"account": self.accounts.ids[r], "instrument": names[accounts.pos_instr[p]],
+                rows.append({"account": self.accounts.ids[r], "margin": margin,
+                             "instrument": names[accounts.pos_instr[p]],
                              "qty": float(accounts.pos_qty[p]), "mark": number(mark[p]),
                              "liquidation_price": number(liq[p]), "bankruptcy_price": number(bank[p]),
                              "adl_rank": number(adl[p])})

@@ -317,10 +317,11 @@ class Monitor:
             out = self._numbers(prices, full, with_severity)
         rows, eq, mm, h, liq, sev, positions = out
         ids = eng.accounts.ids
+        isolated = eng.accounts.isolated_name
         accounts = eng.accounts.view()  # unchanged until this returns (the caller's promise, above)
         for k, r in enumerate(rows.tolist()):
             await self.sink.emit(self.names.HEALTH, {
-                "type": "health", "account": ids[r], "ts": prices.t, "equity": number(eq[r]),
+                "type": "health", "account": ids[r], "isolated": isolated(r), "ts": prices.t, "equity": number(eq[r]),
                 "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
                 "liquidation_severity": number(sev[r]),
                 # built here, between the loop's other work, not in the thread: a dict per position holds the GIL

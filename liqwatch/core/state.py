@@ -265,23 +265,32 @@ class PriceView:
 
 
 class Accounts:
-    """Accounts as struct-of-arrays with append-only entry pools (see liqwatch.kernels.arrays.AccountArrays)."""
+    """Accounts as struct-of-arrays with append-only entry pools (see liqwatch.kernels.arrays.AccountArrays).
+
+    A row is a margin account: an account's cross margin (its collateral, debt and cross positions), or one of its
+    isolated positions with that position's own margin as its only collateral (settlement asset). Every kernel
+    then treats an isolated position as venues do, without knowing of it: its own health, liquidated alone, its
+    loss bounded by its margin (the rest a deficit for the insurance fund). `ids[r]` is the account that owns row
+    r (its Kafka key: the rows of one account stay on one shard); `isolated[r]` the instrument of an isolated row,
+    −1 for the cross row."""
 
     def __init__(self, layout: Layout, capacity: int = 1024):
         self.layout = layout
         self.ids: list[str] = []
-        self.row: dict[str, int] = {}
+        self.row: dict[str | tuple[str, int], int] = {}  # account → cross row; (account, instrument) → isolated
+        self.isolated_rows: dict[str, list[int]] = {}   # account → its isolated rows of the last snapshot
         self.n = 0
         self.active = np.zeros(capacity, dtype=np.bool_)
         self.ts = np.zeros(capacity, dtype=np.int64)
+        self.isolated = np.full(capacity, -1, dtype=np.int32)
         self.coll = _Pool(capacity, signed=False)
         self.debt = _Pool(capacity, signed=False)
         self.pos = _Pool(capacity, signed=True)
         self.ordering = _Ordering(layout.cfg.ingest.out_of_order_ms)
 
-    def check(self, ev: Account) -> tuple[list, list, list]:
+    def check(self, ev: Account) -> tuple[list, list, list, list]:
         aid = self.layout.asset_id
-        coll, debt, pos = [], [], []
+        coll, debt, pos, isolated = [], [], [], []
         for asset, qty in ev.collateral.items():
             if asset not in aid:
                 raise BadEvent("unknown_asset", f"collateral.{asset}: unknown asset '{asset}'")
@@ -294,11 +303,17 @@ class Accounts:
         for i, p in enumerate(ev.positions):
             if p.instrument not in iid:
                 raise BadEvent("unknown_instrument", f"positions[{i}].instrument: unknown instrument '{p.instrument}'")
-            pos.append((iid[p.instrument], p.qty, p.entry))
-        return coll, debt, pos
+            if p.isolated_margin is None:
+                pos.append((iid[p.instrument], p.qty, p.entry))
+                continue
+            if any(ins == iid[p.instrument] for ins, *_ in isolated):
+                raise BadEvent("bad_field", f"positions[{i}].instrument: a second isolated position on "
+                                            f"'{p.instrument}' (one per instrument)")
+            isolated.append((iid[p.instrument], p.qty, p.entry, p.isolated_margin))
+        return coll, debt, pos, isolated
 
     def apply(self, ev: Account) -> int | None:
-        """Apply a snapshot or a close; returns the account's row, or None when superseded."""
+        """Apply a snapshot or a close; returns the account's (cross) row, or None when superseded."""
         entries = None if ev.closed else self.check(ev)
         if not self.ordering.admit(ev.account, ev.ts):
             return None
@@ -306,36 +321,70 @@ class Accounts:
         if r is None:
             if ev.closed:
                 return None
-            r = self._new_row(ev.account)
+            r = self._new_row(ev.account, ev.account, -1)
         self.ts[r] = ev.ts
         if ev.closed:
             self.drop(r)
+            for s in self.isolated_rows.pop(ev.account, []):
+                self.ts[s] = ev.ts
+                self.drop(s)
             return r
-        coll, debt, pos = entries  # type: ignore[misc]
+        coll, debt, pos, isolated = entries  # type: ignore[misc]
+        self._put(r, coll, debt, pos)
+        kept = []
+        for instr, qty, entry, margin in isolated:
+            s = self.row.get((ev.account, instr))
+            if s is None:
+                s = self._new_row(ev.account, (ev.account, instr), instr)
+            self.ts[s] = ev.ts
+            self._put(s, [(self.layout.settlement, margin, 0.0)], [], [(instr, qty, entry)])
+            kept.append(s)
+        for s in self.isolated_rows.get(ev.account, []):
+            if s not in kept:  # closed since, or moved to cross margin
+                self.ts[s] = ev.ts
+                self.drop(s)
+        if kept or ev.account in self.isolated_rows:
+            self.isolated_rows[ev.account] = kept
+        return r
+
+    def _put(self, r: int, coll: list, debt: list, pos: list) -> None:
         self.coll.put(r, coll)
         self.debt.put(r, debt)
         self.pos.put(r, pos)
         self.active[r] = True
-        return r
 
     def drop(self, r: int) -> None:
-        """Remove row r's account (closed, or moved to another worker's shard)."""
+        """Remove row r (its account closed, or moved to another worker's shard)."""
         self.active[r] = False
         for pool in (self.coll, self.debt, self.pos):
             pool.clear(r)
 
-    def _new_row(self, account: str) -> int:
+    def _new_row(self, account: str, key: str | tuple[str, int], instrument: int) -> int:
         r = self.n
         self.n += 1
         self.ids.append(account)
-        self.row[account] = r
+        self.row[key] = r
         if r >= self.active.shape[0]:
             cap = 2 * self.active.shape[0]
             self.active = _grow(self.active, cap, False)
             self.ts = _grow(self.ts, cap, 0)
+            self.isolated = _grow(self.isolated, cap, -1)
             for pool in (self.coll, self.debt, self.pos):
                 pool.grow_rows(cap)
+        self.isolated[r] = instrument
         return r
+
+    def isolated_name(self, r: int) -> str | None:
+        """The instrument of isolated row r; None for a cross row."""
+        i = int(self.isolated[r])
+        return None if i < 0 else self.layout.instruments[i]
+
+    def order(self) -> list[int]:
+        """Rows by account, each account's cross row first, then its isolated ones by instrument (the order of
+        batch outputs)."""
+        names = self.layout.instruments
+        return sorted(range(self.n), key=lambda r: (self.ids[r], -1 if self.isolated[r] < 0 else 0,
+                                                    names[self.isolated[r]] if self.isolated[r] >= 0 else ""))
 
     def view(self) -> AccountArrays:
         n = self.n

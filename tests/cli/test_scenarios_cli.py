@@ -77,7 +77,9 @@ def test_health_cli_fields_and_order(oct_events, tmp_path):
     rows = [json.loads(x) for x in out.splitlines()]
     assert len(rows) == 5000
     assert [r["account"] for r in rows] == sorted(r["account"] for r in rows)
-    assert set(rows[0]) == {"account", "equity", "maintenance", "health", "liquidatable", "liquidation_severity"}
+    assert set(rows[0]) == {"account", "isolated", "equity", "maintenance", "health", "liquidatable",
+                            "liquidation_severity"}
+    assert all(r["isolated"] is None for r in rows)  # the scenario's positions are all in cross margin
     sev = [r["liquidation_severity"] for r in rows if r["liquidation_severity"] is not None]
     assert sev and all(0 <= s <= 0.2 for s in sev)
 
@@ -87,8 +89,8 @@ def test_health_positions_cli(oct_events, tmp_path):
     run("scenario", "oct-2025", "--no-events", "--config-out", str(cfg))
     out = run("health", "--config", str(cfg), "--until", "2025-10-10T20:45:00Z", "--positions", str(oct_events)).stdout
     rows = [json.loads(x) for x in out.splitlines()]
-    assert set(rows[0]) == {"account", "instrument", "qty", "mark", "liquidation_price", "bankruptcy_price",
-                            "adl_rank"}
+    assert set(rows[0]) == {"account", "margin", "instrument", "qty", "mark", "liquidation_price",
+                            "bankruptcy_price", "adl_rank"}
     assert all(r["adl_rank"] is None or 0 < r["adl_rank"] <= 1 for r in rows)
     assert [r["account"] for r in rows] == sorted(r["account"] for r in rows)
     engine, _ = load_events(load_config(cfg), oct_events, until=PRE_CRASH)

@@ -87,19 +87,21 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-def batch_results(config: Path, events: Path) -> tuple[dict[str, dict], dict[tuple[str, float], dict]]:
+def batch_results(config: Path, events: Path) -> tuple[dict[tuple[str, str | None], dict],
+                                                       dict[tuple[str, float], dict]]:
+    """Every margin account's health, keyed (account, isolated instrument or None), and every cascade."""
     cfg = load_config(config)
     engine, _ = load_events(cfg, events)
-    health = {r["account"]: r for r in engine.health_rows()}
+    health = {(r["account"], r["isolated"]): r for r in engine.health_rows()}
     cascades = {(s, v): engine.cascade(s, v) for s in cfg.stress.scenarios for v in cfg.stress.severities}
     return health, cascades
 
 
-def differences(bootstrap: str, prefix: str, health: dict[str, dict], cascades: dict) -> list[str]:
+def differences(bootstrap: str, prefix: str, health: dict[tuple[str, str | None], dict], cascades: dict) -> list[str]:
     """What the topics say that the batch run does not (empty when the live run has converged on it)."""
-    last: dict[str, dict] = {}
+    last: dict[tuple[str, str | None], dict] = {}
     for h in read_topic(bootstrap, prefix + "liqwatch.health"):
-        last[h["account"]] = h
+        last[(h["account"], h["isolated"])] = h
     out = []
     for aid, want in health.items():
         got = last.get(aid)

@@ -51,13 +51,15 @@ def with_policy(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("n_workers,policy", [(1, False), (2, False), (2, True)])
 def test_workers_equal_batch(stack, prefix, tmp_path, n_workers, policy):
     bootstrap = lwstack.bootstrap_servers(stack)
-    events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60))
+    # with the policy, a third of the accounts hold isolated positions too (rows of their own on the shards)
+    events = write(tmp_path / "ev.jsonl", population(21, 1500, steps=60, isolated=0.3 if policy else 0.0))
     config = with_policy(tmp_path) if policy else CONFIG
     health, cascades = batch_results(config, events)
     if policy:  # the distributed cascade's shards liquidate part of accounts and keep them over rounds, and rank
         # and take auto-deleveraged positions across both workers' shards
         assert any(c["partial_liquidations"] > 0 for c in cascades.values())
         assert any(c["insurance_fund"]["deleveraged_accounts"] > 0 for c in cascades.values())
+        assert sum(k[1] is not None for k in health) > 300
     ws = workers(n_workers, bootstrap, prefix, tmp_path, config)
     try:
         # let the group settle first, so that the workers really share the partitions while the data flows
