@@ -523,8 +523,9 @@ def bench_pipeline(
     seconds: Annotated[float, typer.Option(help="Length of the measured latency phase.", min=1)] = 20.0,
     warmup: Annotated[float, typer.Option(help="Live seconds before the measured ones (the workers start on a "
                                                "new stream).", min=0)] = 5.0,
-    ticks: Annotated[int, typer.Option(help="Ticks of the recorded firehose the ingest is measured on.",
-                                       min=10_000)] = 500_000,
+    ticks: Annotated[int, typer.Option(help="Ticks of each recorded firehose the ingest is measured on (the one "
+                                            "read while the accounts load, and the catch-up one).",
+                                       min=10_000)] = 2_000_000,
     state_dir: Annotated[Optional[Path], typer.Option(help="Use this running stack (default: start a temporary "
                                                            "one on free ports and stop it after).",
                                                       file_okay=False)] = None,
@@ -541,8 +542,11 @@ def bench_pipeline(
     --accounts × --workers combination in one run.
 
     Prints one JSON object: per run `raw_consume_per_s` (aiokafka and confluent-kafka), `worker_ticks_per_s`,
-    `cluster_ticks_per_s`, `worker_vs_fastest_raw`, `latency_p50_ms`, `latency_p99_ms`, `all_live_ticks_processed`;
-    and `scale_out` (what a second worker adds) when --workers has 1 and 2. Progress on stderr.
+    `cluster_ticks_per_s`, `worker_vs_fastest_raw` (a firehose read while every account loads beside it),
+    `catch_up` (the workers paused, a firehose written, then read with every account loaded: the market path's
+    own rate against the raw consumers on the same records), `latency_p50_ms`, `latency_p99_ms`,
+    `all_live_ticks_processed`; and `scale_out` (what a second worker adds) when --workers has 1 and 2. Progress
+    on stderr.
 
     Example: liqwatch bench pipeline --accounts 100000 --accounts 1000000 --workers 1 --workers 2
 

@@ -12,6 +12,11 @@ running one from --state-dir, or a temporary one:
    cluster_ticks_per_s: how fast the workers together get through the stream. With --market-stage, first
    stage_ticks_per_s: as many stages as workers staging the ticks alone (before any worker runs); the workers
    then read staged rows, and the cluster goes at the slower of the stages and the slowest worker.
+3b. catch_up: with every account loaded (the first exact flush done), the workers paused (SIGSTOP, inside the
+   group's session timeout), `ticks` more ticks written (at most a million), the workers resumed: their rate through them (their
+   market path with a loaded book: boundaries evaluate every account), against the raw consumers reading the same
+   records afterwards. Step 3 reads its ticks beside the load of every account (another topic and the table),
+   the raw consumers read ticks alone: this one compares like with like.
 4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds` (once the first exact flush has emitted every account's health);
    for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
    plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
@@ -68,20 +73,35 @@ def _write_inputs(path: Path, accounts: int, ticks: int, per_second: int) -> int
                 books[(ev["venue"], ev["symbol"])] = ev
             f.write(_encode(ev) + b"\n")
             n += 1
-        rng = np.random.default_rng(5)
-        templates = list(books.values())
-        noise = rng.normal(0, 2e-4, ticks).tolist()
-        t0 = scenarios.T0 + 2_000
-        for k in range(ticks):
-            ev = dict(templates[k % len(templates)])
-            ev["ts"] = t0 + k * 1000 // per_second
-            ev["bid"] = ev["bid"] * (1 + noise[k])
-            ev["ask"] = ev["ask"] * (1 + noise[k])
-            if "last" in ev:
-                ev["last"] = ev["last"] * (1 + noise[k])
+        for ev in _firehose(list(books.values()), ticks, scenarios.T0 + 2_000, per_second, seed=5):
             f.write(_encode(ev) + b"\n")
             n += 1
     return n
+
+
+def _firehose(templates: list[dict], ticks: int, t0: int, per_second: int, seed: int):
+    """`ticks` ticks cycling over the books of `templates` from event time t0, `per_second` a second, each
+    price moved by a little noise."""
+    noise = np.random.default_rng(seed).normal(0, 2e-4, ticks).tolist()
+    for k in range(ticks):
+        ev = dict(templates[k % len(templates)])
+        ev["ts"] = t0 + k * 1000 // per_second
+        ev["bid"] = ev["bid"] * (1 + noise[k])
+        ev["ask"] = ev["ask"] * (1 + noise[k])
+        if "last" in ev:
+            ev["last"] = ev["last"] * (1 + noise[k])
+        yield ev
+
+
+def _templates(path: Path) -> list[dict]:
+    """The last tick of every book in an inputs file (the firehose's books, as last quoted)."""
+    books: dict[tuple[str, str], dict] = {}
+    with path.open("rb") as f:
+        for line in f:
+            if line.startswith(b'{"type":"tick"'):
+                ev = msgspec.json.decode(line)
+                books[(ev["venue"], ev["symbol"])] = ev
+    return list(books.values())
 
 
 def _steady_rate(samples: list[tuple[float, float]], end: int) -> float:
@@ -95,9 +115,10 @@ def _steady_rate(samples: list[tuple[float, float]], end: int) -> float:
 RAW_BATCH = 10_000  # records a raw consumer takes per call: the worker's order of batch, fine enough to time by
 
 
-async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -> float:
-    """Records per second of a plain aiokafka consumer reading the topic's partitions, each record's value taken
-    (`_steady_rate`, best of two)."""
+async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int, start: list[int] | None = None
+                        ) -> float:
+    """Records per second of a plain aiokafka consumer reading `end` records of the topic's partitions from the
+    offsets `start` (default: the beginning), each record's value taken (`_steady_rate`, best of two)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 << 20)
     await c.start()
@@ -107,7 +128,7 @@ async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -
         best = 0.0
         for _ in range(2):
             for tp in tps:
-                c.seek(tp, 0)
+                c.seek(tp, start[tp.partition] if start else 0)
             got = 0
             samples = [(time.perf_counter(), 0)]
             while got < end:
@@ -122,7 +143,7 @@ async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int) -
         await c.stop()
 
 
-def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> float:
+def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int, start: list[int] | None = None) -> float:
     """The same with confluent-kafka (librdkafka)."""
     import confluent_kafka as ck
 
@@ -133,7 +154,7 @@ def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> flo
                      "max.partition.fetch.bytes": 16 << 20})
     try:
         for _ in range(2):
-            c.assign([ck.TopicPartition(topic, p, 0) for p in range(partitions)])
+            c.assign([ck.TopicPartition(topic, p, start[p] if start else 0) for p in range(partitions)])
             got = 0
             samples = [(time.perf_counter(), 0)]
             while got < end:
@@ -149,13 +170,95 @@ def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int) -> flo
 
 
 async def _end(bootstrap: str, topic: str, partitions: int) -> int:
+    return sum(await _ends(bootstrap, topic, partitions))
+
+
+async def _ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
-        return sum((await c.end_offsets(tps)).values())
+        ends = await c.end_offsets(tps)
+        return [ends[tp] for tp in tps]
     finally:
         await c.stop()
+
+
+def _family(pid: int) -> list[int]:
+    """A process and its children (a worker's market stage runs in a session of its own)."""
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+CATCH_UP_MAX = 1_000_000  # written in ~2-3 s here: the pause stays inside the workers' 6 s session timeout
+
+
+def _catch_up(bootstrap: str, names: TopicNames, procs: list, ports: list[int], templates: list[dict], ticks: int,
+              t0: int, per_second: int, partitions: int, say, profile: Path | None = None, phase: str = "") -> dict:
+    """The market path's own rate: with every account loaded, the workers are paused (SIGSTOP, a few seconds:
+    inside the group's session timeout), a recorded firehose of `ticks` ticks is written meanwhile, and the workers
+    get through it once resumed, measured like the ingest above between 10% and 90% of it; then the raw
+    consumers read the same records. The ingest phase above runs beside the load of every account (another
+    topic, the accounts table): this one measures the ticks alone, as the raw consumers do."""
+    import confluent_kafka as ck
+
+    ticks = min(ticks, CATCH_UP_MAX)
+    start = asyncio.run(_ends(bootstrap, names.TICKS, partitions))
+    counted = 'liqwatch_events_processed_total{topic="ticks"}'
+    before = {p: _metric(p, counted) or 0.0 for p in ports}
+    records = [(_encode(ev), key_of(ev)) for ev in _firehose(templates, ticks, t0, per_second, seed=6)]
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20,
+                            "queue.buffering.max.messages": 2 * ticks, "queue.buffering.max.kbytes": 1 << 21,
+                            "partitioner": "murmur2_random"})
+    pids = [p for w in procs for p in _family(w.pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        for value, key in records:
+            producer.produce(names.TICKS, value, key)
+        producer.flush(30)
+    finally:
+        paused = time.monotonic() - stopped
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    spy = Profiler(profile, procs[0].pid, f"catchup-{phase}")
+    end_t = t0 + (ticks - 1) * 1000 // per_second
+    resumed = time.perf_counter()
+    samples: dict[int, list[tuple[float, float]]] = {p: [(resumed, 0.0)] for p in ports}
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not all(s and s[-1][1] >= ticks for s in samples.values()):
+        for port in ports:
+            n = _metric(port, counted)
+            if n is not None:
+                samples[port].append((time.perf_counter(), min(n - before[port], ticks)))
+        time.sleep(0.05)
+    spy.stop()
+    if not all(s and s[-1][1] >= ticks for s in samples.values()):
+        raise RuntimeError(f"the workers did not reach the firehose's end (event time {end_t}) in 600 s")
+    rates = [_steady_rate(samples[p], ticks) for p in ports]
+    time.sleep(2.0)  # the workers idle (their exact flush done) before the raw consumers read the same records
+    raw = {"aiokafka": asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, ticks, partitions, start))}
+    try:
+        raw["confluent_kafka"] = _raw_confluent(bootstrap, names.TICKS, ticks, partitions, start)
+    except ImportError:
+        pass
+    fastest = max(raw, key=raw.get)
+    if paused > 5.0:
+        say(f"  the workers were paused {paused:.1f} s, near their 6 s session timeout: a rebalance may have cost "
+            f"the catch-up time (fewer --ticks)")
+    say(f"  catch-up, accounts loaded: {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker against "
+        f"{fastest} {raw[fastest]:,.0f}/s on the same records ({min(rates) / raw[fastest]:.3f}; paused {paused:.1f} s)")
+    return {"ticks": ticks, "paused_s": round(paused, 1), "raw_consume_per_s": {k: round(v) for k, v in raw.items()},
+            "fastest_raw": fastest, "worker_ticks_per_s": [round(r) for r in rates],
+            "worker_vs_fastest_raw": round(min(rates) / raw[fastest], 3)}
 
 
 def _status(port: int) -> dict | None:
@@ -317,7 +420,7 @@ class Profiler:
 
 
 def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: int = 50_000,
-             seconds: float = 20.0, state_dir: Path | None = None, ticks: int = 500_000,
+             seconds: float = 20.0, state_dir: Path | None = None, ticks: int = 2_000_000,
              profile: Path | None = None, warmup_s: float = 5.0, progress=None, tick_partitions: int = 1,
              market_stage: bool = False) -> dict:
     """Every (accounts, workers) combination on fresh topics of one stack, side by side: the raw consumers'
@@ -446,6 +549,10 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
                                f"minutes (logs: {work})")
         say(f"  first exact flush: {emitted:,.0f} health events, {time.monotonic() - waited:.0f} s")
         time.sleep(5.0)  # delivered, and the flush's cascades done
+        first_end = scenarios.T0 + 2_000 + (ticks - 1) * 1000 // rate
+        catch = _catch_up(bootstrap, names, procs, ports, _templates(events), ticks, first_end + 1_000, rate,
+                          tick_partitions, say, profile, f"{accounts}-{n_workers}")
+        time.sleep(5.0)  # its flush and cascades done
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
         waits_before = [_waits(p) for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
@@ -474,6 +581,7 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             "cluster_ticks_per_s": round(cluster),
             "worker_vs_fastest_raw": round(min(rates) / raw[fastest], 3),
             "cluster_vs_fastest_raw": round(cluster / raw[fastest], 3),
+            "catch_up": catch,
             "live_rate_per_s": rate,
             "live_seconds": seconds,
             "warmup_seconds": warmup_s,
@@ -488,7 +596,7 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
             "loop_stalls": [None if w[1] is None else int(w[1]) for w in waits],  # event-loop stalls over 0.5 s, and
             "loop_stalled_s": [w[2] for w in waits],  # their seconds, per worker (liqwatch/worker/stall.py)
         }
-        say(f"  ingest {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker "
+        say(f"  ingest while loading the accounts {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker "
             f"({result['worker_vs_fastest_raw']} of {fastest}); live p50 {result['latency_p50_ms']} ms, "
             f"p99 {result['latency_p99_ms']} ms, {processed:,} of {sent:,} live ticks processed; the feed waited "
             f"{', '.join(str(w[0]) for w in waits)} s for account work; loop stalls over 0.5 s "

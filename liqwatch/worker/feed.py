@@ -79,6 +79,9 @@ class MarketFeed:
             while True:
                 self.services.beat("market feed")
                 await self._step(reader)
+                # a step over a backlog (librdkafka's queue never empty) awaits nothing that suspends: let the
+                # loop's other work run between batches (the accounts agent, the web pages, Faust's heartbeats)
+                await asyncio.sleep(0)
         finally:
             with contextlib.suppress(Exception):
                 reader.close()

@@ -29,6 +29,11 @@ def test_bench_pipeline_runs_one_and_two_workers(stack, staged):
         assert set(r["raw_consume_per_s"]) == {"aiokafka", "confluent_kafka"}
         assert len(r["worker_ticks_per_s"]) == r["workers"] and min(r["worker_ticks_per_s"]) > 0
         assert r["all_live_ticks_processed"], r
+        # the catch-up: every worker through the firehose written while they were paused, beside the raw figures
+        c = r["catch_up"]
+        assert c["ticks"] == 20000 and 0 <= c["paused_s"] < 6
+        assert set(c["raw_consume_per_s"]) == {"aiokafka", "confluent_kafka"}
+        assert len(c["worker_ticks_per_s"]) == r["workers"] and min(c["worker_ticks_per_s"]) > 0
         assert r["mark_events"] > 0 and r["latency_p50_ms"] is not None
         assert r["latency_p50_ms"] <= r["latency_p99_ms"] <= r["latency_max_ms"]
         # the feed's waits, read from every worker's metrics (a metric the worker lacks reads as None)
