@@ -189,15 +189,16 @@ def decode_many(values: list[bytes]) -> list[Event | BadEvent]:
 
 
 def admit_rows(door, records: list, slots: dict[str, int], assets: dict[str, int], values: list | None = None,
-               topic: str | None = None):
+               topic: str | None = None, scanner: bool = True):
     """A market partition's records (offset order) through its door, as rows with their merge times:
     (MarketRows, [(record, BadEvent)], ignored). The same judgement as `door.admit` record by record
     (tests/core/test_columns.py): a batch of ticks is judged by array operations, anything else (a reference, a
     record that fails a check, one far ahead) record by record. Records are Kafka records, or any objects with
-    their `values` and `topic` given apart (the market stage passes positions in its batch)."""
+    their `values` and `topic` given apart (the market stage passes positions in its batch). `scanner=False`: the
+    decoder's path only (the benchmark's and the tests' comparison)."""
     if values is None:
         values = [r.value for r in records]
-    cols = scan(values, slots)
+    cols = scan(values, slots) if scanner else None
     if cols is not None:  # every record a plain tick: read in one compiled pass, judged in arrays
         got = _admit_ticks(door, records, slots, cols, lambda k: decode(values[k]))
         if got is not None:

@@ -21,6 +21,10 @@ accounts borrowing), priced with the oct-2025 config at 20:00:
   a venue — partial liquidation (a fifth above $100k), a 0.5% fee and an empty insurance fund, so auto-deleveraging
   takes the deficits' share from the top of Binance's queue (full scan: accounts change over the rounds); with
   their rounds, accounts closed, partial steps and accounts deleveraged;
+- admit_ticks_us / admit_ticks_decoder_us: what the market feed spends per tick to admit a batch of 20,000 tick
+  records (bytes in, rows of columns out, every check of the door): the compiled scanner
+  (liqwatch.kernels.ticks), and msgspec's decoder with the checks in arrays (the path before it, still the one
+  for a batch the scanner declines), side by side;
 - bytes_per_account: the account arrays plus the health outputs; cascade_state_bytes_per_account: what a pruned
   shard keeps per account besides (fallen round; the four one-sided exposures per unit of room as float32 and a
   word of the call of the last evaluation and the held-asset and held-instrument bits — 20 bytes —; a scratch row:
@@ -42,7 +46,9 @@ from liqwatch.kernels.positions import ADL_BINANCE, position_prices
 from liqwatch.kernels.prices import compute_index, compute_marks
 from liqwatch.kernels.arrays import AccountArrays
 from liqwatch.config import load_config
+from liqwatch.core.columns import admit_rows
 from liqwatch.core.engine import Engine
+from liqwatch.core.ingest import PartitionDoor
 from liqwatch.events import decode
 from liqwatch.scenarios import T0, config_path, market_events
 
@@ -55,6 +61,21 @@ def _market_engine() -> Engine:
             break
         engine.apply(decode(msgspec.json.encode(ev)))
     return engine
+
+
+def _tick_batch(engine: Engine, n: int = 20_000) -> list[bytes]:
+    """n tick records over the venue's books as `bench pipeline`'s firehose writes them (prices with noise)."""
+    rng = np.random.default_rng(4)
+    books = [(venue, symbol, float(engine.market.quotes().mid[slot])) for (venue, symbol), slot in
+             ((tuple(k.split(":", 1)), s) for k, s in engine.market.slot.items())]
+    books = [b for b in books if np.isfinite(b[2]) and b[2] > 0]
+    out = []
+    for k, x in enumerate(rng.normal(0, 2e-4, n).tolist()):
+        venue, symbol, mid = books[k % len(books)]
+        m = mid * (1 + x)
+        out.append(msgspec.json.encode({"type": "tick", "venue": venue, "symbol": symbol, "ts": T0 + 3_000 + k // 50,
+                                        "bid": m * 0.9999, "ask": m * 1.0001}))
+    return out
 
 
 def synthetic_accounts(engine: Engine, n: int, seed: int = 1) -> AccountArrays:
@@ -255,6 +276,17 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
     stressed, policed = stress({}), stress(POLICY)
     stress_ms = _best(lambda: stress({}), max(1, repeat // 2))
     policy_ms = _best(lambda: stress(POLICY), max(1, repeat // 2))
+    batch = _tick_batch(engine)
+
+    def admit(scanner: bool):
+        door = PartitionDoor(engine.gate, engine.cfg.ingest.max_ahead_ms, engine.cfg.ingest.jump_keys)
+        rows, rejected, _ = admit_rows(door, batch, engine.market.slot, lay.asset_id, values=batch, scanner=scanner)
+        assert len(rows) == len(batch) and not rejected
+        return rows.rows
+
+    assert admit(True).tobytes() == admit(False).tobytes()  # the two paths give the same rows, bit for bit
+    admit_us = _best(lambda: admit(True), repeat) * 1000.0 / len(batch)
+    admit_decoder_us = _best(lambda: admit(False), repeat) * 1000.0 / len(batch)
     account_bytes = sum(a.nbytes for a in accounts)
     out_bytes = eq.nbytes + mm.nbytes + h.nbytes + liq.nbytes
     return {
@@ -281,6 +313,8 @@ def kernels(accounts: int, repeat: int = 5, reference_sample: int = 20_000) -> d
         "cascade_stress": {"rounds": stressed.rounds, "liquidated": stressed.liquidated_accounts},
         "cascade_policy": {"rounds": policed.rounds, "liquidated": policed.liquidated_accounts,
                            "partial": policed.partial_liquidations, "deleveraged": policed.deleveraged_accounts},
+        "admit_ticks_us": round(admit_us, 3),
+        "admit_ticks_decoder_us": round(admit_decoder_us, 3),
         "bytes_per_account": round((account_bytes + out_bytes) / n, 1),
         "cascade_state_bytes_per_account": round(shard_bytes / n, 1),
         "threads": 1,

@@ -112,15 +112,17 @@ def reference_door(raws: list[bytes]) -> list[tuple[int, object, int]]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 300), st.booleans(), st.booleans(), st.sampled_from([0.0, 0.04]))
-def test_the_door_judges_a_batch_as_it_judges_each_record(seed, n, ticks_only, ahead, malformed):
-    """Batches of ticks only, in order, parseable as a whole take the array path; the others the per-record one."""
+@given(st.integers(0, 10**6), st.integers(1, 300), st.booleans(), st.booleans(), st.sampled_from([0.0, 0.04]),
+       st.booleans())
+def test_the_door_judges_a_batch_as_it_judges_each_record(seed, n, ticks_only, ahead, malformed, scanner):
+    """Batches of ticks only, in order, parseable as a whole take the array path (read by the tick scanner, or
+    by the decoder); the others the per-record one."""
     raws = stream(random.Random(seed), n, ticks_only, ahead, malformed)
     want = reference_door(raws)
     door = PartitionDoor(Gate(CFG), CFG.ingest.max_ahead_ms, CFG.ingest.jump_keys)
     eng = Engine(CFG)
     batch, rejected, ignored = admit_rows(door, [Rec(r, k) for k, r in enumerate(raws)], eng.market.slot,
-                                          eng.layout.asset_id)
+                                          eng.layout.asset_id, scanner=scanner)
     got = {rec.offset: ("bad", e.kind, e.reason) for rec, e in rejected}
     for rec, row in zip(batch.records, batch.rows):
         got[rec.offset] = ("ok", int(row["ts"]), int(row["merge_ts"]))

@@ -13,3 +13,4 @@ def test_bench_kernels_runs_on_a_small_population():
     # the policy run does what it names: partial steps, and deleveraged accounts from the empty fund
     assert out["cascade_policy"]["partial"] > 0 and out["cascade_policy"]["deleveraged"] > 0
     assert out["cascade_stress"]["liquidated"] > 0 and out["cascade_policy_ms"] > 0
+    assert out["admit_ticks_us"] > 0 and out["admit_ticks_decoder_us"] > 0  # (both paths' rows equal: asserted)
