@@ -197,6 +197,29 @@ def _family(pid: int) -> list[int]:
     return out
 
 
+def _settled(ports: list[int], quiet_s: float = 3.0, limit_s: float = 180.0) -> None:
+    """Wait until no worker has emitted anything for `quiet_s` (an exact flush at 1M accounts takes ~20 s, and its
+    cascades after it): a raw consumer timed beside it would read slower than on a quiet machine."""
+    def emitted() -> float:
+        total = 0.0
+        for port in ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    total += sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines()
+                                 if line.startswith("liqwatch_events_emitted_total{"))
+            except OSError:
+                pass
+        return total
+
+    until = time.monotonic() + limit_s
+    last, since = emitted(), time.monotonic()
+    while time.monotonic() < until and time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        now = emitted()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 CATCH_UP_MAX = 1_000_000  # written in ~2-3 s here: the pause stays inside the workers' 6 s session timeout
 
 
@@ -244,7 +267,7 @@ def _catch_up(bootstrap: str, names: TopicNames, procs: list, ports: list[int], 
     if not all(s and s[-1][1] >= ticks for s in samples.values()):
         raise RuntimeError(f"the workers did not reach the firehose's end (event time {end_t}) in 600 s")
     rates = [_steady_rate(samples[p], ticks) for p in ports]
-    time.sleep(2.0)  # the workers idle (their exact flush done) before the raw consumers read the same records
+    _settled(ports)  # the workers idle (their exact flush and its cascades done) before the raw consumers read
     raw = {"aiokafka": asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, ticks, partitions, start))}
     try:
         raw["confluent_kafka"] = _raw_confluent(bootstrap, names.TICKS, ticks, partitions, start)
