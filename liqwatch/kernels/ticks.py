@@ -68,24 +68,12 @@ def mul128(a, b):
 
 @njit(cache=True, nogil=True, inline="always")
 def _leading_zeros(x):
+    """Leading zero bits of a nonzero uint64, by halving the window (32, 16, … 1 bits)."""
     n = 0
-    if x <= np.uint64(0x00000000FFFFFFFF):
-        n += 32
-        x <<= np.uint64(32)
-    if x <= np.uint64(0x0000FFFFFFFFFFFF):
-        n += 16
-        x <<= np.uint64(16)
-    if x <= np.uint64(0x00FFFFFFFFFFFFFF):
-        n += 8
-        x <<= np.uint64(8)
-    if x <= np.uint64(0x0FFFFFFFFFFFFFFF):
-        n += 4
-        x <<= np.uint64(4)
-    if x <= np.uint64(0x3FFFFFFFFFFFFFFF):
-        n += 2
-        x <<= np.uint64(2)
-    if x <= np.uint64(0x7FFFFFFFFFFFFFFF):
-        n += 1
+    for shift in (32, 16, 8, 4, 2, 1):
+        if x >> np.uint64(64 - shift) == _ZERO:
+            n += shift
+            x <<= np.uint64(shift)
     return n
 
 

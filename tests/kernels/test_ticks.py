@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from liqwatch.core.columns import _columns, scan
 from liqwatch.events import Event, Tick
-from liqwatch.kernels.ticks import POW10_128, POW10_MIN, decimal_to_double, mul128
+from liqwatch.kernels.ticks import POW10_128, POW10_MIN, _leading_zeros, decimal_to_double, mul128
 
 SLOTS = {"binance:BTC/USDT": 0, "okx:BTC-USDT-SWAP": 1, "binance:WBETH/ETH": 2, "a:b:c": 3}
 DECODE = msgspec.json.Decoder(list[Event])
@@ -38,6 +38,12 @@ def test_the_powers_of_ten_are_the_published_table():
 def test_the_128_bit_product(a, b):
     hi, lo = mul128(np.uint64(a), np.uint64(b))
     assert (int(hi) << 64) | int(lo) == a * b
+
+
+@settings(deadline=None)
+@given(st.integers(1, 2**64 - 1))
+def test_leading_zeros(x):
+    assert _leading_zeros(np.uint64(x)) == 64 - x.bit_length()
 
 
 def parsed(text: str) -> tuple[float, bool]:
