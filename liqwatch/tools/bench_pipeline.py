@@ -573,13 +573,14 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         say(f"  first exact flush: {emitted:,.0f} health events, {time.monotonic() - waited:.0f} s")
         time.sleep(5.0)  # delivered, and the flush's cascades done
         first_end = scenarios.T0 + 2_000 + (ticks - 1) * 1000 // rate
-        catch = _catch_up(bootstrap, names, procs, ports, _templates(events), ticks, first_end + 1_000, rate,
+        books = _templates(events)  # every book's last tick: the catch-up and the live ticks go on from there
+        catch = _catch_up(bootstrap, names, procs, ports, books, ticks, first_end + 1_000, rate,
                           tick_partitions, say, profile, f"{accounts}-{n_workers}")
         time.sleep(5.0)  # its flush and cascades done
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
         waits_before = [_waits(p) for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
-        lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(events), rate, seconds, warmup_s))
+        lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(books), rate, seconds, warmup_s))
         spy.stop()
         waited = time.monotonic()
         while True:  # every worker has every live tick, or a minute passed (the count then says what is missing)
@@ -648,14 +649,9 @@ def _waits(port: int) -> tuple[float | None, float | None, float | None]:
     return tuple(float(lines[n]) if n in lines else None for n in names)
 
 
-def _last_mids(path: Path) -> list[tuple[str, str, float]]:
-    mids: dict[tuple[str, str], float] = {}
-    with path.open("rb") as f:
-        for line in f:
-            if line.startswith(b'{"type":"tick"'):
-                ev = json.loads(line)
-                mids[(ev["venue"], ev["symbol"])] = (ev["bid"] + ev["ask"]) / 2
-    return [(v, s, m) for (v, s), m in sorted(mids.items())]
+def _last_mids(books: list[dict]) -> list[tuple[str, str, float]]:
+    """(venue, symbol, mid) of every book's last tick, sorted: where the live phase's ticks start."""
+    return sorted((ev["venue"], ev["symbol"], (ev["bid"] + ev["ask"]) / 2) for ev in books)
 
 
 def top_frames(path: Path, n: int = 25, thread: str | None = None) -> dict:
