@@ -13,9 +13,9 @@ running one from --state-dir, or a temporary one:
    stage_ticks_per_s: as many stages as workers staging the ticks alone (before any worker runs); the workers
    then read staged rows, and the cluster goes at the slower of the stages and the slowest worker.
 3b. catch_up: with every account loaded (the first exact flush done), the workers paused (SIGSTOP, inside the
-   group's session timeout), `ticks` more ticks written (at most a million), the workers resumed: their rate through them (their
-   market path with a loaded book: boundaries evaluate every account), against the raw consumers reading the same
-   records afterwards. Step 3 reads its ticks beside the load of every account (another topic and the table),
+   group's session timeout), `ticks` more ticks written (at most a million), the workers resumed: their rate
+   through them (their market path with a loaded book: boundaries evaluate every account), against the raw
+   consumers reading the same records afterwards. Step 3 reads its ticks beside the load of every account (another topic and the table),
    the raw consumers read ticks alone: this one compares like with like.
 4. Latency: ticks produced live at `rate` per second, event time = wall time, for a warm-up and then `seconds` (once the first exact flush has emitted every account's health);
    for every `mark` event after the warm-up, latency = arrival at a consumer − the newest tick's produce time,
