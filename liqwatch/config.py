@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Quote assets priced at 1 when the config gives them no index (SPEC §3).
 USD_LIKE = ("USD", "USDT", "USDC")
@@ -389,6 +389,57 @@ class LiqmapSpec(_Frozen):
         return [1.0 + self.step * k for k in range(-n, n + 1)]
 
 
+class KafkaSpec(_Frozen):
+    """How to reach Kafka (README "Production Kafka"): not part of the config_id (where the events come from does
+    not change the alerts). The password is never in the file: `password_env` names the environment variable
+    that holds it. Relative file paths are relative to the config file."""
+
+    bootstrap: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "LIQWATCH_KAFKA_PASSWORD"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _servers(cls, v: str | None) -> str | None:
+        for server in (v or "").split(",") if v is not None else ():
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("expected HOST:PORT[,HOST:PORT] with a port 1-65535")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("password: never in the file; put it in an environment variable and name it in "
+                             "password_env (default LIQWATCH_KAFKA_PASSWORD)")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KafkaSpec":
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (self.sasl_mechanism is None or self.username is None):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism and username")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_SSL or SASL_PLAINTEXT")
+        if not self.security_protocol.endswith("SSL") and any((self.ca_file, self.cert_file, self.key_file)):
+            raise ValueError("ca_file/cert_file/key_file need security_protocol SSL or SASL_SSL")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def relative_to(self, base: Path) -> "KafkaSpec":
+        """The file paths made absolute against `base` (the config file's directory)."""
+        files = {k: base / v for k in ("ca_file", "cert_file", "key_file")
+                 if (v := getattr(self, k)) is not None and not v.is_absolute()}
+        return self.model_copy(update=files) if files else self
+
+
 class Config(_Frozen):
     settlement: str = "USDT"
     assets: Annotated[dict[str, AssetSpec], Field(min_length=1)]
@@ -400,6 +451,7 @@ class Config(_Frozen):
     alerts: AlertsSpec = AlertsSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     liqmap: LiqmapSpec = LiqmapSpec()
+    kafka: KafkaSpec = KafkaSpec()
 
     def liqmap_assets(self) -> list[str]:
         """The underlyings the liquidation map covers."""
@@ -418,7 +470,8 @@ class Config(_Frozen):
     @property
     def config_id(self) -> str:
         """Short hash of the validated config: stamps alerts and reports so a number can be traced to its config."""
-        canon = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        canon = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"kafka"}), sort_keys=True,
+                           separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
     def is_known_asset(self, asset: str) -> bool:
@@ -723,7 +776,9 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError([f"(yaml, {where}): {getattr(e, 'problem', e)}"], str(path)) from None
-    return parse_config(data, str(path))
+    cfg = parse_config(data, str(path))
+    kafka = cfg.kafka.relative_to(path.resolve().parent)
+    return cfg if kafka is cfg.kafka else cfg.model_copy(update={"kafka": kafka})
 
 
 def finite(x: float) -> bool:

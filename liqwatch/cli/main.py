@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -20,7 +21,9 @@ from rich.markup import escape
 from liqwatch.events import json_line
 from liqwatch.cli.stack import app as stack_app
 from liqwatch.tools.receiver import register as register_receiver
-from liqwatch.cli.transport import check_bootstrap, in_file, out_dir, out_file, probe_kafka, topic_name
+from liqwatch.cli.transport import (Bootstrap, SaslMechanism, SaslPasswordEnv, SaslUsername, SecurityProtocol, SslCa,
+                                    SslCert, SslKey, StateDir, connect, in_file, out_dir, out_file, probe_kafka,
+                                    topic_name)
 from liqwatch.cli.transport import register as register_transport
 from liqwatch.cli.replay import load_config_or_exit, register as register_replay
 from liqwatch.cli.importer import register as register_importer
@@ -378,10 +381,15 @@ def worker(
     config: ConfigOpt,
     web_port: Annotated[int, typer.Option(help="Port of this worker's /metrics and /healthz on 127.0.0.1.",
                                           min=1, max=65535)] = 6066,
-    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap (default: the local stack's, from "
-                                                          "--state-dir).")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir (default ~/.cache/liqwatch/state"
-                                                           "; env LIQWATCH_STATE_DIR).", file_okay=False)] = None,
+    bootstrap: Bootstrap = None,
+    state_dir: StateDir = None,
+    security_protocol: SecurityProtocol = None,
+    sasl_mechanism: SaslMechanism = None,
+    sasl_username: SaslUsername = None,
+    sasl_password_env: SaslPasswordEnv = None,
+    ssl_ca: SslCa = None,
+    ssl_cert: SslCert = None,
+    ssl_key: SslKey = None,
     worker_id: Annotated[Optional[str], typer.Option(help="Name in logs, metrics targets and cascade replies.")] = None,
     partitions: Annotated[int, typer.Option(help="Partitions of the sharded topics (accounts, health).",
                                             min=1, max=MAX_PARTITIONS)] = 8,
@@ -424,6 +432,7 @@ def worker(
     """
     from aiokafka.errors import KafkaError
 
+    from liqwatch.sinks.topics import replication_factor
     from liqwatch.tools import stack
     from liqwatch.worker.app import WorkerSettings, run_worker
     from liqwatch.tools.transport import TransportError
@@ -435,28 +444,26 @@ def worker(
         if not value:
             _fail(f"alerts.webhooks[{i}].secret_env: environment variable {wh.secret_env} is "
                   f"{'empty' if value == '' else 'not set'} (export {wh.secret_env}=<the receiver's secret>)")
-    if bootstrap is None:
-        try:
-            st = stack.load(state_dir)
-        except stack.StackError as e:
-            _fail(f"--bootstrap: not given and {e}")
-        bootstrap = stack.bootstrap_servers(st)
-        state = st.state_dir
-    else:
-        check_bootstrap(bootstrap)
-        host = bootstrap.split(":")[0]
-        if host not in ("127.0.0.1", "localhost"):
-            log.warning("--bootstrap %s is not loopback: make sure that broker is yours", bootstrap)
-        state = None
+    kafka = connect(state_dir, cfg.kafka, bootstrap=bootstrap, security_protocol=security_protocol,
+                    sasl_mechanism=sasl_mechanism, sasl_username=sasl_username, sasl_password_env=sasl_password_env,
+                    ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
+    # the local stack's Prometheus scrapes this worker when the worker uses that stack's Kafka
+    state = None
+    with contextlib.suppress(stack.StackError):
+        st = stack.load(state_dir)
+        if kafka.bootstrap == stack.bootstrap_servers(st):
+            state = st.state_dir
     busy = _port_busy(web_port)
     if busy:
         _fail(f"--web-port: cannot listen on 127.0.0.1:{web_port}: {busy} (another worker? give each its own "
               "--web-port)", 1)
-    try:  # fail at start, in seconds and in one line, when no broker answers
-        asyncio.run(probe_kafka(bootstrap))
+    try:  # fail at start, in seconds and in one line, when no broker answers or it refuses these credentials
+        brokers = asyncio.run(probe_kafka(kafka))
     except TransportError as e:
         _fail(str(e), 1)
-    settings = WorkerSettings(bootstrap=bootstrap, web_port=web_port, partitions=partitions,
+    log.info("Kafka at %s: %d broker(s)", kafka.describe(), brokers)
+    settings = WorkerSettings(kafka=kafka, replicas=replication_factor(brokers), web_port=web_port,
+                              partitions=partitions,
                               topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s, resume_grace_s=resume_grace_s,
                               market_stage=market_stage, config_path=config.resolve(), account_queue=account_queue)
     if worker_id:
@@ -466,7 +473,7 @@ def worker(
     try:
         run_worker(cfg, settings)  # creates the topics first: the broker may still refuse, or go away
     except KafkaError as e:
-        _fail(f"Kafka at {bootstrap} failed: {e!r}", 1)
+        _fail(f"Kafka at {kafka.bootstrap} failed: {e!r}", 1)
     finally:
         if state is not None:
             stack.unregister_scrape_target(state, settings.worker_id)
@@ -475,10 +482,15 @@ def worker(
 @app.command("market-stage")
 def market_stage(
     config: ConfigOpt,
-    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap (default: the local stack's, from "
-                                                          "--state-dir).")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(help="Local stack state dir (default ~/.cache/liqwatch/state"
-                                                           "; env LIQWATCH_STATE_DIR).", file_okay=False)] = None,
+    bootstrap: Bootstrap = None,
+    state_dir: StateDir = None,
+    security_protocol: SecurityProtocol = None,
+    sasl_mechanism: SaslMechanism = None,
+    sasl_username: SaslUsername = None,
+    sasl_password_env: SaslPasswordEnv = None,
+    ssl_ca: SslCa = None,
+    ssl_cert: SslCert = None,
+    ssl_key: SslKey = None,
     topic_prefix: Annotated[str, typer.Option(help="Prefix of every topic name (side-by-side deployments).",
                                               callback=topic_name)] = "",
     group: Annotated[str, typer.Option(help="Consumer group of the stages: they share the tick partitions.",
@@ -493,24 +505,19 @@ def market_stage(
     one per tick partition). Stops on SIGTERM or Ctrl-C.
     """
     from liqwatch.sinks.topics import TopicNames, create_topics
-    from liqwatch.tools import stack
     from liqwatch.tools.transport import TransportError
     from liqwatch.worker.stage import run_stage
 
     cfg = _config(config)
-    if bootstrap is None:
-        try:
-            bootstrap = stack.bootstrap_servers(stack.load(state_dir))
-        except stack.StackError as e:
-            _fail(f"--bootstrap: not given and {e}")
-    else:
-        check_bootstrap(bootstrap)
+    kafka = connect(state_dir, cfg.kafka, bootstrap=bootstrap, security_protocol=security_protocol,
+                    sasl_mechanism=sasl_mechanism, sasl_username=sasl_username, sasl_password_env=sasl_password_env,
+                    ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
     try:
-        asyncio.run(probe_kafka(bootstrap))
-        asyncio.run(create_topics(bootstrap, prefix=topic_prefix))
+        asyncio.run(probe_kafka(kafka))
+        asyncio.run(create_topics(kafka, prefix=topic_prefix))
     except TransportError as e:
         _fail(str(e), 1)
-    run_stage(cfg, TopicNames(topic_prefix), bootstrap, group, stage_id)
+    run_stage(cfg, TopicNames(topic_prefix), kafka, group, stage_id)
 
 
 @bench_app.command("pipeline")

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from liqwatch.tools import stack
 from liqwatch.config import ConfigError, load_config
-from liqwatch.cli.transport import check_bootstrap, out_dir, probe_kafka, topic_name
+from liqwatch.cli.transport import (Bootstrap, SaslMechanism, SaslPasswordEnv, SaslUsername, SecurityProtocol, SslCa,
+                                    SslCert, SslKey, StateDir, connect, out_dir, probe_kafka, topic_name)
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -111,11 +111,15 @@ def replay_command(
     warmup: Annotated[Optional[str], typer.Option(
         "--warmup", show_default=False, help="Market history read before --from to rebuild prices and basis "
         "averages (30m, 90s, 0). Default: the config's longest look-back (basis window, index max age).")] = None,
-    bootstrap: Annotated[Optional[str], typer.Option(
-        "--bootstrap", show_default=False, help="Kafka bootstrap HOST:PORT; default: the stack in --state-dir.")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option(
-        "--state-dir", envvar="LIQWATCH_STATE_DIR", show_default=False, file_okay=False,
-        help="State dir of a stack started with `liqwatch stack up`. [default: ~/.cache/liqwatch/state]")] = None,
+    bootstrap: Bootstrap = None,
+    state_dir: StateDir = None,
+    security_protocol: SecurityProtocol = None,
+    sasl_mechanism: SaslMechanism = None,
+    sasl_username: SaslUsername = None,
+    sasl_password_env: SaslPasswordEnv = None,
+    ssl_ca: SslCa = None,
+    ssl_cert: SslCert = None,
+    ssl_key: SslKey = None,
     topic_prefix: Annotated[str, typer.Option(help="Prefix of the topic names the live workers use.",
                                               callback=topic_name)] = "",
     evaluate_every_ms: Annotated[Optional[int], typer.Option(
@@ -155,8 +159,11 @@ def replay_command(
                                                       cascade_every_ms=cascade_every_ms)
             for opt, p in zip(["--config"] + ["--compare"] * (len(paths) - 1), paths)]
     warm = parse_duration(warmup, "--warmup") if warmup is not None else max(default_warmup_ms(c) for c in cfgs)
-    if events is None and bootstrap is not None:
-        check_bootstrap(bootstrap)
+    kafka = None
+    if events is None:  # the config under review's `kafka:` block, under the options
+        kafka = connect(state_dir, cfgs[0].kafka, bootstrap=bootstrap, security_protocol=security_protocol,
+                        sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
+                        sasl_password_env=sasl_password_env, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     t0 = time.monotonic()
@@ -167,17 +174,11 @@ def replay_command(
                 window = read_file(events, start, end, warm, cfgs[0])
                 progress.update(task, total=1, completed=1, info=f"{len(window.market):,} market events")
             else:
-                if bootstrap is None:
-                    try:
-                        bootstrap = stack.bootstrap_servers(stack.load(state_dir))
-                    except stack.StackError as e:
-                        _fail(f"--bootstrap: not given and no local stack found ({e}); give --bootstrap HOST:PORT "
-                              "or --events FILE")
                 from liqwatch.sinks.topics import TopicNames
                 from liqwatch.tools.transport import TransportError
 
                 try:
-                    asyncio.run(probe_kafka(bootstrap))
+                    asyncio.run(probe_kafka(kafka))
                 except TransportError as e:
                     _fail(str(e), 1)
                 task = progress.add_task("reading Kafka", total=None, info="")
@@ -186,12 +187,12 @@ def replay_command(
                     progress.update(task, completed=done, total=total, info="records")
 
                 try:
-                    window = asyncio.run(read_kafka(bootstrap, TopicNames(topic_prefix), start, end, warm, read,
+                    window = asyncio.run(read_kafka(kafka, TopicNames(topic_prefix), start, end, warm, read,
                                                     cfgs[0]))
                 except EmptyWindow:
                     raise
                 except Exception as e:  # unreachable broker etc.: one line
-                    _fail(f"--bootstrap {bootstrap}: cannot read the topics ({type(e).__name__}: {e})", 1)
+                    _fail(f"--bootstrap {kafka.bootstrap}: cannot read the topics ({type(e).__name__}: {e})", 1)
             window.check()
             runs, limits = [], []
             from liqwatch.core.layout import Layout

@@ -22,8 +22,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     no_args_is_help=True,
     help="""
-Run the local liqwatch stack on 127.0.0.1: a real **Kafka 4.0** broker (single KRaft node),
-**Prometheus** and **Alertmanager**.
+Run the local liqwatch stack on 127.0.0.1: a real **Kafka 4.0** (one KRaft node, or three with `--brokers 3`;
+SASL_SSL with SCRAM users with `--auth scram`), **Prometheus** and **Alertmanager**.
 
 Everything lives in one state dir (default `~/.cache/liqwatch/state`, env `LIQWATCH_STATE_DIR`):
 data, `logs/<service>.log`, `run/<service>.pid` and `stack.json` with the ports.
@@ -88,13 +88,16 @@ def _table(rows: list[stack.ServiceStatus], title: str) -> Table:
     return table
 
 
-def _port_clash(ports: Any) -> str | None:
+def _port_clash(cfg: stack.StackConfig) -> str | None:
     """Two services of one stack on one port (given, or from stack.json and defaults): name both."""
     seen: dict[int, str] = {}
-    for name, port in vars(ports).items():
+    ports = [(f"--{name}-port", port) for name, port in vars(cfg.ports).items()]
+    for node in range(2, cfg.brokers + 1):
+        ports += [(f"--kafka-port (node {node})", cfg.broker_port(node)),
+                  (f"--controller-port (node {node})", cfg.controller_port(node))]
+    for name, port in ports:
         if port in seen:
-            return (f"--{seen[port]}-port and --{name}-port: both are {port} (each service of a stack needs its own "
-                    "port)")
+            return f"{seen[port]} and {name}: both are {port} (each service of a stack needs its own port)"
         seen[port] = name
     return None
 
@@ -122,6 +125,17 @@ def up(
         int | None,
         _port_option("--receiver-port", "LIQWATCH_RECEIVER_PORT", 8099, "Webhook receiver (Alertmanager notifies it)"),
     ] = None,
+    brokers: Annotated[int | None, typer.Option(
+        "--brokers", envvar="LIQWATCH_STACK_BROKERS", show_default=False,
+        help="Kafka nodes: 1, or 3 (a KRaft cluster, static voters; node i listens on --kafka-port + 100(i-1), its "
+             "controller on --controller-port + 100(i-1); topics get 3 replicas, min.insync.replicas 2). "
+             "[default: as in stack.json, else 1]")] = None,
+    auth: Annotated[str | None, typer.Option(
+        "--auth", envvar="LIQWATCH_STACK_AUTH", show_default=False,
+        help="`none`: PLAINTEXT. `scram`: one SASL_SSL listener per broker, SCRAM-SHA-512/256 users made at format "
+             "time (clients: `liqwatch`, password in <state>/config/kafka.password), a CA and broker certificate "
+             "made for the stack (<state>/tls/ca.pem), no PLAINTEXT listener. The liqwatch commands pointed at this "
+             "state dir use them. [default: as in stack.json, else none]")] = None,
 ) -> None:
     """
     Start Kafka, Prometheus and Alertmanager (idempotent: running services are left alone).
@@ -133,6 +147,7 @@ def up(
 
     * `liqwatch stack up`
     * `liqwatch stack up --kafka-port 19092 --controller-port 19097 --state-dir /tmp/lw`
+    * `liqwatch stack up --brokers 3 --auth scram --state-dir /tmp/prod-like` : three brokers, SASL_SSL only
     """
     state = Path(state_dir).expanduser() if state_dir else stack.default_state_dir()
     if (state / "stack.json").exists():
@@ -140,15 +155,20 @@ def up(
             stack.load(state)
         except stack.StackError as exc:
             raise _fail(exc) from None
-    cfg = stack.StackConfig.resolve(
-        state_dir,
-        kafka_port=kafka_port,
-        controller_port=controller_port,
-        prometheus_port=prometheus_port,
-        alertmanager_port=alertmanager_port,
-        receiver_port=receiver_port,
-    )
-    clash = _port_clash(cfg.ports)
+    try:
+        cfg = stack.StackConfig.resolve(
+            state_dir,
+            kafka_port=kafka_port,
+            controller_port=controller_port,
+            prometheus_port=prometheus_port,
+            alertmanager_port=alertmanager_port,
+            receiver_port=receiver_port,
+            brokers=brokers,
+            auth=auth,
+        )
+    except stack.StackError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    clash = _port_clash(cfg)
     if clash:
         raise typer.BadParameter(clash)
     try:
@@ -177,6 +197,13 @@ def status(state_dir: StateDir = None) -> None:
         raise _fail(exc) from None
     rows = stack.status(cfg)
     console.print(_table(rows, f"liqwatch stack ({cfg.state_dir})"))
+    kafka = stack.cluster(cfg)
+    controller = (f"node {kafka.controller} (epoch {kafka.controller_epoch})" if kafka.controller is not None
+                  else "none known")
+    console.print(f"Kafka: {cfg.brokers} node(s), brokers up {kafka.brokers or 'none'}, active controller "
+                  f"{controller}; listeners {', '.join(kafka.listeners)}"
+                  + (f"; SCRAM user {stack.KAFKA_USER}, CA {stack.ca_file(cfg)}" if cfg.auth == "scram" else ""),
+                  highlight=False, markup=False)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
 

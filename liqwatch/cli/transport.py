@@ -10,7 +10,6 @@ Bad arguments exit 2 naming the option; Kafka problems exit 1 with one line, nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -30,13 +30,98 @@ from liqwatch.sinks import topics as T
 
 err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the terminal width
 
+# The Kafka connection of every command (README "Production Kafka"): options, else their environment variables,
+# else the config's `kafka:` block, else the local stack in --state-dir (its TLS and SCRAM user too).
+KAFKA = "Kafka connection"
 Bootstrap = Annotated[Optional[str], typer.Option(
-    "--bootstrap", help="Kafka bootstrap servers HOST:PORT[,HOST:PORT]; default: the stack in --state-dir.",
-    show_default=False)]
+    "--bootstrap", envvar="LIQWATCH_KAFKA_BOOTSTRAP", rich_help_panel=KAFKA, show_default=False,
+    help="Kafka bootstrap servers HOST:PORT[,HOST:PORT]. [default: the config's kafka.bootstrap, else the stack "
+         "in --state-dir]")]
+SecurityProtocol = Annotated[Optional[str], typer.Option(
+    "--security-protocol", envvar="LIQWATCH_KAFKA_SECURITY_PROTOCOL", rich_help_panel=KAFKA, show_default=False,
+    help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. [default: the config's, else PLAINTEXT]")]
+SaslMechanism = Annotated[Optional[str], typer.Option(
+    "--sasl-mechanism", envvar="LIQWATCH_KAFKA_SASL_MECHANISM", rich_help_panel=KAFKA, show_default=False,
+    help="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN (with a SASL_ protocol).")]
+SaslUsername = Annotated[Optional[str], typer.Option(
+    "--sasl-username", envvar="LIQWATCH_KAFKA_USERNAME", rich_help_panel=KAFKA, show_default=False,
+    help="SASL user.")]
+SaslPasswordEnv = Annotated[Optional[str], typer.Option(
+    "--sasl-password-env", rich_help_panel=KAFKA, show_default=False,
+    help="Name of the environment variable holding the SASL password (never the password itself: it would show "
+         "in `ps` and in shell history). [default: LIQWATCH_KAFKA_PASSWORD]")]
+SslCa = Annotated[Optional[Path], typer.Option(
+    "--ssl-ca", envvar="LIQWATCH_KAFKA_CA", rich_help_panel=KAFKA, show_default=False, dir_okay=False,
+    help="PEM file of the CA(s) that signed the brokers' certificates. [default: the system's CAs]")]
+SslCert = Annotated[Optional[Path], typer.Option(
+    "--ssl-cert", envvar="LIQWATCH_KAFKA_CERT", rich_help_panel=KAFKA, show_default=False, dir_okay=False,
+    help="PEM client certificate, for brokers that require one (with --ssl-key).")]
+SslKey = Annotated[Optional[Path], typer.Option(
+    "--ssl-key", envvar="LIQWATCH_KAFKA_KEY", rich_help_panel=KAFKA, show_default=False, dir_okay=False,
+    help="PEM private key of --ssl-cert (unencrypted).")]
 StateDir = Annotated[Optional[Path], typer.Option(
     "--state-dir", envvar="LIQWATCH_STATE_DIR", show_default=False, file_okay=False,
+    rich_help_panel=KAFKA,
     help="State dir of a stack started with `liqwatch stack up` (its stack.json has the Kafka port). "
          "[default: ~/.cache/liqwatch/state]")]
+
+_OPTION_OF = {"bootstrap": "--bootstrap", "security_protocol": "--security-protocol",
+              "sasl_mechanism": "--sasl-mechanism", "username": "--sasl-username",
+              "password_env": "--sasl-password-env",
+              "ca_file": "--ssl-ca", "cert_file": "--ssl-cert", "key_file": "--ssl-key"}
+
+
+def connect(state_dir: Optional[Path], spec: Any = None, *, bootstrap: Optional[str] = None,
+            security_protocol: Optional[str] = None, sasl_mechanism: Optional[str] = None,
+            sasl_username: Optional[str] = None, sasl_password_env: Optional[str] = None,
+            ssl_ca: Optional[Path] = None, ssl_cert: Optional[Path] = None,
+            ssl_key: Optional[Path] = None) -> Any:
+    """The command's Kafka connection (liqwatch.kafka.Connection), or exit 2 with one line naming the option or
+    config field: the options over the config's `kafka:` block (`spec`), or, when neither names a bootstrap, over
+    the local stack's own connection (its password from <state>/config/kafka.password unless the environment has
+    one)."""
+    from pydantic import ValidationError
+
+    from liqwatch.config import KafkaSpec
+    from liqwatch.kafka import Connection, KafkaSettingError
+
+    given = {k: v for k, v in {"bootstrap": bootstrap, "security_protocol": security_protocol,
+                               "sasl_mechanism": sasl_mechanism, "username": sasl_username,
+                               "password_env": sasl_password_env, "ca_file": ssl_ca, "cert_file": ssl_cert,
+                               "key_file": ssl_key}.items() if v is not None}
+    spec = spec if spec is not None else KafkaSpec()
+    fallback = None  # the stack's password
+    if "bootstrap" not in given and spec.bootstrap is None:
+        try:
+            local = stack.connection(stack.load(state_dir))
+        except stack.StackError as e:
+            _fail(f"--bootstrap: not given and {e}")
+        if not given:  # the stack's own user; a password in the environment still wins (as everywhere)
+            return replace(local, password=os.environ[local.password_env]) if os.environ.get(
+                local.password_env) and local.sasl else local
+        base = {"bootstrap": local.bootstrap, "security_protocol": local.security_protocol,
+                "sasl_mechanism": local.sasl_mechanism, "username": local.username, "ca_file": local.ca_file}
+        fallback = local.password
+    else:
+        base = spec.model_dump(exclude_none=True)
+    if "security_protocol" in given:  # another protocol drops what only the old one used, unless given again
+        base = {k: v for k, v in base.items() if k in ("bootstrap", "password_env")}
+    try:
+        merged = KafkaSpec.model_validate({**base, **given})
+    except ValidationError as e:
+        err0 = e.errors()[0]
+        field = str(err0["loc"][0]) if err0["loc"] else ""
+        where = _OPTION_OF.get(field, "--security-protocol")
+        got = f" (got {err0['input']!r})" if isinstance(err0.get("input"), str) else ""
+        _fail(f"{where}: {err0['msg'].removeprefix('Value error, ')}{got}")
+    env = dict(os.environ)
+    if fallback is not None and not env.get(merged.password_env):
+        env[merged.password_env] = fallback
+    try:
+        kafka = Connection.from_spec(merged, env)
+    except KafkaSettingError as e:
+        _fail(str(e))
+    return kafka
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -110,38 +195,28 @@ def topic_name(value: Optional[str]) -> Optional[str]:
     return value
 
 
-async def probe_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
-    """Connect to the cluster and leave: TransportError 'cannot reach Kafka at …' (one line) when no broker answers
-    within `timeout_s`. aiokafka's own connection errors are not logged meanwhile."""
-    from aiokafka.admin import AIOKafkaAdminClient
+async def probe_kafka(kafka: Any, timeout_s: float = 10.0) -> int:
+    """Connect as the command's clients will and leave; the cluster's number of brokers. TransportError (one line:
+    'cannot reach Kafka at …', a refused password, an untrusted certificate…) otherwise."""
+    from liqwatch.kafka import KafkaRefused, probe
+    from liqwatch.tools.transport import TransportError
 
-    from liqwatch.tools.transport import TransportError, _started
-
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-probe",
-                                request_timeout_ms=int(timeout_s * 1000))
     try:
-        async with asyncio.timeout(timeout_s):
-            async with _started(admin, bootstrap):
-                pass
-    except TimeoutError:
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise TransportError(f"cannot reach Kafka at {bootstrap}: no answer within {timeout_s:g} s (is the stack "
-                             "up? `liqwatch stack status`)") from None
-    finally:
-        quiet.setLevel(level)
+        return await probe(kafka, timeout_s)
+    except KafkaRefused as e:
+        raise TransportError(str(e)) from None
 
 
-def _bootstrap(bootstrap: str | None, state_dir: Path | None) -> str:
-    if bootstrap is not None:
-        return check_bootstrap(bootstrap)
+def _kafka_spec(config: Optional[Path]) -> Any:
+    """The `kafka:` block of a config file, or None; a config that is not valid exits 2 naming its problem."""
+    if config is None:
+        return None
+    from liqwatch.config import ConfigError, load_config
+
     try:
-        return stack.bootstrap_servers(stack.load(state_dir))
-    except stack.StackError as e:
-        _fail(f"--state-dir: {e}; or give --bootstrap HOST:PORT")
+        return load_config(config).kafka
+    except ConfigError as e:
+        _fail(f"--config: {e.problems[0]} ({config})")
 
 
 def _positive(value: float | None, option: str) -> None:
@@ -169,6 +244,16 @@ def produce(
                                          metavar="FILE", callback=in_file)],
     bootstrap: Bootstrap = None,
     state_dir: StateDir = None,
+    security_protocol: SecurityProtocol = None,
+    sasl_mechanism: SaslMechanism = None,
+    sasl_username: SaslUsername = None,
+    sasl_password_env: SaslPasswordEnv = None,
+    ssl_ca: SslCa = None,
+    ssl_cert: SslCert = None,
+    ssl_key: SslKey = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", rich_help_panel=KAFKA, show_default=False, dir_okay=False, callback=in_file,
+        help="A liqwatch config whose `kafka:` block to use (nothing else of it is read).")] = None,
     partitions: Annotated[int, typer.Option(
         min=1, max=10_000,
         help="Partitions of liqwatch.accounts (and the other sharded topics) when they are created.")] = 8,
@@ -204,8 +289,12 @@ def produce(
     _positive(speed, "--speed")
     if rate is not None and speed is not None:
         _fail("--rate and --speed: choose one")
-    servers = _bootstrap(bootstrap, state_dir)
-    report = _run(produce_file(file, servers, partitions=partitions, tick_partitions=tick_partitions, prefix=topic_prefix,
+    servers = connect(state_dir, _kafka_spec(config), bootstrap=bootstrap, security_protocol=security_protocol,
+                      sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
+                      sasl_password_env=sasl_password_env, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
+    _run(probe_kafka(servers))  # a refused password or certificate: one line now, not a stalled producer
+    report = _run(produce_file(file, servers, partitions=partitions, tick_partitions=tick_partitions,
+                               prefix=topic_prefix,
                                unknown_to=unknown_to, rate=rate, speed=speed, console=err))
     err.print(report.summary(), highlight=False)
     for warning in report.warnings:
@@ -217,6 +306,16 @@ def dump(
                                          metavar="TOPIC")],
     bootstrap: Bootstrap = None,
     state_dir: StateDir = None,
+    security_protocol: SecurityProtocol = None,
+    sasl_mechanism: SaslMechanism = None,
+    sasl_username: SaslUsername = None,
+    sasl_password_env: SaslPasswordEnv = None,
+    ssl_ca: SslCa = None,
+    ssl_cert: SslCert = None,
+    ssl_key: SslKey = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", rich_help_panel=KAFKA, show_default=False, dir_okay=False, callback=in_file,
+        help="A liqwatch config whose `kafka:` block to use (nothing else of it is read).")] = None,
     from_beginning: Annotated[bool, typer.Option(
         "--from-beginning/--latest", help="Start at the oldest message, or only read what arrives from now.")] = True,
     until_idle: Annotated[float, typer.Option(
@@ -238,7 +337,10 @@ def dump(
     from liqwatch.tools.transport import dump_topic
 
     _positive(until_idle, "--until-idle")
-    servers = _bootstrap(bootstrap, state_dir)
+    servers = connect(state_dir, _kafka_spec(config), bootstrap=bootstrap, security_protocol=security_protocol,
+                      sasl_mechanism=sasl_mechanism, sasl_username=sasl_username,
+                      sasl_password_env=sasl_password_env, ssl_ca=ssl_ca, ssl_cert=ssl_cert, ssl_key=ssl_key)
+    _run(probe_kafka(servers))
     sink = sys.stdout.buffer if out is None else out
     # A bar on the same terminal as the lines would garble them.
     progress = not (out is None and sys.stdout.isatty())

@@ -1,6 +1,6 @@
 """`liqwatch replay`: a post-mortem of an event-time window, from Kafka or a JSONL file, under one or more configs.
 
-    window = read_kafka(bootstrap, names, t_from, t_to, warmup_ms)      # or read_file(path, t_from, t_to, warmup_ms)
+    window = read_kafka(kafka, names, t_from, t_to, warmup_ms)      # or read_file(path, t_from, t_to, warmup_ms)
     run = replay(cfg, window)                                          # the live leader's evaluation, in one process
     run.alerts, run.samples, run.cascade_samples, run.liquidated_usd ...
 
@@ -36,6 +36,7 @@ from liqwatch.risk.alerts import AlertEngine
 from liqwatch.risk.stress import LocalStressRuns
 from liqwatch.config import Config
 from liqwatch.events import BadEvent, number, peek
+from liqwatch.kafka import Connection
 from liqwatch.core.ingest import Gate, PartitionDoor
 from liqwatch.core.columns import MarketRows
 from liqwatch.core.merge import Merge
@@ -184,7 +185,7 @@ def read_file(path: Path, t_from: int, t_to: int, warmup_ms: int, cfg: Config | 
                   skipped_before=before, skipped_after=after, unreadable=unreadable)
 
 
-async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, warmup_ms: int,
+async def read_kafka(kafka: Connection, names: TopicNames, t_from: int, t_to: int, warmup_ms: int,
                      progress: Callable[[int, int], None] | None = None, cfg: Config | None = None) -> Window:
     """Read the window from the input topics without a consumer group (no offsets committed, no rebalance of
     the live workers): per partition from the first offset at `from − warm-up` (accounts: from the beginning) to
@@ -192,7 +193,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
     end the window there, where the live workers dead-letter it and go on)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False,
                                 client_id="liqwatch-replay", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     try:
@@ -200,7 +201,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
         cluster = await consumer._client.fetch_all_metadata()  # a group-less consumer has no metadata yet
         missing = [t for t in topics.values() if not cluster.partitions_for_topic(t)]
         if missing:
-            raise EmptyWindow(f"the topics {', '.join(missing)} do not exist on {bootstrap} (is --topic-prefix "
+            raise EmptyWindow(f"the topics {', '.join(missing)} do not exist on {kafka.bootstrap} (is --topic-prefix "
                               f"right? `liqwatch produce` or the live producers create them)")
         kind_of: dict = {}
         for kind, topic in topics.items():
@@ -277,7 +278,7 @@ async def read_kafka(bootstrap: str, names: TopicNames, t_from: int, t_to: int, 
             if progress:
                 progress(done, total)
         complete = all(stop[tp] == end[tp] for tp in tps)
-        source = {"kind": "kafka", "bootstrap": bootstrap, "topics": sorted({tp.topic for tp in tps}),
+        source = {"kind": "kafka", "bootstrap": kafka.bootstrap, "topics": sorted({tp.topic for tp in tps}),
                   "offsets": {f"{tp.topic}[{tp.partition}]": [start[tp], stop[tp]] for tp in
                               sorted(tps, key=lambda tp: (tp.topic, tp.partition))},
                   "first_ts": first_ts, "last_ts": last_ts}

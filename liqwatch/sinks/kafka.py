@@ -1,6 +1,6 @@
 """Where results go: output topics (batched librdkafka producer) and the dead-letter topic.
 
-    out = OutputSink(bootstrap, names)
+    out = OutputSink(kafka, names)                    # kafka: liqwatch.kafka.Connection
     await out.start()
     await out.emit(names.HEALTH, {"type": "health", "account": "a1", ...})   # keyed per SPEC §1, batched
     await out.dead_letter(BadEvent(...), topic, partition, offset, raw)   # reason, where, original bytes
@@ -16,6 +16,7 @@ import time
 import msgspec
 
 from liqwatch.events import BadEvent
+from liqwatch.kafka import Connection
 from liqwatch.sinks.metrics import Metrics
 from liqwatch.sinks.topics import TopicNames, key_of
 
@@ -48,10 +49,10 @@ class OutputSink:
     RETRY_S = (0.5, 10.0)
     POLL_S = 0.02
 
-    def __init__(self, bootstrap: str, names: TopicNames, metrics: Metrics, client_id: str = "liqwatch"):
+    def __init__(self, kafka: Connection, names: TopicNames, metrics: Metrics, client_id: str = "liqwatch"):
         self.names = names
         self.metrics = metrics
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.client_id = client_id
         self.producer = None  # created in start()
         self._seq = 0
@@ -68,7 +69,7 @@ class OutputSink:
         from confluent_kafka import Producer
 
         self.producer = Producer({
-            "bootstrap.servers": self.bootstrap, "client.id": self.client_id, "enable.idempotence": True,
+            **self.kafka.confluent(), "client.id": self.client_id, "enable.idempotence": True,
             "acks": "all", "linger.ms": 5, "batch.size": 1 << 20, "partitioner": "murmur2_random",
             "message.timeout.ms": 0,  # never expire a record: a broker away is waited out
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1 << 20,
@@ -155,7 +156,7 @@ class OutputSink:
         if self._stalled_since is None:
             self._stalled_since = time.monotonic()
             log.warning("output producer: Kafka at %s is not taking records (%s); holding them and retrying",
-                        self.bootstrap, e)
+                        self.kafka.bootstrap, e)
 
     def _log_dead_letter(self, err: BadEvent, topic: str, partition: int, offset: int) -> None:
         """The first dead letter of each kind with its reason, then one summary line a minute (a poisoned topic

@@ -1,6 +1,6 @@
 """Kafka topics of liqwatch (SPEC §1): names, keys, partition counts, and their creation.
 
-    await create_topics("127.0.0.1:9092", partitions=8)     # idempotent
+    await create_topics(Connection.plain("127.0.0.1:9092"), partitions=8)     # idempotent; RF 3 on 3+ brokers
     key_of({"type": "tick", "venue": "binance", "symbol": "BTC/USDT", ...})   # b"binance:BTC/USDT"
 
 Inputs:
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+from liqwatch.kafka import Connection
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +102,39 @@ def key_of(event: dict) -> bytes | None:
     return None
 
 
-async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "", tick_partitions: int = 1) -> list[str]:
+def replication_factor(brokers: int) -> int:
+    """Replicas of every liqwatch topic on a cluster of `brokers`: three where there are three (a broker lost
+    keeps two in sync), else every broker."""
+    return max(1, min(3, brokers))
+
+
+def min_insync(replicas: int) -> int:
+    """Replicas that must have a write before acks=all returns: two of three, so one can be lost and writes
+    go on; one on a cluster smaller than three."""
+    return 2 if replicas >= 3 else 1
+
+
+async def create_topics(kafka: Connection, partitions: int = 8, prefix: str = "",
+                        tick_partitions: int = 1) -> list[str]:
     """Create the missing topics; returns the names created. Existing topics are left as they are (the market
-    stage's topic gets as many partitions as an existing ticks topic has)."""
+    stage's topic gets as many partitions as an existing ticks topic has). On a cluster of three brokers or more
+    every topic has three replicas and takes a write once two have it (`min.insync.replicas` 2, with the
+    producers' acks=all): one broker lost loses nothing and stops nothing."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-admin")
+    admin = AIOKafkaAdminClient(**kafka.aiokafka(), client_id="liqwatch-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        replicas = replication_factor(len((await admin.describe_cluster())["brokers"]))
         if prefix + TICKS in existing:
             (desc,) = await admin.describe_topics([prefix + TICKS])
             tick_partitions = len(desc["partitions"])
         # Messages carry event time as their timestamp (replays seek by it); time-based retention would delete
         # a recorded crash day on arrival, so our topics keep everything until an operator says otherwise.
-        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
+        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas,
                         topic_configs={"retention.ms": "-1", "retention.bytes": "-1",
+                                       "min.insync.replicas": str(min_insync(replicas)),
                                        **({"cleanup.policy": "compact"} if s.compacted else {}),
                                        **({"max.message.bytes": str(s.max_bytes)} if s.max_bytes else {})})
                for s in topic_specs(partitions, prefix, tick_partitions) if s.name not in existing]
@@ -127,13 +146,12 @@ async def create_topics(bootstrap: str, partitions: int = 8, prefix: str = "", t
         await admin.close()
 
 
-async def read_to_end(bootstrap: str, topic: str, client_id: str = "liqwatch-reader") -> list[bytes]:
+async def read_to_end(kafka: Connection, topic: str, client_id: str = "liqwatch-reader") -> list[bytes]:
     """Every value of `topic` up to its end offsets as of now (all partitions, no consumer group): how a new
     leader reads the alerts topic, the alerts' changelog."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                client_id=client_id)
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False, client_id=client_id)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic) or set()

@@ -54,6 +54,7 @@ import aiohttp
 from yarl import URL
 
 from liqwatch.events import finite
+from liqwatch.kafka import Connection
 
 log = logging.getLogger("liqwatch.webhooks")
 
@@ -452,14 +453,14 @@ class TopicDelivery:
     next member (a restarted worker, or another one after the rebalance) sends them again, and receivers
     deduplicate. An alert reaches a webhook only once it is on the alerts topic.
 
-        delivery = TopicDelivery(sender, "127.0.0.1:9092", "liqwatch.alerts", group="liqwatch-webhooks")
+        delivery = TopicDelivery(sender, kafka, "liqwatch.alerts", group="liqwatch-webhooks")
         await delivery.run()        # a supervised service of the worker (liqwatch.worker.supervise)
     """
 
-    def __init__(self, sender: WebhookSender, bootstrap: str, topic: str, group: str, client_id: str,
+    def __init__(self, sender: WebhookSender, kafka: Connection, topic: str, group: str, client_id: str,
                  session_timeout_ms: int = 6_000):
         self.sender = sender
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.group = group
         self.client_id = client_id
@@ -470,7 +471,7 @@ class TopicDelivery:
 
         # a new group starts at the beginning of the topic: an alert published before the group first joined
         # is sent too (receivers deduplicate what an older deployment already sent)
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=self.group,
+        consumer = AIOKafkaConsumer(self.topic, **self.kafka.aiokafka(), group_id=self.group,
                                     client_id=self.client_id, enable_auto_commit=False,
                                     auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
                                     heartbeat_interval_ms=max(self.session_timeout_ms // 4, 500))

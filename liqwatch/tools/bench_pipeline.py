@@ -45,6 +45,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from liqwatch import scenarios
+from liqwatch.kafka import Connection
 from liqwatch.tools import stack
 from liqwatch.tools import transport
 from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames, key_of
@@ -115,11 +116,11 @@ def _steady_rate(samples: list[tuple[float, float]], end: int) -> float:
 RAW_BATCH = 10_000  # records a raw consumer takes per call: the worker's order of batch, fine enough to time by
 
 
-async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int, start: list[int] | None = None
+async def _raw_aiokafka(kafka: Connection, topic: str, end: int, partitions: int, start: list[int] | None = None
                         ) -> float:
     """Records per second of a plain aiokafka consumer reading `end` records of the topic's partitions from the
     offsets `start` (default: the beginning), each record's value taken (`_steady_rate`, best of two)."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    c = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 << 20)
     await c.start()
     try:
@@ -143,12 +144,12 @@ async def _raw_aiokafka(bootstrap: str, topic: str, end: int, partitions: int, s
         await c.stop()
 
 
-def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int, start: list[int] | None = None) -> float:
+def _raw_confluent(kafka: Connection, topic: str, end: int, partitions: int, start: list[int] | None = None) -> float:
     """The same with confluent-kafka (librdkafka)."""
     import confluent_kafka as ck
 
     best = 0.0
-    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "liqwatch-bench-raw", "enable.auto.commit": False,
+    c = ck.Consumer({**kafka.confluent(), "group.id": "liqwatch-bench-raw", "enable.auto.commit": False,
                      "fetch.wait.max.ms": 10, "queued.max.messages.kbytes": (1 << 21) - 1,
                      "queued.min.messages": 1_000_000,
                      "max.partition.fetch.bytes": 16 << 20})
@@ -169,12 +170,12 @@ def _raw_confluent(bootstrap: str, topic: str, end: int, partitions: int, start:
     return best
 
 
-async def _end(bootstrap: str, topic: str, partitions: int) -> int:
-    return sum(await _ends(bootstrap, topic, partitions))
+async def _end(kafka: Connection, topic: str, partitions: int) -> int:
+    return sum(await _ends(kafka, topic, partitions))
 
 
-async def _ends(bootstrap: str, topic: str, partitions: int) -> list[int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+async def _ends(kafka: Connection, topic: str, partitions: int) -> list[int]:
+    c = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None)
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -223,7 +224,7 @@ def _settled(ports: list[int], quiet_s: float = 3.0, limit_s: float = 180.0) -> 
 CATCH_UP_MAX = 1_000_000  # written in ~2-3 s here: the pause stays inside the workers' 6 s session timeout
 
 
-def _catch_up(bootstrap: str, names: TopicNames, procs: list, ports: list[int], templates: list[dict], ticks: int,
+def _catch_up(kafka: Connection, names: TopicNames, procs: list, ports: list[int], templates: list[dict], ticks: int,
               t0: int, per_second: int, partitions: int, say, profile: Path | None = None, phase: str = "") -> dict:
     """The market path's own rate: with every account loaded, the workers are paused (SIGSTOP, a few seconds:
     inside the group's session timeout), a recorded firehose of `ticks` ticks is written meanwhile, and the workers
@@ -233,11 +234,11 @@ def _catch_up(bootstrap: str, names: TopicNames, procs: list, ports: list[int], 
     import confluent_kafka as ck
 
     ticks = min(ticks, CATCH_UP_MAX)
-    start = asyncio.run(_ends(bootstrap, names.TICKS, partitions))
+    start = asyncio.run(_ends(kafka, names.TICKS, partitions))
     counted = 'liqwatch_events_processed_total{topic="ticks"}'
     before = {p: _metric(p, counted) or 0.0 for p in ports}
     records = [(_encode(ev), key_of(ev)) for ev in _firehose(templates, ticks, t0, per_second, seed=6)]
-    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20,
+    producer = ck.Producer({**kafka.confluent(), "linger.ms": 20, "batch.size": 1 << 20,
                             "queue.buffering.max.messages": 2 * ticks, "queue.buffering.max.kbytes": 1 << 21,
                             "partitioner": "murmur2_random"})
     pids = [p for w in procs for p in _family(w.pid)]
@@ -268,9 +269,9 @@ def _catch_up(bootstrap: str, names: TopicNames, procs: list, ports: list[int], 
         raise RuntimeError(f"the workers did not reach the firehose's end (event time {end_t}) in 600 s")
     rates = [_steady_rate(samples[p], ticks) for p in ports]
     _settled(ports)  # the workers idle (their exact flush and its cascades done) before the raw consumers read
-    raw = {"aiokafka": asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, ticks, partitions, start))}
+    raw = {"aiokafka": asyncio.run(_raw_aiokafka(kafka, names.TICKS, ticks, partitions, start))}
     try:
-        raw["confluent_kafka"] = _raw_confluent(bootstrap, names.TICKS, ticks, partitions, start)
+        raw["confluent_kafka"] = _raw_confluent(kafka, names.TICKS, ticks, partitions, start)
     except ImportError:
         pass
     fastest = max(raw, key=raw.get)
@@ -305,7 +306,7 @@ def _metric(port: int, name: str) -> float | None:
     return 0.0
 
 
-async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str, str, float]], rate: int,
+async def _live_latency(kafka: Connection, names: TopicNames, books: list[tuple[str, str, float]], rate: int,
                         seconds: float, warmup_s: float) -> tuple[np.ndarray, int]:
     """Ticks produced at `rate` per second for warmup_s + seconds, event time = wall time at the send; the latency
     of every mark event after the warm-up (the worker's start on a new stream is not its steady state). The load comes from
@@ -313,7 +314,7 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
     shared core, and its ticks then carried times older than their sending. Returns (latencies ms, ticks sent)."""
     import confluent_kafka as ck
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     tp = TopicPartition(names.MARKS, 0)
     consumer.assign([tp])
@@ -338,7 +339,7 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
                 prev = now
 
     def produce() -> int:
-        producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1 << 20,
+        producer = ck.Producer({**kafka.confluent(), "linger.ms": 2, "queue.buffering.max.messages": 1 << 20,
                                 "partitioner": "murmur2_random"})  # `liqwatch produce`'s (Java's) partitions
         rng = np.random.default_rng(3)
         sent = 0
@@ -368,7 +369,7 @@ async def _live_latency(bootstrap: str, names: TopicNames, books: list[tuple[str
     return np.array(latencies), sent
 
 
-def _staged_upto(bootstrap: str, names: TopicNames, partitions: int, reader) -> int:
+def _staged_upto(kafka: Connection, names: TopicNames, partitions: int, reader) -> int:
     """Ticks the stages have staged so far: per tick partition, the last staged record's last source offset + 1."""
     import confluent_kafka as ck
 
@@ -386,7 +387,7 @@ def _staged_upto(bootstrap: str, names: TopicNames, partitions: int, reader) -> 
     return total
 
 
-def _stage_rate(bootstrap: str, config_path: Path, prefix: str, names: TopicNames, end: int, partitions: int,
+def _stage_rate(kafka: Connection, config_path: Path, prefix: str, names: TopicNames, end: int, partitions: int,
                 n_stages: int, work: Path) -> float:
     """n_stages `liqwatch market-stage` processes (the workers' group) staging the recorded ticks, before any
     worker runs: ticks per second between 10% and 90% staged. They stop after; the workers' own stages then
@@ -398,17 +399,18 @@ def _stage_rate(bootstrap: str, config_path: Path, prefix: str, names: TopicName
     for k in range(n_stages):
         log = (work / f"stage-{k}.log").open("wb")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "liqwatch", "market-stage", "-c", str(config_path), "--bootstrap", bootstrap,
+            [sys.executable, "-m", "liqwatch", "market-stage", "-c", str(config_path), *kafka.options(),
              "--topic-prefix", prefix, "--group", f"{prefix.rstrip('.')}-market-stage", "--stage-id",
-             f"bench-stage-{k + 1}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    reader = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": f"{prefix}bench-reader",
+             f"bench-stage-{k + 1}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **kafka.child_env()}))
+    reader = ck.Consumer({**kafka.confluent(), "group.id": f"{prefix}bench-reader",
                           "enable.auto.commit": False, "fetch.max.bytes": MARKET_MAX_BYTES,
                           "receive.message.max.bytes": MARKET_MAX_BYTES + (1 << 20)})
     samples = []
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            n = _staged_upto(bootstrap, names, partitions, reader)
+            n = _staged_upto(kafka, names, partitions, reader)
             samples.append((time.perf_counter(), n))
             if n >= end:
                 break
@@ -457,14 +459,14 @@ def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: 
                                         prometheus_port=_free_port(), alertmanager_port=_free_port())
         stack.up(cfg)
         own_stack = cfg
-    bootstrap = stack.bootstrap_servers(cfg)
+    kafka = stack.connection(cfg)
     say = progress or (lambda msg: None)
     try:
         runs = []
         for n_accounts in accounts:
             for n_workers in workers:
                 say(f"{n_accounts:,} accounts, {n_workers} worker(s)")
-                runs.append(_one(bootstrap, n_accounts, n_workers, rate, seconds, ticks, profile, warmup_s, say,
+                runs.append(_one(kafka, n_accounts, n_workers, rate, seconds, ticks, profile, warmup_s, say,
                                  tick_partitions, market_stage))
         out = {"runs": runs}
         for n_accounts in accounts:
@@ -483,7 +485,7 @@ def pipeline(accounts: list[int] = (100_000,), workers: list[int] = (1,), rate: 
             stack.down(own_stack)
 
 
-def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: float, ticks: int,
+def _one(kafka: Connection, accounts: int, n_workers: int, rate: int, seconds: float, ticks: int,
          profile: Path | None, warmup_s: float, say, tick_partitions: int = 1, market_stage: bool = False) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:6]}."
     names = TopicNames(prefix)
@@ -499,29 +501,29 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
     try:
         events = work / "inputs.jsonl"
         _write_inputs(events, accounts, ticks, per_second=rate)
-        asyncio.run(transport.produce_file(events, bootstrap, prefix=prefix, progress=False,
+        asyncio.run(transport.produce_file(events, kafka, prefix=prefix, progress=False,
                                            tick_partitions=tick_partitions))
-        end = asyncio.run(_end(bootstrap, names.TICKS, tick_partitions))  # includes the first second
-        raw = {"aiokafka": asyncio.run(_raw_aiokafka(bootstrap, names.TICKS, end, tick_partitions))}
+        end = asyncio.run(_end(kafka, names.TICKS, tick_partitions))  # includes the first second
+        raw = {"aiokafka": asyncio.run(_raw_aiokafka(kafka, names.TICKS, end, tick_partitions))}
         try:
-            raw["confluent_kafka"] = _raw_confluent(bootstrap, names.TICKS, end, tick_partitions)
+            raw["confluent_kafka"] = _raw_confluent(kafka, names.TICKS, end, tick_partitions)
         except ImportError:  # not installed: the aiokafka figure alone
             pass
         fastest = max(raw, key=raw.get)
         say(f"  raw consumers: {', '.join(f'{k} {v:,.0f}/s' for k, v in raw.items())}")
         stage_rate = None
         if market_stage:  # the stages alone first: their capacity, with the workers' share of the cores idle
-            stage_rate = _stage_rate(bootstrap, config_path, prefix, names, end, tick_partitions, n_workers, work)
+            stage_rate = _stage_rate(kafka, config_path, prefix, names, end, tick_partitions, n_workers, work)
             say(f"  {n_workers} market stage(s) alone: {stage_rate:,.0f} ticks/s")
         for k in range(n_workers):
             port = _free_port()
             log = (work / f"worker-{k}.log").open("wb")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), "--bootstrap", bootstrap,
+                [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), *kafka.options(),
                  "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
                  "--worker-id", f"bench-{k + 1}", "--resume-grace-s", "0",  # one producer, done before: no wait
                  *(["--market-stage"] if market_stage else [])],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **kafka.child_env()}))
             ports.append(port)
         samples: dict[int, list[tuple[float, float]]] = {p: [] for p in ports}
         deadline = time.monotonic() + 900
@@ -574,13 +576,13 @@ def _one(bootstrap: str, accounts: int, n_workers: int, rate: int, seconds: floa
         time.sleep(5.0)  # delivered, and the flush's cascades done
         first_end = scenarios.T0 + 2_000 + (ticks - 1) * 1000 // rate
         books = _templates(events)  # every book's last tick: the catch-up and the live ticks go on from there
-        catch = _catch_up(bootstrap, names, procs, ports, books, ticks, first_end + 1_000, rate,
+        catch = _catch_up(kafka, names, procs, ports, books, ticks, first_end + 1_000, rate,
                           tick_partitions, say, profile, f"{accounts}-{n_workers}")
         time.sleep(5.0)  # its flush and cascades done
         before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
         waits_before = [_waits(p) for p in ports]
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
-        lat, sent = asyncio.run(_live_latency(bootstrap, names, _last_mids(books), rate, seconds, warmup_s))
+        lat, sent = asyncio.run(_live_latency(kafka, names, _last_mids(books), rate, seconds, warmup_s))
         spy.stop()
         waited = time.monotonic()
         while True:  # every worker has every live tick, or a minute passed (the count then says what is missing)

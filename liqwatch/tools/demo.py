@@ -294,7 +294,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
             started_stack = None if already else st
             if already:
                 console.print(f"(using the stack already running in {st.state_dir}: {', '.join(already)})")
-        bootstrap = stack.bootstrap_servers(st)
+        kafka = stack.connection(st)  # the stack's TLS and SCRAM user when it runs with --auth scram
         # the stack's Alertmanager notifies this receiver too: its port and bearer token
         receiver_thread = ReceiverThread(secret, work / "alerts.jsonl", st.ports.receiver, stack.receiver_token(st))
         receiver = receiver_thread.start()
@@ -315,10 +315,10 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         for i, port in enumerate(ports):
             log = (work / f"worker-{i + 1}.log").open("wb")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "liqwatch", "worker", "-c", str(cfg_path), "--bootstrap", bootstrap,
+                [sys.executable, "-m", "liqwatch", "worker", "-c", str(cfg_path), *kafka.options(),
                  "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
                  "--worker-id", f"demo-worker-{i + 1}", "--partitions", str(partitions)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ}))
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **kafka.child_env()}))
             stack.register_scrape_target(st.state_dir, f"demo-worker-{i + 1}", port)
         urls = [f"metrics: http://127.0.0.1:{p}/metrics" for p in ports] + [
             f"Prometheus: {stack.prometheus_url(st)}", f"Alertmanager: {stack.alertmanager_url(st)}",
@@ -326,7 +326,7 @@ def run_demo(accounts: int, speed: float, no_stack: bool, state_dir: Path | None
         console.print("where to look:\n  " + "\n  ".join(urls))
         _wait_workers(ports, procs)
         producer = threading.Thread(target=lambda: asyncio.run(_produce_until(stop_producing, transport.produce_file(
-            events, bootstrap, partitions=partitions, prefix=prefix, speed=speed, progress=False))), daemon=True)
+            events, kafka, partitions=partitions, prefix=prefix, speed=speed, progress=False))), daemon=True)
         producer.start()
         last_n = -1
         quiet_since = None

@@ -67,7 +67,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from liqwatch.kafka import Connection
 from liqwatch.sinks.webhooks import alertmanager_token
+from liqwatch.tools.certs import cert_paths, make_certs
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +116,20 @@ class StackPorts:
     receiver: int = 8099  # the webhook receiver Alertmanager notifies (not run by the stack)
 
 
+AUTHS = ("none", "scram")
+KAFKA_USER = "liqwatch"          # the clients' SCRAM user of an `--auth scram` stack
+KAFKA_ADMIN = "admin"            # the brokers' own (inter-broker) SCRAM user
+BROKER_PORT_STEP = 100           # node i listens on ports.kafka + 100 (i - 1), its controller on ports.controller + …
+
+
 @dataclass(frozen=True)
 class StackConfig:
     state_dir: Path
     ports: StackPorts = StackPorts()
     kafka_heap: str = "512m"
     dashboards_dir: Path = DASHBOARDS_DIR
+    brokers: int = 1             # 1, or 3: a KRaft cluster of three nodes (each broker and controller)
+    auth: str = "none"           # "scram": one SASL_SSL listener per broker (SCRAM users, a CA of the run)
 
     @classmethod
     def resolve(
@@ -131,10 +141,13 @@ class StackConfig:
         prometheus_port: int | None = None,
         alertmanager_port: int | None = None,
         receiver_port: int | None = None,
+        brokers: int | None = None,
+        auth: str | None = None,
     ) -> StackConfig:
-        """Config for `state_dir`: given ports, else those in its stack.json, else defaults."""
+        """Config for `state_dir`: given ports (brokers, auth), else those in its stack.json, else defaults."""
         state = Path(state_dir).expanduser() if state_dir else default_state_dir()
-        base = _read_stack_json(state).ports if (state / "stack.json").exists() else StackPorts()
+        last = _read_stack_json(state) if (state / "stack.json").exists() else None
+        base = last.ports if last is not None else StackPorts()
         given = {
             "kafka": kafka_port,
             "controller": controller_port,
@@ -143,7 +156,31 @@ class StackConfig:
             "receiver": receiver_port,
         }
         ports = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-        return cls(state_dir=state.resolve(), ports=ports)
+        if brokers is not None and brokers not in (1, 3):
+            raise StackError(f"--brokers: 1 or 3 (got {brokers})")
+        if auth is not None and auth not in AUTHS:
+            raise StackError(f"--auth: one of {', '.join(AUTHS)} (got {auth!r})")
+        return cls(state_dir=state.resolve(), ports=ports,
+                   brokers=brokers if brokers is not None else (last.brokers if last is not None else 1),
+                   auth=auth if auth is not None else (last.auth if last is not None else "none"))
+
+    # The Kafka nodes.
+    def kafka_services(self) -> list[str]:
+        """`kafka` for one broker (as before clusters), `kafka-1` … `kafka-3` for a cluster."""
+        return ["kafka"] if self.brokers == 1 else [f"kafka-{i + 1}" for i in range(self.brokers)]
+
+    def services(self) -> list[str]:
+        return [*self.kafka_services(), "prometheus", "alertmanager"]
+
+    def broker_port(self, node: int) -> int:
+        """Client port of node 1..brokers."""
+        return self.ports.kafka + BROKER_PORT_STEP * (node - 1)
+
+    def controller_port(self, node: int) -> int:
+        return self.ports.controller + BROKER_PORT_STEP * (node - 1)
+
+    def listener(self) -> str:
+        return "SASL_SSL" if self.auth == "scram" else "PLAINTEXT"
 
     # Paths inside the state dir.
     def log_file(self, service: str) -> Path:
@@ -181,7 +218,31 @@ def _as_config(state: StackConfig | Path | str | None) -> StackConfig:
 
 
 def bootstrap_servers(state: StackConfig | Path | str | None = None) -> str:
-    return f"{HOST}:{_as_config(state).ports.kafka}"
+    cfg = _as_config(state)
+    return ",".join(f"{HOST}:{cfg.broker_port(n)}" for n in range(1, cfg.brokers + 1))
+
+
+def kafka_password_file(state: StackConfig | Path | str | None = None) -> Path:
+    """The SCRAM password of the stack's client user (mode 0600), chosen at the first `up --auth scram`."""
+    return _as_config(state).state_dir / "config" / "kafka.password"
+
+
+def ca_file(state: StackConfig | Path | str | None = None) -> Path:
+    return cert_paths(_as_config(state).state_dir / "tls").ca
+
+
+def connection(state: StackConfig | Path | str | None = None) -> Connection:
+    """How a client reaches this stack's Kafka: PLAINTEXT, or SASL_SSL as the user `liqwatch` (SCRAM-SHA-512)
+    trusting the stack's CA."""
+    cfg = _as_config(state)
+    if cfg.auth != "scram":
+        return Connection.plain(bootstrap_servers(cfg))
+    try:
+        password = kafka_password_file(cfg).read_text().strip()
+    except FileNotFoundError:
+        raise StackError(f"no Kafka password in {kafka_password_file(cfg)}: run `liqwatch stack up` first") from None
+    return Connection(bootstrap_servers(cfg), "SASL_SSL", "SCRAM-SHA-512", KAFKA_USER, password,
+                      ca_file=ca_file(cfg))
 
 
 def prometheus_url(state: StackConfig | Path | str | None = None) -> str:
@@ -218,6 +279,8 @@ def _read_stack_json(state: Path) -> StackConfig:
             ports=StackPorts(**data["ports"]),
             kafka_heap=data.get("kafka_heap", "512m"),
             dashboards_dir=Path(data.get("dashboards_dir", DASHBOARDS_DIR)),
+            brokers=int(data.get("brokers", 1)),
+            auth=str(data.get("auth", "none")),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a damaged file: one line, not a traceback
         raise StackError(f"cannot read {state / 'stack.json'} ({type(e).__name__}: {e}); fix or delete it, or use "
@@ -234,6 +297,9 @@ def _write_stack_json(cfg: StackConfig, kafka_version: str) -> None:
         "kafka_version": kafka_version,
         "kafka_heap": cfg.kafka_heap,
         "dashboards_dir": str(cfg.dashboards_dir),
+        "brokers": cfg.brokers,
+        "auth": cfg.auth,
+        "listeners": [f"{cfg.listener()}://{HOST}:{cfg.broker_port(n)}" for n in range(1, cfg.brokers + 1)],
     }
     _atomic_write(cfg.state_dir / "stack.json", json.dumps(data, indent=2) + "\n")
 
@@ -363,19 +429,27 @@ class _Service:
     extra_logs: tuple[Path, ...] = ()
 
 
+def _kind(name: str) -> str:
+    """kafka-2 → kafka: what a service is, for its timeouts."""
+    return "kafka" if name.startswith("kafka") else name
+
+
+def _node(cfg: StackConfig, name: str) -> int:
+    """kafka → 1, kafka-2 → 2."""
+    return int(name.rpartition("-")[2]) if name != "kafka" else 1
+
+
+def _kafka_props_file(cfg: StackConfig, node: int) -> Path:
+    return cfg.state_dir / "kafka" / ("server.properties" if cfg.brokers == 1 else f"server-{node}.properties")
+
+
+def _kafka_data_dir(cfg: StackConfig, node: int) -> Path:
+    return cfg.state_dir / "kafka" / ("data" if cfg.brokers == 1 else f"data-{node}")
+
+
 def _services(cfg: StackConfig, kafka_lib: Path | None = None) -> dict[str, _Service]:
     p, s = cfg.ports, cfg.state_dir
-    kafka_props = s / "kafka" / "server.properties"
     prom_data, am_data = s / "prometheus", s / "alertmanager"
-    java = [
-        "java", f"-Xms{cfg.kafka_heap}", f"-Xmx{cfg.kafka_heap}", "-XX:+UseG1GC",
-        # Plain IPv4 sockets: listeners show up as 127.0.0.1, not ::ffff:127.0.0.1.
-        "-Djava.net.preferIPv4Stack=true", "-Djava.awt.headless=true",
-        # Let Kafka's own shutdown hook log to the end instead of log4j2 closing first.
-        "-Dlog4j2.shutdownHookEnabled=false",
-        f"-Dkafka.logs.dir={s / 'logs'}", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-        "-cp", f"{kafka_lib or ''}/*", "kafka.Kafka", str(kafka_props),
-    ]  # fmt: skip
     prometheus = [
         str(PROMETHEUS_BIN),
         f"--config.file={s / 'config' / 'prometheus.yml'}",
@@ -392,13 +466,28 @@ def _services(cfg: StackConfig, kafka_lib: Path | None = None) -> dict[str, _Ser
         # Empty turns clustering off; otherwise it binds every interface on :9094.
         "--cluster.listen-address=",
     ]
+    kafka = {}
+    for name in cfg.kafka_services():
+        node = _node(cfg, name)
+        props = _kafka_props_file(cfg, node)
+        java = [
+            "java", f"-Xms{cfg.kafka_heap}", f"-Xmx{cfg.kafka_heap}", "-XX:+UseG1GC",
+            # Plain IPv4 sockets: listeners show up as 127.0.0.1, not ::ffff:127.0.0.1.
+            "-Djava.net.preferIPv4Stack=true", "-Djava.awt.headless=true",
+            # Let Kafka's own shutdown hook log to the end instead of log4j2 closing first.
+            "-Dlog4j2.shutdownHookEnabled=false",
+            f"-Dkafka.logs.dir={s / 'logs'}", f"-Dkafka.log.name={name}", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+            "-cp", f"{kafka_lib or ''}/*", "kafka.Kafka", str(props),
+        ]  # fmt: skip
+        port, controller = cfg.broker_port(node), cfg.controller_port(node)
+        kafka[name] = _Service(
+            name, java, str(props), (port, controller),
+            lambda node=node: _kafka_ready(cfg, node),
+            f"{cfg.listener()}://{HOST}:{port} (node {node}, controller {HOST}:{controller})",
+            (s / "logs" / f"{name}.stdout.log",),
+        )
     return {
-        "kafka": _Service(
-            "kafka", java, str(kafka_props), (p.kafka, p.controller),
-            lambda: _kafka_ready(p.kafka),
-            f"{HOST}:{p.kafka} (controller {HOST}:{p.controller})",
-            (s / "logs" / "kafka.stdout.log",),
-        ),
+        **kafka,
         "prometheus": _Service(
             "prometheus", prometheus, f"--storage.tsdb.path={prom_data}", (p.prometheus,),
             lambda: _http_ready(f"{prometheus_url(cfg)}/-/ready"), prometheus_url(cfg),
@@ -410,25 +499,54 @@ def _services(cfg: StackConfig, kafka_lib: Path | None = None) -> dict[str, _Ser
     }  # fmt: skip
 
 
-def _kafka_properties(cfg: StackConfig) -> str:
-    p = cfg.ports
+def _kafka_properties(cfg: StackConfig, node: int, admin_password: str | None = None) -> str:
+    port, controller = cfg.broker_port(node), cfg.controller_port(node)
+    voters = ",".join(f"{n}@{HOST}:{cfg.controller_port(n)}" for n in range(1, cfg.brokers + 1))
+    replicas, insync = cfg.brokers, (2 if cfg.brokers >= 3 else 1)
+    if cfg.auth == "scram":
+        tls = cert_paths(cfg.state_dir / "tls")
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{KAFKA_ADMIN}" '
+                f'password="{admin_password}";')
+        security = f"""\
+listeners=SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{controller}
+advertised.listeners=SASL_SSL://{HOST}:{port}
+# No PLAINTEXT anywhere: clients and brokers speak SASL_SSL (SCRAM users made at format time), the controllers
+# TLS with a certificate on both sides (SCRAM lives in the metadata the controllers serve, so they cannot use it).
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={jaas}
+ssl.keystore.type=PEM
+ssl.keystore.location={tls.broker}
+ssl.truststore.type=PEM
+ssl.truststore.location={tls.ca}
+listener.name.controller.ssl.client.auth=required
+"""
+    else:
+        security = f"""\
+listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}
+advertised.listeners=PLAINTEXT://{HOST}:{port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+"""
     return f"""\
 # Generated by liqwatch/tools/stack.py on every `up`; edit there, not here.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{HOST}:{p.controller}
-listeners=PLAINTEXT://{HOST}:{p.kafka},CONTROLLER://{HOST}:{p.controller}
-advertised.listeners=PLAINTEXT://{HOST}:{p.kafka}
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+node.id={node}
+controller.quorum.voters={voters}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs={cfg.state_dir / "kafka" / "data"}
-# Single node: every internal topic has exactly one replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+{security}log.dirs={_kafka_data_dir(cfg, node)}
+# Internal topics on every node (three at most), writes acknowledged by two of three (one when single).
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={insync}
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={insync}
+# Topics made without explicit settings (Faust's changelog and leader topics) as liqwatch's own.
+default.replication.factor={replicas}
+min.insync.replicas={insync}
 group.initial.rebalance.delay.ms=0
 # A restarted node can't re-register until its previous broker session expires
 # (DUPLICATE_BROKER_REGISTRATION), so the default 9 s session makes every restart
@@ -499,22 +617,42 @@ def _render_alertmanager_config(cfg: StackConfig) -> None:
     _atomic_write(cfg.state_dir / "config" / "alertmanager.yml", header + yaml.safe_dump(conf, sort_keys=False))
 
 
-def _format_kafka_storage(cfg: StackConfig, lib: Path) -> None:
-    data = cfg.state_dir / "kafka" / "data"
-    if (data / "meta.properties").exists():
-        return
+def _cluster_id(cfg: StackConfig) -> str:
+    """One id for every node of the cluster, kept in the state dir (a node formatted later joins the same one)."""
+    path = cfg.state_dir / "kafka" / "cluster.id"
+    if path.exists():
+        return path.read_text().strip()
     # Kafka's own Uuid.randomUuid() rerolls ids starting with '-' (CLI parsing).
     cluster_id = "-"
     while cluster_id.startswith("-"):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    _atomic_write(path, cluster_id + "\n")
+    return cluster_id
+
+
+def _format_kafka_storage(cfg: StackConfig, lib: Path, node: int, passwords: dict[str, str]) -> None:
+    data = _kafka_data_dir(cfg, node)
+    if (data / "meta.properties").exists():
+        return
+    cluster_id = _cluster_id(cfg)
     log.info("formatting Kafka storage in %s (cluster id %s)", data, cluster_id)
-    # Static controller.quorum.voters => plain format (no --standalone, which is for dynamic quorums).
+    # Static controller.quorum.voters => plain format (no --standalone, which is for dynamic quorums). SCRAM users
+    # are records of the first metadata: given to every node's format (KIP-900). The tool takes them only on its
+    # command line, for the second it runs: the stack's own random passwords, never a user's.
+    scram: list[str] = []
+    if cfg.auth == "scram":
+        for user, password in passwords.items():
+            for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                scram += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
     cmd = ["java", f"-Dkafka.logs.dir={cfg.state_dir / 'logs'}", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-           "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
-           "-t", cluster_id, "-c", str(cfg.state_dir / "kafka" / "server.properties")]  # fmt: skip
+           "-Dkafka.log.name=kafka-format", "-cp", f"{lib}/*", "kafka.tools.StorageTool", "format",
+           "-t", cluster_id, "-c", str(_kafka_props_file(cfg, node)), *scram]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise StackError(f"Kafka storage format failed:\n{done.stdout}{done.stderr}")
+        out = done.stdout + done.stderr
+        for password in passwords.values():
+            out = out.replace(password, "<password>")
+        raise StackError(f"Kafka storage format failed:\n{out}")
 
 
 # --------------------------------------------------------------------------- processes
@@ -601,18 +739,20 @@ def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
-def _kafka_ready(port: int) -> bool:
+def _kafka_ready(cfg: StackConfig, node: int) -> bool:
     """The broker answers a metadata request and lists itself (i.e. it is unfenced)."""
+    port = cfg.broker_port(node)
     if not _tcp_open(port):
         return False
 
     async def probe() -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**connection(cfg).with_bootstrap(f"{HOST}:{port}").aiokafka(),
+                                    request_timeout_ms=5000)
         try:
             await admin.start()
-            return bool((await admin.describe_cluster())["brokers"])
+            return any(b["node_id"] == node for b in (await admin.describe_cluster())["brokers"])
         except Exception:  # any failure just means "not ready yet"
             return False
         finally:
@@ -642,7 +782,7 @@ def _spawn(cfg: StackConfig, svc: _Service) -> int:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=cfg.state_dir / "kafka" if svc.name == "kafka" else cfg.state_dir,
+            cwd=cfg.state_dir / "kafka" if _kind(svc.name) == "kafka" else cfg.state_dir,
             start_new_session=True,  # survives the CLI, and Ctrl-C in its terminal
         )
     _CHILDREN[proc.pid] = proc
@@ -709,12 +849,62 @@ def _reload(cfg: StackConfig, name: str) -> None:
         log.warning("%s did not accept a config reload; see %s", name, cfg.log_file(name))
 
 
-def up(cfg: StackConfig, services: Sequence[str] = SERVICES) -> list[ServiceStatus]:
-    """Start the stack (idempotent: services already running from this state dir are kept)."""
+def _services_of(cfg: StackConfig, services: Sequence[str] | None) -> list[str]:
+    """The services asked for, `kafka` meaning every broker of the cluster."""
+    if services is None:
+        return cfg.services()
+    out = []
+    for name in services:
+        out += cfg.kafka_services() if name == "kafka" else [name]
+    unknown = set(out) - set(cfg.services())
+    if unknown:
+        raise StackError(f"no service {', '.join(sorted(unknown))} in this stack ({', '.join(cfg.services())})")
+    return list(dict.fromkeys(out))
+
+
+def _check_shape(cfg: StackConfig) -> None:
+    """A state dir's Kafka data was formatted for one shape (brokers, auth): another one would not start."""
+    if not (cfg.state_dir / "stack.json").exists():
+        return
+    last = _read_stack_json(cfg.state_dir)
+    formatted = any((cfg.state_dir / "kafka").glob("data*/meta.properties"))
+    if formatted and (last.brokers, last.auth) != (cfg.brokers, cfg.auth):
+        raise StackError(f"{cfg.state_dir} holds a Kafka of {last.brokers} broker(s), auth {last.auth}: "
+                         f"not {cfg.brokers}, {cfg.auth}. `liqwatch stack down` and use another --state-dir "
+                         "(or delete this one)")
+
+
+def _kafka_passwords(cfg: StackConfig) -> dict[str, str]:
+    """SCRAM users and passwords of an `--auth scram` stack: made at its first `up`, kept (mode 0600)."""
+    if cfg.auth != "scram":
+        return {}
+    users = cfg.state_dir / "config" / "kafka-users.json"
+    if not users.exists():
+        made = {KAFKA_USER: secrets.token_urlsafe(24), KAFKA_ADMIN: secrets.token_urlsafe(24)}
+        _write_secret(users, json.dumps(made))
+        _write_secret(kafka_password_file(cfg), made[KAFKA_USER])
+    return dict(json.loads(users.read_text()))
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def up(cfg: StackConfig, services: Sequence[str] | None = None) -> list[ServiceStatus]:
+    """Start the stack (idempotent: services already running from this state dir are kept); `services` picks
+    some (`kafka`: every broker; `kafka-2`: one)."""
+    services = _services_of(cfg, services)
+    kafka = [n for n in services if n.startswith("kafka")]
     ensure_debian_packages()
-    lib = ensure_kafka_jars() if "kafka" in services else None
-    for sub in ("logs", "run", "config", "targets", "kafka/data", "prometheus", "alertmanager"):
+    lib = ensure_kafka_jars() if kafka else None
+    for sub in ("logs", "run", "config", "targets", "kafka", "prometheus", "alertmanager"):
         (cfg.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    _check_shape(cfg)
     svcs = _services(cfg, lib)
     running = {name: _our_pid(cfg, svcs[name]) for name in services}
     # Every port is checked before anything starts, so a clash starts nothing.
@@ -725,56 +915,97 @@ def up(cfg: StackConfig, services: Sequence[str] = SERVICES) -> list[ServiceStat
     if "alertmanager" in services:
         _write_receiver_token(cfg)
         _render_alertmanager_config(cfg)
-    if "kafka" in services:
-        (cfg.state_dir / "kafka" / "server.properties").write_text(_kafka_properties(cfg))
+    passwords = _kafka_passwords(cfg)
+    if kafka and cfg.auth == "scram":
+        make_certs(cfg.state_dir / "tls", HOST)
+    for name in kafka:
+        node = _node(cfg, name)
+        _write_secret(_kafka_props_file(cfg, node), _kafka_properties(cfg, node, passwords.get(KAFKA_ADMIN)))
     # Start the quick ones first so they boot while Kafka's storage is formatted.
-    order = sorted(services, key=lambda n: n == "kafka")
+    order = sorted(services, key=lambda n: n.startswith("kafka"))
     started: dict[str, int] = {}
     try:
         for name in order:
             pid = running[name]
             if pid is None:
-                if name == "kafka" and lib is not None:
-                    _format_kafka_storage(cfg, lib)
+                if name.startswith("kafka") and lib is not None:
+                    _format_kafka_storage(cfg, lib, _node(cfg, name), passwords)
                 started[name] = _spawn(cfg, svcs[name])
                 continue
             log.info("%s already running (pid %d)", name, pid)
-            if name != "kafka":
+            if not name.startswith("kafka"):
                 _reload(cfg, name)
         for name in order:
             t0 = time.monotonic()
             pid = started.get(name) or running[name]
             assert pid is not None
-            _wait_ready(cfg, svcs[name], pid, _READY_TIMEOUT[name])
+            _wait_ready(cfg, svcs[name], pid, _READY_TIMEOUT[_kind(name)])
             log.info("%s ready at %s (waited %.1f s)", name, svcs[name].address, time.monotonic() - t0)
     except BaseException:
         # A failed (or interrupted) up leaves things as they were: stop what it started.
         for name, pid in started.items():
             if _alive(pid):
                 log.info("stopping %s (pid %d), started by this failed `up`", name, pid)
-                _stop(pid, _STOP_TIMEOUT[name])
+                _stop(pid, _STOP_TIMEOUT[_kind(name)])
             cfg.pid_file(name).unlink(missing_ok=True)
         raise
     return status(cfg, services)
 
 
-def status(cfg: StackConfig | Path | str | None = None, services: Sequence[str] = SERVICES) -> list[ServiceStatus]:
+def status(cfg: StackConfig | Path | str | None = None,
+           services: Sequence[str] | None = None) -> list[ServiceStatus]:
     """One row per service: where it listens, its pid if running, and whether it answers."""
     cfg = _as_config(cfg)
     svcs = _services(cfg)
     out = []
-    for name in services:
+    for name in _services_of(cfg, services):
         pid = _our_pid(cfg, svcs[name])
         out.append(ServiceStatus(name, svcs[name].address, pid, pid is not None and svcs[name].ready()))
     return out
 
 
-def down(cfg: StackConfig | Path | str | None = None, services: Sequence[str] = SERVICES) -> list[str]:
+@dataclass(frozen=True)
+class ClusterStatus:
+    listeners: list[str]                 # one per broker, as clients reach it
+    brokers: list[int]                   # node ids registered and unfenced, as the cluster answers
+    controller: int | None               # the KRaft quorum's leader (the active controller), from the nodes' state
+    controller_epoch: int | None
+
+
+def cluster(cfg: StackConfig | Path | str | None = None) -> ClusterStatus:
+    """Brokers, active controller and listeners of the stack's Kafka."""
+    cfg = _as_config(cfg)
+    leader = epoch = None
+    for node in range(1, cfg.brokers + 1):  # every voter writes the leader it follows; the newest epoch wins
+        try:
+            state = json.loads((_kafka_data_dir(cfg, node) / "__cluster_metadata-0" / "quorum-state").read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("leaderId", -1) >= 0 and (epoch is None or state.get("leaderEpoch", -1) > epoch):
+            leader, epoch = state["leaderId"], state.get("leaderEpoch")
+
+    async def brokers() -> list[int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**connection(cfg).aiokafka(), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            return sorted(b["node_id"] for b in (await admin.describe_cluster())["brokers"])
+        except Exception:  # noqa: BLE001 - no broker answers: none registered, as far as a client can tell
+            return []
+        finally:
+            await admin.close()
+
+    listeners = [f"{cfg.listener()}://{HOST}:{cfg.broker_port(n)}" for n in range(1, cfg.brokers + 1)]
+    return ClusterStatus(listeners, _run_async(brokers), leader, epoch)
+
+
+def down(cfg: StackConfig | Path | str | None = None, services: Sequence[str] | None = None) -> list[str]:
     """Stop the services `up` started from this state dir (and nothing else); returns their names."""
     cfg = _as_config(cfg)
     svcs = _services(cfg)
     targets: dict[str, int] = {}
-    for name in services:
+    for name in _services_of(cfg, services):
         pid = _our_pid(cfg, svcs[name])
         if pid is not None:
             log.info("stopping %s (pid %d)", name, pid)
@@ -784,7 +1015,7 @@ def down(cfg: StackConfig | Path | str | None = None, services: Sequence[str] = 
             log.info("%s: stale pid file (process gone or not ours); removing it", name)
             cfg.pid_file(name).unlink()
     for name, pid in targets.items():
-        _stop(pid, _STOP_TIMEOUT[name], term_sent=True)
+        _stop(pid, _STOP_TIMEOUT[_kind(name)], term_sent=True)
         cfg.pid_file(name).unlink(missing_ok=True)
         log.info("%s stopped", name)
     return list(targets)

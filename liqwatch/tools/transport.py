@@ -1,8 +1,8 @@
 """JSONL file → Kafka input topics, and Kafka topic → JSONL (SPEC §1, `liqwatch produce` / `liqwatch dump`).
 
-    report = await produce_file("oct.jsonl", "127.0.0.1:9092")      # creates missing topics first
+    report = await produce_file("oct.jsonl", Connection.plain("127.0.0.1:9092"))   # creates missing topics first
     print(report.summary())   # produced 213,102 events: ticks 204,859 · references 3,243 · accounts 5,000 · …
-    n = await dump_topic("liqwatch.alerts", "127.0.0.1:9092", "alerts.jsonl")
+    n = await dump_topic("liqwatch.alerts", kafka, "alerts.jsonl")               # kafka: liqwatch.kafka.Connection
 
 produce: each line's original bytes go unchanged to the topic of its `type` (`topics.INPUT_OF_TYPE`), keyed by
 `topics.key_of`, with the event's `ts` as the Kafka timestamp (so Kafka's time index finds events by event time).
@@ -41,6 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from liqwatch.sinks import topics as T
 from liqwatch.events import MAX_TS
+from liqwatch.kafka import Connection
 
 
 LABEL = {"tick": "ticks", "reference": "references", "account": "accounts"}
@@ -99,14 +100,16 @@ async def _started(client: Any, bootstrap: str) -> AsyncIterator[Any]:
             await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
 
 
-async def ensure_topics(bootstrap: str, wanted: Mapping[str, int]) -> list[str]:
+async def ensure_topics(kafka: Connection, wanted: Mapping[str, int]) -> list[str]:
     """Create those of `wanted` (name → partitions) that are missing, keeping messages forever like
     `topics.create_topics` does (timestamps are event times: time retention would delete a replayed day)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-transport")
-    async with _started(admin, bootstrap):
+    admin = AIOKafkaAdminClient(**kafka.aiokafka(), client_id="liqwatch-transport")
+    async with _started(admin, kafka.bootstrap):
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, num_partitions=p, replication_factor=1,
-                        topic_configs={"retention.ms": "-1", "retention.bytes": "-1"})
+        replicas = T.replication_factor(len((await admin.describe_cluster())["brokers"]))
+        new = [NewTopic(n, num_partitions=p, replication_factor=replicas,
+                        topic_configs={"retention.ms": "-1", "retention.bytes": "-1",
+                                       "min.insync.replicas": str(T.min_insync(replicas))})
                for n, p in wanted.items() if n not in existing]
         if new:
             resp = await admin.create_topics(new)
@@ -116,14 +119,14 @@ async def ensure_topics(bootstrap: str, wanted: Mapping[str, int]) -> list[str]:
         return [t.name for t in new]
 
 
-async def _retention_warnings(bootstrap: str, names: list[str], min_ts: int | None) -> list[str]:
+async def _retention_warnings(kafka: Connection, names: list[str], min_ts: int | None) -> list[str]:
     """Warn when a topic's time retention would delete these events (their ts is their Kafka timestamp)."""
     if min_ts is None:
         return []
     age_ms = time.time() * 1000 - min_ts
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="liqwatch-transport")
+    admin = AIOKafkaAdminClient(**kafka.aiokafka(), client_id="liqwatch-transport")
     doomed: dict[str, int] = {}
-    async with _started(admin, bootstrap):
+    async with _started(admin, kafka.bootstrap):
         res = [ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names]
         for resp in await admin.describe_configs(res):
             for _code, _msg, _type, name, entries, *_ in resp.resources:
@@ -155,7 +158,7 @@ LOCKSTEP_MS = 30_000  # unpaced produce: event time between flushes of every top
 
 async def produce_file(
     path: Path | str,
-    bootstrap: str,
+    kafka: Connection,
     *,
     partitions: int = 8,
     tick_partitions: int = 1,
@@ -176,10 +179,10 @@ async def produce_file(
     routes = {t: prefix + name for t, name in T.INPUT_OF_TYPE.items()}
     unknown = unknown_to or routes["account"]
     try:  # the whole layout (under `prefix`), as the workers expect it; --unknown-to may name another topic
-        await T.create_topics(bootstrap, partitions, prefix, tick_partitions)
+        await T.create_topics(kafka, partitions, prefix, tick_partitions)
     except (KafkaError, OSError) as e:
-        raise _reach(bootstrap, e) from None
-    await ensure_topics(bootstrap, {unknown: 1})
+        raise _reach(kafka.bootstrap, e) from None
+    await ensure_topics(kafka, {unknown: 1})
     wanted = [*routes.values(), unknown]
 
     report = ProduceReport(topics={**routes, "unroutable": unknown})
@@ -189,11 +192,11 @@ async def produce_file(
     # idempotent with acks=all: a broker restart mid-file is waited out (batches are retried in order, without
     # duplicates, for up to request_timeout) instead of aborting a paced produce half-way
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, client_id="liqwatch-produce", acks="all", enable_idempotence=True,
+        **kafka.aiokafka(), client_id="liqwatch-produce", acks="all", enable_idempotence=True,
         linger_ms=10, max_batch_size=MAX_BATCH_BYTES, request_timeout_ms=120_000,
     )
     loop = asyncio.get_running_loop()
-    async with _started(producer, bootstrap):
+    async with _started(producer, kafka.bootstrap):
         # We fill one BatchBuilder per partition and hand over whole batches: per-message send() futures cost
         # more than everything else (~95k/s vs ~250k/s). Partitions are chosen like the Java client (murmur2
         # of the key, what Faust and aiokafka use), cached per key: keys repeat a lot.
@@ -212,7 +215,7 @@ async def produce_file(
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             sent.append(fut)
             while sent and sent[0].done():
-                _check(sent.popleft(), bootstrap)
+                _check(sent.popleft(), kafka.bootstrap)
 
         async def barrier() -> None:
             """Every topic's open batch leaves, and all are on the broker before anything later is sent: a consumer
@@ -223,7 +226,7 @@ async def produce_file(
             if sent:
                 await asyncio.wait(sent)
                 while sent:
-                    _check(sent.popleft(), bootstrap)
+                    _check(sent.popleft(), kafka.bootstrap)
 
         t0 = loop.time()
         aligned_ts = -LOCKSTEP_MS
@@ -300,12 +303,12 @@ async def produce_file(
             if sent:
                 await asyncio.wait(sent)
             for fut in sent:
-                _check(fut, bootstrap)
+                _check(fut, kafka.bootstrap)
         finally:
             if bar:
                 bar.stop()
         report.seconds = loop.time() - t0
-    report.warnings = await _retention_warnings(bootstrap, sorted(set(report.topics.values())), report.min_ts)
+    report.warnings = await _retention_warnings(kafka, sorted(set(report.topics.values())), report.min_ts)
     return report
 
 
@@ -333,7 +336,7 @@ def _line(msg: Any) -> bytes:
 
 async def dump_topic(
     topic: str,
-    bootstrap: str,
+    kafka: Connection,
     out: Path | str | IO[bytes],
     *,
     from_beginning: bool = True,
@@ -345,11 +348,12 @@ async def dump_topic(
 ) -> int:
     """Write the values of every partition of `topic` to `out`, one per line; returns the number written."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, client_id="liqwatch-dump", group_id=None, enable_auto_commit=False,
+        **kafka.aiokafka(), client_id="liqwatch-dump", group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
         fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     console = console or Console(stderr=True)
+    bootstrap = kafka.bootstrap
     async with _started(consumer, bootstrap):
         try:
             # consumer.topics() throws the partitions away; aiokafka is pinned, so its client's call is safe.

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from liqwatch.core.monitor import Monitor
+from liqwatch.kafka import Connection
 from liqwatch.sinks.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -21,13 +22,13 @@ STALL_S = 10.0  # an owned partition with records to read and no progress this l
 
 
 class AccountShard:
-    def __init__(self, app, table, names: TopicNames, monitor: Monitor, bootstrap: str, app_id: str,
+    def __init__(self, app, table, names: TopicNames, monitor: Monitor, kafka: Connection, app_id: str,
                  worker_id: str, partitions: int, market_caught_up: Callable[[], bool]):
         self.app = app
         self.table = table
         self.names = names
         self.monitor = monitor
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.app_id = app_id
         self.worker_id = worker_id
         self.partitions = partitions
@@ -80,7 +81,7 @@ class AccountShard:
         if not missing or time.monotonic() - self._offsets_asked < 1.0:
             return
         self._offsets_asked = time.monotonic()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.worker_id}-offsets")
+        admin = AIOKafkaAdminClient(**self.kafka.aiokafka(), client_id=f"{self.worker_id}-offsets")
         try:
             await asyncio.wait_for(admin.start(), 5)
             committed = await asyncio.wait_for(admin.list_consumer_group_offsets(
@@ -108,7 +109,7 @@ class AccountShard:
         tps = [TopicPartition(self.names.ACCOUNTS, p) for p in owned]
         try:
             if self._ends is None:
-                self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                self._ends = AIOKafkaConsumer(**self.kafka.aiokafka(), group_id=None,
                                               client_id=f"{self.worker_id}-account-ends")
                 await asyncio.wait_for(self._ends.start(), 5)
             ends = await asyncio.wait_for(self._ends.end_offsets(tps), 5)

@@ -33,6 +33,7 @@ import faust
 
 from liqwatch.config import Config
 from liqwatch.core.monitor import Monitor, Where
+from liqwatch.kafka import Connection
 from liqwatch.risk.alerts import AlertEngine
 from liqwatch.sinks.kafka import OutputSink
 from liqwatch.sinks.metrics import CONTENT_TYPE, Metrics
@@ -54,7 +55,8 @@ BACKGROUND_NICE = 10  # the account work's threads, below the feed's event loop
 
 @dataclass
 class WorkerSettings:
-    bootstrap: str = "127.0.0.1:9092"
+    kafka: Connection = Connection.plain("127.0.0.1:9092")
+    replicas: int = 1                   # of Faust's own topics (the table's changelog): liqwatch.sinks.topics
     web_port: int = 6066
     app_id: str = "liqwatch"
     topic_prefix: str = ""
@@ -84,18 +86,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     (settings.data_dir / settings.worker_id).mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     services = Supervisor(metrics, settings.worker_id)
-    sink = OutputSink(settings.bootstrap, names, metrics, client_id=settings.worker_id)
+    sink = OutputSink(settings.kafka, names, metrics, client_id=settings.worker_id)
     monitor = Monitor(cfg, sink, metrics, names)
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.bootstrap}",
+        **settings.kafka.faust(),
         store="memory://",
         web_host=web_bind,
         web_bind=web_bind,
         web_port=settings.web_port,
         datadir=str(settings.data_dir / settings.worker_id),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replicas,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         producer_linger_ms=5,
@@ -108,18 +110,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
                       partitions=settings.partitions, help="Latest valid snapshot of each account of this shard.")
 
     # the pieces, each in its own module; this function only wires them to Faust and to each other
-    account_shard = AccountShard(app, table, names, monitor, settings.bootstrap, settings.app_id, settings.worker_id,
+    account_shard = AccountShard(app, table, names, monitor, settings.kafka, settings.app_id, settings.worker_id,
                                  settings.partitions, lambda: feed.caught_up)
-    shard = ShardService(monitor, names, settings.bootstrap, settings.worker_id, account_shard.owned_partitions,
+    shard = ShardService(monitor, names, settings.kafka, settings.worker_id, account_shard.owned_partitions,
                          account_shard.caught_up, account_shard.retain, account_shard.refresh_offsets)
-    coordinator = Coordinator(monitor, names, settings.bootstrap, settings.partitions, settings.worker_id, services)
+    coordinator = Coordinator(monitor, names, settings.kafka, settings.partitions, settings.worker_id, services)
     leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics, cfg.settlement), coordinator,
-                            app.is_leader, settings.bootstrap, settings.worker_id, settings.cascade_retry_s,
+                            app.is_leader, settings.kafka, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
     evaluations = Evaluations(monitor, account_shard, shard, leadership, app.is_leader, lambda: feed.caught_up,
                               settings.idle_s, settings.takeover_boundaries, settings.worker_id,
                               settings.account_queue)
-    feed = MarketFeed(cfg, names, monitor, services, settings.bootstrap, settings.worker_id, settings.merge_grace_s,
+    feed = MarketFeed(cfg, names, monitor, services, settings.kafka, settings.worker_id, settings.merge_grace_s,
                       settings.resume_pause_s, settings.resume_grace_s,
                       lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,
                       evaluations.at, evaluations.release, staged=settings.market_stage)
@@ -165,7 +167,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         await sink.start()
         if webhooks is not None:
             await webhooks.start()
-            delivery = TopicDelivery(webhooks, settings.bootstrap, names.ALERTS, f"{settings.app_id}-webhooks",
+            delivery = TopicDelivery(webhooks, settings.kafka, names.ALERTS, f"{settings.app_id}-webhooks",
                                      f"{settings.worker_id}-webhooks", int(settings.session_timeout_s * 1000))
             services.start("webhook delivery", delivery.run)
         await coordinator.start()
@@ -250,16 +252,17 @@ def _background_priority() -> None:
 def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") -> None:
     log.info("%s: kernels ready in %.1f s", settings.worker_id, warm_kernels(cfg))
     # our topics first, with our settings (Faust would declare the accounts topic with the broker's defaults)
-    asyncio.run(create_topics(settings.bootstrap, settings.partitions, settings.topic_prefix))
+    asyncio.run(create_topics(settings.kafka, settings.partitions, settings.topic_prefix))
     app, _ = build_app(cfg, settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     settle_heap()
     stage = None
     if settings.market_stage:
         stage = StageChild([sys.executable, "-m", "liqwatch", "market-stage", "--config", str(settings.config_path),
-                            "--bootstrap", settings.bootstrap, "--topic-prefix", settings.topic_prefix,
+                            *settings.kafka.options(), "--topic-prefix", settings.topic_prefix,
                             "--group", f"{settings.app_id}-market-stage", "--stage-id",
-                            f"{settings.worker_id}-stage"], f"{settings.worker_id}: market stage")
+                            f"{settings.worker_id}-stage"], f"{settings.worker_id}: market stage",
+                           env={**os.environ, **settings.kafka.child_env()})
         stage.start()
     try:
         worker.execute_from_commandline()

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from liqwatch.core.engine import adl_rule, cascade_dict
 from liqwatch.core.monitor import Monitor
+from liqwatch.kafka import Connection
 from liqwatch.kernels.cascade import (AdlClose, AdlCloseResult, AdlQueue, AdlQueueResult, RoundRequest, RoundResult,
                                       Shard, cascade_rounds, combine, sum_results)
 from liqwatch.kernels.health import exposure_summary
@@ -75,13 +76,13 @@ def _frozen(accounts: AccountArrays, ts: np.ndarray, t: int) -> AccountArrays:
 class ShardService:
     """Answers round requests with this worker's frozen accounts."""
 
-    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, worker_id: str,
+    def __init__(self, monitor: Monitor, names: TopicNames, kafka: Connection, worker_id: str,
                  owned_partitions: Callable[[], list[int]], caught_up: Callable[[int], bool],
                  retain: Callable[[], Awaitable[None]],
                  refresh: Callable[[], Awaitable[None]] | None = None):
         self.monitor = monitor
         self.names = names
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.worker_id = worker_id
         self.owned_partitions = owned_partitions
         self.caught_up = caught_up
@@ -109,7 +110,7 @@ class ShardService:
             del self.frozen[old]
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), group_id=None, enable_auto_commit=False,
                                     client_id=f"{self.worker_id}-shard")
         await consumer.start()
         try:
@@ -213,7 +214,7 @@ class ShardService:
 class Coordinator(StressRuns):
     """Runs every configured scenario × severity as a distributed cascade (on the leader)."""
 
-    def __init__(self, monitor: Monitor, names: TopicNames, bootstrap: str, partitions: int, worker_id: str,
+    def __init__(self, monitor: Monitor, names: TopicNames, kafka: Connection, partitions: int, worker_id: str,
                  services=None, round_timeout_s: float = 15.0):
         async def emit(result: dict) -> None:
             await monitor.sink.emit(names.CASCADES, result)
@@ -221,7 +222,7 @@ class Coordinator(StressRuns):
         super().__init__(monitor.engine, monitor.cfg, monitor.metrics, monitor.config_id, emit)
         self.monitor = monitor
         self.names = names
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.partitions = partitions
         self.worker_id = worker_id
         self.round_timeout_s = round_timeout_s
@@ -241,7 +242,7 @@ class Coordinator(StressRuns):
         await self._listening.wait()
 
     async def _collect(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka(), group_id=None, enable_auto_commit=False,
                                     client_id=f"{self.worker_id}-coordinator")
         await consumer.start()
         try:

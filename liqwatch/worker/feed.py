@@ -26,6 +26,7 @@ from liqwatch.core.monitor import Monitor
 from liqwatch.core.schedule import Boundary, Schedule
 from liqwatch.core.staged import unpack
 from liqwatch.events import BadEvent
+from liqwatch.kafka import Connection
 from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
 from liqwatch.worker.reader import Reader, ReaderError
 from liqwatch.worker.supervise import Supervisor
@@ -36,7 +37,7 @@ TICKS_END_EVERY_S = 0.1
 
 
 class MarketFeed:
-    def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, bootstrap: str,
+    def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, kafka: Connection,
                  worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float,
                  assigned: Callable[[], bool], is_leader: Callable[[], bool],
                  on_boundary: Callable[[Boundary], Awaitable[None]], on_release: Callable[[int], Awaitable[None]],
@@ -47,7 +48,7 @@ class MarketFeed:
         self.grace = (grace_s, pause_s, resume_grace_s)
         self.monitor = monitor
         self.services = services
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.worker_id = worker_id
         self.assigned = assigned
         self.is_leader = is_leader
@@ -71,7 +72,7 @@ class MarketFeed:
             await asyncio.sleep(0.1)
         log.info("%s: market feed %s (leader: %s, after %.1f s)", self.worker_id,
                  "resumes" if self.resume_at else "starts", self.is_leader(), time.monotonic() - waited)
-        reader = Reader(self.bootstrap, f"{self.worker_id}-market", MARKET_MAX_BYTES if self.staged else 8 << 20)
+        reader = Reader(self.kafka, f"{self.worker_id}-market", MARKET_MAX_BYTES if self.staged else 8 << 20)
         try:
             if not self.tps:
                 await self._partitions(reader)

@@ -19,6 +19,7 @@ import msgspec
 
 from liqwatch.config import Config
 from liqwatch.core.monitor import Monitor
+from liqwatch.kafka import Connection
 from liqwatch.risk.alerts import STRESS_KINDS, AlertEngine
 from liqwatch.sinks.topics import TopicNames, read_to_end
 from liqwatch.worker.cascades import CascadeAborted, Coordinator
@@ -36,7 +37,7 @@ def _json(raw: bytes):
 
 class Leadership:
     def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, alerts: AlertEngine,
-                 coordinator: Coordinator, is_leader: Callable[[], bool], bootstrap: str, worker_id: str,
+                 coordinator: Coordinator, is_leader: Callable[[], bool], kafka: Connection, worker_id: str,
                  cascade_retry_s: float, keep_boundaries: int):
         self.cfg = cfg
         self.names = names
@@ -45,7 +46,7 @@ class Leadership:
         self.alerts = alerts
         self.coordinator = coordinator
         self.is_leader = is_leader
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.worker_id = worker_id
         self.cascade_retry_s = cascade_retry_s
         self.keep_boundaries = keep_boundaries
@@ -88,9 +89,9 @@ class Leadership:
         cfg = self.cfg
         t0 = time.monotonic()
         try:
-            published = [_json(v) for v in await read_to_end(self.bootstrap, self.names.ALERTS,
+            published = [_json(v) for v in await read_to_end(self.kafka, self.names.ALERTS,
                                                              f"{self.worker_id}-takeover")]
-            ran = [_json(v) for v in await read_to_end(self.bootstrap, self.names.CASCADES,
+            ran = [_json(v) for v in await read_to_end(self.kafka, self.names.CASCADES,
                                                        f"{self.worker_id}-takeover")]
         except Exception as e:  # noqa: BLE001 - lead anyway; say what could not be restored
             log.error("%s: takeover could not read the alerts changelog (%s): episodes start afresh",

@@ -5,7 +5,7 @@ per tick and spent 43% of the feed's time doing it; librdkafka fetches and decom
 hands over C message objects, whose values the feed takes in one list. Records are built only for the rare one
 that is dead-lettered (`Records`).
 
-    reader = Reader(bootstrap, client_id, partition_bytes)
+    reader = Reader(kafka, client_id, partition_bytes)
     parts = await reader.partitions(topic)
     reader.assign({tp: offset_or_None})              # None: from the beginning
     batch = await reader.fetch(20_000, wait_s=0.1)   # {tp: Records} in offset order, {} after wait_s
@@ -25,6 +25,8 @@ from typing import NamedTuple
 from aiokafka import TopicPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as CTP
+
+from liqwatch.kafka import Connection
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.002  # between polls of an empty queue: the latency a tick can gain when the feed is idle
@@ -67,9 +69,9 @@ class Records:
 
 
 class Reader:
-    def __init__(self, bootstrap: str, client_id: str, partition_bytes: int):
+    def __init__(self, kafka: Connection, client_id: str, partition_bytes: int):
         self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "client.id": client_id,
+            **kafka.confluent(), "client.id": client_id,
             "group.id": f"{client_id}-unused",  # required by librdkafka; partitions are assigned, nothing committed
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "max.partition.fetch.bytes": partition_bytes, "fetch.max.bytes": partition_bytes + (8 << 20),

@@ -34,6 +34,7 @@ from liqwatch.core.columns import admit_rows
 from liqwatch.core.engine import Engine
 from liqwatch.core.ingest import PartitionDoor
 from liqwatch.core.staged import Rejected, pack, restore_clock, rules_id, unpack
+from liqwatch.kafka import Connection
 from liqwatch.sinks.topics import MARKET_MAX_BYTES, TopicNames
 from liqwatch.worker.warm import settle_heap
 
@@ -49,10 +50,10 @@ class StageError(RuntimeError):
 
 
 class MarketStage:
-    def __init__(self, cfg: Config, names: TopicNames, bootstrap: str, group: str, client_id: str):
+    def __init__(self, cfg: Config, names: TopicNames, kafka: Connection, group: str, client_id: str):
         self.cfg = cfg
         self.names = names
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.group = group
         self.client_id = client_id
         engine = Engine(cfg)
@@ -69,7 +70,7 @@ class MarketStage:
         left (a fresh door at offset 0 when nothing was staged yet)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.group}-recover",
+        reader = Consumer({**self.kafka.confluent(), "group.id": f"{self.group}-recover",
                            "enable.auto.commit": False, "client.id": f"{self.client_id}-recover",
                            "fetch.max.bytes": MARKET_MAX_BYTES, "message.max.bytes": MARKET_MAX_BYTES,
                            "receive.message.max.bytes": MARKET_MAX_BYTES + (1 << 20)})
@@ -104,12 +105,12 @@ class MarketStage:
     def run(self, stop: threading.Event) -> None:
         from confluent_kafka import Consumer, KafkaException, Producer
 
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
+        consumer = Consumer({**self.kafka.confluent(), "group.id": self.group,
                              "client.id": self.client_id, "enable.auto.commit": False,
                              "auto.offset.reset": "earliest", "fetch.max.bytes": 64 << 20,
                              "max.partition.fetch.bytes": 16 << 20, "session.timeout.ms": 6000,
                              "heartbeat.interval.ms": 1500})
-        producer = Producer({"bootstrap.servers": self.bootstrap, "client.id": f"{self.client_id}-out",
+        producer = Producer({**self.kafka.confluent(), "client.id": f"{self.client_id}-out",
                              "enable.idempotence": True, "acks": "all", "linger.ms": 2,
                              "message.max.bytes": MARKET_MAX_BYTES, "queue.buffering.max.kbytes": 1 << 20})
 
@@ -193,15 +194,15 @@ class MarketStage:
         self.staged[p] = self.staged.get(p, 0) + len(msgs)
 
 
-def run_stage(cfg: Config, names: TopicNames, bootstrap: str, group: str, client_id: str) -> None:
+def run_stage(cfg: Config, names: TopicNames, kafka: Connection, group: str, client_id: str) -> None:
     """Run until SIGTERM or SIGINT; a failure is logged and ends the process with status 1 (the worker that
     started it starts it again)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stage = MarketStage(cfg, names, bootstrap, group, client_id)
+    stage = MarketStage(cfg, names, kafka, group, client_id)
     settle_heap()
-    log.info("market stage %s: reading %s for group %s at %s", client_id, names.TICKS, group, bootstrap)
+    log.info("market stage %s: reading %s for group %s at %s", client_id, names.TICKS, group, kafka.describe())
     stage.run(stop)
     log.info("market stage %s: stopped (%s records staged)", client_id, sum(stage.staged.values()))
 
@@ -214,8 +215,9 @@ class StageChild:
 
     RESTART_S = (1.0, 30.0)
 
-    def __init__(self, argv: list[str], name: str):
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None):
         self.argv = argv
+        self.env = env  # the Kafka password goes by environment, never in argv (ps shows argv)
         self.name = name
         self.proc: subprocess.Popen | None = None
         self.stopping = threading.Event()
@@ -228,7 +230,7 @@ class StageChild:
         pause = self.RESTART_S[0]
         while not self.stopping.is_set():
             started = time.monotonic()
-            self.proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent, env=self.env)
             code = self.proc.wait()
             if self.stopping.is_set():
                 return

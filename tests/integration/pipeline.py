@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liqwatch.kafka import Connection
 from liqwatch.tools import transport
 from liqwatch.replay.batch import load_events
 from liqwatch.config import load_config
@@ -21,20 +22,26 @@ from tests.conftest import close
 from tests.integration.conftest import free_ports
 
 
-def produce(path: Path, bootstrap: str, prefix: str, partitions: int) -> transport.ProduceReport:
-    return asyncio.run(transport.produce_file(path, bootstrap, partitions=partitions, prefix=prefix, progress=False))
+def kafka_of(bootstrap: str | Connection) -> Connection:
+    """A bootstrap string is a PLAINTEXT connection; a Connection (an `--auth scram` stack's) is itself."""
+    return bootstrap if isinstance(bootstrap, Connection) else Connection.plain(bootstrap)
 
 
-def read_topic(bootstrap: str, topic: str) -> list[dict]:
+def produce(path: Path, bootstrap: str | Connection, prefix: str, partitions: int) -> transport.ProduceReport:
+    return asyncio.run(transport.produce_file(path, kafka_of(bootstrap), partitions=partitions, prefix=prefix,
+                                              progress=False))
+
+
+def read_topic(bootstrap: str | Connection, topic: str) -> list[dict]:
     buf = io.BytesIO()
-    asyncio.run(transport.dump_topic(topic, bootstrap, buf, until_idle=0.3, progress=False))
+    asyncio.run(transport.dump_topic(topic, kafka_of(bootstrap), buf, until_idle=0.3, progress=False))
     return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
 
 
 @dataclass
 class Worker:
     config: Path
-    bootstrap: str
+    bootstrap: str | Connection
     prefix: str
     worker_id: str
     partitions: int
@@ -45,11 +52,12 @@ class Worker:
 
     def start(self) -> "Worker":
         log = (self.log_dir / f"{self.worker_id}.log").open("ab")
-        cmd = [sys.executable, "-m", "liqwatch", "worker", "-c", str(self.config), "--bootstrap", self.bootstrap,
+        kafka = kafka_of(self.bootstrap)
+        cmd = [sys.executable, "-m", "liqwatch", "worker", "-c", str(self.config), *kafka.options(),
                "--topic-prefix", self.prefix, "--app-id", self.prefix.rstrip("."), "--web-port", str(self.port),
                "--worker-id", self.worker_id, "--partitions", str(self.partitions), "--idle-s", "1.0",
                *self.extra_args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **kafka.child_env()}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import yaml
 
+from liqwatch.kafka import Connection
 from liqwatch.tools import stack as lwstack
 from liqwatch.tools import transport
 from liqwatch.tools.receiver import Receiver
@@ -90,7 +91,8 @@ def test_depeg_fires_and_resolves_everywhere(stack, tmp_path, monkeypatch):
                 time.sleep(0.5)
             # paced at 10× event time: Prometheus (1 s scrapes) sees the depeg firing for ~33 s (from 30 s into
             # it, the pending time, to 5 minutes after it ended)
-            asyncio.run(transport.produce_file(events, bootstrap, partitions=1, prefix=prefix, speed=10.0,
+            asyncio.run(transport.produce_file(events, Connection.plain(bootstrap), partitions=1, prefix=prefix,
+                                               speed=10.0,
                                                progress=False))
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:

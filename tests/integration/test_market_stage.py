@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from liqwatch.kafka import Connection
 from liqwatch.core.staged import unpack
 from liqwatch.tools import stack as lwstack
 from liqwatch.tools import transport
@@ -41,7 +42,7 @@ def staged_workers(n, bootstrap, prefix, tmp_path) -> list[Worker]:
 def create(bootstrap: str, prefix: str) -> None:
     from liqwatch.sinks.topics import create_topics
 
-    asyncio.run(create_topics(bootstrap, PARTITIONS, prefix, TICK_PARTITIONS))
+    asyncio.run(create_topics(Connection.plain(bootstrap), PARTITIONS, prefix, TICK_PARTITIONS))
 
 
 def stage_pids(w: Worker) -> list[int]:
@@ -80,7 +81,7 @@ def test_staged_workers_equal_batch_and_dead_letter_bad_ticks(stack, prefix, tmp
     ws = staged_workers(2, bootstrap, prefix, tmp_path)
     try:
         settle(ws, PARTITIONS)
-        asyncio.run(transport.produce_file(events, bootstrap, partitions=PARTITIONS, prefix=prefix,
+        asyncio.run(transport.produce_file(events, Connection.plain(bootstrap), partitions=PARTITIONS, prefix=prefix,
                                            tick_partitions=TICK_PARTITIONS, progress=False,
                                            unknown_to=prefix + "liqwatch.ticks"))  # the unparseable ones too
         diff = wait_converged(bootstrap, prefix, health, cascades, ws)

@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from liqwatch.kafka import Connection
 from liqwatch.tools import stack as lwstack
 from liqwatch.sinks import topics as T
 from liqwatch.tools import transport as tr
@@ -78,7 +79,8 @@ def read_all(bootstrap: str, topic: str) -> list[Any]:
 
 
 def dump(bootstrap: str, topic: str, path: Path, **kw: Any) -> tuple[int, list[bytes]]:
-    n = asyncio.run(tr.dump_topic(topic, bootstrap, path, until_idle=kw.pop("until_idle", 0.5), progress=False,
+    n = asyncio.run(tr.dump_topic(topic, Connection.plain(bootstrap), path, until_idle=kw.pop("until_idle", 0.5),
+                                  progress=False,
                                   **kw))
     return n, path.read_bytes().splitlines()
 
@@ -86,7 +88,7 @@ def dump(bootstrap: str, topic: str, path: Path, **kw: Any) -> tuple[int, list[b
 def test_every_line_once_on_its_topic_key_partition_and_timestamp(bootstrap: str, calm: Path, tmp_path: Path):
     pre = prefix()
     names = inputs(pre)
-    report = asyncio.run(tr.produce_file(calm, bootstrap, prefix=pre, progress=False))
+    report = asyncio.run(tr.produce_file(calm, Connection.plain(bootstrap), prefix=pre, progress=False))
 
     lines = calm.read_bytes().splitlines()
     by_type: dict[str, list[bytes]] = defaultdict(list)
@@ -133,7 +135,7 @@ def test_dump_merges_partitions_by_timestamp(bootstrap: str, tmp_path: Path):
     src = tmp_path / "accounts.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
     pre = prefix()
-    asyncio.run(tr.produce_file(src, bootstrap, prefix=pre, progress=False))
+    asyncio.run(tr.produce_file(src, Connection.plain(bootstrap), prefix=pre, progress=False))
     n, dumped = dump(bootstrap, pre + T.ACCOUNTS, tmp_path / "out.jsonl")
     assert n == 300 and dumped == lines
     n, dumped = dump(bootstrap, pre + T.ACCOUNTS, tmp_path / "max.jsonl", max_messages=25)
@@ -149,7 +151,8 @@ def test_malformed_lines_reach_the_unknown_topic_and_are_counted(bootstrap: str,
     src.write_bytes(b"\n".join([good[0], bad[0], bad[1], b"", good[1], *bad[2:]]) + b"\n")
     pre = prefix()
     unknown = pre + "unknown"
-    report = asyncio.run(tr.produce_file(src, bootstrap, prefix=pre, unknown_to=unknown, progress=False))
+    report = asyncio.run(tr.produce_file(src, Connection.plain(bootstrap), prefix=pre, unknown_to=unknown,
+                                         progress=False))
     assert (report.events, report.unroutable, report.by_type["tick"], report.by_type["reference"]) == (8, 6, 1, 1)
     assert "unroutable 6" in report.summary()
 
@@ -165,7 +168,7 @@ def test_malformed_lines_reach_the_unknown_topic_and_are_counted(bootstrap: str,
 
 def test_dump_stops_by_itself_and_an_empty_topic_gives_nothing(bootstrap: str, tmp_path: Path):
     pre = prefix()
-    asyncio.run(tr.ensure_topics(bootstrap, {pre + T.TICKS: 1}))
+    asyncio.run(tr.ensure_topics(Connection.plain(bootstrap), {pre + T.TICKS: 1}))
     t0 = time.monotonic()
     n, dumped = dump(bootstrap, pre + T.TICKS, tmp_path / "empty.jsonl", until_idle=1.0)
     assert n == 0 and dumped == []
@@ -173,7 +176,7 @@ def test_dump_stops_by_itself_and_an_empty_topic_gives_nothing(bootstrap: str, t
 
     src = tmp_path / "one.jsonl"
     src.write_bytes(b'{"type":"tick","venue":"okx","symbol":"BTC/USDT","ts":1760126400001,"bid":1,"ask":2}\n')
-    asyncio.run(tr.produce_file(src, bootstrap, prefix=pre, progress=False))
+    asyncio.run(tr.produce_file(src, Connection.plain(bootstrap), prefix=pre, progress=False))
     n, _ = dump(bootstrap, pre + T.TICKS, tmp_path / "latest.jsonl", from_beginning=False)
     assert n == 0  # --latest: only what arrives after the start
 
@@ -185,7 +188,7 @@ def test_rate_and_speed_pace_the_sending(bootstrap: str, tmp_path: Path):
                                        + 10 * i, "bid": 1, "ask": 2}) + "\n" for i in range(101)))
     pre = prefix()
     for kw, low, high in (({"rate": 200.0}, 0.45, 3.0), ({"speed": 2.0}, 0.45, 3.0), ({}, 0.0, 0.45)):
-        report = asyncio.run(tr.produce_file(src, bootstrap, prefix=pre, progress=False, **kw))
+        report = asyncio.run(tr.produce_file(src, Connection.plain(bootstrap), prefix=pre, progress=False, **kw))
         assert low <= report.seconds < high, (kw, report.seconds)
     assert len(read_all(bootstrap, pre + T.TICKS)) == 303
 
@@ -221,7 +224,7 @@ def test_cli_produce_and_dump(bootstrap: str, calm: Path, tmp_path: Path):
     done = cli("dump", pre + T.TICKS, "--bootstrap", bootstrap, "--max", "3")  # stdout
     assert done.returncode == 0 and len(done.stdout.splitlines()) == 3
 
-    asyncio.run(tr.ensure_topics(bootstrap, {pre + "empty": 1}))
+    asyncio.run(tr.ensure_topics(Connection.plain(bootstrap), {pre + "empty": 1}))
     done = cli("dump", pre + "empty", "--bootstrap", bootstrap, "--until-idle", "0.3")
     assert done.returncode == 0 and done.stdout == "" and "is empty: dumped 0 messages" in done.stderr
 
@@ -252,7 +255,7 @@ def test_cli_errors_are_one_line_without_traceback(bootstrap: str, calm: Path, t
 
 def test_cli_follow_until_interrupted(bootstrap: str, tmp_path: Path):
     pre = prefix()
-    asyncio.run(tr.ensure_topics(bootstrap, {pre + T.REFERENCES: 1}))
+    asyncio.run(tr.ensure_topics(Connection.plain(bootstrap), {pre + T.REFERENCES: 1}))
     out = tmp_path / "followed.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "liqwatch.cli.transport", "dump", pre + T.REFERENCES,
                              "--bootstrap", bootstrap, "--follow", "--out", str(out)],
@@ -261,7 +264,7 @@ def test_cli_follow_until_interrupted(bootstrap: str, tmp_path: Path):
         src = tmp_path / "refs.jsonl"
         src.write_text("".join(json.dumps({"type": "reference", "asset": "USDe", "ts": 1760126400000 + i,
                                            "in": "USD", "rate": 1.0}) + "\n" for i in range(50)))
-        asyncio.run(tr.produce_file(src, bootstrap, prefix=pre, progress=False))
+        asyncio.run(tr.produce_file(src, Connection.plain(bootstrap), prefix=pre, progress=False))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(out.read_bytes().splitlines() if out.exists() else []) < 50:
             time.sleep(0.2)
