@@ -234,8 +234,8 @@ async def probe(kafka: Connection, timeout_s: float = 10.0) -> int:
             reached = server
             break
         if reached is None:
-            raise KafkaRefused(f"cannot reach Kafka at {kafka.bootstrap}: no broker accepts a connection (is the "
-                               "stack up? `liqwatch stack status`)")
+            raise KafkaRefused(f"cannot reach Kafka at {kafka.bootstrap}: no broker answered (is the stack up? "
+                               "`liqwatch stack status`)")
         admin = AIOKafkaAdminClient(**kafka.aiokafka(), client_id="liqwatch-probe",
                                     request_timeout_ms=int(timeout_s * 1000))
         try:

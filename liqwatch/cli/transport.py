@@ -95,7 +95,8 @@ def connect(state_dir: Optional[Path], spec: Any = None, *, bootstrap: Optional[
         try:
             local = stack.connection(stack.load(state_dir))
         except stack.StackError as e:
-            _fail(f"--bootstrap: not given and {e}")
+            damaged = ((state_dir or stack.default_state_dir()) / "stack.json").exists()
+            _fail(f"--state-dir: {e}" if damaged else f"--bootstrap: not given and {e}")
         if not given:  # the stack's own user; a password in the environment still wins (as everywhere)
             return replace(local, password=os.environ[local.password_env]) if os.environ.get(
                 local.password_env) and local.sasl else local
@@ -110,10 +111,11 @@ def connect(state_dir: Optional[Path], spec: Any = None, *, bootstrap: Optional[
         merged = KafkaSpec.model_validate({**base, **given})
     except ValidationError as e:
         err0 = e.errors()[0]
-        field = str(err0["loc"][0]) if err0["loc"] else ""
-        where = _OPTION_OF.get(field, "--security-protocol")
+        msg = err0["msg"].removeprefix("Value error, ")
+        # a check across fields names its field first ("sasl_mechanism needs …")
+        field = str(err0["loc"][0]) if err0["loc"] else msg.split()[0].split("/")[0]
         got = f" (got {err0['input']!r})" if isinstance(err0.get("input"), str) else ""
-        _fail(f"{where}: {err0['msg'].removeprefix('Value error, ')}{got}")
+        _fail(f"{_OPTION_OF.get(field, '--security-protocol')}: {msg}{got}")
     env = dict(os.environ)
     if fallback is not None and not env.get(merged.password_env):
         env[merged.password_env] = fallback

@@ -191,10 +191,14 @@ def test_batch_commands_need_no_webhook_secret(work):
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
 
 
-def test_stack_ports_must_differ():
-    from liqwatch.tools.stack import StackPorts
+def test_stack_ports_must_differ(tmp_path):
+    from liqwatch.tools.stack import StackConfig, StackPorts
     from liqwatch.cli.stack import _port_clash
 
-    assert _port_clash(StackPorts()) is None
-    msg = _port_clash(StackPorts(kafka=9090))
+    assert _port_clash(StackConfig(tmp_path, StackPorts())) is None
+    msg = _port_clash(StackConfig(tmp_path, StackPorts(kafka=9090)))
     assert msg is not None and "--kafka-port" in msg and "--prometheus-port" in msg and "9090" in msg
+    # a cluster's nodes 2 and 3 listen 100 and 200 above: they must not land on another service's port
+    msg = _port_clash(StackConfig(tmp_path, StackPorts(kafka=9092, prometheus=9192), brokers=3))
+    assert msg is not None and "node 2" in msg and "--prometheus-port" in msg and "9192" in msg
+    assert _port_clash(StackConfig(tmp_path, StackPorts(), brokers=3)) is None
