@@ -214,6 +214,13 @@ async def probe(kafka: Connection, timeout_s: float = 10.0) -> int:
         reached = None
         for server in kafka.bootstrap.split(","):  # the first that accepts a connection says what is wrong
             host, _, port = server.strip().rpartition(":")
+            if kafka.tls:
+                try:
+                    await asyncio.to_thread(_handshake, kafka, host, int(port), timeout_s)
+                except ssl.SSLError as e:
+                    raise KafkaRefused(_tls_refusal(kafka, server, e)) from None
+                except OSError:
+                    continue
             try:
                 conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000),
                                                           client_id="liqwatch-probe", **args), timeout_s)
@@ -250,6 +257,16 @@ async def probe(kafka: Connection, timeout_s: float = 10.0) -> int:
             await admin.close()
     finally:
         quiet.setLevel(level)
+
+
+def _handshake(kafka: Connection, host: str, port: int, timeout_s: float) -> None:
+    """A TLS handshake on a blocking socket: a certificate refused is said to the broker with an alert (asyncio's
+    transport closes without it), so the broker's log records the refused connection as librdkafka's would."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        with kafka.ssl_context().wrap_socket(raw, server_hostname=host):
+            pass
 
 
 def _tls_refusal(kafka: Connection, server: str, e: ssl.SSLError) -> str:

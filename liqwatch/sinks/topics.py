@@ -18,6 +18,7 @@ liqwatch.market (the market stage's admitted ticks, partition for partition of l
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from liqwatch.kafka import Connection
@@ -115,11 +116,12 @@ def min_insync(replicas: int) -> int:
 
 
 async def create_topics(kafka: Connection, partitions: int = 8, prefix: str = "",
-                        tick_partitions: int = 1) -> list[str]:
-    """Create the missing topics; returns the names created. Existing topics are left as they are (the market
-    stage's topic gets as many partitions as an existing ticks topic has). On a cluster of three brokers or more
-    every topic has three replicas and takes a write once two have it (`min.insync.replicas` 2, with the
-    producers' acks=all): one broker lost loses nothing and stops nothing."""
+                        tick_partitions: int = 1, extra: Sequence[TopicSpec] = ()) -> list[str]:
+    """Create the missing topics (liqwatch's, and `extra`); returns the names created. Existing topics are left as
+    they are (the market stage's topic gets as many partitions as an existing ticks topic has). On a cluster of
+    three brokers or more every topic has three replicas and takes a write once two have it
+    (`min.insync.replicas` 2, with the producers' acks=all): one broker lost loses nothing and stops nothing.
+    Returns once every topic has a leader for each partition, as the cluster answers several times in a row."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(**kafka.aiokafka(), client_id="liqwatch-admin")
@@ -137,13 +139,35 @@ async def create_topics(kafka: Connection, partitions: int = 8, prefix: str = ""
                                        "min.insync.replicas": str(min_insync(replicas)),
                                        **({"cleanup.policy": "compact"} if s.compacted else {}),
                                        **({"max.message.bytes": str(s.max_bytes)} if s.max_bytes else {})})
-               for s in topic_specs(partitions, prefix, tick_partitions) if s.name not in existing]
+               for s in [*topic_specs(partitions, prefix, tick_partitions), *extra] if s.name not in existing]
         if new:
             await admin.create_topics(new)
             log.info("created topics %s", ", ".join(t.name for t in new))
+            await _until_visible(admin, {t.name: t.num_partitions for t in new})
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def _until_visible(admin, wanted: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Wait until the cluster's metadata has every topic with all its partitions led. A broker learns of a new
+    topic from the metadata log a moment after the controller: a client asking it meanwhile sees no partitions
+    (Faust then stops its table's agent: "changelog topic has 0 partitions", seen on three brokers)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    agreed = 0
+    while agreed < 3:  # three answers in a row, from whichever brokers the client asked
+        desc = await admin.describe_topics(list(wanted))
+        ready = all(t["error_code"] == 0 and len(t["partitions"]) == wanted[t["topic"]]
+                    and all(p["leader"] >= 0 for p in t["partitions"]) for t in desc)
+        agreed = agreed + 1 if ready else 0
+        if time.monotonic() > deadline:
+            log.warning("topics %s: not every partition has a leader after %.0f s; going on", ", ".join(wanted),
+                        timeout_s)
+            return
+        await asyncio.sleep(0.1)
 
 
 async def read_to_end(kafka: Connection, topic: str, client_id: str = "liqwatch-reader") -> list[bytes]:

@@ -1,11 +1,12 @@
 """TLS material of a local stack started with `--auth scram`: a CA made for the run and one certificate per broker.
 
-    paths = make_certs(state_dir / "tls", "127.0.0.1")
+    paths = make_certs(state_dir / "tls", "127.0.0.1")            # the local stack
+    python -m liqwatch.tools.certs /tls 127.0.0.1 kafka-1 kafka-2 kafka-3   # docker-compose.yml's `production` profile
     paths.ca          # CA certificate (PEM): what clients trust (kafka.ca_file)
     paths.broker      # the brokers' key (PKCS#8) and certificate chain in one PEM file (ssl.keystore.type=PEM)
 
-The broker certificate names 127.0.0.1 as an IP address (and localhost), so clients verify the hostname as
-librdkafka and Python's ssl do by default. Keys are written mode 0600. Made once per state dir (the CA a client
+The broker certificate names 127.0.0.1 as an IP address (and localhost, and any other names given: the brokers'
+host names in a compose network), so clients verify the hostname as librdkafka and Python's ssl do by default. Keys are written mode 0600. Made once per state dir (the CA a client
 already trusts stays valid across `stack up`s); `cryptography` rather than keytool: PEM is what every client of
 liqwatch reads, and no intermediate keystore is left behind.
 """
@@ -37,8 +38,9 @@ def cert_paths(tls_dir: Path) -> CertPaths:
     return CertPaths(tls_dir / "ca.pem", tls_dir / "ca.key", tls_dir / "broker.pem")
 
 
-def make_certs(tls_dir: Path, host: str) -> CertPaths:
-    """The CA and the broker certificate in `tls_dir` (kept when both are there already)."""
+def make_certs(tls_dir: Path, host: str, names: tuple[str, ...] = ()) -> CertPaths:
+    """The CA and the broker certificate for `host` (an IP address) and `names` in `tls_dir` (kept when both are
+    there already)."""
     paths = cert_paths(tls_dir)
     if paths.ca.exists() and paths.broker.exists():
         return paths
@@ -61,7 +63,8 @@ def make_certs(tls_dir: Path, host: str) -> CertPaths:
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)),
-                                                        x509.DNSName("localhost")]), critical=False)
+                                                        *(x509.DNSName(n) for n in ("localhost", *names))]),
+                           critical=False)
             # both: a broker is the server of its clients and the client of the other brokers' controllers
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
@@ -95,3 +98,12 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
         f.write(data)
     tmp.replace(path)
+
+
+if __name__ == "__main__":  # python -m liqwatch.tools.certs DIR IP [NAME ...]
+    import sys
+
+    if len(sys.argv) < 3:
+        sys.exit("usage: python -m liqwatch.tools.certs DIR IP [NAME ...]")
+    made = make_certs(Path(sys.argv[1]), sys.argv[2], tuple(sys.argv[3:]))
+    print(f"CA {made.ca}, broker key and certificate {made.broker}")

@@ -37,7 +37,7 @@ from liqwatch.kafka import Connection
 from liqwatch.risk.alerts import AlertEngine
 from liqwatch.sinks.kafka import OutputSink
 from liqwatch.sinks.metrics import CONTENT_TYPE, Metrics
-from liqwatch.sinks.topics import TopicNames, create_topics
+from liqwatch.sinks.topics import TopicNames, TopicSpec, create_topics
 from liqwatch.sinks.webhooks import TopicDelivery, WebhookSender
 from liqwatch.worker.accounts import AccountShard
 from liqwatch.worker.cascades import Coordinator, ShardService
@@ -252,7 +252,11 @@ def _background_priority() -> None:
 def run_worker(cfg: Config, settings: WorkerSettings, loglevel: str = "info") -> None:
     log.info("%s: kernels ready in %.1f s", settings.worker_id, warm_kernels(cfg))
     # our topics first, with our settings (Faust would declare the accounts topic with the broker's defaults)
-    asyncio.run(create_topics(settings.kafka, settings.partitions, settings.topic_prefix))
+    # Faust's own topics too (the table's changelog, the leader election's), created and seen by the cluster
+    # before Faust looks for them
+    faust_topics = [TopicSpec(f"{settings.app_id}-accounts-changelog", settings.partitions, compacted=True),
+                    TopicSpec(f"{settings.app_id}-__assignor-__leader", 1)]
+    asyncio.run(create_topics(settings.kafka, settings.partitions, settings.topic_prefix, extra=faust_topics))
     app, _ = build_app(cfg, settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     settle_heap()

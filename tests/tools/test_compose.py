@@ -137,3 +137,101 @@ def test_compose_configs_point_at_the_services():
     am = yaml.safe_load((ROOT / "liqwatch/data/dashboards/alertmanager.compose.yml").read_text())
     port = flag(SERVICES["webhook-receiver"]["command"], "--port")
     assert am["receivers"][0]["webhook_configs"][0]["url"] == f"http://webhook-receiver:{port}/alertmanager"
+
+
+# -- profile production: three SASL_SSL brokers, as `liqwatch stack up --brokers 3 --auth scram` ---------------------
+
+PRODUCTION = [name for name, svc in SERVICES.items() if "production" in svc.get("profiles", [])]
+BROKERS = ["kafka-1", "kafka-2", "kafka-3"]
+BROKER_SCRIPT = ROOT / "liqwatch/data/kafka/compose-broker.sh"
+
+
+def test_production_profile_config_is_valid():
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is on PATH (Debian package: docker-compose)")
+    p = subprocess.run([*cli, "-f", "docker-compose.yml", "--profile", "production", "config"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    resolved = yaml.safe_load(p.stdout)["services"]
+    assert set(PRODUCTION) <= set(resolved)
+
+
+def test_production_profile_services():
+    assert set(PRODUCTION) == {"kafka-tls", *BROKERS, "secure-topic-init", "secure-worker-1", "secure-worker-2"}
+    # the default setup is unchanged: nothing of the plaintext demo is in a profile
+    assert {"kafka", "topic-init", "worker-1", "worker-2"}.isdisjoint(PRODUCTION)
+    for n, broker in enumerate(BROKERS, start=1):
+        env = {**SERVICES["kafka-1"]["environment"], **SERVICES[broker]["environment"]}
+        assert env["NODE_ID"] == n
+        port = 19092 + 100 * (n - 1)  # the step the local stack's nodes have
+        assert env["HOST_PORT"] == port and host_ports(broker)[29092] == ("127.0.0.1", port)
+        assert mounts(broker)["/compose-broker.sh"] == BROKER_SCRIPT
+        assert SERVICES[broker]["entrypoint"] == ["/bin/bash", "/compose-broker.sh"]
+
+
+def broker_properties() -> dict[str, str]:
+    """The properties compose-broker.sh writes (its first heredoc), as written for node 1."""
+    text = BROKER_SCRIPT.read_text()
+    body = text.split('cat > "$props" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
+    body = body.replace("${NODE_ID}", "1").replace("${HOST_PORT}", "19092")
+    return dict(line.split("=", 1) for line in body.splitlines() if line and not line.startswith("#"))
+
+
+def test_broker_script_is_the_stacks_cluster(tmp_path):
+    from liqwatch.tools.stack import StackConfig, _kafka_properties
+
+    assert subprocess.run(["bash", "-n", str(BROKER_SCRIPT)]).returncode == 0
+    compose = broker_properties()
+    stack = dict(line.split("=", 1) for line in _kafka_properties(
+        StackConfig(tmp_path, brokers=3, auth="scram"), 1, "pw").splitlines() if line and not line.startswith("#"))
+    same = ["process.roles", "controller.listener.names", "inter.broker.listener.name", "sasl.enabled.mechanisms",
+            "sasl.mechanism.inter.broker.protocol", "ssl.keystore.type", "ssl.truststore.type",
+            "listener.name.controller.ssl.client.auth", "offsets.topic.replication.factor",
+            "transaction.state.log.replication.factor", "transaction.state.log.min.isr",
+            "default.replication.factor", "min.insync.replicas", "auto.create.topics.enable"]
+    assert {k: compose[k] for k in same} == {k: stack[k] for k in same}
+    # no PLAINTEXT anywhere; every listener's protocol is SASL_SSL except the controllers' TLS
+    protocols = dict(x.split(":") for x in compose["listener.security.protocol.map"].split(","))
+    assert set(protocols.values()) == {"SASL_SSL", "SSL"} and protocols["CONTROLLER"] == "SSL"
+    assert compose["controller.quorum.voters"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    assert compose["advertised.listeners"] == "SASL_SSL://kafka-1:9092,HOST://127.0.0.1:19092"
+
+
+def test_production_certificates_name_the_brokers(tmp_path):
+    """kafka-tls's own command, run here: the certificate verifies for every name a client or broker dials."""
+    from cryptography import x509
+
+    command = SERVICES["kafka-tls"]["command"][2].split(" && ")[0].split()
+    assert command[:3] == ["python", "-m", "liqwatch.tools.certs"] and command[3] == "/tls"
+    p = subprocess.run([sys.executable, *command[1:3], str(tmp_path), *command[4:]], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    cert = x509.load_pem_x509_certificates((tmp_path / "broker.pem").read_bytes())[0]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(BROKERS) <= set(san.get_values_for_type(x509.DNSName))
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("worker", ["secure-worker-1", "secure-worker-2"])
+def test_secure_workers_use_the_cli_connection_settings(worker):
+    command = SERVICES[worker]["command"]
+    env = SERVICES[worker]["environment"]
+    usage = help_text("worker")
+    assert usage.returncode == 0, usage.stderr
+    for arg in command[2:]:
+        if arg.startswith("--"):
+            assert re.search(rf"{arg}\b", usage.stdout), f"{worker}: `liqwatch worker` has no {arg}"
+    # every connection variable is one the CLI reads (the password's is the default of --sasl-password-env)
+    for name in (k for k in env if k.startswith("LIQWATCH_KAFKA_")):
+        assert name in usage.stdout, f"{worker}: `liqwatch worker --help` does not mention {name}"
+    assert env["LIQWATCH_KAFKA_BOOTSTRAP"] == ",".join(f"{b}:9092" for b in BROKERS)
+    assert env["LIQWATCH_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["LIQWATCH_KAFKA_CA"] == "/tls/ca.pem"
+    assert "kafka-tls:/tls:ro" in SERVICES[worker]["volumes"]
+    assert env["LIQWATCH_WEB_BIND"] == "0.0.0.0"
+
+
+def test_prometheus_finds_the_secure_workers_by_name():
+    prom = yaml.safe_load((ROOT / "liqwatch/data/dashboards/prometheus.compose.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "liqwatch")
+    (dns,) = job["dns_sd_configs"]
+    assert set(dns["names"]) == {"secure-worker-1", "secure-worker-2"} and dns["port"] == 6066
