@@ -138,7 +138,7 @@ def test_a_client_that_may_not_connect_is_refused(cluster, tmp_path, case):
 def topics(kafka) -> list[str]:
     from confluent_kafka.admin import AdminClient
 
-    return list(AdminClient(kafka.confluent()).list_topics(timeout=10).topics)
+    return list(AdminClient({**kafka.confluent(), "log_level": 0}).list_topics(timeout=10).topics)
 
 
 def run_evening(kafka, prefix: str, clean: Path, last_ts: int, tmp: Path,
@@ -219,7 +219,7 @@ def test_scram_end_to_end_equals_plaintext(cluster, stack, tmp_path):
 def leader_of(kafka, topic: str) -> int:
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({**kafka.confluent()}).list_topics(topic, timeout=10)
+    md = AdminClient({**kafka.confluent(), "log_level": 0}).list_topics(topic, timeout=10)
     return md.topics[topic].partitions[0].leader
 
 
@@ -233,7 +233,7 @@ def test_alerts_leader_killed_mid_stream(cluster, tmp_path):
     clean = tmp_path / "clean.jsonl"
     valid, last_ts = evening(clean, ACCOUNTS)
     ws = start_workers(kafka, prefix, tmp_path, PRE)
-    admin = AdminClient({**kafka.confluent()})
+    admin = AdminClient({**kafka.confluent(), "log_level": 0})
     producer = None
     try:
         log = (tmp_path / "produce.log").open("wb")
