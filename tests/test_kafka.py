@@ -159,6 +159,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow  # 12 CLI processes
 @pytest.mark.parametrize("args,env,needle", [
     (["--security-protocol", "SASL_SSL"], {}, "--security-protocol: security_protocol SASL_SSL needs sasl_mechanism"),
     (["--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", "u"], {},
@@ -179,6 +180,7 @@ def test_a_connection_mistake_is_one_line_before_any_connection(tmp_path, args, 
         assert SECRET not in p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_the_config_block_is_read_by_produce_and_dump(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(with_kafka({"bootstrap": "127.0.0.1:1", "security_protocol": "SASL_PLAINTEXT",

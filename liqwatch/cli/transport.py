@@ -96,7 +96,8 @@ def connect(state_dir: Optional[Path], spec: Any = None, *, bootstrap: Optional[
             local = stack.connection(stack.load(state_dir))
         except stack.StackError as e:
             damaged = ((state_dir or stack.default_state_dir()) / "stack.json").exists()
-            _fail(f"--state-dir: {e}" if damaged else f"--bootstrap: not given and {e}")
+            _fail(f"--state-dir: {e}" if damaged else f"--bootstrap: not given and {e}; or give the --state-dir "
+                  "of a running stack")
         if not given:  # the stack's own user; a password in the environment still wins (as everywhere)
             return replace(local, password=os.environ[local.password_env]) if os.environ.get(
                 local.password_env) and local.sasl else local
@@ -132,15 +133,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 # -- checks of arguments shared by the commands (typer callbacks raise BadParameter: click names the option) --
-
-def check_bootstrap(bootstrap: str, option: str = "--bootstrap") -> str:
-    """HOST:PORT[,HOST:PORT] with ports 1..65535, or exit 2 naming the option."""
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            _fail(f"{option}: expected HOST:PORT[,HOST:PORT] with a port 1-65535 (got '{bootstrap}')")
-    return bootstrap
-
 
 def in_file(value: Optional[Path]) -> Optional[Path]:
     """Callback of an argument naming a file to read, or - for stdin (typer's own `allow_dash` does not work with a

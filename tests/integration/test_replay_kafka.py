@@ -96,7 +96,10 @@ def test_replay_of_the_live_run_gives_its_alerts_and_a_full_report(live, tmp_pat
                  "--to", str(last_ts + 1000), "-c", str(PRE), "--compare", str(FIXED), "--report", str(out),
                  "--cascade-every-ms", str(CASCADE_EVERY_MS))
     assert r.returncode == 0, r.stderr
-    assert asyncio.run(_groups(bootstrap, group)) == before  # no group joined, no offset moved
+    groups, offsets = asyncio.run(_groups(bootstrap, group))
+    # no group joined, no offset moved (other tests' empty groups may expire meanwhile: the broker drops them at
+    # its periodic offsets check)
+    assert set(groups) <= set(before[0]) and offsets == before[1]
     summary = json.loads((out / "summary.json").read_text())
     pre, fixed = summary["configs"]
     assert summary["input"]["kind"] == "kafka" and summary["window"]["ends_input"]
