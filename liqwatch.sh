@@ -4,7 +4,7 @@
 #                                   needs), the fault tier and the fresh-clone check (scripts/fresh-clone-check.sh: the README's
 #                                   two commands in a new clone; LIQWATCH_SKIP_FRESH_CLONE=1 skips it)
 #   ./liqwatch.sh test PYTEST_ARGS  set everything up, run pytest on exactly PYTEST_ARGS (e.g. tests/test_config.py)
-#   ./liqwatch.sh test-fast         set up Python only, run the fast tier (seconds)
+#   ./liqwatch.sh test-fast         set up Python only, run the fast tier without the slow tests (~3 min)
 #   ./liqwatch.sh setup             only set up: .venv with liqwatch, Debian packages, Kafka jars
 #   ./liqwatch.sh ARGS...           set up, then run `liqwatch ARGS...` (e.g. ./liqwatch.sh health --help)
 # Setup is idempotent and quick when already done.

@@ -3,10 +3,13 @@
 `up()` starts, `status()` inspects and `down()` stops three local processes,
 all listening on 127.0.0.1 only:
 
-* **Kafka 4.0** (single KRaft node, broker+controller, node.id=1), run from
-  Maven Central jars that `liqwatch/data/kafka/pom.xml` resolves into a cache outside
-  git (`~/.cache/liqwatch/kafka-<version>/lib`, root overridable with
-  ``LIQWATCH_CACHE``). Storage is formatted on first start.
+* **Kafka 4.0** (one KRaft node, broker+controller, node.id=1; or three with
+  ``brokers=3``: services kafka-1..3, static voters, node i on ports + 100 (i - 1)),
+  run from Maven Central jars that `liqwatch/data/kafka/pom.xml` resolves into a cache
+  outside git (`~/.cache/liqwatch/kafka-<version>/lib`, root overridable with
+  ``LIQWATCH_CACHE``). Storage is formatted on first start. ``auth="scram"``: SASL_SSL
+  only (SCRAM users at format time, a CA of the stack in <state>/tls); `connection()`
+  is how a client reaches it.
 * **Prometheus** and **Alertmanager** from Debian's ``prometheus`` and
   ``prometheus-alertmanager`` packages, started by us (never via their
   service units) on `liqwatch/data/dashboards/` configs.
@@ -33,6 +36,7 @@ Example::
     cfg = stack.StackConfig.resolve(kafka_port=19092)   # other ports: defaults
     stack.up(cfg)                                        # idempotent
     print(stack.bootstrap_servers(cfg))                  # "127.0.0.1:19092"
+    kafka = stack.connection(cfg)                        # liqwatch.kafka.Connection: TLS and SCRAM user if any
     stack.register_scrape_target(cfg.state_dir, "worker-1", 8001)
     # Alertmanager's notifications reach a receiver (liqwatch.tools.receiver) on this stack's port with its token:
     #   Receiver(secret, alertmanager_token=stack.receiver_token(cfg)).start("127.0.0.1", cfg.ports.receiver)
