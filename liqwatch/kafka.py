@@ -150,8 +150,9 @@ class Connection:
             out.update({"sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.username,
                         "sasl.password": self.password})
         if self.tls:
-            if self.ca_file is not None:
-                out["ssl.ca.location"] = str(self.ca_file)
+            # no CA file: the system's CAs, as Python's ssl takes them (librdkafka's wheels carry their own OpenSSL,
+            # whose default paths may hold none; "probe" searches the usual places)
+            out["ssl.ca.location"] = str(self.ca_file) if self.ca_file is not None else "probe"
             if self.cert_file is not None:
                 out.update({"ssl.certificate.location": str(self.cert_file), "ssl.key.location": str(self.key_file)})
         return out

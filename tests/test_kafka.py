@@ -106,6 +106,7 @@ def test_every_client_gets_the_same_settings(tls):
         "SASL_SSL", "SCRAM-SHA-512", "liqwatch", SECRET)
     assert Connection.plain("a:1,b:2").faust() == {"broker": "kafka://a:1;kafka://b:2"}
     assert Connection.plain("a:1").confluent() == {"bootstrap.servers": "a:1", "security.protocol": "PLAINTEXT"}
+    assert Connection("a:1", "SSL").confluent()["ssl.ca.location"] == "probe"  # the system's CAs, as Python's ssl
 
 
 def test_the_password_never_shows(tls):
