@@ -596,13 +596,7 @@ def _write_receiver_token(cfg: StackConfig) -> Path:
         token = alertmanager_token(os.environ[WEBHOOK_SECRET_ENV].encode())
     if not token and path.exists():
         token = path.read_text().strip()
-    token = token or secrets.token_hex(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        f.write(token)
-    tmp.replace(path)
+    _write_secret(path, token or secrets.token_hex(32))
     return path
 
 

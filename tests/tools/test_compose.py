@@ -174,7 +174,7 @@ def broker_properties() -> dict[str, str]:
     """The properties compose-broker.sh writes (its first heredoc), as written for node 1."""
     text = BROKER_SCRIPT.read_text()
     body = text.split('cat > "$props" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
-    body = body.replace("${NODE_ID}", "1").replace("${HOST_PORT}", "19092")
+    body = body.replace("${NODE_ID}", "1").replace("${HOST_PORT}", "19092").replace("${LISTEN_HOST}", "0.0.0.0")
     return dict(line.split("=", 1) for line in body.splitlines() if line and not line.startswith("#"))
 
 
@@ -196,6 +196,9 @@ def test_broker_script_is_the_stacks_cluster(tmp_path):
     assert set(protocols.values()) == {"SASL_SSL", "SSL"} and protocols["CONTROLLER"] == "SSL"
     assert compose["controller.quorum.voters"] == "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
     assert compose["advertised.listeners"] == "SASL_SSL://kafka-1:9092,HOST://127.0.0.1:19092"
+    # the script binds 127.0.0.1 unless told otherwise; only docker-compose.yml says 0.0.0.0 (inside a container)
+    assert 'LISTEN_HOST="${LISTEN_HOST:-127.0.0.1}"' in BROKER_SCRIPT.read_text()
+    assert SERVICES["kafka-1"]["environment"]["LISTEN_HOST"] == "0.0.0.0"
 
 
 def test_production_certificates_name_the_brokers(tmp_path):

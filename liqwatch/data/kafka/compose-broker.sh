@@ -5,10 +5,12 @@
 # format time), TLS with certificates on both sides between the controllers, no PLAINTEXT listener; three
 # replicas, two in sync for a write.
 #
-# Environment: NODE_ID (1..3), HOST_PORT (the port published on the host's 127.0.0.1), CLUSTER_ID,
+# Environment: NODE_ID (1..3), HOST_PORT (the port published on the host's 127.0.0.1), LISTEN_HOST (the address
+# the listeners bind: docker-compose.yml gives the container's every interface; default 127.0.0.1), CLUSTER_ID,
 # KAFKA_ADMIN_PASSWORD (the brokers' own user) and LIQWATCH_KAFKA_PASSWORD (the workers' user, `liqwatch`).
 # /tls holds ca.pem and broker.pem (`python -m liqwatch.tools.certs`, the kafka-tls service).
 set -euo pipefail
+LISTEN_HOST="${LISTEN_HOST:-127.0.0.1}"
 : "${NODE_ID:?}" "${HOST_PORT:?}" "${CLUSTER_ID:?}" "${KAFKA_ADMIN_PASSWORD:?}" "${LIQWATCH_KAFKA_PASSWORD:?}"
 
 umask 077  # the properties hold the admin password
@@ -19,7 +21,7 @@ process.roles=broker,controller
 node.id=${NODE_ID}
 controller.quorum.voters=1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093
 controller.listener.names=CONTROLLER
-listeners=SASL_SSL://0.0.0.0:9092,HOST://0.0.0.0:29092,CONTROLLER://0.0.0.0:9093
+listeners=SASL_SSL://${LISTEN_HOST}:9092,HOST://${LISTEN_HOST}:29092,CONTROLLER://${LISTEN_HOST}:9093
 advertised.listeners=SASL_SSL://kafka-${NODE_ID}:9092,HOST://127.0.0.1:${HOST_PORT}
 listener.security.protocol.map=SASL_SSL:SASL_SSL,HOST:SASL_SSL,CONTROLLER:SSL
 inter.broker.listener.name=SASL_SSL
