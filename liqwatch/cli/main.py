@@ -409,6 +409,11 @@ def worker(
         help="After a pause in the input (start, broker restart) every input topic holds the event-time merge "
              "this long: producers resume in no particular order. 0 when every input was written before the "
              "workers start (a benchmark on recorded topics).", min=0)] = 10.0,
+    boundary_wait_s: Annotated[float, typer.Option(
+        help="At the head of the input an evaluation boundary waits this long for records at or before its event "
+             "time from partitions that have nothing newer yet: brokers make different partitions' records "
+             "visible out of step. Records that still come later are counted (liqwatch_market_late_total) and "
+             "said in the log. 0 when every input was written before the workers start.", min=0)] = 1.0,
     account_queue: Annotated[int, typer.Option(
         help="Boundaries whose account work (shard health, severities, cascades) may wait behind the market feed. "
              "The feed never waits for account work unless this many are queued; a burst that the account work "
@@ -465,6 +470,7 @@ def worker(
     settings = WorkerSettings(kafka=kafka, replicas=replication_factor(brokers), web_port=web_port,
                               partitions=partitions,
                               topic_prefix=topic_prefix, app_id=app_id, idle_s=idle_s, resume_grace_s=resume_grace_s,
+                              boundary_wait_s=boundary_wait_s,
                               market_stage=market_stage, config_path=config.resolve(), account_queue=account_queue)
     if worker_id:
         settings.worker_id = worker_id

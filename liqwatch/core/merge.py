@@ -1,15 +1,18 @@
-"""The merge of the market input partitions (references, ticks) into one event-time order, as runs of records.
+"""The merge of the market input partitions (references, ticks) into one event-time order, as runs of records, and
+the evaluation boundaries of the schedule crossed in it.
 
     merge = Merge(["references", "ticks"])          # ties at one time: the earlier partition in this list first
     merge.push("ticks", rows)                       # admitted rows of one partition (core.columns.MarketRows)
-    run = merge.next_run(caught, stop_at)           # rows of one partition that may go now, or None
+    step = next_step(merge, schedule, market_t, caught, settled)  # a run to apply, a Boundary, or None for now
 
 A record may go once no other partition can still deliver an earlier one: a partition with buffered records
 bounds the others by its next record's time; one with nothing buffered bounds them by the last time it delivered,
 unless it is caught up (`caught`: the feed knows it has read to its end, and nothing more arrived for a grace
 time). Rows carry their merge time in `merge_ts` (liqwatch.core.ingest.PartitionDoor makes it monotone per
-partition: a binary search finds where a run ends). A run stops after the first record that reaches `stop_at` (the next evaluation boundary: the
-evaluation then sees exactly the records up to it) or at `max_run` records. The live feed pushes records as they
+partition: a binary search finds where a run ends). A run stops after the records at the time of the first record
+that reaches the next evaluation boundary, or at `max_run` records. The boundary at that time T is crossed only
+once no partition can still deliver a record at or before T (`settled`): every evaluation sees exactly the records
+up to its time, all of them, whatever order the partitions' records arrived in. The live feed pushes records as they
 arrive; the replay pushes a whole window and says every partition is caught up: both get the same order and the
 same boundaries.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from liqwatch.core.columns import ROW, MarketRows, PickedRecords
+from liqwatch.core.schedule import Boundary, Schedule
 
 MAX_RUN = 20_000  # records per run: the feed yields to the loop (heartbeats, the accounts agent) between runs
 
@@ -49,9 +53,20 @@ class Merge:
         buf = self.buf[p]
         return int(buf[0].merge_ts[self.pos[p]]) if buf else None
 
-    def next_run(self, caught: Mapping[Hashable, bool], stop_at: int) -> MarketRows | None:
+    def settled(self, t: int, caught: Mapping[Hashable, bool]) -> bool:
+        """No partition can still deliver a row at merge time t or before: its next buffered row is later, it
+        delivered a later one, or it is caught up."""
+        for p in self.partitions:
+            if self.buf[p]:
+                if self._head(p) <= t:
+                    return False
+            elif not caught.get(p, False) and self.seen[p] <= t:
+                return False
+        return True
+
+    def next_run(self, caught: Mapping[Hashable, bool], stop_at: int, limit: int | None = None) -> MarketRows | None:
         """The next rows that no partition's unread rows can precede, in (merge time, partition, offset) order, or
-        None for now. Rows come from each partition's first batch; a partition bounds the others by what it can
+        None for now; none later than `limit` (a boundary waiting to be crossed). Rows come from each partition's first batch; a partition bounds the others by what it can
         still deliver after that batch: its next batch's first row (ties: the earlier partition first), or, with
         nothing more buffered, its last merge time (it may still deliver rows from that time on) unless it is
         caught up. Partitions whose books tick at the same times interleave row by row: this takes them in one
@@ -61,7 +76,7 @@ class Merge:
         if not live:
             return None
         # each partition's frontier: (time, ties allowed for every partition, or only for earlier ones)
-        frontier: list[tuple[int, int, bool]] = []
+        frontier: list[tuple[int, int, bool]] = [] if limit is None else [(-1, limit, True)]
         for k, o in enumerate(parts):
             buf = self.buf[o]
             if len(buf) > 1:
@@ -89,13 +104,12 @@ class Merge:
             return None
         if len(segs) == 1:
             q, run, times = segs[0]
-            n = min(len(times), int(np.searchsorted(times, stop_at, "left")) + 1, self.max_run)
+            n = min(_through_boundary(times, stop_at), self.max_run)
             self._advance(parts[q], n)
             return run[:n]
         times = np.concatenate([t for _, _, t in segs])
         order = np.argsort(times, kind="stable")  # ties: partitions in order, each in offset order
-        reach = int(np.searchsorted(times[order], stop_at, "left"))
-        n = min(len(order), reach + 1, self.max_run)
+        n = min(_through_boundary(times[order], stop_at), self.max_run)
         chosen = order[:n]
         lens = np.array([len(t) for _, _, t in segs])
         seg = np.repeat(np.arange(len(segs)), lens)[chosen]
@@ -121,6 +135,28 @@ class Merge:
             self.pos[p] = 0
         else:
             self.pos[p] = pos
+
+
+def _through_boundary(times: np.ndarray, stop_at: int) -> int:
+    """How many of these sorted times go in one run: up to the first that reaches `stop_at` and every other row of
+    that same time (an evaluation at T sees every record at T), or all of them."""
+    reach = int(np.searchsorted(times, stop_at, "left"))
+    if reach == len(times):
+        return reach
+    return int(np.searchsorted(times, times[reach], "right"))
+
+
+def next_step(merge: Merge, schedule: Schedule, market_t: int, caught: Mapping[Hashable, bool],
+              settled: Mapping[Hashable, bool] | None = None) -> MarketRows | Boundary | None:
+    """What the feed (or the replay) does next: apply a run of rows, evaluate at a boundary, or wait (None).
+    A boundary is due once the market has reached it; it is crossed when no partition can still deliver a record at
+    or before its time (`settled`: which partitions count as caught up for that; by default `caught`); until then
+    only rows up to its time go."""
+    if market_t >= 0 and market_t >= schedule.next_eval:
+        if merge.settled(market_t, caught if settled is None else settled):
+            return schedule.cross(market_t)
+        return merge.next_run(caught, schedule.next_eval, limit=market_t)
+    return merge.next_run(caught, schedule.next_eval)
 
 
 class Arrivals:

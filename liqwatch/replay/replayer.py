@@ -39,8 +39,8 @@ from liqwatch.events import BadEvent, number, peek
 from liqwatch.kafka import Connection
 from liqwatch.core.ingest import Gate, PartitionDoor
 from liqwatch.core.columns import MarketRows
-from liqwatch.core.merge import Merge
-from liqwatch.core.schedule import Schedule
+from liqwatch.core.merge import Merge, next_step
+from liqwatch.core.schedule import Boundary, Schedule
 from liqwatch.sinks.metrics import Metrics
 from liqwatch.core.monitor import Monitor, Where, band_counts, account_notional
 from liqwatch.sinks.topics import TopicNames
@@ -383,16 +383,16 @@ class Replayer:
             merge.push(key, recs)
         caught = {key: True for key in parts}
         schedule = Schedule(self.cfg.schedule)
-        while (run := merge.next_run(caught, schedule.next_eval)) is not None:
-            await mon.on_market(run)
+        while (step := next_step(merge, schedule, mon.market_t, caught)) is not None:
+            if isinstance(step, Boundary):
+                if step.t >= w.t_from:  # the warm-up keeps the live schedule but evaluates nothing
+                    await self.boundary(step.t, step.cascade)
+                if progress:
+                    progress(step.t)
+                continue
+            await mon.on_market(step)
             await join_accounts(mon.market_t)
             await mon.release_accounts(mon.market_t)
-            boundary = schedule.cross(mon.market_t)
-            if boundary is not None:
-                if boundary.t >= w.t_from:  # the warm-up keeps the live schedule but evaluates nothing
-                    await self.boundary(boundary.t, boundary.cascade)
-                if progress:
-                    progress(boundary.t)
         if w.complete:
             # the input ends here: what a live worker does once its input goes idle
             await join_accounts(None)

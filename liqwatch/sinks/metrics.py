@@ -88,6 +88,9 @@ class Metrics:
                               registry=r)
         self.superseded = Counter("liqwatch_events_superseded_total", "Events older than the last of their key "
                                   "(within tolerance): not applied.", ["topic"], registry=r)
+        self.late = Counter("liqwatch_market_late_total", "Market records that arrived after the evaluation boundary "
+                            "their event time belongs before had been evaluated without them (applied late).",
+                            ["topic"], registry=r)
         self.deadletter = Counter("liqwatch_deadletter_total", "Records sent to the dead-letter topic, by reason "
                                   "class.", ["reason"], registry=r)
         self.ignored = Counter("liqwatch_ignored_total", "Input records ignored by rule (ticks of books the config "

@@ -521,7 +521,8 @@ def _one(kafka: Connection, accounts: int, n_workers: int, rate: int, seconds: f
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "liqwatch", "worker", "-c", str(config_path), *kafka.options(),
                  "--topic-prefix", prefix, "--app-id", prefix.rstrip("."), "--web-port", str(port),
-                 "--worker-id", f"bench-{k + 1}", "--resume-grace-s", "0",  # one producer, done before: no wait
+                 "--worker-id", f"bench-{k + 1}",
+                 "--resume-grace-s", "0", "--boundary-wait-s", "0",  # one producer, done before: no wait
                  *(["--market-stage"] if market_stage else [])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **kafka.child_env()}))
             ports.append(port)

@@ -64,6 +64,10 @@ class WorkerSettings:
     worker_id: str = field(default_factory=lambda: f"worker-{int(time.time() * 1000) % 10**8}")
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
+    boundary_wait_s: float = 1.0        # at the live edge a boundary waits this long for records before it: the
+                                        # brokers of different partitions make records visible out of step (seen:
+                                        # a reference 1 ms before a boundary arrived after the next tick, once a
+                                        # broker was back from a restart, and every later boundary moved by 1 ms)
     resume_pause_s: float = 1.0         # input silent this long, then records again (start, broker restart):
     resume_grace_s: float = 10.0        # every topic bounds the merge this long, whatever it delivered (3 s was
                                         # too short once: after a broker restart on a loaded machine a producer
@@ -115,15 +119,18 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     shard = ShardService(monitor, names, settings.kafka, settings.worker_id, account_shard.owned_partitions,
                          account_shard.caught_up, account_shard.retain, account_shard.refresh_offsets)
     coordinator = Coordinator(monitor, names, settings.kafka, settings.partitions, settings.worker_id, services)
+    def leading() -> bool:  # Faust's leader, not while a rebalance may be giving the role to another worker
+        return app.is_leader() and not app.rebalancing
+
     leadership = Leadership(cfg, names, monitor, AlertEngine(cfg.alerts, cfg.config_id, metrics, cfg.settlement), coordinator,
-                            app.is_leader, settings.kafka, settings.worker_id, settings.cascade_retry_s,
+                            leading, settings.kafka, settings.worker_id, settings.cascade_retry_s,
                             settings.takeover_boundaries)
-    evaluations = Evaluations(monitor, account_shard, shard, leadership, app.is_leader, lambda: feed.caught_up,
+    evaluations = Evaluations(monitor, account_shard, shard, leadership, leading, lambda: feed.caught_up,
                               settings.idle_s, settings.takeover_boundaries, settings.worker_id,
                               settings.account_queue)
     feed = MarketFeed(cfg, names, monitor, services, settings.kafka, settings.worker_id, settings.merge_grace_s,
-                      settings.resume_pause_s, settings.resume_grace_s,
-                      lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), app.is_leader,
+                      settings.resume_pause_s, settings.resume_grace_s, settings.boundary_wait_s,
+                      lambda: not app.rebalancing and bool(app.assignor.assigned_actives()), leading,
                       evaluations.at, evaluations.release, staged=settings.market_stage)
     shard.lock = evaluations.lock  # one lock for the shard's accounts
     webhooks = WebhookSender(list(cfg.alerts.webhooks), metrics) if cfg.alerts.webhooks else None
@@ -132,6 +139,12 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         await evaluations.apply_account(account_shard.reload)
 
     table.on_recover(reload)
+
+    @app.on_partitions_revoked.connect
+    async def step_down(sender, revoked, **kwargs) -> None:
+        # Faust waits for this before the worker rejoins the group: a leader's outputs are on the topics before any
+        # other worker can be assigned the leadership (and read them)
+        await leadership.step_down()
 
     @app.agent(accounts_topic)
     async def accounts(stream):

@@ -216,9 +216,10 @@ class Coordinator(StressRuns):
 
     def __init__(self, monitor: Monitor, names: TopicNames, kafka: Connection, partitions: int, worker_id: str,
                  services=None, round_timeout_s: float = 15.0):
-        async def emit(result: dict) -> None:
-            await monitor.sink.emit(names.CASCADES, result)
+        async def emit(result: dict) -> None:  # published by the leadership with the alerts on them (worker/leader.py)
+            self.results.append(result)
 
+        self.results: list[dict] = []
         super().__init__(monitor.engine, monitor.cfg, monitor.metrics, monitor.config_id, emit)
         self.monitor = monitor
         self.names = names
@@ -364,7 +365,13 @@ class Coordinator(StressRuns):
 
     async def run_all(self, pv):
         self.provisional = False
+        self.results = []
         try:
             return await super().run_all(pv)
         finally:
             await self.monitor.sink.flush()
+
+    def take_results(self) -> list[dict]:
+        """The cascade events of the last run, to publish (once)."""
+        out, self.results = self.results, []
+        return out

@@ -17,11 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import numpy as np
 from aiokafka import TopicPartition
 
 from liqwatch.config import Config
 from liqwatch.core.ingest import PartitionDoor
-from liqwatch.core.merge import Arrivals, Merge
+from liqwatch.core.merge import Arrivals, Merge, next_step
 from liqwatch.core.monitor import Monitor
 from liqwatch.core.schedule import Boundary, Schedule
 from liqwatch.core.staged import unpack
@@ -38,7 +39,7 @@ TICKS_END_EVERY_S = 0.1
 
 class MarketFeed:
     def __init__(self, cfg: Config, names: TopicNames, monitor: Monitor, services: Supervisor, kafka: Connection,
-                 worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float,
+                 worker_id: str, grace_s: float, pause_s: float, resume_grace_s: float, boundary_wait_s: float,
                  assigned: Callable[[], bool], is_leader: Callable[[], bool],
                  on_boundary: Callable[[Boundary], Awaitable[None]], on_release: Callable[[int], Awaitable[None]],
                  staged: bool = False):
@@ -46,6 +47,10 @@ class MarketFeed:
         self.names = names
         self.staged = staged
         self.grace = (grace_s, pause_s, resume_grace_s)
+        self.boundary_wait_s = boundary_wait_s
+        self.due_since: float | None = None  # wall time a boundary was reached and not yet crossed
+        self.crossed = -1                    # event time of the last boundary crossed
+        self.late_n, self.late_said = 0, -1e9
         self.monitor = monitor
         self.services = services
         self.kafka = kafka
@@ -112,7 +117,7 @@ class MarketFeed:
     async def _push(self, tp: TopicPartition, recs: list) -> None:
         mon = self.monitor
         if tp.topic != self.names.MARKET:
-            self.merge.push(tp, await mon.admit_market(self.doors[tp], recs, recs.values()))  # bad: dead-lettered
+            self._merge(tp, await mon.admit_market(self.doors[tp], recs, recs.values()))  # bad: dead-lettered
             return
         for rec in recs:
             try:
@@ -122,8 +127,25 @@ class MarketFeed:
                                            tp.partition, rec.offset, rec.value, rec.key)
                 continue
             after = self.upto.get(tp.partition, -1)
-            self.merge.push(tp, await mon.admit_staged(staged, self.names.TICKS, after))
+            self._merge(tp, await mon.admit_staged(staged, self.names.TICKS, after))
             self.upto[tp.partition] = max(after, staged.last)
+
+    def _merge(self, tp: TopicPartition, rows) -> None:
+        """Rows into the merge; those at or before a boundary already evaluated are late (counted, said once a
+        minute): a partition delivered them more than boundary_wait_s after another one had passed their time."""
+        if len(rows) and int(rows.merge_ts[0]) <= self.crossed:
+            late = int(np.searchsorted(rows.merge_ts, self.crossed, "right"))
+            self.monitor.metrics.late.labels(topic=tp.topic).inc(late)
+            self.late_n += late
+            now = time.monotonic()
+            if now - self.late_said >= 60.0:
+                log.warning("%s: %d market record(s) arrived after the boundary at event time %d had been evaluated "
+                            "without them (%s[%d], %d ms of event time before it): the partitions' records reach this "
+                            "worker out of step by more than --boundary-wait-s %.2g", self.worker_id, self.late_n,
+                            self.crossed, tp.topic, tp.partition, self.crossed - int(rows.merge_ts[0]),
+                            self.boundary_wait_s)
+                self.late_said, self.late_n = now, 0
+        self.merge.push(tp, rows)
 
     async def _step(self, reader: Reader) -> None:
         tps, mon = self.tps, self.monitor
@@ -158,21 +180,31 @@ class MarketFeed:
             for tp in staged_at_end:
                 hw = self.ticks_end.get(self.ticks[tp])
                 at_end[tp] = hw is not None and self.upto.get(tp.partition, -1) + 1 >= hw
-        self.caught_up = all(at_end.values()) and self.merge.buffered() == 0
-        await self.release(self.arrivals.caught(at_end))
+        caught = self.arrivals.caught(at_end)
+        now = time.monotonic()
+        waited = self.boundary_wait_s <= 0 or (self.due_since is not None and now - self.due_since >= self.boundary_wait_s)
+        await self.release(caught, {tp: c and waited for tp, c in caught.items()})
+        if self.due_since is None and 0 <= self.monitor.market_t and self.monitor.market_t >= self.schedule.next_eval:
+            self.due_since = now  # a boundary reached and not crossed: partitions may still deliver records before it
+        self.caught_up = all(at_end.values()) and self.merge.buffered() == 0 and self.due_since is None
 
-    async def release(self, caught: dict) -> None:
-        """Hand the merge's runs to the monitor and evaluate at each boundary the schedule says is crossed."""
+    async def release(self, caught: dict, settled: dict | None = None) -> None:
+        """Hand the merge's runs to the monitor and evaluate at each boundary, once no partition can still deliver
+        a record before it (liqwatch.core.merge.next_step). `settled`: the partitions that count as caught up for
+        that: at the live edge, those caught up boundary_wait_s after the boundary was reached (the brokers of
+        different partitions make records visible out of step)."""
         mon = self.monitor
         released = 0
-        while (run := self.merge.next_run(caught, self.schedule.next_eval)) is not None:
-            await mon.on_market(run)
-            await self.on_release(mon.market_t)
-            released += len(run)
-            boundary = self.schedule.cross(mon.market_t)
-            if boundary is not None:
+        while (step := next_step(self.merge, self.schedule, mon.market_t, caught, settled)) is not None:
+            if isinstance(step, Boundary):
+                self.due_since = None
+                self.crossed = step.t
                 await mon.emit_marks(self.is_leader())
                 released = 0
-                await self.on_boundary(boundary)
+                await self.on_boundary(step)
+                continue
+            await mon.on_market(step)
+            await self.on_release(mon.market_t)
+            released += len(step)
         if released:
             await mon.emit_marks(self.is_leader())

@@ -5,6 +5,12 @@ computed (the shadow), so that a worker that takes over publishes what a dead le
 the episodes' changelog: a new leader restores the open stress episodes from it and runs the cascades again from
 the last boundary the old leader completed (market snapshots of the last boundaries are kept for that), so the
 alerts topic ends as a replay of the same events would.
+
+Leadership can also move between live workers (any rebalance may give Faust's leader partition to another member).
+A leader whose partitions are being taken back steps down before it rejoins the group (`step_down`): it stops
+publishing, drops its cascade run in flight and flushes, so that the new leader, which reads the topics only once
+it is assigned, finds everything the old one published. What the old leader published for boundaries the new one
+has not reached yet is not published again (`_fresh`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class Leadership:
         self.snapshots: dict[int, object] = {}  # market snapshots of the last cascade boundaries
         self.cascading = asyncio.Lock()  # one run at a time, first come first served: no boundary is skipped
         self.cascade_task: asyncio.Task | None = None
+        self.publishing = asyncio.Lock()  # a boundary's outputs leave whole, never across a step-down
+        self.on_topic: set[tuple] = set()  # what the last leader published, as a takeover read it
+        self.on_topic_upto = -1            # ... up to this event time
         self._aborted_logged = False
 
     def keep_snapshot(self, t: int, prices=None) -> None:
@@ -67,13 +76,14 @@ class Leadership:
 
     async def market_alerts(self, t: int) -> None:
         events = self.alerts.market(self.monitor.engine, t)
-        if self.leading:
-            await self.emit_alerts(events)
-        else:
-            self.shadow.extend(events)
-            horizon = t - SHADOW_HORIZON_MS
-            if self.shadow and self.shadow[0]["ts"] < horizon:
-                self.shadow[:] = [e for e in self.shadow if e["ts"] >= horizon]
+        async with self.publishing:
+            if self.leading:
+                await self.emit_alerts(events)
+                return
+        self.shadow.extend(events)
+        horizon = t - SHADOW_HORIZON_MS
+        if self.shadow and self.shadow[0]["ts"] < horizon:
+            self.shadow[:] = [e for e in self.shadow if e["ts"] >= horizon]
 
     async def follow(self, t: int) -> None:
         """Follow leadership at a boundary: a worker that becomes leader takes over first."""
@@ -82,6 +92,28 @@ class Leadership:
             await self.take_over(t)
         self.leading = leader
         self.alerts.publishing = leader
+
+    async def step_down(self) -> None:
+        """Faust takes the partitions back (a rebalance starts): stop publishing before rejoining the group. A
+        boundary's outputs being published are finished first (the lock); a cascade run in flight is dropped (the
+        next leader runs its boundary again); what was sent is flushed to the topics."""
+        if not self.leading:
+            return
+        async with self.publishing:
+            self.leading = False
+            self.alerts.publishing = False
+            task = self.cascade_task
+            if task is not None and not task.done():
+                task.cancel()
+            await self.sink.flush()
+        if task is not None and not task.done():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.info("%s: stepped down as leader for the rebalance (outputs flushed)", self.worker_id)
+
+    def _fresh(self, key: tuple, ts: int) -> bool:
+        """Not published by the last leader (which may have been ahead of this worker's feed)."""
+        return ts > self.on_topic_upto or key not in self.on_topic
 
     async def take_over(self, t: int) -> None:
         """Become the leader at event time t: what the last leader did not publish is published now, with its
@@ -99,14 +131,18 @@ class Leadership:
             published, ran = [], []
         mine = [e for e in published if isinstance(e, dict) and e.get("config_id") == cfg.config_id]
         on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
+        runs = [c for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id]
+        self.on_topic = on_topic | {("cascade", c["scenario"], c["severity"], c["ts"]) for c in runs}
+        self.on_topic_upto = max([e["ts"] for e in mine] + [c["ts"] for c in runs], default=-1)
         self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
         missed = [e for e in self.shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
         self.shadow.clear()
         self.alerts.publishing = True
         self.alerts.publish_open()
-        await self.emit_alerts(missed)
-        last_run = max((c["ts"] for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id),
-                       default=-1)
+        async with self.publishing:
+            self.leading = True
+            await self.emit_alerts(missed)
+        last_run = max((c["ts"] for c in runs), default=-1)
         snapshots = self.snapshots
         again = sorted(b for b in snapshots if last_run <= b < t)
         if last_run >= 0 and snapshots and min(snapshots) > last_run + cfg.schedule.cascade_every_ms:
@@ -122,7 +158,10 @@ class Leadership:
                         len(again))
 
     async def emit_alerts(self, events: list[dict]) -> None:
+        """The leader's alerts (the caller holds `publishing`), but none the last leader published already."""
         for ev in events:
+            if not self._fresh((ev["id"], ev["state"], ev["severity"], ev["ts"]), ev["ts"]):
+                continue
             await self.sink.emit(self.names.ALERTS, ev)
             log.info("alert %s %s %s on %s: %s", ev["state"], ev["severity"], ev["kind"], ev["subject"], ev["summary"])
         if events:
@@ -171,11 +210,18 @@ class Leadership:
                         self._aborted_logged = True
                     await asyncio.sleep(1.0)
             self._aborted_logged = False
-            events = self.alerts.cascades(critical, pv.t, self.coordinator.solvency)
-            if exposure is not None:
-                events += self.alerts.accounts(exposure, pv.t)
-            await self.emit_alerts(events)
-            await self.sink.flush()
+            results = self.coordinator.take_results()
+            async with self.publishing:
+                if not self.leading:  # stepped down meanwhile: the next leader runs this boundary again
+                    return
+                events = self.alerts.cascades(critical, pv.t, self.coordinator.solvency)
+                if exposure is not None:
+                    events += self.alerts.accounts(exposure, pv.t)
+                for r in results:  # the boundary's cascades, then the alerts that read them
+                    if self._fresh(("cascade", r["scenario"], r["severity"], r["ts"]), r["ts"]):
+                        await self.sink.emit(self.names.CASCADES, r)
+                await self.emit_alerts(events)
+                await self.sink.flush()
         except CascadeAborted as e:
             log.error("%s: cascades at event time %d given up after %.0f s: %s", self.worker_id, pv.t,
                       time.monotonic() - started, e)
