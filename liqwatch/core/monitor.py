@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from liqwatch.kernels.health import margin_health
@@ -81,6 +82,9 @@ class Where:
 
 
 
+_OLDER = object()  # a health event of a time its partition's last owner published past
+
+
 class StageMismatch(RuntimeError):
     """A staged record of another config than this worker's (its book slots are not this config's)."""
 
@@ -106,14 +110,14 @@ class Monitor:
         self.account_ts: dict[int, int] = {}       # and the largest event time applied from it
         self.pending_accounts: list = []            # account events ahead of the market's event time
         self._last_marks: dict[str, float] = {}
-        n = 0
-        self.sent_equity = np.zeros(n)
-        self.sent_maintenance = np.zeros(n)
-        self.sent_severity = np.zeros(n)
-        self.sent_liquidatable = np.zeros(n, dtype=np.bool_)
-        self.sent_active = np.zeros(n, dtype=np.bool_)
-        self.severity = np.zeros(n)
+        self.marks_upto = -1  # marks up to this event time were published by the last leader (worker/leader.py)
+        self._forget_sent()
         self.row_partition = np.zeros(0, dtype=np.int32)
+        self.partition_count = 0
+        # per account partition taken over (or kept) in a rebalance: the event time of the last health event its
+        # owner published and its events at that time by (account, isolated). Evaluations before that time, and
+        # these very events at it, were published already (worker/accounts.py reads them at the new assignment)
+        self.published: dict[int, tuple[int, dict[tuple, bytes]]] = {}
         self._retained_for: set[int] = set()
         self._retained_rows = -1
 
@@ -241,6 +245,7 @@ class Monitor:
         """Drop accounts of partitions this worker no longer owns (after a rebalance); returns how many.
         An account's partition is the one Kafka's default partitioner gives its key."""
         accounts = self.engine.accounts
+        self.partition_count = partitions
         if owned == self._retained_for and accounts.n == self._retained_rows:
             return 0  # nothing moved since the last check
         known, n = self.row_partition.shape[0], accounts.n
@@ -265,6 +270,7 @@ class Monitor:
         """Rebuild this shard's accounts (after recovery or a rebalance) from the accounts table."""
         from liqwatch.core.state import Accounts
 
+        severities = self._severities()
         self.engine.accounts = Accounts(self.engine.layout)
         self.row_partition = np.zeros(0, dtype=np.int32)
         self.pending_accounts = []
@@ -285,8 +291,26 @@ class Monitor:
         if rejected:
             log.warning("accounts table: %d snapshots not restored under this config: %s", sum(rejected.values()),
                         "; ".join(f"{n}× {r}" for r, n in list(rejected.items())[:5]))
-        self.sent_active = np.zeros(0, dtype=np.bool_)
+        self._forget_sent()
+        self.seed_severities(severities)
         self.dirty = True
+
+    def _severities(self) -> dict[tuple, float]:
+        """The liquidation severity last computed for each row, by (account, isolated)."""
+        acc = self.engine.accounts
+        sev = self.severity
+        return {(acc.ids[r], acc.isolated_name(r)): float(sev[r]) for r in range(min(acc.n, sev.shape[0]))
+                if acc.active[r] and not math.isnan(sev[r])}
+
+    def seed_severities(self, by_key: dict[tuple, float]) -> None:
+        """Severities are recomputed at severity boundaries only: rebuilt rows take the ones last computed for
+        their account (here, or by their partition's last owner), not NaN, and not another row's."""
+        acc = self.engine.accounts
+        self._grow(acc.view().active.shape[0])
+        for r in range(acc.n):
+            v = by_key.get((acc.ids[r], acc.isolated_name(r)))
+            if v is not None:
+                self.severity[r] = v
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def snapshot(self):
@@ -319,16 +343,48 @@ class Monitor:
         ids = eng.accounts.ids
         isolated = eng.accounts.isolated_name
         accounts = eng.accounts.view()  # unchanged until this returns (the caller's promise, above)
+        prior = self._published_before(rows, prices.t)
+        sent = 0
         for k, r in enumerate(rows.tolist()):
-            await self.sink.emit(self.names.HEALTH, {
+            before = None if prior is None else prior[k]
+            if before is _OLDER:
+                continue
+            event = {
                 "type": "health", "account": ids[r], "isolated": isolated(r), "ts": prices.t, "equity": number(eq[r]),
                 "maintenance": number(mm[r]), "health": number(h[r]), "liquidatable": bool(liq[r]),
                 "liquidation_severity": number(sev[r]),
                 # built here, between the loop's other work, not in the thread: a dict per position holds the GIL
-                "positions": eng.position_entries(r, accounts, *positions), "config_id": self.config_id})
+                "positions": eng.position_entries(r, accounts, *positions), "config_id": self.config_id}
+            if before is not None and msgspec.json.encode(event) == before:
+                continue  # this very event is on the topic already
+            await self.sink.emit(self.names.HEALTH, event)
+            sent += 1
             if in_thread and k % 2000 == 1999:
                 await asyncio.sleep(0)  # a crash moves many accounts across bands: let the feed run between
-        return int(rows.shape[0])
+        return sent
+
+    def _published_before(self, rows: np.ndarray, t: int) -> list | None:
+        """Per row, what the last owner of its partition published (`published`): _OLDER when it published
+        evaluations after t (this one among them), the bytes of its event at t when t is its last evaluation, or
+        None; None for all when nothing can have been published."""
+        pub = self.published
+        if not pub:
+            return None
+        if all(t > upto for upto, _ in pub.values()):
+            pub.clear()  # this shard is past every partition's last owner: from now on it publishes everything
+            return None
+        n, known = self.engine.accounts.n, self.row_partition.shape[0]
+        if known < n and self.partition_count:
+            self.row_partition = np.concatenate([self.row_partition, partitions_of(
+                self.engine.accounts.ids[known:n], self.partition_count)])
+        ids, isolated = self.engine.accounts.ids, self.engine.accounts.isolated_name
+        out: list = [None] * rows.shape[0]
+        for k, r in enumerate(rows.tolist()):
+            entry = pub.get(int(self.row_partition[r])) if r < self.row_partition.shape[0] else None
+            if entry is not None:
+                upto, events = entry
+                out[k] = _OLDER if t < upto else events.get((ids[r], isolated(r))) if t == upto else None
+        return out
 
     def _numbers(self, pv, full: bool, with_severity: bool):
         """The numeric part of `evaluate`: margin health, severities, which rows changed, the account metrics."""
@@ -375,6 +431,15 @@ class Monitor:
             for f, added in zip(c["levels"].tolist(), c["added"].tolist()):
                 self.metrics.liquidation_map.labels(underlying=asset, move=f"{f - 1.0:+.4f}").set(
                     added if math.isfinite(added) else 0.0)
+
+    def _forget_sent(self) -> None:
+        """What was emitted per row: nothing (new rows; a rebuilt shard numbers its rows afresh, fewer or more)."""
+        self.sent_equity = np.zeros(0)
+        self.sent_maintenance = np.zeros(0)
+        self.sent_severity = np.zeros(0)
+        self.sent_liquidatable = np.zeros(0, dtype=np.bool_)
+        self.sent_active = np.zeros(0, dtype=np.bool_)
+        self.severity = np.zeros(0)
 
     def _grow(self, n: int) -> None:
         if self.sent_active.shape[0] >= n:
@@ -444,6 +509,8 @@ class Monitor:
             if not leader or self._last_marks.get(name) == value or math.isnan(value):
                 continue
             self._last_marks[name] = value
+            if t <= self.marks_upto:
+                continue  # the last leader, ahead of this worker, published the marks of this time
             used, dropped = [], []
             for c in range(lo, hi):
                 src = lay.constituents[c][1]
@@ -460,6 +527,8 @@ class Monitor:
             if not leader or self._last_marks.get(name) == value or math.isnan(value):
                 continue
             self._last_marks[name] = value
+            if t <= self.marks_upto:
+                continue
             await self.sink.emit(self.names.MARKS, {"type": "mark", "instrument": name, "ts": t, "mark": value,
                                                     "stale": bool(m.index_stale[lay.mark_params.underlying[i]])})
         self.metrics.event_time.set(t / 1000.0)

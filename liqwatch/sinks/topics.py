@@ -170,6 +170,47 @@ async def _until_visible(admin, wanted: dict[str, int], timeout_s: float = 30.0)
         await asyncio.sleep(0.1)
 
 
+async def read_latest(kafka: Connection, topic: str, partitions: list[int] | None = None,
+                      client_id: str = "liqwatch-reader") -> dict[int, tuple[int, list[bytes]]]:
+    """Per partition of `topic`: the timestamp (the event time liqwatch stamps) of its last record, and the values
+    of every record from the first one stamped with it to the end. How a shard's new owner learns what the last
+    owner published (worker/accounts.py) and a new leader what the last one did (worker/leader.py); two requests
+    and a short read per partition (all of them when `partitions` is None), whatever its length."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False, client_id=client_id)
+    await consumer.start()
+    try:
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        out: dict[int, tuple[int, list[bytes]]] = {}
+        for tp in tps:
+            if end[tp] <= 0:
+                continue
+            consumer.seek(tp, end[tp] - 1)
+            last = None
+            while last is None:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
+                last = next(iter(got.get(tp, [])), None)
+            t = last.timestamp
+            start = (await consumer.offsets_for_times({tp: t}))[tp]
+            consumer.seek(tp, start.offset if start is not None else end[tp] - 1)
+            values: list[bytes] = []
+            while await consumer.position(tp) < end[tp]:
+                got = await consumer.getmany(tp, timeout_ms=1000, max_records=50_000)
+                values.extend(r.value for r in got.get(tp, []) if r.offset < end[tp] and r.timestamp >= t)
+            out[tp.partition] = (t, values)
+        return out
+    finally:
+        await consumer.stop()
+
+
 async def read_to_end(kafka: Connection, topic: str, client_id: str = "liqwatch-reader") -> list[bytes]:
     """Every value of `topic` up to its end offsets as of now (all partitions, no consumer group): how a new
     leader reads the alerts topic, the alerts' changelog."""

@@ -9,13 +9,15 @@ import logging
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from liqwatch.core.monitor import Monitor
 from liqwatch.kafka import Connection
-from liqwatch.sinks.topics import TopicNames
+from liqwatch.sinks.topics import TopicNames, read_latest
 
 log = logging.getLogger(__name__)
 STALL_S = 10.0  # an owned partition with records to read and no progress this long is stuck
@@ -44,11 +46,42 @@ class AccountShard:
         return [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.names.ACCOUNTS]
 
     async def reload(self) -> None:
-        """The table's recovery ended (`Table.on_recover`): the shard's accounts are the table's snapshots."""
+        """The table's recovery ended (`Table.on_recover`): the shard's accounts are the table's snapshots, and what
+        the partitions' last owners published is not published again (`published`)."""
         snapshots = [v for _, v in self.table.items()]
         self.monitor.reset_accounts(snapshots)
-        self.loaded = set(self.owned_partitions())
+        owned = self.owned_partitions()
+        self.loaded = set(owned)
+        await self.last_published(owned)
         log.info("%s: shard rebuilt from the accounts table: %d accounts", self.worker_id, len(snapshots))
+
+    async def last_published(self, partitions: list[int]) -> None:
+        """The event time of the last health event of each owned partition and the accounts at it: a shard rebuilt
+        in a rebalance evaluates from where its feed is, which may be at or before the boundary the partition's
+        last owner (or this worker, before the rebalance) published last."""
+        try:
+            latest = await asyncio.wait_for(read_latest(self.kafka, self.names.HEALTH, partitions,
+                                                        f"{self.worker_id}-published"), 30)
+        except Exception as e:  # noqa: BLE001 - publish rather than stall: a repeat is the lesser harm
+            log.warning("%s: the health topic's last events not read (%s: %s): this shard may publish some of "
+                        "them again", self.worker_id, type(e).__name__, e)
+            latest = {}
+        published, severities = {}, {}
+        for p, (t, values) in latest.items():
+            events: dict[tuple, bytes] = {}
+            for v in values:  # in offset order: the last event of an account at t is the one that counts
+                try:
+                    h = msgspec.json.decode(v)
+                    if h.get("ts") == t:
+                        key = (h["account"], h.get("isolated"))
+                        events[key] = v
+                        if isinstance(h.get("liquidation_severity"), (int, float)):
+                            severities[key] = float(h["liquidation_severity"])
+                except Exception:  # noqa: BLE001 - not a health event of ours: no key
+                    continue
+            published[p] = (t, events)
+        self.monitor.published = published
+        self.monitor.seed_severities(severities)
 
     def caught_up(self, t: int) -> bool:
         """Has this shard applied every account event up to event time t? Either a partition already delivered a

@@ -141,10 +141,15 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     table.on_recover(reload)
 
     @app.on_partitions_revoked.connect
-    async def step_down(sender, revoked, **kwargs) -> None:
-        # Faust waits for this before the worker rejoins the group: a leader's outputs are on the topics before any
-        # other worker can be assigned the leadership (and read them)
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        # Faust waits for this before the worker rejoins the group: this worker's outputs are on the topics before
+        # any other can be assigned its leadership or its partitions (and read what was published)
         await leadership.step_down()
+        await evaluations.pause()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        evaluations.resume()
 
     @app.agent(accounts_topic)
     async def accounts(stream):

@@ -51,6 +51,8 @@ class Evaluations:
         self.flushed = True
         self.leader_flushed = False
         self.held_s, self.held_since, self.held_said = 0.0, None, -1e9  # the feed's waits for the account work
+        self.assigned = asyncio.Event()  # cleared while a rebalance takes the partitions back (`pause`)
+        self.assigned.set()
 
     # -- on the feed: what belongs to the boundary's moment of the market, then queue the rest ----------------
     async def at(self, b: Boundary) -> None:
@@ -101,9 +103,28 @@ class Evaluations:
                         self.worker_id, self.held_s, now - self.held_since, self.queue)
             self.held_s, self.held_since, self.held_said = 0.0, None, now
 
+    # -- rebalances -------------------------------------------------------------------------------------------
+    async def pause(self) -> None:
+        """Faust takes the partitions back: the piece of work in hand finishes, what it published is flushed, and no
+        more account work runs until the new assignment (`resume`). Some partitions may go to another worker, which
+        reads what was published here once it has them (AccountShard.last_published)."""
+        async with self.lock:
+            self.assigned.clear()
+        await self.monitor.sink.flush()
+
+    def resume(self) -> None:
+        self.assigned.set()
+
     # -- the account work, a supervised service ---------------------------------------------------------------
     async def run(self) -> None:
         while True:
+            if not self.assigned.is_set():
+                try:
+                    await asyncio.wait_for(self.assigned.wait(), 60)
+                except asyncio.TimeoutError:  # a rebalance that never ended here: work rather than stall the feed
+                    log.warning("%s: no partition assignment 60 s after a rebalance began: account work resumes",
+                                self.worker_id)
+                    self.assigned.set()
             async with self.queued:
                 await self.queued.wait_for(lambda: bool(self.work))
                 work = self.work.popleft()  # taken out: a later release coalesces into a queued one only
@@ -163,8 +184,8 @@ class Evaluations:
             return
         if time.monotonic() - mon.last_input_wall < self.idle_s or not self.market_caught_up():
             return
-        if not self.settled.is_set():
-            return  # the boundaries' work first
+        if not self.settled.is_set() or not self.assigned.is_set():
+            return  # the boundaries' work first; none during a rebalance
         # a worker elected leader after its last flush still owes the leader's part (marks, alerts, cascades)
         if mon.dirty or not self.flushed or (self.is_leader() and not self.leader_flushed):
             mon.dirty = False

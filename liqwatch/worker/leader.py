@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -27,11 +28,22 @@ from liqwatch.config import Config
 from liqwatch.core.monitor import Monitor
 from liqwatch.kafka import Connection
 from liqwatch.risk.alerts import STRESS_KINDS, AlertEngine
-from liqwatch.sinks.topics import TopicNames, read_to_end
+from liqwatch.sinks.topics import TopicNames, read_latest, read_to_end
 from liqwatch.worker.cascades import CascadeAborted, Coordinator
 
 log = logging.getLogger(__name__)
 SHADOW_HORIZON_MS = 6 * 3_600_000  # event time of market alerts a follower keeps: longer than any takeover
+
+
+def same(a, b) -> bool:
+    """Two events alike up to the order of float additions (a cascade's sums over shards follow the assignment)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def _json(raw: bytes):
@@ -62,7 +74,8 @@ class Leadership:
         self.cascading = asyncio.Lock()  # one run at a time, first come first served: no boundary is skipped
         self.cascade_task: asyncio.Task | None = None
         self.publishing = asyncio.Lock()  # a boundary's outputs leave whole, never across a step-down
-        self.on_topic: set[tuple] = set()  # what the last leader published, as a takeover read it
+        self.on_topic: set[tuple] = set()  # the alerts the last leader published, as a takeover read them
+        self.runs_on_topic: dict[tuple, list[dict]] = {}  # and its cascades, by (scenario, severity, ts)
         self.on_topic_upto = -1            # ... up to this event time
         self._aborted_logged = False
 
@@ -112,8 +125,16 @@ class Leadership:
         log.info("%s: stepped down as leader for the rebalance (outputs flushed)", self.worker_id)
 
     def _fresh(self, key: tuple, ts: int) -> bool:
-        """Not published by the last leader (which may have been ahead of this worker's feed)."""
+        """An alert the last leader (which may have been ahead of this worker's feed) did not publish."""
         return ts > self.on_topic_upto or key not in self.on_topic
+
+    def _fresh_run(self, result: dict) -> bool:
+        """A cascade the last leader did not publish: a run at the same time on other accounts (an account event
+        after the input went idle) is published, it supersedes."""
+        if result["ts"] > self.on_topic_upto:
+            return True
+        there = self.runs_on_topic.get((result["scenario"], result["severity"], result["ts"]), [])
+        return not any(same(_json(msgspec.json.encode(result)), c) for c in there)
 
     async def take_over(self, t: int) -> None:
         """Become the leader at event time t: what the last leader did not publish is published now, with its
@@ -125,6 +146,8 @@ class Leadership:
                                                              f"{self.worker_id}-takeover")]
             ran = [_json(v) for v in await read_to_end(self.kafka, self.names.CASCADES,
                                                        f"{self.worker_id}-takeover")]
+            marks = await read_latest(self.kafka, self.names.MARKS, None, f"{self.worker_id}-takeover")
+            self.monitor.marks_upto = max((t for t, _ in marks.values()), default=-1)
         except Exception as e:  # noqa: BLE001 - lead anyway; say what could not be restored
             log.error("%s: takeover could not read the alerts changelog (%s): episodes start afresh",
                       self.worker_id, e)
@@ -132,7 +155,10 @@ class Leadership:
         mine = [e for e in published if isinstance(e, dict) and e.get("config_id") == cfg.config_id]
         on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
         runs = [c for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id]
-        self.on_topic = on_topic | {("cascade", c["scenario"], c["severity"], c["ts"]) for c in runs}
+        self.on_topic = on_topic
+        self.runs_on_topic = {}
+        for c in runs:
+            self.runs_on_topic.setdefault((c["scenario"], c["severity"], c["ts"]), []).append(c)
         self.on_topic_upto = max([e["ts"] for e in mine] + [c["ts"] for c in runs], default=-1)
         self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
         missed = [e for e in self.shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
@@ -218,7 +244,7 @@ class Leadership:
                 if exposure is not None:
                     events += self.alerts.accounts(exposure, pv.t)
                 for r in results:  # the boundary's cascades, then the alerts that read them
-                    if self._fresh(("cascade", r["scenario"], r["severity"], r["ts"]), r["ts"]):
+                    if self._fresh_run(r):
                         await self.sink.emit(self.names.CASCADES, r)
                 await self.emit_alerts(events)
                 await self.sink.flush()

@@ -38,6 +38,28 @@ def read_topic(bootstrap: str | Connection, topic: str) -> list[dict]:
     return [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
 
 
+OUTPUT_KEYS = {  # what makes an output record one event: none may be on its topic twice
+    "alerts": lambda a: (a["id"], a["state"], a["severity"], a["ts"]),
+    "marks": lambda m: (m.get("asset") or m.get("instrument"), m["ts"]),
+    "cascades": lambda c: (c["scenario"], c["severity"], c["ts"]),
+    "health": lambda h: (h["account"], h["isolated"], h["ts"]),
+}
+
+
+def outputs_once(bootstrap: str | Connection, prefix: str) -> dict[str, int]:
+    """How many records each output topic holds; AssertionError naming the first record found twice (same key,
+    whether or not the content is the same)."""
+    counts = {}
+    for out, key in OUTPUT_KEYS.items():
+        seen: dict = {}
+        for rec in read_topic(bootstrap, f"{prefix}liqwatch.{out}"):
+            k = key(rec)
+            assert k not in seen, (f"{out}: published twice", seen[k], rec)
+            seen[k] = rec
+        counts[out] = len(seen)
+    return counts
+
+
 @dataclass
 class Worker:
     config: Path

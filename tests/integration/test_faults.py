@@ -26,8 +26,8 @@ from liqwatch.replay.replayer import compare_alerts
 from liqwatch.scenarios import T0
 from tests import fuzz
 from tests.integration.conftest import free_ports
-from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, produce, produce_paced,
-                                        read_topic, settle)
+from tests.integration.pipeline import (Worker, batch_results, differences, metric_sum, outputs_once, produce,
+                                        produce_paced, read_topic, settle)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 PARTITIONS = 4
@@ -267,6 +267,49 @@ def test_worker_killed_mid_stream(stack, tmp_path, victim, webhook):
         if producer is not None and producer.poll() is None:
             producer.kill()
         for w in ws:
+            w.kill()
+
+
+def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
+    """A third worker joins in the middle of the evening and leaves again, three times. Each join and leave is a
+    rebalance in which Faust may give the leadership and any account partition to another member, while the one
+    that had them is alive and working: the old leader steps down before it rejoins (its outputs flushed), an
+    old owner's account work waits for the new assignment, and the new leader and owners publish only what was
+    not published. Then: alerts = replay, health = batch, no output record twice, health included."""
+    bootstrap = lwstack.bootstrap_servers(stack)
+    prefix = f"m{uuid.uuid4().hex[:8]}."
+    clean = tmp_path / "clean.jsonl"
+    valid, last_ts = evening(clean)
+    ws = start_workers(bootstrap, prefix, tmp_path, PRE)
+    extra = ("--cascade-every-ms", str(CASCADE_EVERY_MS), "--idle-s", "5")
+    joined: list[Worker] = []
+    producer = None
+    try:
+        producer = produce_paced(clean, bootstrap, prefix, PARTITIONS, 60)  # the evening in 3 minutes
+        for cycle in range(3):
+            time.sleep(8)
+            third = Worker(PRE, bootstrap, prefix, f"w3-{cycle + 1}", PARTITIONS, tmp_path, extra_args=extra).start()
+            joined.append(third)
+            settle(ws + [third], PARTITIONS)
+            time.sleep(4)
+            third.kill(signal.SIGTERM)
+            assert third.proc.returncode == 0, third.log_tail()
+            settle(ws, PARTITIONS)
+        assert producer.poll() is None, "the evening ended before the last rebalance: slow the producer"
+        assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
+        wait_final_cascades(bootstrap, prefix, ws, last_ts)
+        assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, PRE, ws + joined)
+        counts = outputs_once(bootstrap, prefix)
+        assert read_topic(bootstrap, prefix + "liqwatch.deadletter") == []
+        logs = {w.worker_id: (tmp_path / f"{w.worker_id}.log").read_text(errors="replace") for w in ws + joined}
+        handovers = sum(log.count("stepped down as leader") for log in logs.values())
+        takeovers = sum(log.count("took over as leader") for log in logs.values())
+        print(f"\nsix rebalances with every worker alive: {handovers} step-downs, {takeovers} takeovers; alerts = "
+              f"replay, health = batch, no record twice ({', '.join(f'{k} {n:,}' for k, n in counts.items())})")
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        for w in ws + joined:
             w.kill()
 
 

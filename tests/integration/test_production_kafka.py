@@ -31,7 +31,7 @@ from liqwatch.tools import stack as lwstack
 from liqwatch.tools.certs import make_untrusted_ca
 from tests.conftest import close
 from tests.integration.conftest import free_ports, port_free
-from tests.integration.pipeline import batch_results, differences, produce, read_topic
+from tests.integration.pipeline import batch_results, differences, outputs_once, produce, read_topic
 from tests.integration.test_faults import CASCADE_EVERY_MS, Webhook, evening, start_workers, wait_final_cascades
 
 pytestmark = pytest.mark.integration
@@ -245,25 +245,7 @@ def outputs_equal_replay_and_batch(kafka, cluster, prefix: str, clean: Path, las
     assert len(alerts) > 10 and compare_alerts(alerts, replayed) == ([], []) and len(alerts) == len(replayed)
     health, cascades = batch_results(PRE, clean)
     assert differences(kafka, prefix, health, cascades) == []
-    keys = {"alerts": lambda a: (a["id"], a["state"], a["severity"], a["ts"]),
-            "marks": lambda m: (m.get("asset") or m.get("instrument"), m["ts"]),
-            "cascades": lambda c: (c["scenario"], c["severity"], c["ts"]),
-            "health": lambda h: (h["account"], h["isolated"], h["ts"])}
-    counts = {}
-    for out, key in keys.items():
-        records = read_topic(kafka, f"{prefix}liqwatch.{out}")
-        seen: dict = {}
-        for rec in records:
-            k = key(rec)
-            if k in seen and out == "health":
-                # at least once across a rebalance (README "Production Kafka"): a partition's new owner publishes
-                # the boundary in hand again; the repeat must be the same event
-                assert rec == seen[k], ("health published twice, differently", seen[k], rec)
-                counts["health repeated"] = counts.get("health repeated", 0) + 1
-                continue
-            assert k not in seen, (out, "twice", k)
-            seen[k] = rec
-        counts[out] = len(records)
+    counts = outputs_once(kafka, prefix)
     return counts, len(alerts)
 
 
@@ -339,18 +321,11 @@ def test_alerts_leader_killed_mid_stream(cluster, tmp_path):
             got = read_topic(kafka, f"{prefix}liqwatch.{topic_name}")
             assert len(got) == kinds[kind], (kind, len(got), kinds[kind])
         assert read_topic(kafka, prefix + "liqwatch.deadletter") == []
-        try:
-            counts, n_alerts = outputs_equal_replay_and_batch(kafka, cluster, prefix, clean, last_ts, tmp_path)
-        except AssertionError as e:
-            if rebalances(ws) > settled:
-                # Open gap (README "Production Kafka", issue #15): when the broker loss makes the group rebalance,
-                # the new owners repeat health events (seen differing) and a leadership moved between live workers
-                # publishes alerts the replay has not. Reported as an expected failure, with the difference.
-                pytest.xfail(f"the workers' group rebalanced after the broker loss (coordinator {coordinator}, "
-                             f"killed {victim}); outputs not yet exact across a rebalance: {str(e)[:400]}")
-            raise
+        counts, n_alerts = outputs_equal_replay_and_batch(kafka, cluster, prefix, clean, last_ts, tmp_path)
+        rebalanced = rebalances(ws) - settled
         print(f"\nalerts leader (node {victim}, group coordinator {coordinator}) killed: {leaderless[0]:.2f} s "
-              f"without a leader, restarted in {rejoined:.1f} s; alerts = replay ({n_alerts}), health = batch, no "
+              f"without a leader, restarted in {rejoined:.1f} s; {rebalanced} partition assignment(s) in the workers "
+              f"after it; alerts = replay ({n_alerts}), health = batch, no "
               f"record lost or twice ({', '.join(f'{k} {n:,}' for k, n in counts.items())})")
     finally:
         if producer is not None and producer.poll() is None:
