@@ -273,6 +273,10 @@ class Monitor:
         severities = self._severities()
         self.engine.accounts = Accounts(self.engine.layout)
         self.row_partition = np.zeros(0, dtype=np.int32)
+        # retained for nothing yet: Faust's memory table keeps the accounts of partitions taken away, and a rebuild
+        # of as many rows for the same partitions as the last check was taken for "nothing moved" (they were
+        # counted twice in every cascade after a second rebalance)
+        self._retained_for, self._retained_rows = set(), -1
         self.pending_accounts = []
         rejected: dict[str, int] = {}
         for raw in snapshots:  # the table holds snapshots that were valid, under the config of their time

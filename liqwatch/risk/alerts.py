@@ -88,6 +88,26 @@ class AlertEngine:
             if key[0] in kinds:
                 self.open[key] = Episode(ep.id, ep.severity, ep.since)
 
+    def state(self, kinds: set[str]) -> dict:
+        """The episodes of `kinds` as they are, pending and clearing timers included (the changelog of alerts holds
+        only their transitions): what a next leader needs to go on exactly (worker/leader.py)."""
+        return {"open": [[k, s, ep.id, ep.severity, ep.since, ep.clearing, ep.calming]
+                         for (k, s), ep in self.open.items() if k in kinds],
+                "pending": [[k, s, t] for (k, s), t in self.pending.items() if k in kinds]}
+
+    def load(self, state: dict, kinds: set[str]) -> None:
+        """The episodes of `kinds` as `state` (from `state`) has them; the others stay as this engine computed them."""
+        for key in [k for k in self.open if k[0] in kinds]:
+            del self.open[key]
+        for key in [k for k in self.pending if k[0] in kinds]:
+            del self.pending[key]
+        for kind, subject, eid, severity, since, clearing, calming in state.get("open", []):
+            if kind in kinds:
+                self.open[(kind, subject)] = Episode(eid, severity, int(since), clearing, calming)
+        for kind, subject, t in state.get("pending", []):
+            if kind in kinds:
+                self.pending[(kind, subject)] = int(t)
+
     def publish_open(self) -> None:
         """Set the alert gauges to the open episodes (a worker that becomes leader starts publishing)."""
         for (kind, subject), ep in self.open.items():

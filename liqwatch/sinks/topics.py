@@ -35,6 +35,7 @@ ALERTS = "liqwatch.alerts"
 DEADLETTER = "liqwatch.deadletter"
 CASCADE_ROUNDS = "liqwatch.cascade-rounds"
 CASCADE_FLOWS = "liqwatch.cascade-flows"
+LEADER = "liqwatch.leader"  # the leader's stress-episode state after each cascade boundary it published
 MARKET = "liqwatch.market"
 MARKET_MAX_BYTES = 64 << 20  # a staged record holds a batch of ticks with their source bytes
 
@@ -81,6 +82,7 @@ def topic_specs(partitions: int = 8, prefix: str = "", tick_partitions: int = 1)
         TopicSpec(DEADLETTER, 1),
         TopicSpec(CASCADE_ROUNDS, 1),
         TopicSpec(CASCADE_FLOWS, 1),
+        TopicSpec(LEADER, 1, compacted=True),
     ]
     return [TopicSpec(prefix + s.name, s.partitions, s.compacted, s.max_bytes) for s in specs]
 

@@ -162,8 +162,8 @@ class Evaluations:
         lead = self.leadership
         if lead.leading and b.cascade:
             # one run in flight: the next boundary's waits for it (a slow run slows the account work, not the feed)
-            if lead.cascade_task is not None:
-                await lead.cascade_task
+            if lead.cascade_task is not None:  # waited for, never awaited: a step-down cancels it, not this work
+                await asyncio.wait([lead.cascade_task])
             lead.start_cascades(prices)
 
     async def apply_account(self, apply) -> None:

@@ -16,7 +16,6 @@ has not reached yet is not published again (`_fresh`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -72,7 +71,8 @@ class Leadership:
         self.shadow: list[dict] = []
         self.snapshots: dict[int, object] = {}  # market snapshots of the last cascade boundaries
         self.cascading = asyncio.Lock()  # one run at a time, first come first served: no boundary is skipped
-        self.cascade_task: asyncio.Task | None = None
+        self.cascade_task: asyncio.Task | None = None  # the last run started (the lock orders them)
+        self.cascade_tasks: set[asyncio.Task] = set()   # every run started and not done
         self.publishing = asyncio.Lock()  # a boundary's outputs leave whole, never across a step-down
         self.on_topic: set[tuple] = set()  # the alerts the last leader published, as a takeover read them
         self.runs_on_topic: dict[tuple, list[dict]] = {}  # and its cascades, by (scenario, severity, ts)
@@ -115,14 +115,18 @@ class Leadership:
         async with self.publishing:
             self.leading = False
             self.alerts.publishing = False
-            task = self.cascade_task
-            if task is not None and not task.done():
-                task.cancel()
+            await self._cancel_cascades()
             await self.sink.flush()
-        if task is not None and not task.done():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         log.info("%s: stepped down as leader for the rebalance (outputs flushed)", self.worker_id)
+
+    async def _cancel_cascades(self) -> int:
+        """Cancel every cascade run started and not done; how many there were."""
+        tasks = [t for t in self.cascade_tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # never raises: the runs' own cancellation stays theirs
+        return len(tasks)
 
     def _fresh(self, key: tuple, ts: int) -> bool:
         """An alert the last leader (which may have been ahead of this worker's feed) did not publish."""
@@ -146,12 +150,14 @@ class Leadership:
                                                              f"{self.worker_id}-takeover")]
             ran = [_json(v) for v in await read_to_end(self.kafka, self.names.CASCADES,
                                                        f"{self.worker_id}-takeover")]
+            states = [_json(v) for v in await read_to_end(self.kafka, self.names.LEADER,
+                                                          f"{self.worker_id}-takeover")]
             marks = await read_latest(self.kafka, self.names.MARKS, None, f"{self.worker_id}-takeover")
             self.monitor.marks_upto = max((t for t, _ in marks.values()), default=-1)
         except Exception as e:  # noqa: BLE001 - lead anyway; say what could not be restored
             log.error("%s: takeover could not read the alerts changelog (%s): episodes start afresh",
                       self.worker_id, e)
-            published, ran = [], []
+            published, ran, states = [], [], []
         mine = [e for e in published if isinstance(e, dict) and e.get("config_id") == cfg.config_id]
         on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
         runs = [c for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id]
@@ -160,7 +166,12 @@ class Leadership:
         for c in runs:
             self.runs_on_topic.setdefault((c["scenario"], c["severity"], c["ts"]), []).append(c)
         self.on_topic_upto = max([e["ts"] for e in mine] + [c["ts"] for c in runs], default=-1)
-        self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
+        state = next((s for s in reversed(states) if isinstance(s, dict) and s.get("config_id") == cfg.config_id),
+                     None)
+        if state is not None:  # the last leader's stress episodes after the last boundary it published, exactly
+            self.alerts.load(state["stress"], STRESS_KINDS)
+        else:  # a topic written before liqwatch.leader existed: the open episodes (pending timers start afresh)
+            self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
         missed = [e for e in self.shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
         self.shadow.clear()
         self.alerts.publishing = True
@@ -168,20 +179,23 @@ class Leadership:
         async with self.publishing:
             self.leading = True
             await self.emit_alerts(missed)
-        last_run = max((c["ts"] for c in runs), default=-1)
+        # cascades again from the boundary after the state's (the boundary of the last run on the topic, again,
+        # without a state: its publication may have been cut short; what was published is not published twice)
+        last_run = state["ts"] if state is not None else max((c["ts"] for c in runs), default=-1)
         snapshots = self.snapshots
-        again = sorted(b for b in snapshots if last_run <= b < t)
+        again = sorted(b for b in snapshots if (last_run < b if state is not None else last_run <= b) and b < t)
         if last_run >= 0 and snapshots and min(snapshots) > last_run + cfg.schedule.cascade_every_ms:
             log.error("%s: takeover at event time %d: cascade boundaries after %d and before %d are older than the "
                       "%d kept (takeover_boundaries): their cascade alerts are not computed", self.worker_id, t,
                       last_run, min(snapshots), self.keep_boundaries)
         for b in again:  # beside the feed, in order (the cascades' lock is first come, first served)
-            self.cascade_task = asyncio.get_running_loop().create_task(self.run_cascades(snapshots[b]))
+            self.start_cascades(snapshots[b])
         if published or missed or again:
-            log.warning("%s: took over as leader at event time %d in %.1f s: %d open episodes restored from the "
-                        "alerts topic, %d alerts the last leader did not publish sent, cascades to run again for %d "
-                        "boundaries", self.worker_id, t, time.monotonic() - t0, len(self.alerts.open), len(missed),
-                        len(again))
+            log.warning("%s: took over as leader at event time %d in %.1f s: %d open episodes restored from %s, %d "
+                        "alerts the last leader did not publish sent, cascades to run again for %d boundaries%s",
+                        self.worker_id, t, time.monotonic() - t0, len(self.alerts.open),
+                        f"the leader state of {state['ts']}" if state is not None else "the alerts topic",
+                        len(missed), len(again), f" ({', '.join(map(str, again))})" if again else "")
 
     async def emit_alerts(self, events: list[dict]) -> None:
         """The leader's alerts (the caller holds `publishing`), but none the last leader published already."""
@@ -195,20 +209,18 @@ class Leadership:
 
     def start_cascades(self, pv) -> None:
         """Cascades on the snapshot `pv` beside the feed, after any run in flight (the lock orders them)."""
-        self.cascade_task = asyncio.get_running_loop().create_task(self.run_cascades(pv))
+        task = self.cascade_task = asyncio.get_running_loop().create_task(self.run_cascades(pv))
+        self.cascade_tasks.add(task)
+        task.add_done_callback(self.cascade_tasks.discard)
 
     def idle(self) -> bool:
         """No cascade run in progress or waiting."""
-        return not self.cascading.locked() and (self.cascade_task is None or self.cascade_task.done())
+        return not self.cascading.locked() and not self.cascade_tasks
 
     async def stop(self) -> None:
         """At shutdown: a boundary's cascades still running are cancelled before the output sink closes (the
         next leader runs that boundary again: takeover)."""
-        task = self.cascade_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if await self._cancel_cascades():
             log.info("%s: cascades at shutdown cancelled; the next leader runs them again", self.worker_id)
 
     async def run_cascades(self, pv) -> None:
@@ -247,6 +259,10 @@ class Leadership:
                     if self._fresh_run(r):
                         await self.sink.emit(self.names.CASCADES, r)
                 await self.emit_alerts(events)
+                # and the stress episodes as they now are: a next leader goes on from here, timers included
+                await self.sink.emit(self.names.LEADER, {
+                    "type": "leader", "ts": pv.t, "config_id": self.cfg.config_id, "worker": self.worker_id,
+                    "stress": self.alerts.state(STRESS_KINDS)}, key=self.cfg.config_id.encode())
                 await self.sink.flush()
         except CascadeAborted as e:
             log.error("%s: cascades at event time %d given up after %.0f s: %s", self.worker_id, pv.t,

@@ -298,13 +298,16 @@ def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
         assert producer.poll() is None, "the evening ended before the last rebalance: slow the producer"
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         wait_final_cascades(bootstrap, prefix, ws, last_ts)
+        for out in ("alerts", "cascades"):  # kept beside the logs: what to look at when this fails
+            (tmp_path / f"{out}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
+                                                           read_topic(bootstrap, f"{prefix}liqwatch.{out}")))
         assert_equals_replay_and_batch(bootstrap, prefix, clean, last_ts, tmp_path, PRE, ws + joined)
         counts = outputs_once(bootstrap, prefix)
         assert read_topic(bootstrap, prefix + "liqwatch.deadletter") == []
         logs = {w.worker_id: (tmp_path / f"{w.worker_id}.log").read_text(errors="replace") for w in ws + joined}
         handovers = sum(log.count("stepped down as leader") for log in logs.values())
-        takeovers = sum(log.count("took over as leader") for log in logs.values())
-        print(f"\nsix rebalances with every worker alive: {handovers} step-downs, {takeovers} takeovers; alerts = "
+        takeovers = {wid: n for wid, log in logs.items() if (n := log.count("took over as leader"))}
+        print(f"\nsix rebalances with every worker alive: {handovers} step-downs, takeovers {takeovers}; alerts = "
               f"replay, health = batch, no record twice ({', '.join(f'{k} {n:,}' for k, n in counts.items())})")
     finally:
         if producer is not None and producer.poll() is None:
