@@ -119,6 +119,7 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
     shard = ShardService(monitor, names, settings.kafka, settings.worker_id, account_shard.owned_partitions,
                          account_shard.caught_up, account_shard.retain, account_shard.refresh_offsets)
     coordinator = Coordinator(monitor, names, settings.kafka, settings.partitions, settings.worker_id, services)
+
     def leading() -> bool:  # Faust's leader, not while a rebalance may be giving the role to another worker
         return app.is_leader() and not app.rebalancing
 

@@ -164,7 +164,8 @@ class Evaluations:
             # one run in flight: the next boundary's waits for it (a slow run slows the account work, not the feed)
             if lead.cascade_task is not None:  # waited for, never awaited: a step-down cancels it, not this work
                 await asyncio.wait([lead.cascade_task])
-            lead.start_cascades(prices)
+            if lead.leading:  # not stepped down meanwhile
+                lead.start_cascades(prices)
 
     async def apply_account(self, apply) -> None:
         """The accounts agent's way in: under the lock (never while a piece of work reads the accounts). A

@@ -182,7 +182,8 @@ class MarketFeed:
                 at_end[tp] = hw is not None and self.upto.get(tp.partition, -1) + 1 >= hw
         caught = self.arrivals.caught(at_end)
         now = time.monotonic()
-        waited = self.boundary_wait_s <= 0 or (self.due_since is not None and now - self.due_since >= self.boundary_wait_s)
+        due = self.due_since
+        waited = self.boundary_wait_s <= 0 or (due is not None and now - due >= self.boundary_wait_s)
         await self.release(caught, {tp: c and waited for tp, c in caught.items()})
         if self.due_since is None and 0 <= self.monitor.market_t and self.monitor.market_t >= self.schedule.next_eval:
             self.due_since = now  # a boundary reached and not crossed: partitions may still deliver records before it

@@ -77,6 +77,7 @@ class Leadership:
         self.on_topic: set[tuple] = set()  # the alerts the last leader published, as a takeover read them
         self.runs_on_topic: dict[tuple, list[dict]] = {}  # and its cascades, by (scenario, severity, ts)
         self.on_topic_upto = -1            # ... up to this event time
+        self.stress_upto = -1  # the last leader ran the cascades of every boundary up to this one (its state's)
         self._aborted_logged = False
 
     def keep_snapshot(self, t: int, prices=None) -> None:
@@ -170,6 +171,7 @@ class Leadership:
                      None)
         if state is not None:  # the last leader's stress episodes after the last boundary it published, exactly
             self.alerts.load(state["stress"], STRESS_KINDS)
+            self.stress_upto = int(state["ts"])
         else:  # a topic written before liqwatch.leader existed: the open episodes (pending timers start afresh)
             self.alerts.restore(AlertEngine.open_on_topic(mine, cfg.config_id), STRESS_KINDS)
         missed = [e for e in self.shadow if (e["id"], e["state"], e["severity"], e["ts"]) not in on_topic]
@@ -227,6 +229,8 @@ class Leadership:
         """Stress cascades on the market snapshot `pv`, then the alerts that read them. A boundary waits for a
         run in progress rather than being skipped: every boundary's alerts happen."""
         async with self.cascading:
+            if pv.t <= self.stress_upto:
+                return  # the last leader, ahead of this worker's feed, ran this boundary: its episodes are loaded
             await self._run_cascades(pv)
 
     async def _run_cascades(self, pv) -> None:
