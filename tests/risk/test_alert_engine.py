@@ -132,3 +132,32 @@ def test_a_critical_episode_steps_down_only_once_calm_for_keep_firing_for():
     out = readings(e, [(0, 0.06), (30, 0.06), (40, 0.03), (100, 0.06), (110, 0.03), (300, 0.03)])
     assert states(out) == [("firing", "critical")]
     assert states(readings(e, [(410, 0.03)])) == [("firing", "warning")]
+
+
+def test_a_next_leader_loaded_with_the_state_goes_on_exactly_as_the_last_one():
+    """The alerts topic has only transitions; `state` keeps pending and clearing timers too (liqwatch.leader): an
+    engine loaded with it mid-way emits the same events afterwards as the engine that never stopped."""
+    timing = Levels(warning=0.02, critical=0.05, for_s=2, keep_firing_for_s=3)
+    readings = [("adl_risk", "BTC", v) for v in (0.03, 0.03, 0.03, 0.06, 0.001, 0.001, 0.03, 0.001, 0.001, 0.001,
+                                                 0.001)] + [("adl_risk", "ETH", 0.03)]
+    whole = engine()
+    want = [ev for t, (k, s, v) in enumerate(readings) for ev in whole.observe(k, s, v, timing, t * 1000, "s")]
+    lossy = 0  # cuts where the open episodes alone (what the alerts topic holds) would not go on exactly
+    for cut in range(1, len(readings)):
+        first = engine()
+        got = [ev for t, (k, s, v) in enumerate(readings[:cut]) for ev in first.observe(k, s, v, timing, t * 1000, "s")]
+        second = engine()
+        second.observe("depeg", "USDe", 0.03, LEVELS, 0, "s")  # its own market episode stays its own
+        second.load(first.state({"adl_risk"}), {"adl_risk"})
+        got += [ev for t, (k, s, v) in enumerate(readings) if t >= cut
+                for ev in second.observe(k, s, v, timing, t * 1000, "s")]
+        assert got == want, cut
+        assert ("depeg", "USDe") in second.open
+        topic_only = engine()
+        topic_only.restore(AlertEngine.open_on_topic(got[:len([e for e in want if e["ts"] < cut * 1000])], "cfg"),
+                           {"adl_risk"})
+        rest = [ev for t, (k, s, v) in enumerate(readings) if t >= cut
+                for ev in topic_only.observe(k, s, v, timing, t * 1000, "s")]
+        lossy += rest != [e for e in want if e["ts"] >= cut * 1000]
+    assert states(want) == [("firing", "warning"), ("firing", "critical"), ("resolved", "critical")]
+    assert ("adl_risk", "ETH") in whole.pending and lossy > 0
