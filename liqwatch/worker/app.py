@@ -65,9 +65,9 @@ class WorkerSettings:
     idle_s: float = 1.0                 # wall time without input before the exact flush
     merge_grace_s: float = 0.25         # a caught-up input topic with records this recent still bounds the merge
     boundary_wait_s: float = 1.0        # at the live edge a boundary waits this long for records before it: the
-                                        # brokers of different partitions make records visible out of step (seen:
-                                        # a reference 1 ms before a boundary arrived after the next tick, once a
-                                        # broker was back from a restart, and every later boundary moved by 1 ms)
+                                        # brokers of different partitions make records visible out of step (seen
+                                        # on three brokers: a reference 1 ms before a boundary arrived after the
+                                        # tick that reached it, and every later boundary moved by 1 ms)
     resume_pause_s: float = 1.0         # input silent this long, then records again (start, broker restart):
     resume_grace_s: float = 10.0        # every topic bounds the merge this long, whatever it delivered (3 s was
                                         # too short once: after a broker restart on a loaded machine a producer

@@ -229,8 +229,11 @@ class Leadership:
         """Stress cascades on the market snapshot `pv`, then the alerts that read them. A boundary waits for a
         run in progress rather than being skipped: every boundary's alerts happen."""
         async with self.cascading:
-            if pv.t <= self.stress_upto:
-                return  # the last leader, ahead of this worker's feed, ran this boundary: its episodes are loaded
+            if pv.t < self.stress_upto:
+                # the last leader, ahead of this worker's feed, ran this boundary: its episodes are loaded. Its last
+                # boundary runs again: accounts may have come since at that same time (what is the same is not
+                # published twice; the episodes, observed again at one time, stay as they were)
+                return
             await self._run_cascades(pv)
 
     async def _run_cascades(self, pv) -> None:
