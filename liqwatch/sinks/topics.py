@@ -172,6 +172,15 @@ async def _until_visible(admin, wanted: dict[str, int], timeout_s: float = 30.0)
         await asyncio.sleep(0.1)
 
 
+async def _partitions_of(consumer, topic: str) -> list[int]:
+    """The topic's partitions, asking the broker when the consumer's metadata does not know the topic yet."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    return sorted(parts)
+
+
 async def read_latest(kafka: Connection, topic: str, partitions: list[int] | None = None,
                       client_id: str = "liqwatch-reader") -> dict[int, tuple[int, list[bytes]]]:
     """Per partition of `topic`: the timestamp (the event time liqwatch stamps) of its last record, and the values
@@ -184,8 +193,7 @@ async def read_latest(kafka: Connection, topic: str, partitions: list[int] | Non
     await consumer.start()
     try:
         if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            partitions = await _partitions_of(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             return {}
@@ -197,9 +205,12 @@ async def read_latest(kafka: Connection, topic: str, partitions: list[int] | Non
                 continue
             consumer.seek(tp, end[tp] - 1)
             last = None
-            while last is None:
+            for _ in range(10):  # the last offset may hold no record (a transaction marker): then nothing is known
                 got = await consumer.getmany(tp, timeout_ms=1000, max_records=1)
-                last = next(iter(got.get(tp, [])), None)
+                if (last := next(iter(got.get(tp, [])), None)) is not None:
+                    break
+            if last is None:
+                continue
             t = last.timestamp
             start = (await consumer.offsets_for_times({tp: t}))[tp]
             consumer.seek(tp, start.offset if start is not None else end[tp] - 1)
@@ -221,11 +232,7 @@ async def read_to_end(kafka: Connection, topic: str, client_id: str = "liqwatch-
     consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False, client_id=client_id)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in await _partitions_of(consumer, topic)]
         if not tps:
             return []
         consumer.assign(tps)
