@@ -210,6 +210,11 @@ def build_app(cfg: Config, settings: WorkerSettings) -> tuple[faust.App, Monitor
         """What this worker is doing and what it is behind on."""
         owned = sorted(account_shard.owned_partitions())
         return {"worker": settings.worker_id, "leader": app.is_leader(), "event_time": monitor.t,
+                # what a stalled worker is waiting for: a rebalance that has not ended here, account work
+                # paused for it or queued behind the feed, a leader's cascade run in progress or failed
+                "rebalancing": bool(app.rebalancing), "leading": leadership.leading,
+                "account_work": {"paused": not evaluations.assigned.is_set(), "queued": len(evaluations.work)},
+                "cascades": {"running": not leadership.idle(), "provisional": coordinator.provisional},
                 "market_caught_up": feed.caught_up, "lag": dict(feed.lag),
                 "accounts": int(monitor.engine.accounts.active[: monitor.engine.accounts.n].sum()),
                 "pending_accounts": len(monitor.pending_accounts), "partitions": owned,

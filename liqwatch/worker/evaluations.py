@@ -27,6 +27,7 @@ from liqwatch.worker.cascades import ShardService
 from liqwatch.worker.leader import Leadership
 
 log = logging.getLogger(__name__)
+PAUSE_LIMIT_S = 60.0  # a rebalance's pause longer than this is taken as one whose assignment never came
 
 
 class Evaluations:
@@ -53,6 +54,7 @@ class Evaluations:
         self.held_s, self.held_since, self.held_said = 0.0, None, -1e9  # the feed's waits for the account work
         self.assigned = asyncio.Event()  # cleared while a rebalance takes the partitions back (`pause`)
         self.assigned.set()
+        self.paused_at = 0.0
 
     # -- on the feed: what belongs to the boundary's moment of the market, then queue the rest ----------------
     async def at(self, b: Boundary) -> None:
@@ -110,21 +112,31 @@ class Evaluations:
         reads what was published here once it has them (AccountShard.last_published)."""
         async with self.lock:
             self.assigned.clear()
+            self.paused_at = time.monotonic()
         await self.monitor.sink.flush()
 
     def resume(self) -> None:
         self.assigned.set()
+
+    def _paused_s(self) -> float:
+        return 0.0 if self.assigned.is_set() else time.monotonic() - self.paused_at
+
+    def _unpause(self) -> None:
+        """A rebalance that never ended here (no assignment after PAUSE_LIMIT_S): work rather than stall the feed
+        and the idle flush."""
+        if not self.assigned.is_set():
+            log.warning("%s: no partition assignment %.0f s after a rebalance began: account work resumes",
+                        self.worker_id, self._paused_s())
+            self.assigned.set()
 
     # -- the account work, a supervised service ---------------------------------------------------------------
     async def run(self) -> None:
         while True:
             if not self.assigned.is_set():
                 try:
-                    await asyncio.wait_for(self.assigned.wait(), 60)
-                except asyncio.TimeoutError:  # a rebalance that never ended here: work rather than stall the feed
-                    log.warning("%s: no partition assignment 60 s after a rebalance began: account work resumes",
-                                self.worker_id)
-                    self.assigned.set()
+                    await asyncio.wait_for(self.assigned.wait(), max(0.0, PAUSE_LIMIT_S - self._paused_s()))
+                except asyncio.TimeoutError:
+                    self._unpause()
             async with self.queued:
                 await self.queued.wait_for(lambda: bool(self.work))
                 work = self.work.popleft()  # taken out: a later release coalesces into a queued one only
@@ -185,6 +197,8 @@ class Evaluations:
             return
         if time.monotonic() - mon.last_input_wall < self.idle_s or not self.market_caught_up():
             return
+        if self._paused_s() > PAUSE_LIMIT_S:  # the account work waits on the queue: it would not see it
+            self._unpause()
         if not self.settled.is_set() or not self.assigned.is_set():
             return  # the boundaries' work first; none during a rebalance
         # a worker elected leader after its last flush still owes the leader's part (marks, alerts, cascades)

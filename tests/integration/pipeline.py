@@ -183,15 +183,16 @@ def wait_converged(bootstrap: str, prefix: str, health: dict, cascades: dict, wo
 
 
 def settle(ws: list[Worker], partitions: int, timeout: float = 120.0) -> None:
-    """Wait until the group has settled: every worker up with partitions, all partitions owned once, one leader
-    (a worker that joins later would move partitions and the leadership in the middle of the data)."""
+    """Wait until the group has settled: every worker up with partitions, all partitions owned once, one leader,
+    no rebalance still in progress in any worker (a worker that joins later would move partitions and the leadership
+    in the middle of the data)."""
     deadline = time.monotonic() + timeout
     while True:
         st = [w.status() for w in ws]
-        if all(st) and all(s["partitions"] for s in st) and \
+        if all(st) and all(s["partitions"] and not s["rebalancing"] for s in st) and \
                 sum(len(s["partitions"]) for s in st) == partitions and sum(s["leader"] for s in st) == 1:
             return
-        assert time.monotonic() < deadline, [w.log_tail() for w in ws]
+        assert time.monotonic() < deadline, (st, [w.log_tail() for w in ws])
         time.sleep(0.5)
 
 

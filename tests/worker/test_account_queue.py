@@ -37,3 +37,35 @@ def test_the_feed_waits_only_with_the_queue_full(caplog):
     assert [w[1].t for w in ev.work] == [1, 2, 3]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "w1: the market feed waited 0.3 s" in lines[0], lines
+
+
+def test_a_pause_whose_assignment_never_comes_ends_on_the_idle_timer(caplog, monkeypatch):
+    """A rebalance took the partitions back and no assignment followed: with no account work queued, only the idle
+    timer sees it; after PAUSE_LIMIT_S it resumes the account work (and with it the idle flush), said once."""
+    from liqwatch.worker import evaluations
+
+    monkeypatch.setattr(evaluations, "PAUSE_LIMIT_S", 0.2)
+
+    async def flush() -> None:
+        pass
+
+    ev = _evaluations(queue=3)
+    ev.monitor = SimpleNamespace(metrics=Metrics(), market_t=5, t=5, last_input_wall=0.0, dirty=False,
+                                 sink=SimpleNamespace(flush=flush))
+    ev.leadership = SimpleNamespace(coordinator=SimpleNamespace(provisional=False))
+
+    async def main() -> list[bool]:
+        await ev.pause()
+        seen = [ev.assigned.is_set()]
+        await ev.idle()
+        seen.append(ev.assigned.is_set())  # within the limit: still paused (a rebalance may take that long)
+        await asyncio.sleep(0.25)
+        await ev.idle()
+        await ev.idle()
+        seen.append(ev.assigned.is_set())
+        return seen
+
+    with caplog.at_level(logging.WARNING, logger="liqwatch.worker.evaluations"):
+        assert asyncio.run(main()) == [False, False, True]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "w1: no partition assignment 0 s after a rebalance began" in lines[0], lines
