@@ -113,6 +113,10 @@ class Evaluations:
         async with self.lock:
             self.assigned.clear()
             self.paused_at = time.monotonic()
+            # the leader's part of the idle flush is owed again: a leader stepping down drops the flush's cascade run,
+            # and once the input is idle no boundary comes to run it (led again with the same partitions, nothing
+            # dirty, it would never publish the final cascades)
+            self.leader_flushed = False
         await self.monitor.sink.flush()
 
     def resume(self) -> None:

@@ -278,7 +278,8 @@ def test_worker_killed_mid_stream(stack, tmp_path, victim, webhook):
 
 @pytest.mark.timeout(900)  # its phases' own deadlines say what failed first
 def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
-    """A third worker joins in the middle of the evening and leaves again, three times. Each join and leave is a
+    """A third worker joins in the middle of the evening and leaves again, three times, and once more as the input
+    goes idle (the idle flush and the final cascades meet a rebalance). Each join and leave is a
     rebalance in which Faust may give the leadership and any account partition to another member, while the one
     that had them is alive and working: the old leader steps down before it rejoins (its outputs flushed), an
     old owner's account work waits for the new assignment, and the new leader and owners publish only what was
@@ -304,6 +305,15 @@ def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
             settle(ws, PARTITIONS)
         assert producer.poll() is None, "the evening ended before the last rebalance: slow the producer"
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
+        # once more as the input goes idle: these rebalances meet the idle flush (idle after 5 s) and the leader's
+        # final cascades, which no later boundary would run again
+        third = Worker(PRE, bootstrap, prefix, "w3-4", PARTITIONS, tmp_path, extra_args=extra).start()
+        joined.append(third)
+        settle(ws + [third], PARTITIONS)
+        time.sleep(4)
+        third.kill(signal.SIGTERM)
+        assert third.proc.returncode == 0, third.log_tail()
+        settle(ws, PARTITIONS)
         wait_final_cascades(bootstrap, prefix, ws, last_ts)
         for out in ("alerts", "cascades"):  # kept beside the logs: what to look at when this fails
             (tmp_path / f"{out}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
@@ -314,8 +324,9 @@ def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
         logs = {w.worker_id: (tmp_path / f"{w.worker_id}.log").read_text(errors="replace") for w in ws + joined}
         handovers = sum(log.count("stepped down as leader") for log in logs.values())
         takeovers = {wid: n for wid, log in logs.items() if (n := log.count("took over as leader"))}
-        print(f"\nsix rebalances with every worker alive: {handovers} step-downs, takeovers {takeovers}; alerts = "
-              f"replay, health = batch, no record twice ({', '.join(f'{k} {n:,}' for k, n in counts.items())})")
+        print(f"\neight rebalances with every worker alive (two as the input went idle): {handovers} step-downs, "
+              f"takeovers {takeovers}; alerts = replay, health = batch, no record twice "
+              f"({', '.join(f'{k} {n:,}' for k, n in counts.items())})")
     finally:
         if producer is not None and producer.poll() is None:
             producer.kill()

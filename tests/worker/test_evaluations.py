@@ -1,5 +1,5 @@
-"""The account work's queue: the feed waits only when `queue` boundaries are queued, and that wait is counted and
-said once (worker/evaluations.py)."""
+"""The account work (worker/evaluations.py): its queue (the feed waits only when `queue` boundaries are queued, and
+that wait is counted and said once), and the idle flush across a rebalance's pause."""
 
 import asyncio
 import logging
@@ -69,3 +69,67 @@ def test_a_pause_whose_assignment_never_comes_ends_on_the_idle_timer(caplog, mon
         assert asyncio.run(main()) == [False, False, True]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "w1: no partition assignment 0 s after a rebalance began" in lines[0], lines
+
+
+class _Leadership:
+    """The leader's side as the idle flush sees it: follows `leader`, counts the cascade runs started; a step-down
+    drops the run in flight (worker/leader.py)."""
+
+    def __init__(self, leader):
+        self.leader, self.leading, self.runs = leader, False, []
+        self.coordinator = SimpleNamespace(provisional=False)
+
+    def keep_snapshot(self, t, prices=None):
+        pass
+
+    async def follow(self, t):
+        self.leading = self.leader()
+
+    async def market_alerts(self, t):
+        pass
+
+    def start_cascades(self, pv):
+        self.runs.append(pv)
+
+    async def step_down(self):
+        self.leading = False
+
+    def idle(self):
+        return True
+
+
+def test_a_leader_that_stepped_down_after_its_idle_flush_owes_the_final_cascades_again():
+    """The input is idle and the leader has flushed (its final cascades started); a rebalance then takes the
+    partitions back — the leader steps down, dropping that run — and gives this worker the same partitions and the
+    leadership again. Nothing is dirty and no boundary will come: the idle flush must start the final cascades again,
+    once."""
+    async def none(*a, **k):
+        return 0
+
+    leader = [True]
+    lead = _Leadership(lambda: leader[0])
+    mon = SimpleNamespace(metrics=Metrics(), market_t=5, t=5, last_input_wall=0.0, dirty=True,
+                          sink=SimpleNamespace(flush=none), release_accounts=none, evaluate=none, emit_marks=none,
+                          engine=SimpleNamespace(max_ts=0), snapshot=lambda: "prices at 5")
+    ev = Evaluations(mon, accounts=SimpleNamespace(retain=none, refresh_offsets=none), shard=None, leadership=lead,
+                     is_leader=lambda: leader[0], market_caught_up=lambda: True, idle_s=1.0, keep_boundaries=8,
+                     worker_id="w1")
+
+    async def main() -> list[int]:
+        await ev.idle()
+        runs = [len(lead.runs)]
+        await ev.idle()
+        runs.append(len(lead.runs))  # flushed: nothing again
+        leader[0] = False  # the rebalance starts (Faust's leader is not trusted while it runs)
+        await lead.step_down()
+        await ev.pause()
+        await ev.idle()
+        runs.append(len(lead.runs))  # paused: nothing
+        ev.resume()
+        leader[0] = True  # the same assignment and the leadership again
+        await ev.idle()
+        await ev.idle()
+        runs.append(len(lead.runs))
+        return runs
+
+    assert asyncio.run(main()) == [1, 1, 1, 2]
