@@ -77,6 +77,7 @@ class Leadership:
         self.on_topic: set[tuple] = set()  # the alerts the last leader published, as a takeover read them
         self.runs_on_topic: dict[tuple, list[dict]] = {}  # and its cascades, by (scenario, severity, ts)
         self.on_topic_upto = -1            # ... up to this event time
+        self.runs_published: dict[tuple, list[dict]] = {}  # this leader's own cascades at the last time it published
         self.stress_upto = -1  # the last leader ran the cascades of every boundary up to this one (its state's)
         self._aborted_logged = False
 
@@ -134,12 +135,21 @@ class Leadership:
         return ts > self.on_topic_upto or key not in self.on_topic
 
     def _fresh_run(self, result: dict) -> bool:
-        """A cascade the last leader did not publish: a run at the same time on other accounts (an account event
-        after the input went idle) is published, it supersedes."""
-        if result["ts"] > self.on_topic_upto:
+        """A cascade neither the last leader nor this one published: a run at the same time on other accounts (an
+        account event after the input went idle) is published, it supersedes. (An idle flush can run the cascades of
+        one time twice: a rebalance after it makes the shard dirty again.)"""
+        key = (result["scenario"], result["severity"], result["ts"])
+        mine = self.runs_published.get(key, [])
+        if result["ts"] > self.on_topic_upto and not mine:
             return True
-        there = self.runs_on_topic.get((result["scenario"], result["severity"], result["ts"]), [])
-        return not any(same(_json(msgspec.json.encode(result)), c) for c in there)
+        doc = _json(msgspec.json.encode(result))
+        return not any(same(doc, c) for c in self.runs_on_topic.get(key, []) + mine)
+
+    def _published_run(self, result: dict) -> None:
+        if self.runs_published and next(iter(self.runs_published))[2] != result["ts"]:
+            self.runs_published = {}  # only the last time's: an idle flush runs again at the time of the last one
+        key = (result["scenario"], result["severity"], result["ts"])
+        self.runs_published.setdefault(key, []).append(_json(msgspec.json.encode(result)))
 
     async def take_over(self, t: int) -> None:
         """Become the leader at event time t: what the last leader did not publish is published now, with its
@@ -163,7 +173,7 @@ class Leadership:
         on_topic = {(e["id"], e["state"], e["severity"], e["ts"]) for e in mine}
         runs = [c for c in ran if isinstance(c, dict) and c.get("config_id") == cfg.config_id]
         self.on_topic = on_topic
-        self.runs_on_topic = {}
+        self.runs_on_topic, self.runs_published = {}, {}  # its own are on the topic now (flushed at the step-down)
         for c in runs:
             self.runs_on_topic.setdefault((c["scenario"], c["severity"], c["ts"]), []).append(c)
         self.on_topic_upto = max([e["ts"] for e in mine] + [c["ts"] for c in runs], default=-1)
@@ -265,6 +275,7 @@ class Leadership:
                 for r in results:  # the boundary's cascades, then the alerts that read them
                     if self._fresh_run(r):
                         await self.sink.emit(self.names.CASCADES, r)
+                        self._published_run(r)
                 await self.emit_alerts(events)
                 # and the stress episodes as they now are: a next leader goes on from here, timers included
                 await self.sink.emit(self.names.LEADER, {
