@@ -294,26 +294,24 @@ def test_leadership_and_partitions_move_between_live_workers(stack, tmp_path):
     producer = None
     try:
         producer = produce_paced(clean, bootstrap, prefix, PARTITIONS, 60)  # the evening in 3 minutes
-        for cycle in range(3):
-            time.sleep(8)
-            third = Worker(PRE, bootstrap, prefix, f"w3-{cycle + 1}", PARTITIONS, tmp_path, extra_args=extra).start()
+
+        def join_and_leave(worker_id: str) -> None:  # two rebalances: a third worker joins, then leaves (SIGTERM)
+            third = Worker(PRE, bootstrap, prefix, worker_id, PARTITIONS, tmp_path, extra_args=extra).start()
             joined.append(third)
             settle(ws + [third], PARTITIONS)
             time.sleep(4)
             third.kill(signal.SIGTERM)
             assert third.proc.returncode == 0, third.log_tail()
             settle(ws, PARTITIONS)
+
+        for cycle in range(3):
+            time.sleep(8)
+            join_and_leave(f"w3-{cycle + 1}")
         assert producer.poll() is None, "the evening ended before the last rebalance: slow the producer"
         assert producer.wait(600) == 0, producer.log.read_text()[-3000:]
         # once more as the input goes idle: these rebalances meet the idle flush (idle after 5 s) and the leader's
         # final cascades, which no later boundary would run again
-        third = Worker(PRE, bootstrap, prefix, "w3-4", PARTITIONS, tmp_path, extra_args=extra).start()
-        joined.append(third)
-        settle(ws + [third], PARTITIONS)
-        time.sleep(4)
-        third.kill(signal.SIGTERM)
-        assert third.proc.returncode == 0, third.log_tail()
-        settle(ws, PARTITIONS)
+        join_and_leave("w3-4")
         wait_final_cascades(bootstrap, prefix, ws, last_ts)
         for out in ("alerts", "cascades"):  # kept beside the logs: what to look at when this fails
             (tmp_path / f"{out}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
