@@ -22,6 +22,8 @@ running one from --state-dir, or a temporary one:
    plus the gap to the previous mark event (the wait of the oldest tick of that batch): p50, p99, max of that
    upper bound; whether every live tick was processed (by every worker); and what the feed waited for meanwhile:
    queued account work (feed_held_s) and event-loop stalls over half a second (loop_stalls, loop_stalled_s).
+   The live phase starts once exactly one worker leads and none is in a rebalance (only the leader publishes
+   marks); marks_emitted (per worker) and leading_after_live say who published, should mark_events be 0.
 """
 
 from __future__ import annotations
@@ -306,12 +308,29 @@ def _metric(port: int, name: str) -> float | None:
     return 0.0
 
 
+def _one_leader(ports: list[int], limit_s: float = 120.0) -> None:
+    """Wait until exactly one worker leads and none is in a rebalance: only the leader publishes marks, so a live
+    phase measured during a rebalance (after the catch-up's pause, say) would count no mark at all."""
+    until = time.monotonic() + limit_s
+    while True:
+        statuses = [_status(p) or {} for p in ports]
+        if sum(bool(s.get("leading")) for s in statuses) == 1 and not any(s.get("rebalancing", True) for s in statuses):
+            return
+        if time.monotonic() > until:
+            raise RuntimeError("no single leader settled in %.0f s before the live phase: %s" % (limit_s, [
+                {k: s.get(k) for k in ("worker", "leading", "rebalancing", "account_work", "cascades")}
+                for s in statuses]))
+        time.sleep(0.5)
+
+
 async def _live_latency(kafka: Connection, names: TopicNames, books: list[tuple[str, str, float]], rate: int,
-                        seconds: float, warmup_s: float) -> tuple[np.ndarray, int]:
+                        seconds: float, warmup_s: float, caught_up) -> tuple[np.ndarray, int]:
     """Ticks produced at `rate` per second for warmup_s + seconds, event time = wall time at the send; the latency
     of every mark event after the warm-up (the worker's start on a new stream is not its steady state). The load comes from
     librdkafka (confluent-kafka) in a thread: an aiokafka producer in Python could not keep 50,000 ticks/s on a
-    shared core, and its ticks then carried times older than their sending. Returns (latencies ms, ticks sent)."""
+    shared core, and its ticks then carried times older than their sending. Marks are collected until
+    `caught_up(sent)` says every worker has every live tick (at most a minute), and 2 s more: a slow machine's
+    late marks are counted, not lost. Returns (latencies ms, ticks sent)."""
     import confluent_kafka as ck
 
     consumer = AIOKafkaConsumer(**kafka.aiokafka(), group_id=None, enable_auto_commit=False)
@@ -362,7 +381,10 @@ async def _live_latency(kafka: Connection, names: TopicNames, books: list[tuple[
 
     task = asyncio.get_running_loop().create_task(collect())
     sent = await asyncio.to_thread(produce)
-    await asyncio.sleep(3.0)
+    waited = time.monotonic()
+    while not await asyncio.to_thread(caught_up, sent) and time.monotonic() - waited < 60:
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(2.0)
     stop.set()
     await task
     await consumer.stop()
@@ -580,18 +602,24 @@ def _one(kafka: Connection, accounts: int, n_workers: int, rate: int, seconds: f
         catch = _catch_up(kafka, names, procs, ports, books, ticks, first_end + 1_000, rate,
                           tick_partitions, say, profile, f"{accounts}-{n_workers}")
         time.sleep(5.0)  # its flush and cascades done
-        before = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
+        _one_leader(ports)
+        counted = 'liqwatch_events_processed_total{topic="ticks"}'
+        emitted = f'liqwatch_events_emitted_total{{topic="{names.MARKS}"}}'
+        before = [_metric(p, counted) or 0 for p in ports]
+        marks_before = [_metric(p, emitted) or 0 for p in ports]
         waits_before = [_waits(p) for p in ports]
+
+        def processed_live() -> float:
+            return min((_metric(p, counted) or 0) - b for p, b in zip(ports, before))
+
         spy = Profiler(profile, procs[0].pid, f"live-{accounts}-{n_workers}")
-        lat, sent = asyncio.run(_live_latency(kafka, names, _last_mids(books), rate, seconds, warmup_s))
+        lat, sent = asyncio.run(_live_latency(kafka, names, _last_mids(books), rate, seconds, warmup_s,
+                                              lambda sent: processed_live() >= sent))
         spy.stop()
-        waited = time.monotonic()
-        while True:  # every worker has every live tick, or a minute passed (the count then says what is missing)
-            after = [_metric(p, 'liqwatch_events_processed_total{topic="ticks"}') or 0 for p in ports]
-            if min(a - b for a, b in zip(after, before)) >= sent or time.monotonic() - waited > 60:
-                break
-            time.sleep(0.5)
-        processed = min(a - b for a, b in zip(after, before))
+        processed = processed_live()  # short of `sent` if a worker did not get every live tick in a minute
+        # who published marks in the live phase, and who led after it: what a count of no marks needs to be read
+        marks_emitted = [int((_metric(p, emitted) or 0) - b) for p, b in zip(ports, marks_before)]
+        leading_after = [bool((_status(p) or {}).get("leading")) for p in ports]
         # what the feed waited for during the live phase: the account work's queue, and event-loop stalls
         waits = [tuple(None if x is None or y is None else round(x - y, 2) for x, y in zip(_waits(p), w))
                  for p, w in zip(ports, waits_before)]
@@ -615,7 +643,10 @@ def _one(kafka: Connection, accounts: int, n_workers: int, rate: int, seconds: f
             "live_ticks_sent": sent,
             "live_ticks_processed": int(processed),
             "all_live_ticks_processed": bool(processed >= sent),
-            "mark_events": int(lat.size),
+            "mark_events": int(lat.size),                # received after the warm-up
+            "marks_emitted": marks_emitted,              # per worker, the whole live phase (the leader's alone)
+            "leading_after_live": leading_after,
+            "logs": str(work),                           # the workers' and stages' logs, kept
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
             "latency_max_ms": round(float(lat.max()), 1) if lat.size else None,
@@ -625,7 +656,8 @@ def _one(kafka: Connection, accounts: int, n_workers: int, rate: int, seconds: f
         }
         say(f"  ingest while loading the accounts {', '.join(f'{r:,.0f}' for r in rates)} ticks/s per worker "
             f"({result['worker_vs_fastest_raw']} of {fastest}); live p50 {result['latency_p50_ms']} ms, "
-            f"p99 {result['latency_p99_ms']} ms, {processed:,} of {sent:,} live ticks processed; the feed waited "
+            f"p99 {result['latency_p99_ms']} ms ({lat.size:,} marks), {processed:,} of {sent:,} live ticks processed; "
+            f"the feed waited "
             f"{', '.join(str(w[0]) for w in waits)} s for account work; loop stalls over 0.5 s "
             f"{', '.join(f'{w[1]} ({w[2]} s)' for w in waits)}")
         return result
